@@ -1,0 +1,1 @@
+"""Infrastructure: settings, the native local stack and its configuration files."""

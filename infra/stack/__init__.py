@@ -1,0 +1,1 @@
+"""The native local stack: Postgres, Redis, Kafka (KRaft) and Kafka Connect with Debezium."""

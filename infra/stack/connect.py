@@ -1,0 +1,148 @@
+"""Kafka Connect (distributed, one worker) and the Debezium PostgreSQL connector on it.
+
+The connector's configuration is data: ``infra/connectors/engagement-postgres.json``. ``${NAME}``
+placeholders are filled from settings when it is registered (``PUT /connectors/{name}/config``,
+which creates or updates, so registering is idempotent). The password stays a ``${env:...}``
+reference that the worker resolves from its own environment, so it is never stored in the config
+topic. Readiness is the connector *and* its task reporting RUNNING over REST; Debezium's "Processing
+messages" log line only appears once a change arrives, so it is no readiness signal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from infra.settings import Settings
+from infra.stack.process import ServiceProcess, StackError, port_open
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONNECTOR_FILE = Path(__file__).resolve().parent.parent / "connectors" / "engagement-postgres.json"
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+def connector_config(settings: Settings, template: Path = CONNECTOR_FILE) -> dict[str, str]:
+    """The connector JSON with ``${NAME}`` filled from settings; ``${env:...}`` left to Connect."""
+    values = {
+        "POSTGRES_HOST": settings.postgres.host,
+        "POSTGRES_PORT": str(settings.postgres.port),
+        "POSTGRES_DB": settings.postgres.db,
+        "POSTGRES_CDC_USER": settings.postgres.cdc_user,
+        "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
+        "CDC_SLOT_NAME": settings.cdc.slot_name,
+        "CDC_PUBLICATION_NAME": settings.cdc.publication_name,
+        "CDC_POLL_INTERVAL_MS": str(settings.cdc.poll_interval_ms),
+        "CDC_HEARTBEAT_INTERVAL_MS": str(settings.cdc.heartbeat_interval_ms),
+    }
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise StackError(f"{template.name}: unknown placeholder ${{{name}}}")
+        return values[name]
+
+    config = json.loads(template.read_text())
+    return {key: _PLACEHOLDER.sub(fill, str(value)) for key, value in config.items()}
+
+
+class Connect:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        stack_dir = settings.stack.dir
+        self.root = stack_dir / "connect"
+        self.properties = self.root / "connect.properties"
+        self.url = settings.connect.url
+        self.process = ServiceProcess(
+            name="connect",
+            command=[
+                "java", f"-Xmx{settings.connect.heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
+                "-cp", str(settings.stack.lib_dir / "kafka" / "*"),
+                "org.apache.kafka.connect.cli.ConnectDistributed", str(self.properties),
+            ],
+            pid_file=stack_dir / "pids" / "connect.pid",
+            log_file=stack_dir / "logs" / "connect.log",
+            ready=self.ready,
+            host=settings.connect.host,
+            port=settings.connect.port,
+            env={"POSTGRES_CDC_PASSWORD": settings.postgres.cdc_password.get_secret_value()},
+        )
+
+    def write_config(self) -> None:
+        plugin_path = self.settings.stack.lib_dir / "connect-plugins"
+        if not (plugin_path / "debezium-postgres").is_dir():
+            raise StackError("The Debezium connector plugin is missing. Run `make bootstrap`.")
+        self.root.mkdir(parents=True, exist_ok=True)
+        s = self.settings.connect
+        self.properties.write_text(
+            (CONF_DIR / "connect.properties").read_text().format(
+                bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                group_id=s.group_id,
+                host=s.host,
+                port=s.port,
+                plugin_path=plugin_path,
+            )
+        )
+
+    def ready(self) -> bool:
+        if not port_open(self.settings.connect.host, self.settings.connect.port):
+            return False
+        try:
+            return httpx.get(f"{self.url}/connectors", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # --- connector ---------------------------------------------------------------------------
+    def register(self) -> None:
+        name = self.settings.cdc.connector_name
+        response = httpx.put(
+            f"{self.url}/connectors/{name}/config", json=connector_config(self.settings), timeout=30
+        )
+        if response.status_code not in (200, 201):
+            raise StackError(f"registering connector {name} failed ({response.status_code}): {response.text}")
+
+    def status(self) -> dict[str, Any] | None:
+        name = self.settings.cdc.connector_name
+        try:
+            response = httpx.get(f"{self.url}/connectors/{name}/status", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def wait_running(self, timeout: float) -> None:
+        """Until the connector and all its tasks are RUNNING; a FAILED task raises with its trace."""
+        deadline = time.monotonic() + timeout
+        state = "unknown"
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status:
+                tasks = status.get("tasks", [])
+                states = [status["connector"]["state"], *(t["state"] for t in tasks)]
+                state = ", ".join(states)
+                failed = [t for t in tasks if t["state"] == "FAILED"]
+                if failed or status["connector"]["state"] == "FAILED":
+                    trace = (failed[0] if failed else status["connector"]).get("trace", "")
+                    raise StackError(f"connector {status['name']} FAILED:\n{trace[:3000]}")
+                if tasks and all(s == "RUNNING" for s in states):
+                    return
+            time.sleep(0.5)
+        raise StackError(f"connector not RUNNING within {timeout:.0f} s (last state: {state})")
+
+    def delete(self) -> bool:
+        name = self.settings.cdc.connector_name
+        try:
+            response = httpx.delete(f"{self.url}/connectors/{name}", timeout=30)
+        except httpx.HTTPError:
+            return False
+        return response.status_code in (200, 204)
+
+    def restart(self) -> None:
+        """Restart the connector and its tasks (e.g. after a database outage)."""
+        name = self.settings.cdc.connector_name
+        httpx.post(f"{self.url}/connectors/{name}/restart?includeTasks=true", timeout=30).raise_for_status()

@@ -1,0 +1,200 @@
+"""PostgreSQL as a native process: its own cluster, port and sockets, provisioned for CDC.
+
+The cluster is created once with ``initdb`` (password auth on TCP, peer auth on the socket, no
+``trust`` anywhere), started in the foreground under our supervisor with the logical-replication
+settings on the command line, and provisioned idempotently: an application role that owns the
+tables, a CDC role with REPLICATION and SELECT on the two captured tables only (plus UPDATE on the
+one-row heartbeat table), the schema from ``infra/sql``, and a publication we create ourselves so
+the CDC role needs no table ownership.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from infra.settings import CdcSettings, PostgresSettings
+from infra.stack.process import ServiceProcess, StackError, port_open
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+CAPTURED_TABLES = ("content", "engagement_events")
+HEARTBEAT_TABLE = "cdc_heartbeat"
+OS_USER = "postgres"
+
+
+def pg_bin(tool: str) -> str:
+    """Debian keeps the server binaries out of PATH; find the newest installed major version."""
+    found = shutil.which(tool)
+    if found:
+        return found
+    root = Path("/usr/lib/postgresql")
+    versions = sorted((p for p in root.glob("*/bin") if (p / tool).exists()), reverse=True) if root.exists() else []
+    if not versions:
+        raise StackError(f"PostgreSQL's {tool} was not found. Run `make bootstrap` (installs the Debian package).")
+    return str(versions[0] / tool)
+
+
+def _run_as_postgres() -> str | None:
+    # Postgres refuses to run as root; as any other user it simply runs as that user.
+    return OS_USER if os.geteuid() == 0 else None
+
+
+class Postgres:
+    def __init__(self, settings: PostgresSettings, cdc: CdcSettings, stack_dir: Path) -> None:
+        self.settings = settings
+        self.cdc = cdc
+        self.root = stack_dir / "postgres"
+        self.data = self.root / "data"
+        self.sockets = self.root / "run"
+        self.process = ServiceProcess(
+            name="postgres",
+            command=[
+                pg_bin("postgres"),
+                "-D", str(self.data),
+                "-c", f"port={settings.port}",
+                "-c", f"listen_addresses={settings.host}",
+                "-c", f"unix_socket_directories={self.sockets}",
+                "-c", "wal_level=logical",
+                "-c", "max_replication_slots=16",
+                "-c", "max_wal_senders=16",
+                # A forgotten slot must not fill a laptop's disk: past this it is invalidated, loudly.
+                "-c", "max_slot_wal_keep_size=4GB",
+                "-c", "password_encryption=scram-sha-256",
+                "-c", "log_min_messages=warning",
+            ],
+            pid_file=stack_dir / "pids" / "postgres.pid",
+            log_file=stack_dir / "logs" / "postgres.log",
+            ready=self.ready,
+            host=settings.host,
+            port=settings.port,
+            user=_run_as_postgres(),
+            # SIGINT is Postgres' "fast" shutdown; SIGTERM ("smart") waits for every client to leave.
+            stop_signal=signal.SIGINT,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def ensure_cluster(self) -> bool:
+        """initdb once; return True if a new cluster was created."""
+        if (self.data / "PG_VERSION").exists():
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        pwfile = self.root / ".initdb-pw"
+        pwfile.write_text(self.settings.superuser_password.get_secret_value() + "\n")
+        pwfile.chmod(0o600)
+        owner = _run_as_postgres()
+        if owner:
+            entry = pwd.getpwnam(owner)
+            for path in (self.root, self.sockets, pwfile):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        command = [
+            pg_bin("initdb"), "-D", str(self.data), "-U", self.settings.superuser,
+            f"--pwfile={pwfile}", "--auth-local=peer", "--auth-host=scram-sha-256",
+            "--encoding=UTF8", "--locale=C.UTF-8",
+        ]
+        if owner:
+            command = ["setpriv", f"--reuid={owner}", f"--regid={owner}", "--init-groups", *command]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            shutil.rmtree(self.data, ignore_errors=True)
+            hint = ""
+            if "Permission denied" in result.stderr:
+                hint = f"\nThe {owner} user must be able to traverse every parent folder of {self.data}."
+            raise StackError(f"initdb failed:\n{result.stderr.strip()}{hint}")
+        return True
+
+    def ready(self) -> bool:
+        if not port_open(self.settings.host, self.settings.port):
+            return False
+        try:
+            with psycopg.connect(self.settings.conninfo(superuser=True, dbname="postgres")) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    # --- provisioning ------------------------------------------------------------------------
+    def provision(self) -> None:
+        """Roles, database, schema, grants and publication; safe to run on every start."""
+        s = self.settings
+        with psycopg.connect(s.conninfo(superuser=True, dbname="postgres"), autocommit=True) as conn:
+            self._ensure_role(conn, s.user, s.password.get_secret_value(), replication=False)
+            self._ensure_role(conn, s.cdc_user, s.cdc_password.get_secret_value(), replication=True)
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.db,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(s.db), sql.Identifier(s.user)))
+        # The schema is created by the application role so that it owns the tables.
+        with psycopg.connect(s.conninfo()) as conn:
+            for script in sorted(SQL_DIR.glob("*.sql")):
+                conn.execute(script.read_text())
+        with psycopg.connect(s.conninfo(superuser=True), autocommit=True) as conn:
+            cdc = sql.Identifier(s.cdc_user)
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(s.db), cdc))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(cdc))
+            tables = sql.SQL(", ").join(sql.Identifier(t) for t in CAPTURED_TABLES)
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables, cdc))
+            conn.execute(sql.SQL("GRANT SELECT, UPDATE ON {} TO {}").format(sql.Identifier(HEARTBEAT_TABLE), cdc))
+            self._ensure_publication(conn)
+
+    @staticmethod
+    def _ensure_role(conn: psycopg.Connection, name: str, password: str, *, replication: bool) -> None:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        # ALTER on every start keeps the password in step with the environment.
+        conn.execute(
+            sql.SQL("{} ROLE {} WITH LOGIN {} PASSWORD {}").format(
+                sql.SQL(verb),
+                sql.Identifier(name),
+                sql.SQL("REPLICATION" if replication else "NOREPLICATION"),
+                sql.Literal(password),
+            )
+        )
+
+    def _ensure_publication(self, conn: psycopg.Connection) -> None:
+        name = sql.Identifier(self.cdc.publication_name)
+        tables = sql.SQL(", ").join(sql.Identifier(t) for t in (*CAPTURED_TABLES, HEARTBEAT_TABLE))
+        exists = conn.execute(
+            "SELECT 1 FROM pg_publication WHERE pubname = %s", (self.cdc.publication_name,)
+        ).fetchone()
+        verb = sql.SQL("ALTER PUBLICATION {} SET TABLE {}") if exists else sql.SQL("CREATE PUBLICATION {} FOR TABLE {}")
+        conn.execute(verb.format(name, tables))
+
+    # --- replication slot --------------------------------------------------------------------
+    def slot_status(self) -> dict[str, object] | None:
+        with psycopg.connect(self.settings.conninfo(superuser=True)) as conn:
+            row = conn.execute(
+                """
+                SELECT slot_name, active, wal_status,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
+                FROM pg_replication_slots WHERE slot_name = %s
+                """,
+                (self.cdc.slot_name,),
+            ).fetchone()
+        if row is None:
+            return None
+        keys = ("slot", "active", "wal_status", "lag_bytes", "retained_bytes")
+        return dict(zip(keys, row, strict=True))
+
+    def drop_slot(self) -> bool:
+        """Drop the slot (after the connector is gone); return True if one was dropped."""
+        with psycopg.connect(self.settings.conninfo(superuser=True), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.cdc.slot_name,)
+            ).fetchone()
+            if row is None:
+                return False
+            if row[0] is not None:
+                conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (self.cdc.slot_name,))
+            return True

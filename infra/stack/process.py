@@ -1,0 +1,165 @@
+"""Start, probe and stop one native service process, across separate CLI invocations.
+
+We write this small executor instead of using mirakuru because mirakuru owns the child only for the
+lifetime of the Python object that started it: ``make up`` starts the stack and exits, and a later
+``make down`` (or a pytest fixture's finalizer) must find and stop the same processes. So the state
+is a pid file per service, the readiness checks are plain callables (TCP port, HTTP status, a query),
+and stopping escalates from SIGTERM to SIGKILL after a timeout, because Kafka Connect can ignore
+SIGTERM for over a minute. Every child runs in its own session (``start_new_session``), so Ctrl-C in
+the launching shell never reaches the JVMs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A problem the user can act on; the CLI prints it without a traceback."""
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    if not path.exists():
+        return "(no log yet)"
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 16_384))
+        text = handle.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class ServiceProcess:
+    """One long-running native process with a pid file, a log file and a readiness probe."""
+
+    name: str
+    command: Sequence[str]
+    pid_file: Path
+    log_file: Path
+    ready: Callable[[], bool]
+    host: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    user: str | None = None  # run as this OS user (Postgres refuses to run as root)
+    stop_signal: signal.Signals = signal.SIGTERM
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float) -> bool:
+        """Start unless already running; return True if this call started it."""
+        if self.running():
+            if not self.ready():
+                self.wait_ready(timeout)
+            return False
+        if port_open(self.host, self.port):
+            raise StackError(
+                f"{self.name}: port {self.host}:{self.port} is already in use by another process. "
+                f"Stop that process, or choose another port in .env (see .env.example)."
+            )
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        command = list(self.command)
+        if self.user and os.geteuid() == 0:
+            # setpriv execs in place (runuser would fork), so the pid we record is the service's.
+            command = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *command]
+        log = self.log_file.open("ab")
+        try:
+            child = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise StackError(f"{self.name}: cannot run {command[0]!r}: {exc}. Run `make bootstrap`.") from exc
+        finally:
+            log.close()
+        self.pid_file.write_text(f"{child.pid}\n")
+        self.wait_ready(timeout, child)
+        return True
+
+    def wait_ready(self, timeout: float, child: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child is not None and child.poll() is not None:
+                raise StackError(
+                    f"{self.name} exited with code {child.returncode} during start-up. "
+                    f"Last lines of {self.log_file}:\n{tail(self.log_file)}"
+                )
+            if self.ready():
+                return
+            time.sleep(0.25)
+        raise StackError(
+            f"{self.name} was not ready within {timeout:.0f} s. Last lines of {self.log_file}:\n"
+            f"{tail(self.log_file)}"
+        )
+
+    def stop(self, timeout: float) -> bool:
+        """The stop signal, then SIGKILL after ``timeout``; return True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        self._signal(pid, self.stop_signal)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if pid_alive(pid):
+            self._signal(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        # The whole session: a service's helper children go with it.
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,82 @@
+"""Redis as a native process with its own port, data folder and password.
+
+AOF persistence (fsync every second) so a restart keeps the leaderboards; ``noeviction`` so a full
+Redis fails writes loudly instead of silently evicting leaderboard keys. The password is in the
+generated config file (mode 0600), not on the command line where ``ps`` would show it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import redis
+
+from infra.settings import RedisSettings
+from infra.stack.process import ServiceProcess, StackError, port_open
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError("redis-server was not found. Run `make bootstrap` (installs the Debian package).")
+    return found
+
+
+def client(settings: RedisSettings) -> redis.Redis:
+    return redis.Redis(
+        host=settings.host,
+        port=settings.port,
+        password=settings.password.get_secret_value(),
+        socket_connect_timeout=2,
+        decode_responses=True,
+    )
+
+
+class RedisServer:
+    def __init__(self, settings: RedisSettings, stack_dir: Path) -> None:
+        self.settings = settings
+        self.root = stack_dir / "redis"
+        self.conf = self.root / "redis.conf"
+        self.process = ServiceProcess(
+            name="redis",
+            command=[redis_server_binary(), str(self.conf)],
+            pid_file=stack_dir / "pids" / "redis.pid",
+            log_file=stack_dir / "logs" / "redis.log",
+            ready=self.ready,
+            host=settings.host,
+            port=settings.port,
+        )
+
+    def write_config(self) -> None:
+        s = self.settings
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.conf.touch(mode=0o600)
+        self.conf.chmod(0o600)
+        self.conf.write_text(
+            "\n".join(
+                [
+                    f"bind {s.host}",
+                    f"port {s.port}",
+                    "protected-mode yes",
+                    f"requirepass {s.password.get_secret_value()}",
+                    f"dir {self.root}",
+                    "daemonize no",
+                    'logfile ""',
+                    'save ""',
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    f"maxmemory {s.maxmemory}",
+                    "maxmemory-policy noeviction",
+                    "",
+                ]
+            )
+        )
+
+    def ready(self) -> bool:
+        if not port_open(self.settings.host, self.settings.port):
+            return False
+        try:
+            return bool(client(self.settings).ping())
+        except redis.RedisError:
+            return False
