@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +152,34 @@ class StackSettings(BaseSettings):
         return REPO_ROOT / ".stack" / "lib"
 
 
+class GeneratorSettings(BaseSettings):
+    """The Faker data generator. Seed 004's names (GENERATION_RATE, BURST_MODE, BURST_COUNT) kept."""
+
+    model_config = _config("GENERATOR_")
+
+    generation_rate: int = Field(default=200_000, gt=0, validation_alias=AliasChoices("GENERATION_RATE", "GENERATOR_RATE"))
+    burst_mode: bool = Field(default=False, validation_alias=AliasChoices("BURST_MODE", "GENERATOR_BURST_MODE"))
+    burst_count: int = Field(default=100_000, gt=0, validation_alias=AliasChoices("BURST_COUNT", "GENERATOR_BURST_COUNT"))
+    seed: int | None = None
+    duration_s: float | None = Field(default=None, gt=0)
+    content_count: int = Field(default=500, gt=0)
+    users: int = Field(default=50_000, gt=0)
+    zipf_s: float = Field(default=1.1, gt=0)
+    burst_batch_size: int = Field(default=5_000, gt=0)
+    tick_ms: int = Field(default=100, gt=0)
+    jitter_s: float = Field(default=2.0, ge=0)
+    late_share: float = Field(default=0.01, ge=0, le=1)
+    late_max_s: float = Field(default=600.0, gt=0)
+    event_update_share: float = Field(default=0.005, ge=0, le=1)
+    event_delete_share: float = Field(default=0.002, ge=0, le=1)
+    content_update_share: float = Field(default=0.0005, ge=0, le=1)
+    report_interval_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def rate_per_second(self) -> float:
+        return self.generation_rate / 60.0
+
+
 class Settings(BaseSettings):
     """The root object: build it once at an entry point and pass its parts down."""
 
@@ -163,3 +191,4 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     cdc: CdcSettings = Field(default_factory=CdcSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)

@@ -1,0 +1,62 @@
+# The README's two commands are `make demo` and `make test`; everything else is a building block.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+STACK := $(PY) -m infra.stack
+
+.PHONY: help bootstrap up down status logs reset demo test test-unit test-integration lint bench bench-generator bench-cdc clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+bootstrap: ## install Debian packages, the Python venv and the Kafka/Debezium jars (idempotent)
+	@bash infra/bootstrap.sh
+
+up: bootstrap ## start Postgres, Redis, Kafka, Connect + Debezium and wait until healthy
+	@$(STACK) up
+
+down: ## stop the local stack (data is kept)
+	@if [ -x $(PY) ]; then $(STACK) down; fi
+
+status: ## health of every part, topics, connector state, replication slot lag
+	@$(STACK) status
+
+logs: ## last lines of every service's log (SERVICE=connect for one)
+	@$(STACK) logs $(if $(SERVICE),--service $(SERVICE))
+
+reset: ## delete connector and slot, stop everything, remove all local data
+	@if [ -x $(PY) ]; then $(STACK) reset; fi
+
+demo: up ## the main job: stack, generator burst, CDC events on Kafka
+	@echo "==> seeding the content catalogue"
+	@$(PY) -m generator --seed-only
+	@echo "==> generator burst of $${BURST_COUNT:-20000} events (with updates and deletes)"
+	@$(PY) -m generator --burst $${BURST_COUNT:-20000}
+	@echo "==> CDC envelopes arriving on Kafka"
+	@$(STACK) tail --count 8
+	@echo "==> stack status"
+	@$(STACK) status
+	@echo "The stack keeps running: 'make down' stops it, 'make reset' removes its data."
+
+lint: bootstrap ## ruff
+	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check . >/dev/null || { echo "ruff format would change files: run '$(PY) -m ruff format .'"; exit 1; }
+
+test-unit: bootstrap ## unit tests (no services)
+	@$(PY) -m pytest tests/unit -q
+
+test-integration: bootstrap ## integration tests on a real native stack the fixtures start and stop
+	@$(PY) -m pytest tests/integration -q
+
+test: lint test-unit test-integration ## everything CI runs
+
+bench-generator: up ## generator write rate into Postgres (prints figures)
+	@$(PY) -m loadtest.bench_generator
+
+bench-cdc: up ## Debezium capture throughput (100k burst) and commit-to-Kafka latency
+	@$(PY) -m loadtest.bench_cdc
+
+bench: bench-generator bench-cdc ## all benchmarks
+
+clean: reset ## reset, and remove the venv and downloaded jars
+	rm -rf .venv .stack .stack-test

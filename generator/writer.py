@@ -1,0 +1,106 @@
+"""Writes the generator's rows into Postgres: content by multi-row INSERT, events by COPY.
+
+Each batch -- its COPY of new events and the updates and deletes that go with it -- is one
+transaction, so Debezium sees it as one commit and an interrupted run never leaves a half-written
+batch or an open transaction behind (the ``transaction()`` block rolls back on any exception,
+including Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from generator.catalogue import Content, edit_content
+from generator.events import COLUMNS, EventRow, share_count
+from infra.settings import GeneratorSettings
+
+_COPY = f"COPY engagement_events ({', '.join(COLUMNS)}) FROM STDIN"
+# Updates pick among the most recent events: how many batches back they reach.
+UPDATE_WINDOW_BATCHES = 10
+
+
+@dataclass
+class BatchResult:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    content_updated: int = 0
+
+
+class UnreachableDatabase(RuntimeError):
+    pass
+
+
+def connect(conninfo: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise UnreachableDatabase(f"cannot connect to Postgres ({exc}). Is the stack up? Run `make up`.") from exc
+
+
+class PostgresWriter:
+    def __init__(self, conn: psycopg.Connection, settings: GeneratorSettings, rng: random.Random) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.rng = rng
+        self.last_id = 0
+
+    def load_catalogue(self) -> list[Content]:
+        rows = self.conn.execute(
+            "SELECT id, slug, title, content_type, length_seconds, publish_ts FROM content ORDER BY id"
+        ).fetchall()
+        return [Content(*row) for row in rows]
+
+    def insert_content(self, catalogue: Sequence[Content]) -> int:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [(c.id, c.slug, c.title, c.content_type, c.length_seconds, c.publish_ts) for c in catalogue],
+            )
+            return cur.rowcount
+
+    def write_batch(self, rows: Sequence[EventRow], catalogue: list[Content]) -> BatchResult:
+        """COPY the events plus this batch's share of updates and deletes, in one transaction."""
+        result = BatchResult()
+        s, rng = self.settings, self.rng
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            with cur.copy(_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            result.inserted = len(rows)
+            cur.execute("SELECT currval(pg_get_serial_sequence('engagement_events', 'id'))")
+            self.last_id = cur.fetchone()[0]
+            window_low = max(1, self.last_id - UPDATE_WINDOW_BATCHES * max(len(rows), 1))
+
+            n_update = share_count(rng, len(rows), s.event_update_share)
+            if n_update:
+                ids = [rng.randint(window_low, self.last_id) for _ in range(n_update)]
+                deltas = [rng.randint(-30_000, 60_000) for _ in ids]
+                cur.execute(
+                    "UPDATE engagement_events e SET duration_ms = GREATEST(0, COALESCE(e.duration_ms, 0) + d.delta) "
+                    "FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta) WHERE e.id = d.id",
+                    (ids, deltas),
+                )
+                result.updated = cur.rowcount
+            n_delete = share_count(rng, len(rows), s.event_delete_share)
+            if n_delete:
+                ids = [rng.randint(window_low, self.last_id) for _ in range(n_delete)]
+                cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (ids,))
+                result.deleted = cur.rowcount
+            n_content = share_count(rng, len(rows), s.content_update_share)
+            for _ in range(n_content):
+                index = rng.randrange(len(catalogue))
+                edited = edit_content(rng, catalogue[index])
+                cur.execute(
+                    "UPDATE content SET title = %s, length_seconds = %s WHERE id = %s",
+                    (edited.title, edited.length_seconds, edited.id),
+                )
+                result.content_updated += cur.rowcount
+                catalogue[index] = edited
+        return result
+

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a Debian/Ubuntu machine without Docker, idempotently:
+#   Debian packages (PostgreSQL, Redis, a JDK 17+, Maven), the Python venv with the project, and the
+#   Kafka / Kafka Connect / Debezium jars from Maven Central. Each step is skipped when already done,
+#   so a second run takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LIB="$ROOT/.stack/lib"
+VENV="$ROOT/.venv"
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# --- Debian packages --------------------------------------------------------------------------
+packages=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
+if ! command -v java >/dev/null 2>&1 || ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
+  packages+=(openjdk-17-jre-headless)
+fi
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
+command -v setpriv >/dev/null 2>&1 || packages+=(util-linux)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
+if ((${#packages[@]})); then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo"; else
+    die "missing Debian packages: ${packages[*]}. Install them with: sudo apt-get install -y ${packages[*]}"
+  fi
+  step "installing Debian packages: ${packages[*]} (about 30 s)"
+  if [[ " ${packages[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    # We run our own cluster on our own port; don't let the package create and start 'main' on 5432.
+    $SUDO mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+# --- Python venv ------------------------------------------------------------------------------
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)' \
+  || die "Python 3.11 or 3.12 is needed (Apache Beam 2.77); $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11"
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating the Python venv in .venv"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+  step "installing Python dependencies into .venv (Apache Beam takes a few minutes the first time)"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet --progress-bar off -e '.[dev]'
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+
+# --- Kafka, Connect and Debezium jars ---------------------------------------------------------
+fetch_jars() {  # name pom target extra-args...
+  local name=$1 pom=$2 target=$3; shift 3
+  local stamp="$target/.complete-$(sha1sum "$pom" | cut -c1-12)"
+  [ -e "$stamp" ] && return 0
+  step "resolving $name jars from Maven Central into ${target#$ROOT/} (about 30 s the first time)"
+  rm -rf "$target"
+  mkdir -p "$target"
+  mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$target" "$@" \
+    || die "Maven could not resolve $name (see the output above)"
+  touch "$stamp"
+}
+fetch_jars "Kafka 4.3.1 + Connect" infra/maven/kafka/pom.xml "$LIB/kafka"
+fetch_jars "Debezium PostgreSQL connector" infra/maven/debezium/pom.xml "$LIB/connect-plugins/debezium-postgres" \
+  -DexcludeGroupIds=org.apache.kafka,org.slf4j
+
+step "bootstrap complete"
