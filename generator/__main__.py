@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from generator.events import EventFactory
 from generator.runner import ensure_catalogue, run_burst, run_continuous
-from generator.writer import PostgresWriter, UnreachableDatabase, connect
+from generator.writer import PostgresWriter, UnreachableDatabaseError, connect
 from infra.settings import GeneratorSettings, Settings
 
 
@@ -45,15 +45,34 @@ def _positive_float(text: str) -> float:
 
 def parse_args(argv: list[str] | None, defaults: GeneratorSettings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m generator", description=__doc__.split("\n")[0])
-    parser.add_argument("--rate", type=_positive_int, default=None,
-                        help=f"rows per minute in continuous mode (GENERATION_RATE, default {defaults.generation_rate:,})")
-    parser.add_argument("--burst", type=_positive_int, default=None, metavar="N",
-                        help="write N rows as fast as possible, then stop (BURST_MODE=true + BURST_COUNT)")
-    parser.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
-                        help="stop continuous mode after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument(
+        "--rate",
+        type=_positive_int,
+        default=None,
+        help=f"rows per minute in continuous mode (GENERATION_RATE, default {defaults.generation_rate:,})",
+    )
+    parser.add_argument(
+        "--burst",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="write N rows as fast as possible, then stop (BURST_MODE=true + BURST_COUNT)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop continuous mode after this many seconds (default: run until Ctrl-C)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible catalogue and stream")
-    parser.add_argument("--content", type=_positive_int, default=None, metavar="N",
-                        help=f"catalogue size to seed when the content table is empty (default {defaults.content_count})")
+    parser.add_argument(
+        "--content",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"catalogue size to seed when the content table is empty (default {defaults.content_count})",
+    )
     parser.add_argument("--seed-only", action="store_true", help="seed the catalogue and exit")
     return parser.parse_args(argv)
 
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 130
             report(stats.summary())
             return 0
-    except UnreachableDatabase as exc:
+    except UnreachableDatabaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except psycopg.Error as exc:

@@ -57,7 +57,9 @@ class RunStats:
         )
 
 
-def ensure_catalogue(writer: PostgresWriter, settings: GeneratorSettings, rng: random.Random, report: Report) -> list[Content]:
+def ensure_catalogue(
+    writer: PostgresWriter, settings: GeneratorSettings, rng: random.Random, report: Report
+) -> list[Content]:
     """Use the catalogue in the database; seed ``content_count`` items if it is empty."""
     catalogue = writer.load_catalogue()
     if catalogue:
@@ -70,7 +72,9 @@ def ensure_catalogue(writer: PostgresWriter, settings: GeneratorSettings, rng: r
     return writer.load_catalogue()
 
 
-def run_burst(writer: PostgresWriter, factory: EventFactory, catalogue: list[Content], count: int, batch_size: int, report: Report) -> RunStats:
+def run_burst(
+    writer: PostgresWriter, factory: EventFactory, catalogue: list[Content], count: int, batch_size: int, report: Report
+) -> RunStats:
     stats = RunStats(mode="burst")
     remaining = count
     while remaining > 0:

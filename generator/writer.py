@@ -31,7 +31,7 @@ class BatchResult:
     content_updated: int = 0
 
 
-class UnreachableDatabase(RuntimeError):
+class UnreachableDatabaseError(RuntimeError):
     pass
 
 
@@ -39,7 +39,7 @@ def connect(conninfo: str) -> psycopg.Connection:
     try:
         return psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
-        raise UnreachableDatabase(f"cannot connect to Postgres ({exc}). Is the stack up? Run `make up`.") from exc
+        raise UnreachableDatabaseError(f"cannot connect to Postgres ({exc}). Is the stack up? Run `make up`.") from exc
 
 
 class PostgresWriter:
@@ -103,4 +103,3 @@ class PostgresWriter:
                 result.content_updated += cur.rowcount
                 catalogue[index] = edited
         return result
-

@@ -22,9 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _config(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(
-        env_prefix=prefix, env_file=".env", extra="ignore", frozen=True, populate_by_name=True
-    )
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore", frozen=True, populate_by_name=True)
 
 
 class PostgresSettings(BaseSettings):
@@ -157,9 +155,13 @@ class GeneratorSettings(BaseSettings):
 
     model_config = _config("GENERATOR_")
 
-    generation_rate: int = Field(default=200_000, gt=0, validation_alias=AliasChoices("GENERATION_RATE", "GENERATOR_RATE"))
+    generation_rate: int = Field(
+        default=200_000, gt=0, validation_alias=AliasChoices("GENERATION_RATE", "GENERATOR_RATE")
+    )
     burst_mode: bool = Field(default=False, validation_alias=AliasChoices("BURST_MODE", "GENERATOR_BURST_MODE"))
-    burst_count: int = Field(default=100_000, gt=0, validation_alias=AliasChoices("BURST_COUNT", "GENERATOR_BURST_COUNT"))
+    burst_count: int = Field(
+        default=100_000, gt=0, validation_alias=AliasChoices("BURST_COUNT", "GENERATOR_BURST_COUNT")
+    )
     seed: int | None = None
     duration_s: float | None = Field(default=None, gt=0)
     content_count: int = Field(default=500, gt=0)

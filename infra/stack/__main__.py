@@ -97,7 +97,9 @@ def cmd_tail(settings: Settings, count: int, timeout: float) -> int:
             ops[op] = ops.get(op, 0) + 1
             if shown < count:
                 after = (value or {}).get("after") or (value or {}).get("before") or {}
-                summary = {k: after.get(k) for k in ("id", "content_id", "event_type", "duration_ms", "title") if k in after}
+                summary = {
+                    k: after.get(k) for k in ("id", "content_id", "event_type", "duration_ms", "title") if k in after
+                }
                 _print(f"  {message.topic()}[{message.partition()}]@{message.offset()} op={op} {summary}")
             shown += 1
     finally:

@@ -60,11 +60,17 @@ class Connect:
         self.process = ServiceProcess(
             name="connect",
             command=[
-                "java", f"-Xmx{settings.connect.heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "java",
+                f"-Xmx{settings.connect.heap}",
+                "-Xms128m",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
                 "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
-                "-cp", str(settings.stack.lib_dir / "kafka" / "*"),
-                "org.apache.kafka.connect.cli.ConnectDistributed", str(self.properties),
+                "-cp",
+                str(settings.stack.lib_dir / "kafka" / "*"),
+                "org.apache.kafka.connect.cli.ConnectDistributed",
+                str(self.properties),
             ],
             pid_file=stack_dir / "pids" / "connect.pid",
             log_file=stack_dir / "logs" / "connect.log",
@@ -81,7 +87,9 @@ class Connect:
         self.root.mkdir(parents=True, exist_ok=True)
         s = self.settings.connect
         self.properties.write_text(
-            (CONF_DIR / "connect.properties").read_text().format(
+            (CONF_DIR / "connect.properties")
+            .read_text()
+            .format(
                 bootstrap_servers=self.settings.kafka.bootstrap_servers,
                 group_id=s.group_id,
                 host=s.host,
@@ -101,9 +109,7 @@ class Connect:
     # --- connector ---------------------------------------------------------------------------
     def register(self) -> None:
         name = self.settings.cdc.connector_name
-        response = httpx.put(
-            f"{self.url}/connectors/{name}/config", json=connector_config(self.settings), timeout=30
-        )
+        response = httpx.put(f"{self.url}/connectors/{name}/config", json=connector_config(self.settings), timeout=30)
         if response.status_code not in (200, 201):
             raise StackError(f"registering connector {name} failed ({response.status_code}): {response.text}")
 

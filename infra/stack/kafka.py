@@ -61,7 +61,9 @@ def topic_specs(cdc: CdcSettings) -> list[TopicSpec]:
             },
         ),
         TopicSpec(cdc.heartbeat_topic, 1, {"cleanup.policy": "delete", "retention.ms": "86400000"}),
-        TopicSpec(cdc.dlq_topic, cdc.dlq_partitions, {"cleanup.policy": "delete", "retention.ms": str(cdc.dlq_retention_ms)}),
+        TopicSpec(
+            cdc.dlq_topic, cdc.dlq_partitions, {"cleanup.policy": "delete", "retention.ms": str(cdc.dlq_retention_ms)}
+        ),
     ]
 
 
@@ -130,11 +132,18 @@ class Kafka:
         self.process = ServiceProcess(
             name="kafka",
             command=[
-                "java", f"-Xmx{settings.heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "java",
+                f"-Xmx{settings.heap}",
+                "-Xms128m",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
                 "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
                 "-Dkafka.logs.dir=" + str(self.root / "logs"),
-                "-cp", self.classpath, "kafka.Kafka", str(self.properties),
+                "-cp",
+                self.classpath,
+                "kafka.Kafka",
+                str(self.properties),
             ],
             pid_file=stack_dir / "pids" / "kafka.pid",
             log_file=stack_dir / "logs" / "kafka.log",
@@ -159,9 +168,21 @@ class Kafka:
             raise StackError("Kafka jars are missing. Run `make bootstrap`.")
         cluster_id = uuid_to_kafka_id(uuid.uuid4())
         result = subprocess.run(
-            ["java", "-cp", self.classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(self.properties)],
-            capture_output=True, text=True, check=False,
+            [
+                "java",
+                "-cp",
+                self.classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.properties),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")

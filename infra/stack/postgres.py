@@ -57,17 +57,27 @@ class Postgres:
             name="postgres",
             command=[
                 pg_bin("postgres"),
-                "-D", str(self.data),
-                "-c", f"port={settings.port}",
-                "-c", f"listen_addresses={settings.host}",
-                "-c", f"unix_socket_directories={self.sockets}",
-                "-c", "wal_level=logical",
-                "-c", "max_replication_slots=16",
-                "-c", "max_wal_senders=16",
+                "-D",
+                str(self.data),
+                "-c",
+                f"port={settings.port}",
+                "-c",
+                f"listen_addresses={settings.host}",
+                "-c",
+                f"unix_socket_directories={self.sockets}",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_replication_slots=16",
+                "-c",
+                "max_wal_senders=16",
                 # A forgotten slot must not fill a laptop's disk: past this it is invalidated, loudly.
-                "-c", "max_slot_wal_keep_size=4GB",
-                "-c", "password_encryption=scram-sha-256",
-                "-c", "log_min_messages=warning",
+                "-c",
+                "max_slot_wal_keep_size=4GB",
+                "-c",
+                "password_encryption=scram-sha-256",
+                "-c",
+                "log_min_messages=warning",
             ],
             pid_file=stack_dir / "pids" / "postgres.pid",
             log_file=stack_dir / "logs" / "postgres.log",
@@ -95,9 +105,16 @@ class Postgres:
             for path in (self.root, self.sockets, pwfile):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         command = [
-            pg_bin("initdb"), "-D", str(self.data), "-U", self.settings.superuser,
-            f"--pwfile={pwfile}", "--auth-local=peer", "--auth-host=scram-sha-256",
-            "--encoding=UTF8", "--locale=C.UTF-8",
+            pg_bin("initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            self.settings.superuser,
+            f"--pwfile={pwfile}",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
         ]
         if owner:
             command = ["setpriv", f"--reuid={owner}", f"--regid={owner}", "--init-groups", *command]
@@ -132,7 +149,9 @@ class Postgres:
             self._ensure_role(conn, s.cdc_user, s.cdc_password.get_secret_value(), replication=True)
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.db,)).fetchone()
             if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(s.db), sql.Identifier(s.user)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(s.db), sql.Identifier(s.user))
+                )
         # The schema is created by the application role so that it owns the tables.
         with psycopg.connect(s.conninfo()) as conn:
             for script in sorted(SQL_DIR.glob("*.sql")):

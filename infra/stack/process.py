@@ -11,6 +11,7 @@ the launching shell never reaches the JVMs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -132,8 +133,7 @@ class ServiceProcess:
                 return
             time.sleep(0.25)
         raise StackError(
-            f"{self.name} was not ready within {timeout:.0f} s. Last lines of {self.log_file}:\n"
-            f"{tail(self.log_file)}"
+            f"{self.name} was not ready within {timeout:.0f} s. Last lines of {self.log_file}:\n{tail(self.log_file)}"
         )
 
     def stop(self, timeout: float) -> bool:
@@ -159,7 +159,5 @@ class ServiceProcess:
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass

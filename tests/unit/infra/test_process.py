@@ -1,0 +1,104 @@
+"""The service executor against real (tiny) processes: no mocks needed, nothing left running."""
+
+import signal
+import socket
+import sys
+import time
+
+import pytest
+
+from infra.stack.process import ServiceProcess, StackError, pid_alive, port_open
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server(tmp_path, port: int, code: str | None = None, **kwargs) -> ServiceProcess:
+    script = (
+        code
+        or f"import http.server as h; h.HTTPServer(('127.0.0.1', {port}), h.BaseHTTPRequestHandler).serve_forever()"
+    )
+    return ServiceProcess(
+        name="demo",
+        command=[sys.executable, "-c", script],
+        pid_file=tmp_path / "demo.pid",
+        log_file=tmp_path / "demo.log",
+        ready=lambda: port_open("127.0.0.1", port),
+        host="127.0.0.1",
+        port=port,
+        **kwargs,
+    )
+
+
+def test_start_is_idempotent_and_stop_by_pid(tmp_path):
+    port = free_port()
+    proc = server(tmp_path, port)
+    try:
+        assert proc.start(timeout=10) is True
+        pid = proc.pid()
+        assert pid and pid_alive(pid)
+        # A second executor (another CLI invocation) finds it by its pid file.
+        again = server(tmp_path, port)
+        assert again.start(timeout=10) is False
+        assert again.stop(timeout=5) is True
+        assert not pid_alive(pid)
+        assert not proc.pid_file.exists()
+    finally:
+        proc.stop(timeout=5)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(StackError, match="already in use"):
+            server(tmp_path, port).start(timeout=5)
+
+
+def test_child_dying_during_start_reports_its_log(tmp_path):
+    proc = server(tmp_path, free_port(), code="import sys; print('bad config line 3'); sys.exit(3)")
+    with pytest.raises(StackError, match="exited with code 3") as info:
+        proc.start(timeout=10)
+    assert "bad config line 3" in str(info.value)
+
+
+def test_missing_binary_is_a_clear_error(tmp_path):
+    proc = server(tmp_path, free_port())
+    proc.command = ["/nonexistent/binary"]
+    with pytest.raises(StackError, match="make bootstrap"):
+        proc.start(timeout=5)
+
+
+def test_stop_escalates_to_sigkill(tmp_path):
+    port = free_port()
+    stubborn = (
+        "import signal, http.server as h; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"h.HTTPServer(('127.0.0.1', {port}), h.BaseHTTPRequestHandler).serve_forever()"
+    )
+    proc = server(tmp_path, port, code=stubborn)
+    proc.start(timeout=10)
+    pid = proc.pid()
+    began = time.monotonic()
+    assert proc.stop(timeout=1) is True
+    assert 0.9 < time.monotonic() - began < 10
+    assert not pid_alive(pid)
+
+
+def test_custom_stop_signal(tmp_path):
+    port = free_port()
+    proc = server(tmp_path, port, stop_signal=signal.SIGINT)
+    proc.start(timeout=10)
+    pid = proc.pid()
+    assert proc.stop(timeout=5)
+    assert not pid_alive(pid)
+
+
+def test_stale_pid_file_is_ignored(tmp_path):
+    proc = server(tmp_path, free_port())
+    proc.pid_file.write_text("999999\n")
+    assert proc.pid() is None
+    assert proc.stop(timeout=1) is False
