@@ -148,6 +148,23 @@ class Connect:
             return False
         return response.status_code in (200, 204)
 
+    def pause(self) -> None:
+        self._lifecycle("pause", "PAUSED")
+
+    def resume(self) -> None:
+        self._lifecycle("resume", "RUNNING")
+
+    def _lifecycle(self, verb: str, state: str, timeout: float = 30.0) -> None:
+        name = self.settings.cdc.connector_name
+        httpx.put(f"{self.url}/connectors/{name}/{verb}", timeout=30).raise_for_status()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status and all(t["state"] == state for t in [status["connector"], *status.get("tasks", [])]):
+                return
+            time.sleep(0.1)
+        raise StackError(f"connector {name} did not reach {state} within {timeout:.0f} s")
+
     def restart(self) -> None:
         """Restart the connector and its tasks (e.g. after a database outage)."""
         name = self.settings.cdc.connector_name
