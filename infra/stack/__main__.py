@@ -1,4 +1,4 @@
-"""``python -m infra.stack {up,down,status,logs,reset,register,tail}``: the local stack's supervisor.
+"""``python -m infra.stack {up,down,status,logs,reset,register,provision,tail}``: the local stack's supervisor.
 
 ``make up``, ``make down``, ``make status`` and ``make logs`` call this. Errors the user can act on
 (a port in use, a missing binary, a service that died during start-up) are printed as one clear
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("--service", choices=["postgres", "redis", "kafka", "connect"])
     sub.add_parser("reset", help="delete connector and slot, stop everything, remove all data")
     sub.add_parser("register", help="(re)register the Debezium connector from infra/connectors/")
+    sub.add_parser("provision", help="roles, schema, topics and connector on services already running (Docker Compose)")
     tail_cmd = sub.add_parser("tail", help="print recent CDC envelopes from the topics")
     tail_cmd.add_argument("--count", type=int, default=5)
     tail_cmd.add_argument("--timeout", type=float, default=15.0)
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.connect.register()
             stack.connect.wait_running(settings.stack.start_timeout_s)
             _print("connector RUNNING")
+            return 0
+        if args.command == "provision":
+            stack.provision()
             return 0
         if args.command == "tail":
             return cmd_tail(settings, args.count, args.timeout)

@@ -72,6 +72,18 @@ class LocalStack:
             self.connect.wait_running(timeout)
             self.log(f"  connector {self.settings.cdc.connector_name} RUNNING")
 
+    def provision(self) -> None:
+        """Roles, schema, topics and connector against services someone else runs (Docker Compose,
+        a managed cluster): the same steps ``up`` takes after starting each process."""
+        self.postgres.provision()
+        self.log("  postgres  roles, schema, grants and publication in place")
+        for change in ensure_topics(admin_client(self.settings.kafka), topic_specs(self.settings.cdc)):
+            self.log(f"  topics    {change}")
+        self.log("  topics    in place")
+        self.connect.register()
+        self.connect.wait_running(self.settings.stack.start_timeout_s)
+        self.log(f"  connector {self.settings.cdc.connector_name} RUNNING")
+
     def down(self) -> None:
         timeout = self.settings.stack.stop_timeout_s
         for process in reversed(self.processes):
