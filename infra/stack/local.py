@@ -106,7 +106,8 @@ class LocalStack:
             else:
                 raise StackError(f"could not drop slot {self.settings.cdc.slot_name}: {last}")
         self.down()
-        for part in ("postgres", "redis", "kafka", "connect", "logs", "pids"):
+        shutil.rmtree(self.postgres.root, ignore_errors=True)
+        for part in ("redis", "kafka", "connect", "logs", "pids"):
             shutil.rmtree(self.settings.stack.dir / part, ignore_errors=True)
         self.log(f"  removed state under {self.settings.stack.dir}")
 

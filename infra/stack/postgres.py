@@ -10,6 +10,7 @@ the CDC role needs no table ownership.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -46,11 +47,34 @@ def _run_as_postgres() -> str | None:
     return OS_USER if os.geteuid() == 0 else None
 
 
+def _reachable_by(user: str, path: Path) -> bool:
+    result = subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "test", "-x", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def cluster_root(stack_dir: Path) -> Path:
+    """Where the cluster lives: under the stack folder, unless the ``postgres`` OS user cannot reach
+    it (a checkout under /root, say); then in a folder of its own under /var/tmp, named after the
+    stack folder so that each checkout keeps its own cluster."""
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    owner = _run_as_postgres()
+    if owner is None or _reachable_by(owner, stack_dir):
+        return stack_dir / "postgres"
+    digest = hashlib.sha1(str(stack_dir.resolve()).encode()).hexdigest()[:12]
+    fallback = Path("/var/tmp") / f"engagement-pipeline-{digest}"
+    fallback.mkdir(mode=0o755, exist_ok=True)
+    return fallback / "postgres"
+
+
 class Postgres:
     def __init__(self, settings: PostgresSettings, cdc: CdcSettings, stack_dir: Path) -> None:
         self.settings = settings
         self.cdc = cdc
-        self.root = stack_dir / "postgres"
+        self.root = cluster_root(stack_dir)
         self.data = self.root / "data"
         self.sockets = self.root / "run"
         self.process = ServiceProcess(
