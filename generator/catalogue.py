@@ -24,6 +24,8 @@ LENGTH_SIGMA = {"podcast": 0.5, "newsletter": 0.5, "video": 0.8}
 NULL_LENGTH_SHARE = 0.01
 
 _NON_SLUG = re.compile(r"[^a-z0-9]+")
+EDIT_TAGS = ("updated", "revised", "remastered")
+_EDIT_SUFFIX = re.compile(r" \((?:" + "|".join(EDIT_TAGS) + r")\)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ def make_catalogue(rng: random.Random, fake: Faker, count: int, now: datetime) -
 def edit_content(rng: random.Random, content: Content) -> Content:
     """An editorial update: a retitle or a re-cut that changes the length by up to 15 %."""
     if rng.random() < 0.5 or content.length_seconds is None:
-        return replace(content, title=f"{content.title} ({rng.choice(['updated', 'revised', 'remastered'])})"[:200])
+        base = _EDIT_SUFFIX.sub("", content.title)  # one tag at most, however often it is edited
+        return replace(content, title=f"{base} ({rng.choice(EDIT_TAGS)})")
     factor = rng.uniform(0.85, 1.15)
     return replace(content, length_seconds=max(30, int(content.length_seconds * factor)))

@@ -48,8 +48,10 @@ fi
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
   step "installing Python dependencies into .venv (Apache Beam takes a few minutes the first time)"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet --progress-bar off -e '.[dev]'
+  log="$ROOT/.stack/pip-install.log"
+  mkdir -p "$ROOT/.stack"
+  { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install --progress-bar off -e '.[dev]'; } >"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "pip install failed (full log: ${log#$ROOT/})"; }
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
@@ -62,8 +64,9 @@ fetch_jars() {  # name pom target extra-args...
   step "resolving $name jars from Maven Central into ${target#$ROOT/} (about 30 s the first time)"
   rm -rf "$target"
   mkdir -p "$target"
-  mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$target" "$@" \
-    || die "Maven could not resolve $name (see the output above)"
+  local log="$ROOT/.stack/mvn-$(basename "$(dirname "$pom")").log"
+  mvn -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$target" "$@" >"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "Maven could not resolve $name (full log: ${log#$ROOT/})"; }
   touch "$stamp"
 }
 fetch_jars "Kafka 4.3.1 + Connect" infra/maven/kafka/pom.xml "$LIB/kafka"

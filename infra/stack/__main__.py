@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -68,44 +70,63 @@ def cmd_logs(stack: LocalStack, lines: int, service: str | None) -> int:
     return 0
 
 
-def cmd_tail(settings: Settings, count: int, timeout: float) -> int:
-    """Print the newest CDC envelopes from both topics: a quick look that changes are flowing."""
+def _read_recent(settings: Settings, topic: str, per_partition: int, timeout: float) -> list[tuple[int, int, Any]]:
+    """The last ``per_partition`` records of every partition of ``topic``, decoded."""
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "stack-tail", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": "stack-tail",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
     )
-    topics = [settings.cdc.content_topic, settings.cdc.engagement_topic]
-    assignment = []
-    for topic in topics:
+    try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        assignment, pending = [], set()
         for partition in meta.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            assignment.append(TopicPartition(topic, partition, max(low, high - count)))
-    consumer.assign(assignment)
-    shown, deadline = 0, time.monotonic() + timeout
-    ops: dict[str, int] = {}
-    try:
-        while shown < count * 4 and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
+            if high > low:
+                assignment.append(TopicPartition(topic, partition, max(low, high - per_partition)))
+                pending.add(partition)
+        consumer.assign(assignment)
+        records: list[tuple[int, int, Any]] = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
             if message is None:
                 continue
             if message.error():
-                if message.error().code() != KafkaError._PARTITION_EOF:
-                    _print(f"error: {message.error()}")
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
                 continue
             value = orjson.loads(message.value()) if message.value() else None
-            op = value.get("op") if value else "tombstone"
-            ops[op] = ops.get(op, 0) + 1
-            if shown < count:
-                after = (value or {}).get("after") or (value or {}).get("before") or {}
-                summary = {
-                    k: after.get(k) for k in ("id", "content_id", "event_type", "duration_ms", "title") if k in after
-                }
-                _print(f"  {message.topic()}[{message.partition()}]@{message.offset()} op={op} {summary}")
-            shown += 1
+            records.append((message.partition(), message.offset(), value))
+        return records
     finally:
         consumer.close()
-    _print(f"ops seen: {ops}")
-    return 0 if shown else 1
+
+
+def cmd_tail(settings: Settings, count: int, timeout: float) -> int:
+    """Show recent CDC envelopes of both topics: counts per operation and one line per sample."""
+    found = 0
+    for topic in (settings.cdc.content_topic, settings.cdc.engagement_topic):
+        records = _read_recent(settings, topic, 50, timeout)
+        found += len(records)
+        ops = Counter("tombstone" if v is None else v.get("op") for _, _, v in records)
+        _print(f"{topic}: last {len(records)} records, by operation {dict(ops)}")
+        # One of each operation first, then the newest: the demo should show c, u, d and tombstones.
+        firsts = {}
+        for record in reversed(records):
+            firsts.setdefault("tombstone" if record[2] is None else record[2].get("op"), record)
+        samples = list(firsts.values())
+        samples += [r for r in reversed(records) if r not in samples][: max(0, count - len(samples))]
+        for partition, offset, value in samples[:count]:
+            op = "tombstone" if value is None else value.get("op")
+            row = (value or {}).get("after") or (value or {}).get("before") or {}
+            fields = ("id", "content_id", "event_type", "duration_ms", "title", "length_seconds")
+            summary = ", ".join(f"{k}={row[k]}" for k in fields if k in row)
+            _print(f"  [{partition:>2}]@{offset:<7} {op:<9} {summary}")
+    return 0 if found else 1
 
 
 def main(argv: list[str] | None = None) -> int:

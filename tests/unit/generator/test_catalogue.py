@@ -63,3 +63,11 @@ def test_edit_content_changes_title_or_length_only():
         assert (
             (edited.title != item.title) or (edited.length_seconds != item.length_seconds) or item.length_seconds == 30
         )
+
+
+def test_repeated_edits_keep_one_tag():
+    rng = random.Random(8)
+    item = catalogue(count=1)[0]
+    for _ in range(20):
+        item = edit_content(rng, item)
+    assert item.title.count("(") <= 1
