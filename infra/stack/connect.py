@@ -57,8 +57,9 @@ class Connect:
         self.root = stack_dir / "connect"
         self.properties = self.root / "connect.properties"
         self.url = settings.connect.url
-        self.process = ServiceProcess(
-            name="connect",
+        self.process = ServiceProcess.in_stack(
+            stack_dir,
+            "connect",
             command=[
                 "java",
                 f"-Xmx{settings.connect.heap}",
@@ -72,8 +73,6 @@ class Connect:
                 "org.apache.kafka.connect.cli.ConnectDistributed",
                 str(self.properties),
             ],
-            pid_file=stack_dir / "pids" / "connect.pid",
-            log_file=stack_dir / "logs" / "connect.log",
             ready=self.ready,
             host=settings.connect.host,
             port=settings.connect.port,

@@ -129,8 +129,9 @@ class Kafka:
         self.data = self.root / "data"
         self.properties = self.root / "server.properties"
         self.classpath = str(lib_dir / "kafka" / "*")
-        self.process = ServiceProcess(
-            name="kafka",
+        self.process = ServiceProcess.in_stack(
+            stack_dir,
+            "kafka",
             command=[
                 "java",
                 f"-Xmx{settings.heap}",
@@ -145,8 +146,6 @@ class Kafka:
                 "kafka.Kafka",
                 str(self.properties),
             ],
-            pid_file=stack_dir / "pids" / "kafka.pid",
-            log_file=stack_dir / "logs" / "kafka.log",
             ready=self.ready,
             host=settings.host,
             port=settings.port,

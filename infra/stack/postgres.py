@@ -77,8 +77,9 @@ class Postgres:
         self.root = cluster_root(stack_dir)
         self.data = self.root / "data"
         self.sockets = self.root / "run"
-        self.process = ServiceProcess(
-            name="postgres",
+        self.process = ServiceProcess.in_stack(
+            stack_dir,
+            "postgres",
             command=[
                 pg_bin("postgres"),
                 "-D",
@@ -103,8 +104,6 @@ class Postgres:
                 "-c",
                 "log_min_messages=warning",
             ],
-            pid_file=stack_dir / "pids" / "postgres.pid",
-            log_file=stack_dir / "logs" / "postgres.log",
             ready=self.ready,
             host=settings.host,
             port=settings.port,

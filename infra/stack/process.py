@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class StackError(RuntimeError):
@@ -74,6 +75,16 @@ class ServiceProcess:
     cwd: Path | None = None
     user: str | None = None  # run as this OS user (Postgres refuses to run as root)
     stop_signal: signal.Signals = signal.SIGTERM
+
+    @classmethod
+    def in_stack(cls, stack_dir: Path, name: str, **kwargs: Any) -> ServiceProcess:
+        """A service whose pid and log files follow the stack folder's layout."""
+        return cls(
+            name=name,
+            pid_file=stack_dir / "pids" / f"{name}.pid",
+            log_file=stack_dir / "logs" / f"{name}.log",
+            **kwargs,
+        )
 
     def pid(self) -> int | None:
         try:

@@ -38,11 +38,10 @@ class RedisServer:
         self.settings = settings
         self.root = stack_dir / "redis"
         self.conf = self.root / "redis.conf"
-        self.process = ServiceProcess(
-            name="redis",
+        self.process = ServiceProcess.in_stack(
+            stack_dir,
+            "redis",
             command=[redis_server_binary(), str(self.conf)],
-            pid_file=stack_dir / "pids" / "redis.pid",
-            log_file=stack_dir / "logs" / "redis.log",
             ready=self.ready,
             host=settings.host,
             port=settings.port,

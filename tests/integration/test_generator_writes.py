@@ -60,33 +60,27 @@ def test_a_failing_batch_rolls_back_completely(stack: LocalStack, settings: Sett
     assert db.execute("SELECT count(*) FROM engagement_events").fetchone()[0] == before
 
 
-def test_cli_burst_reports_its_rate(stack: LocalStack, settings: Settings):
-    env = {**os.environ, **settings_env(settings)}
+def run_generator(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "generator", "--burst", "2000", "--seed", "3"],
+        [sys.executable, "-m", "generator", *args],
         cwd=REPO_ROOT,
-        env=env,
+        env={**os.environ, **settings_env(settings), **env},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_cli_burst_reports_its_rate(stack: LocalStack, settings: Settings):
+    result = run_generator(settings, "--burst", "2000", "--seed", "3")
     assert "burst: 2,000 events" in result.stdout and "rows/s" in result.stdout
 
 
 def test_cli_continuous_mode_holds_its_rate(stack: LocalStack, settings: Settings):
-    env = {**os.environ, **settings_env(settings), "GENERATION_RATE": "30000"}  # 500 rows/s
-    result = subprocess.run(
-        [sys.executable, "-m", "generator", "--duration", "3"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_generator(settings, "--duration", "3", GENERATION_RATE="30000")  # 500 rows/s
     summary = result.stdout.strip().splitlines()[-1]
     inserted = int(summary.split(": ")[1].split(" events")[0].replace(",", ""))
     assert 1300 <= inserted <= 1700  # 3 s at 500/s; a functional check, not a benchmark
