@@ -8,6 +8,7 @@ message with the last lines of that service's log, and exit with status 1.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections import Counter
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     tail_cmd.add_argument("--count", type=int, default=5)
     tail_cmd.add_argument("--timeout", type=float, default=15.0)
     args = parser.parse_args(argv)
+    # `make status | head` should end quietly, not with a BrokenPipeError traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     settings = Settings()
     stack = LocalStack(settings, log=_print)
