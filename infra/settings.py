@@ -182,6 +182,38 @@ class GeneratorSettings(BaseSettings):
         return self.generation_rate / 60.0
 
 
+class LeaderboardSettings(BaseSettings):
+    """The Redis leaderboards: window, lateness, TTLs."""
+
+    model_config = _config("LEADERBOARD_")
+
+    window_minutes: int = Field(default=10, ge=1, le=1440)
+    # Late events up to this much older than the window still update their minute bucket.
+    allowed_lateness_minutes: int = Field(default=10, ge=0)
+    metrics_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    roll_interval_s: float = Field(default=0.25, gt=0)
+
+
+class PipelineSettings(BaseSettings):
+    """The Beam job and its supervisor."""
+
+    model_config = _config("PIPELINE_")
+
+    runner: str = "prism"  # prism | flink | dataflow | direct (see pipeline/runners.py)
+    prism_binary: Path = REPO_ROOT / ".stack" / "bin" / "prism"
+    prism_port: int = 58073
+    consumer_group: str = "engagement-pipeline"
+    # An event whose content is not in the view waits this long before it is dead-lettered.
+    late_content_timeout_s: float = Field(default=10.0, ge=0)
+    view_startup_timeout_s: float = Field(default=120.0, gt=0)
+    max_records_per_call: int = Field(default=5_000, gt=0)
+    max_call_ms: int = Field(default=100, gt=0)
+    idle_resume_ms: int = Field(default=20, ge=0)
+    restart_backoff_initial_s: float = Field(default=1.0, gt=0)
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
+    lock_ttl_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The root object: build it once at an entry point and pass its parts down."""
 
@@ -194,3 +226,5 @@ class Settings(BaseSettings):
     cdc: CdcSettings = Field(default_factory=CdcSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    leaderboard: LeaderboardSettings = Field(default_factory=LeaderboardSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)

@@ -75,6 +75,8 @@ class ServiceProcess:
     cwd: Path | None = None
     user: str | None = None  # run as this OS user (Postgres refuses to run as root)
     stop_signal: signal.Signals = signal.SIGTERM
+    # Own session by default, so a Ctrl-C in the launching shell never reaches the service.
+    new_session: bool = True
 
     @classmethod
     def in_stack(cls, stack_dir: Path, name: str, **kwargs: Any) -> ServiceProcess:
@@ -122,7 +124,7 @@ class ServiceProcess:
                 stdin=subprocess.DEVNULL,
                 cwd=self.cwd,
                 env={**os.environ, **self.env},
-                start_new_session=True,
+                start_new_session=self.new_session,
             )
         except FileNotFoundError as exc:
             raise StackError(f"{self.name}: cannot run {command[0]!r}: {exc}. Run `make bootstrap`.") from exc

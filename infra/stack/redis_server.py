@@ -1,6 +1,7 @@
 """Redis as a native process with its own port, data folder and password.
 
-AOF persistence (fsync every second) so a restart keeps the leaderboards; ``noeviction`` so a full
+AOF persistence with an fsync per write (`appendfsync always`) so a restart, or a crash, keeps the
+leaderboards and the offsets stored with them; ``noeviction`` so a full
 Redis fails writes loudly instead of silently evicting leaderboard keys. The password is in the
 generated config file (mode 0600), not on the command line where ``ps`` would show it.
 """
@@ -64,7 +65,9 @@ class RedisServer:
                     'logfile ""',
                     'save ""',
                     "appendonly yes",
-                    "appendfsync everysec",
+                    # Every acknowledged write survives a crash: the sinks store source offsets in
+                    # the same script as the increments, so those must never run ahead of the data.
+                    "appendfsync always",
                     f"maxmemory {s.maxmemory}",
                     "maxmemory-policy noeviction",
                     "",

@@ -1,0 +1,97 @@
+"""Run the engagement pipeline under its supervisor: ``python -m pipeline``.
+
+    python -m pipeline                      # streaming on the local stack, Prism runner
+    python -m pipeline --bounded            # read to today's end offsets, then stop (backfill, tests)
+    python -m pipeline --runner flink -- --flink_master=host:8081 --flink_version=1.19
+    python -m pipeline --runner dataflow -- --project=P --region=R --temp_location=gs://B/tmp
+
+Settings come from the environment (.env.example: PIPELINE_*, LEADERBOARD_*, KAFKA_*, REDIS_*, CDC_*);
+the flags here override the runner and the mode; anything after ``--`` goes to Beam unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from infra.settings import Settings
+from infra.stack.process import StackError
+from pipeline.runners import RUNNERS
+from pipeline.supervisor import LockHeld, Supervisor
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description=(__doc__ or "").split("\n")[0],
+        epilog="Everything after -- is passed to Beam's PipelineOptions.",
+    )
+    parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default=None,
+        help="where the job runs (PIPELINE_RUNNER, default prism: local, built by make bootstrap)",
+    )
+    parser.add_argument(
+        "--bounded", action="store_true", help="read each partition up to its end offset at start, write, and exit"
+    )
+    parser.add_argument(
+        "--late-content-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long an event waits for unknown content before it is dead-lettered "
+        "(PIPELINE_LATE_CONTENT_TIMEOUT_S, default 10)",
+    )
+    parser.add_argument(
+        "--consumer-group", default=None, help="the instance lock and consumer group name (PIPELINE_CONSUMER_GROUP)"
+    )
+    parser.add_argument(
+        "--window-minutes", type=int, default=None, help="leaderboard window (LEADERBOARD_WINDOW_MINUTES, default 10)"
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    beam_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, beam_args = argv[:split], argv[split + 1 :]
+    return parser.parse_args(argv), beam_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Flags become environment variables, so the job process the supervisor starts reads the same
+    # settings from the one typed config.
+    for name, value in {
+        "PIPELINE_RUNNER": args.runner,
+        "PIPELINE_LATE_CONTENT_TIMEOUT_S": args.late_content_timeout,
+        "PIPELINE_CONSUMER_GROUP": args.consumer_group,
+        "LEADERBOARD_WINDOW_MINUTES": args.window_minutes,
+    }.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"error: invalid configuration in the environment:\n{exc}", file=sys.stderr)
+        return 2
+    ps = settings.pipeline
+    worker_args = ["--runner", ps.runner]
+    if ps.runner == "prism":
+        worker_args += ["--job-endpoint", f"localhost:{ps.prism_port}"]
+    if args.bounded:
+        worker_args.append("--bounded")
+    worker_args += beam_args
+    try:
+        return Supervisor(settings, worker_args).run()
+    except (LockHeld, StackError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

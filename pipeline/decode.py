@@ -1,0 +1,320 @@
+"""Decode Debezium JSON change envelopes from Kafka into the typed changes of ``pipeline.model``.
+
+The connectors use ``JsonConverter`` with ``schemas.enable=false`` (docs/architecture.md, "Envelope
+format"), so a value is the bare envelope ``{"before", "after", "source", "op", "ts_ms", ...}``.
+Column encodings handled here:
+
+* ``UUID``: a string, returned in lowercase canonical form;
+* ``TIMESTAMPTZ``: an ISO-8601 string with ``Z`` or an offset (``io.debezium.time.ZonedTimestamp``),
+  or, for a timestamp column captured as ``io.debezium.time.MicroTimestamp``, an integer of epoch
+  **microseconds**; always returned as an aware UTC datetime;
+* ``JSONB``: a JSON *string* inside the JSON, so it is decoded a second time.
+
+Anything that cannot be turned into a well-typed change raises :class:`DecodeError`, whose ``reason``
+is short enough to store in a dead letter. A delete's tombstone (value ``None``) is not an error but
+a :class:`~pipeline.model.Skipped`. The record key is not read: the row's ``id`` is authoritative and
+the key travels on in dead letters as it came.
+
+This is on the hot path of every message: one ``orjson.loads`` per envelope, exact ``type(...) is``
+checks instead of ``isinstance`` (which would also let ``bool`` through as ``int``), and error
+messages built only when something is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from pipeline.model import (
+    ContentChange,
+    ContentRow,
+    DeadLetter,
+    EngagementChange,
+    EngagementRow,
+    KafkaRecord,
+    Skipped,
+)
+
+__all__ = [
+    "DecodeError",
+    "decode_content",
+    "decode_engagement",
+    "decode_error_letter",
+    "parse_timestamp",
+    "parse_uuid",
+]
+
+_T = TypeVar("_T")
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Postgres always prints UUIDs in this form, so one match settles the common case; other letter
+# cases are lowered and matched again.
+_is_canonical_uuid: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+_MISSING: Final = object()
+_OPS: Final = frozenset({"c", "r", "u", "d"})
+_MAX_SHOWN: Final = 60
+_FULL_HINT: Final = " (a before-image needs REPLICA IDENTITY FULL on the table)"
+
+
+class DecodeError(ValueError):
+    """A record that can never be decoded; ``reason`` says why, briefly, for the dead letter."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _shown(value: Any) -> str:
+    """A short description of an offending value, safe to put in a reason."""
+    if value is _MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > _MAX_SHOWN:
+        text = text[: _MAX_SHOWN - 3] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """Parse a Debezium timestamp into an aware UTC datetime.
+
+    Accepts an ISO-8601 string with ``Z`` or a numeric offset and 0 to 9 fractional digits
+    (``ZonedTimestamp``; digits past the sixth are truncated, as Python 3.11+ ``fromisoformat``
+    does), or an ``int`` of epoch microseconds (``MicroTimestamp``). Integers are never read as
+    milliseconds or seconds: guessing the unit by magnitude would silently misplace real dates.
+    A string without an offset is rejected rather than assumed to be UTC.
+    """
+    value_type = type(value)
+    if value_type is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise DecodeError(f"timestamp is not ISO-8601: {_shown(value)}") from None
+        tz = parsed.tzinfo
+        if tz is UTC:
+            return parsed
+        if tz is None:
+            raise DecodeError(f"timestamp has no UTC offset: {_shown(value)}")
+        return parsed.astimezone(UTC)
+    if value_type is int:
+        try:
+            return _EPOCH + timedelta(microseconds=value)
+        except OverflowError:
+            raise DecodeError(f"timestamp out of range: {_shown(value)}") from None
+    raise DecodeError(f"timestamp must be an ISO-8601 string or epoch microseconds, got {_shown(value)}")
+
+
+def parse_uuid(value: Any) -> str | None:
+    """Return ``value`` as a lowercase canonical UUID string; ``None`` stays ``None``.
+
+    Only the hyphenated 8-4-4-4-12 form (any letter case) is accepted, which is all Postgres emits.
+    """
+    if value is None:
+        return None
+    if type(value) is str:
+        if _is_canonical_uuid(value):
+            return value
+        lowered = value.lower()
+        if _is_canonical_uuid(lowered):
+            return lowered
+    raise DecodeError(f"not a UUID: {_shown(value)}")
+
+
+def _field_error(side: str, name: str, expected: str, value: Any) -> DecodeError:
+    # A before-image with nulls where the table forbids them is what REPLICA IDENTITY DEFAULT sends
+    # for a delete (only the key columns are filled in), so say so.
+    hint = _FULL_HINT if side == "before" and (value is None or value is _MISSING) else ""
+    return DecodeError(f"{side}.{name} must be {expected}, got {_shown(value)}{hint}")
+
+
+def _field(side: str, name: str, parse: Callable[[Any], _T], value: Any) -> _T:
+    """Run a parser that raises DecodeError, prefixing its reason with where the value sat."""
+    try:
+        return parse(value)
+    except DecodeError as error:
+        raise DecodeError(f"{side}.{name}: {error.reason}") from None
+
+
+def _optional_str(side: str, name: str, value: Any) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise _field_error(side, name, "a string or null", value)
+
+
+def _optional_int(side: str, name: str, value: Any) -> int | None:
+    if value is None or type(value) is int:
+        return value
+    raise _field_error(side, name, "an integer or null", value)
+
+
+def _raw_payload(side: str, value: Any) -> dict[str, Any] | None:
+    if type(value) is str:
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise DecodeError(f"{side}.raw_payload is not valid JSON") from None
+    # A converter configured to embed JSON columns hands the object over already decoded.
+    if value is None or type(value) is dict:
+        return value
+    raise DecodeError(f"{side}.raw_payload must be a JSON object or null, got {_shown(value)}")
+
+
+def _engagement_row(row: Any, side: str) -> EngagementRow:
+    # Every event passes here (twice for an update), so the common case is checked inline and the
+    # helpers that build messages run only for a bad value.
+    if type(row) is not dict:
+        raise DecodeError(f"{side} must be an object, got {_shown(row)}")
+    get = row.get
+    row_id = get("id", _MISSING)
+    if type(row_id) is not int:
+        raise _field_error(side, "id", "an integer", row_id)
+    event_ts = get("event_ts", _MISSING)
+    if event_ts is _MISSING or event_ts is None:
+        raise _field_error(side, "event_ts", "a timestamp", event_ts)
+    content_id = get("content_id")
+    if content_id is not None and not (type(content_id) is str and _is_canonical_uuid(content_id)):
+        content_id = _field(side, "content_id", parse_uuid, content_id)
+    user_id = get("user_id")
+    if user_id is not None and not (type(user_id) is str and _is_canonical_uuid(user_id)):
+        user_id = _field(side, "user_id", parse_uuid, user_id)
+    event_type = get("event_type")
+    if event_type is not None and type(event_type) is not str:
+        raise _field_error(side, "event_type", "a string or null", event_type)
+    duration_ms = get("duration_ms")
+    if duration_ms is not None and type(duration_ms) is not int:
+        raise _field_error(side, "duration_ms", "an integer or null", duration_ms)
+    device = get("device")
+    if device is not None and type(device) is not str:
+        raise _field_error(side, "device", "a string or null", device)
+    # Positional: keyword arguments cost measurably more in a frozen dataclass's __init__.
+    return EngagementRow(
+        row_id,
+        content_id,
+        user_id,
+        event_type,
+        _field(side, "event_ts", parse_timestamp, event_ts),
+        duration_ms,
+        device,
+        _raw_payload(side, get("raw_payload")),
+    )
+
+
+def _content_row(row: Any, side: str) -> ContentRow:
+    if type(row) is not dict:
+        raise DecodeError(f"{side} must be an object, got {_shown(row)}")
+    get = row.get
+    row_id = get("id", _MISSING)
+    if row_id is _MISSING or row_id is None:
+        raise _field_error(side, "id", "a UUID", row_id)
+    publish_ts = get("publish_ts")
+    return ContentRow(
+        id=_field(side, "id", parse_uuid, row_id),
+        slug=_optional_str(side, "slug", get("slug")),
+        title=_optional_str(side, "title", get("title")),
+        content_type=_optional_str(side, "content_type", get("content_type")),
+        length_seconds=_optional_int(side, "length_seconds", get("length_seconds")),
+        publish_ts=None if publish_ts is None else _field(side, "publish_ts", parse_timestamp, publish_ts),
+    )
+
+
+def _envelope(record: KafkaRecord) -> tuple[dict[str, Any], str, int] | None:
+    """Load and check the envelope: ``(envelope, op, commit_ts_ms)``, or ``None`` for a tombstone."""
+    if record.value is None:
+        return None
+    try:
+        envelope = orjson.loads(record.value)
+    except orjson.JSONDecodeError as error:
+        raise DecodeError(f"value is not valid JSON: {error}") from None
+    if type(envelope) is not dict:
+        raise DecodeError(f"value must be a JSON object, got {_shown(envelope)}")
+    op = envelope.get("op", _MISSING)
+    # The type check first: a list or object op is unhashable and would break the set lookup.
+    if type(op) is not str or op not in _OPS:
+        raise DecodeError(f"op must be one of c, r, u, d, got {_shown(op)}")
+    return envelope, op, _commit_ts_ms(envelope)
+
+
+def _commit_ts_ms(envelope: dict[str, Any]) -> int:
+    # source.ts_ms is when the transaction committed; the envelope's own ts_ms is when Debezium
+    # processed it, a later but still usable stand-in if a producer leaves source out.
+    source = envelope.get("source")
+    if source is not None:
+        if type(source) is not dict:
+            raise DecodeError(f"source must be an object, got {_shown(source)}")
+        ts_ms = source.get("ts_ms")
+        if ts_ms is not None:
+            if type(ts_ms) is not int:
+                raise DecodeError(f"source.ts_ms must be an integer, got {_shown(ts_ms)}")
+            return ts_ms
+    ts_ms = envelope.get("ts_ms", _MISSING)
+    if type(ts_ms) is int:
+        return ts_ms
+    if ts_ms is _MISSING or ts_ms is None:
+        raise DecodeError("no commit time: source.ts_ms and ts_ms are both missing")
+    raise DecodeError(f"ts_ms must be an integer, got {_shown(ts_ms)}")
+
+
+def _images(envelope: dict[str, Any], op: str) -> tuple[Any, Any]:
+    """The raw ``(before, after)`` this op needs, with the one it does not need set to ``None``."""
+    before = envelope.get("before")
+    after = envelope.get("after")
+    if op == "c" or op == "r":
+        if after is None:
+            raise DecodeError(f"op {op} has no after-image")
+        return None, after
+    if op == "d":
+        if before is None:
+            raise DecodeError("op d has no before-image" + _FULL_HINT)
+        return before, None
+    if before is None:
+        raise DecodeError("op u has no before-image" + _FULL_HINT)
+    if after is None:
+        raise DecodeError("op u has no after-image")
+    return before, after
+
+
+def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
+    """Decode one record of the ``engagement_events`` topic; raises :class:`DecodeError`."""
+    loaded = _envelope(record)
+    if loaded is None:
+        return Skipped(record.position, "tombstone")
+    envelope, op, commit_ts_ms = loaded
+    before, after = _images(envelope, op)
+    return EngagementChange(
+        record.position,
+        op,
+        None if before is None else _engagement_row(before, "before"),
+        None if after is None else _engagement_row(after, "after"),
+        commit_ts_ms,
+    )
+
+
+def decode_content(record: KafkaRecord) -> ContentChange | Skipped:
+    """Decode one record of the ``content`` topic; raises :class:`DecodeError`."""
+    loaded = _envelope(record)
+    if loaded is None:
+        return Skipped(record.position, "tombstone")
+    envelope, op, commit_ts_ms = loaded
+    before, after = _images(envelope, op)
+    return ContentChange(
+        position=record.position,
+        op=op,
+        before=None if before is None else _content_row(before, "before"),
+        after=None if after is None else _content_row(after, "after"),
+        commit_ts_ms=commit_ts_ms,
+    )
+
+
+def decode_error_letter(record: KafkaRecord, stage: str, error: Exception) -> DeadLetter:
+    """A dead letter for ``record``, which failed at ``stage`` with ``error``, keeping its raw bytes."""
+    if isinstance(error, DecodeError):
+        reason = error.reason
+    else:
+        message = str(error)
+        reason = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return DeadLetter(position=record.position, stage=stage, reason=reason, key=record.key, value=record.value)

@@ -1,0 +1,45 @@
+"""Everything that differs between runners lives here: the transforms in ``pipeline.job`` do not change.
+
+- ``prism`` (local, the default): the supervisor starts the Prism binary built by ``make bootstrap``
+  (``go install``; Beam would otherwise download it from GitHub at run time) and submits the job to
+  it with ``PortableRunner`` and ``LOOPBACK`` workers, i.e. what ``PrismRunner --prism_location``
+  does, but with the Prism process owned and stopped by our supervisor.
+- ``flink``: ``FlinkRunner`` with ``--flink_master`` and ``--flink_version`` (pass them after
+  ``--``); Beam downloads the matching job-server jar, or give ``--flink_job_server_jar``.
+- ``dataflow``: ``DataflowRunner`` with ``--project``, ``--region``, ``--temp_location`` and the
+  usual options; workers need network access to Kafka and Redis (private IPs, ``--subnetwork``).
+- ``direct``: Beam's DirectRunner. For a streaming job with our unbounded source it hands over to
+  Prism only when the pipeline passes its support check, and otherwise falls back to a runner that
+  cannot run an unbounded splittable DoFn; use it for bounded runs only.
+
+Extra Beam options can always be appended after ``--`` on the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+RUNNERS = ("prism", "flink", "dataflow", "direct")
+
+
+def pipeline_options(
+    runner: str, *, job_endpoint: str | None, streaming: bool, extra: Sequence[str] = ()
+) -> PipelineOptions:
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
+    args: list[str] = []
+    if runner == "prism":
+        if job_endpoint is None:
+            raise ValueError("the prism runner needs the job endpoint of a running Prism")
+        args += ["--runner=PortableRunner", f"--job_endpoint={job_endpoint}", "--environment_type=LOOPBACK"]
+    elif runner == "flink":
+        args += ["--runner=FlinkRunner"]
+    elif runner == "dataflow":
+        args += ["--runner=DataflowRunner"]
+    else:
+        args += ["--runner=DirectRunner"]
+    if streaming:
+        args.append("--streaming")
+    return PipelineOptions([*args, *extra])

@@ -1,0 +1,103 @@
+"""The steps between the source and the sinks: decode envelopes, join content, reduce to contributions.
+
+Each step is a ``DoFn`` over the pure functions of ``pipeline.decode`` and ``pipeline.metrics``.
+Bad input never raises out of a step: it leaves on the ``dead_letter`` output with its reason
+(malformed envelope, unknown content after the wait), and tombstones are skipped and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from pipeline.decode import DecodeError, decode_content, decode_engagement, decode_error_letter
+from pipeline.metrics import MissingContentError, contributions
+from pipeline.model import DeadLetter, EngagementChange, EnrichedChange, KafkaRecord, Skipped
+from pipeline.sources.content_view import ContentView
+
+DEAD_LETTER = "dead_letter"
+
+
+class DecodeFn(beam.DoFn):
+    """``KafkaRecord -> change``; ``dead_letter`` for what cannot be decoded. ``kind`` is
+    ``"engagement"`` or ``"content"``."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in ("engagement", "content"):
+            raise ValueError(kind)
+        self._kind = kind
+        self._decoded = Metrics.counter("decode", f"{kind}_decoded")
+        self._tombstones = Metrics.counter("decode", f"{kind}_tombstones")
+        self._malformed = Metrics.counter("decode", f"{kind}_malformed")
+
+    def setup(self) -> None:
+        self._decode = decode_engagement if self._kind == "engagement" else decode_content
+
+    def process(self, record: KafkaRecord) -> Iterator[Any]:
+        try:
+            change = self._decode(record)
+        except DecodeError as error:
+            self._malformed.inc()
+            yield TaggedOutput(DEAD_LETTER, decode_error_letter(record, f"decode_{self._kind}", error))
+            return
+        if isinstance(change, Skipped):
+            self._tombstones.inc()
+            return
+        self._decoded.inc()
+        yield change
+
+
+class JoinContentFn(beam.DoFn):
+    """``EngagementChange -> EnrichedChange`` against this worker's content view.
+
+    An event whose content is not in the view waits up to ``late_content_timeout_s`` for it (the
+    content row is committed before the event that references it, but travels on another topic),
+    then goes to the dead-letter topic. The wait holds this bundle, which is acceptable because the
+    foreign key makes it rare in practice; the timeout bounds it.
+    """
+
+    def __init__(
+        self,
+        consumer_config: dict[str, Any],
+        content_topic: str,
+        late_content_timeout_s: float,
+        startup_timeout_s: float,
+    ) -> None:
+        self._config = consumer_config
+        self._topic = content_topic
+        self._late_timeout = late_content_timeout_s
+        self._startup_timeout = startup_timeout_s
+        self._waited = Metrics.counter("join", "waited_for_content")
+        self._missing = Metrics.counter("join", "content_missing")
+
+    def setup(self) -> None:
+        self._view = ContentView.shared(self._config, self._topic)
+        self._view.wait_until_current(self._startup_timeout)
+
+    def process(self, change: EngagementChange) -> Iterator[Any]:
+        lookup = self._view.get
+        try:
+            found = contributions(change, lookup)
+        except MissingContentError as missing:
+            self._waited.inc()
+            if self._view.wait_for(missing.content_id, self._late_timeout) is None:
+                self._missing.inc()
+                yield TaggedOutput(DEAD_LETTER, self._letter(change, str(missing)))
+                return
+            try:
+                found = contributions(change, lookup)
+            except MissingContentError as still:  # an update naming two unknown contents
+                if self._view.wait_for(still.content_id, self._late_timeout) is None:
+                    self._missing.inc()
+                    yield TaggedOutput(DEAD_LETTER, self._letter(change, str(still)))
+                    return
+                found = contributions(change, lookup)
+        yield EnrichedChange(change.position, change.commit_ts_ms, found)
+
+    def _letter(self, change: EngagementChange, why: str) -> DeadLetter:
+        reason = f"{why} within {self._late_timeout:g} s (content view has {len(self._view)} rows)"
+        return DeadLetter(change.position, "join_content", reason, None, None)

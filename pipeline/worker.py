@@ -1,0 +1,39 @@
+"""The job process the supervisor starts: submit the pipeline and wait for it.
+
+Not meant to be run by hand (use ``python -m pipeline``); a failure here exits non-zero and the
+supervisor restarts it, resuming from the positions the sinks stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from infra.settings import Settings
+from pipeline import job
+from pipeline.runners import pipeline_options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.worker")
+    parser.add_argument("--bounded", action="store_true")
+    parser.add_argument("--runner", required=True)
+    parser.add_argument("--job-endpoint")
+    args, beam_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    settings = Settings()
+    options = pipeline_options(args.runner, job_endpoint=args.job_endpoint, streaming=not args.bounded, extra=beam_args)
+    result = job.run(settings, options, bounded=args.bounded)
+    try:
+        state = result.wait_until_finish()
+    except KeyboardInterrupt:
+        result.cancel()
+        return 0
+    logging.getLogger("pipeline").info("job ended in state %s", state)
+    return 0 if str(state) in ("DONE", "PipelineState.DONE") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
