@@ -51,7 +51,9 @@ class PostgresWriter:
 
     def load_catalogue(self) -> list[Content]:
         rows = self.conn.execute(
-            "SELECT id, slug, title, content_type, length_seconds, publish_ts FROM content ORDER BY id"
+            # Latency probes (loadtest) own their content items; generated events never touch them.
+            "SELECT id, slug, title, content_type, length_seconds, publish_ts FROM content "
+            "WHERE slug NOT LIKE 'probe-%%' ORDER BY id"
         ).fetchall()
         return [Content(*row) for row in rows]
 

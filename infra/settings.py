@@ -206,9 +206,14 @@ class PipelineSettings(BaseSettings):
     # An event whose content is not in the view waits this long before it is dead-lettered.
     late_content_timeout_s: float = Field(default=10.0, ge=0)
     view_startup_timeout_s: float = Field(default=120.0, gt=0)
-    max_records_per_call: int = Field(default=5_000, gt=0)
-    max_call_ms: int = Field(default=100, gt=0)
-    idle_resume_ms: int = Field(default=20, ge=0)
+    # Partitions of a topic per reader element: 1 locally (one consumer reads them all), the
+    # partition count on Flink or Dataflow to spread them over workers (pipeline/sources).
+    readers: int = Field(default=1, ge=1)
+    max_records_per_call: int = Field(default=20_000, gt=0)
+    max_call_ms: int = Field(default=1_000, gt=0)
+    idle_resume_ms: int = Field(default=50, ge=0)
+    # The sinks flush at least this often while records flow (and whenever a bundle ends).
+    sink_flush_ms: int = Field(default=50, gt=0)
     restart_backoff_initial_s: float = Field(default=1.0, gt=0)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
     lock_ttl_s: float = Field(default=10.0, gt=0)

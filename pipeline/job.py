@@ -73,7 +73,10 @@ def build(p: beam.Pipeline, settings: Settings, run_plan: Plan) -> None:
     config = consumer_config(settings)
     ps = settings.pipeline
     tuning = SourceTuning(
-        max_records=ps.max_records_per_call, max_call_ms=ps.max_call_ms, idle_resume_ms=ps.idle_resume_ms
+        readers=ps.readers,
+        max_records=ps.max_records_per_call,
+        max_call_ms=ps.max_call_ms,
+        idle_resume_ms=ps.idle_resume_ms,
     )
     redis_settings, board = settings.redis, settings.leaderboard
 
@@ -86,7 +89,7 @@ def build(p: beam.Pipeline, settings: Settings, run_plan: Plan) -> None:
         JoinContentFn(config, settings.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s)
     ).with_outputs(DEAD_LETTER, main="enriched")
     leaderboards = joined.enriched | "WriteLeaderboards" >> beam.ParDo(
-        SinkWriteFn(lambda: RedisLeaderboardSink(redis_settings, board))
+        SinkWriteFn(lambda: RedisLeaderboardSink(redis_settings, board), max_latency_ms=ps.sink_flush_ms)
     ).with_outputs(DEAD_LETTER, main="written")
 
     content = (
@@ -95,7 +98,7 @@ def build(p: beam.Pipeline, settings: Settings, run_plan: Plan) -> None:
         | "DecodeContent" >> beam.ParDo(DecodeFn("content")).with_outputs(DEAD_LETTER, main="changes")
     )
     metadata = content.changes | "WriteContentMetadata" >> beam.ParDo(
-        SinkWriteFn(lambda: RedisContentSink(redis_settings))
+        SinkWriteFn(lambda: RedisContentSink(redis_settings), max_latency_ms=ps.sink_flush_ms)
     ).with_outputs(DEAD_LETTER, main="written")
 
     (

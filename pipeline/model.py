@@ -1,6 +1,9 @@
 """The typed records that flow through the pipeline, from Kafka record to leaderboard contribution.
 
-Plain frozen dataclasses (picklable, cheap), shared by every step. Positions travel with each record
+Plain slotted dataclasses, shared by every step and treated as immutable by convention: they are
+not ``frozen`` because a frozen dataclass sets each field through ``object.__setattr__``, which
+made building them the largest cost after JSON parsing on the per-record path. Positions travel
+with each record
 so that sinks can store, atomically with their writes, how far into each partition they have
 applied (see docs/delivery.md).
 """
@@ -12,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SourcePosition:
     """Where a record came from; ``offset`` is the record's own offset (next to read is offset + 1)."""
 
@@ -25,7 +28,7 @@ class SourcePosition:
         return f"{self.topic}:{self.partition}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KafkaRecord:
     position: SourcePosition
     key: bytes | None
@@ -33,7 +36,7 @@ class KafkaRecord:
     timestamp_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EngagementRow:
     id: int
     content_id: str | None
@@ -45,7 +48,7 @@ class EngagementRow:
     raw_payload: dict[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContentRow:
     id: str
     slug: str | None
@@ -55,7 +58,7 @@ class ContentRow:
     publish_ts: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EngagementChange:
     """One Debezium change of ``engagement_events``: op is c (insert), r (snapshot read), u, or d."""
 
@@ -66,7 +69,7 @@ class EngagementChange:
     commit_ts_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContentChange:
     position: SourcePosition
     op: str
@@ -75,7 +78,7 @@ class ContentChange:
     commit_ts_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Skipped:
     """A record that carries nothing to apply (a delete tombstone): counted, not dead-lettered."""
 
@@ -83,7 +86,7 @@ class Skipped:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeadLetter:
     """A record that can never be applied, with why and where it came from."""
 
@@ -94,7 +97,7 @@ class DeadLetter:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Contribution:
     """One signed effect of an event row on the aggregates: +1 when a row appears, -1 when it goes.
 
@@ -110,7 +113,7 @@ class Contribution:
     sign: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EnrichedChange:
     """An engagement change joined to content, reduced to its contributions."""
 

@@ -122,7 +122,7 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
         if self._child and self._child.poll() is None:
-            self._child.send_signal(signal.SIGINT)
+            self._child.terminate()
 
     def run(self) -> int:
         ps = self.settings.pipeline

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from infra.settings import Settings
@@ -21,16 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner", required=True)
     parser.add_argument("--job-endpoint")
     args, beam_args = parser.parse_known_args(argv)
+    # The supervisor stops this process with SIGTERM; a Ctrl-C in the terminal reaches the whole
+    # group, and only the supervisor should act on it (sinks are atomic, so an abrupt stop is safe).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     settings = Settings()
     options = pipeline_options(args.runner, job_endpoint=args.job_endpoint, streaming=not args.bounded, extra=beam_args)
     result = job.run(settings, options, bounded=args.bounded)
-    try:
-        state = result.wait_until_finish()
-    except KeyboardInterrupt:
-        result.cancel()
-        return 0
+    state = result.wait_until_finish()
     logging.getLogger("pipeline").info("job ended in state %s", state)
     return 0 if str(state) in ("DONE", "PipelineState.DONE") else 1
 

@@ -75,11 +75,13 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self,
         sink_factory: Callable[[], PositionedSink[T]],
         max_buffer: int = 20_000,
+        max_latency_ms: int = 50,
         max_backoff_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._factory = sink_factory
         self._max_buffer = max_buffer
+        self._max_latency_s = max_latency_ms / 1000.0
         self._max_backoff_s = max_backoff_s
         self._sleep = sleep
 
@@ -112,10 +114,14 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
 
     def start_bundle(self) -> None:
         self._buffer: list[T] = []
+        self._oldest = 0.0
 
     def process(self, element: T) -> Iterator[TaggedOutput]:
+        if not self._buffer:
+            self._oldest = time.monotonic()
         self._buffer.append(element)
-        if len(self._buffer) >= self._max_buffer:
+        # Flush by size, or by age: a bundle can last longer than the latency goal allows.
+        if len(self._buffer) >= self._max_buffer or time.monotonic() - self._oldest >= self._max_latency_s:
             for letter in self._flush():
                 yield TaggedOutput(DEAD_LETTER, letter)
 

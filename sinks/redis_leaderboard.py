@@ -37,6 +37,7 @@ import redis
 from infra.settings import LeaderboardSettings, RedisSettings
 from pipeline.model import ContentChange, EnrichedChange
 from sinks.base import SinkUnavailable
+from sinks.leaderboard_deltas import Deltas, aggregate
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 OFFSETS_KEY = "engagement:offsets"
@@ -45,10 +46,6 @@ _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
 
 def board_key(window_minutes: int) -> str:
     return f"top_engagement:{window_minutes}min"
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else repr(value)
 
 
 def connect(settings: RedisSettings) -> redis.Redis:
@@ -120,7 +117,7 @@ class RedisLeaderboardSink(_RedisPositioned):
         self._roll_in_background = roll_in_background
         self._stop = threading.Event()
 
-    def open(self) -> None:
+    def _open_scripts(self) -> None:
         super().open()
         self._apply = self.client.register_script((LUA_DIR / "leaderboard_apply.lua").read_text())
         self._roll = self.client.register_script((LUA_DIR / "leaderboard_roll.lua").read_text())
@@ -134,8 +131,26 @@ class RedisLeaderboardSink(_RedisPositioned):
     def now_minute(self) -> int:
         return int(self._clock() // 60)
 
+    def open(self) -> None:
+        self._open_scripts()
+        self._stored = self.positions()
+
     def write(self, batch: Sequence[EnrichedChange]) -> tuple[int, int]:
-        """Apply the batch; return (contributions applied, contributions skipped as replays)."""
+        """Apply the batch; return (records applied, records skipped as replays)."""
+        while True:
+            deltas = aggregate(batch, self._stored)
+            if not deltas.partitions:
+                return 0, deltas.skipped_replays
+            result = self._run(self._apply, self._arguments(deltas))
+            if int(result[0]) >= 0:
+                for key, (_, next_offset) in deltas.partitions.items():
+                    self._stored[key] = next_offset
+                return deltas.records, deltas.skipped_replays
+            # Someone stored a later position (a replay overlapping a write that did land, or a
+            # second writer): learn it and drop what it covers.
+            self._stored[result[1].decode()] = int(result[2])
+
+    def _arguments(self, deltas: Deltas) -> list[Any]:
         now = self.now_minute()
         b = self._board
         args: list[Any] = [
@@ -146,25 +161,18 @@ class RedisLeaderboardSink(_RedisPositioned):
             b.window_minutes + b.allowed_lateness_minutes,
             self.key,
             OFFSETS_KEY,
+            len(deltas.partitions),
         ]
-        groups = _group_by_partition(batch)
-        args.append(len(groups))
-        for partition_key, changes in groups.items():
-            contributions = [(c.position.offset, k) for c in changes for k in c.contributions]
-            args += [partition_key, changes[-1].position.offset + 1, len(contributions)]
-            for offset, k in contributions:
-                args += [
-                    offset,
-                    k.content_id,
-                    k.content_type or "",
-                    k.minute,
-                    k.event_type or "",
-                    _fmt(k.seconds),
-                    _fmt(k.pct),
-                    k.sign,
-                ]
-        applied, skipped = self._run(self._apply, args)
-        return int(applied), int(skipped)
+        for key, (first, next_offset) in deltas.partitions.items():
+            args += [key, first, next_offset]
+        args.append(len(deltas.content))
+        for content_id, delta in deltas.content.items():
+            args.append(content_id)
+            args += [repr(v) if isinstance(v, float) else v for v in delta.values]
+        args.append(len(deltas.buckets))
+        for (minute, content_id, content_type), seconds in deltas.buckets.items():
+            args += [minute, content_id, content_type, repr(seconds)]
+        return args
 
     def roll(self) -> bool:
         return bool(self._run(self._roll, [self.now_minute(), self._board.window_minutes, self.key]))

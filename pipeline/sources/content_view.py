@@ -44,6 +44,7 @@ class ContentView:
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self.malformed = 0
+        self._loaded = False
         self._thread = threading.Thread(target=self._run, name=f"content-view-{topic}", daemon=True)
         self._thread.start()
 
@@ -75,7 +76,13 @@ class ContentView:
         return row
 
     def wait_until_current(self, timeout: float) -> None:
-        """Block until every record the topic holds now has been applied."""
+        """Block until every record the topic held at the first call has been applied.
+
+        Only the first call waits: from then on the view follows the topic, and new DoFn instances
+        (Prism makes one per concurrent bundle) must not pay a metadata round trip each.
+        """
+        if self._loaded:
+            return
         targets = self._end_offsets()
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -85,6 +92,7 @@ class ContentView:
                     behind = {p: (self._applied.get(p, 0), end) for p, end in targets.items()}
                     raise TimeoutError(f"content view of {self._topic} not current after {timeout} s: {behind}")
                 self._changed.wait(min(remaining, 0.1))
+        self._loaded = True
 
     def close(self) -> None:
         self._stop.set()

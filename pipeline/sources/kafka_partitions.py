@@ -1,4 +1,4 @@
-"""A native Kafka source for Beam Python: one splittable-DoFn restriction per topic partition.
+"""A native Kafka source for Beam Python: a splittable DoFn whose restriction is a set of partition offsets.
 
 Why our own instead of ``ReadFromKafka``: the cross-language Java transform stalls on local runners
 (apache/beam #25114, #22809, #31400) and needs a Java expansion service; this source is plain
@@ -6,41 +6,54 @@ Python over confluent-kafka and runs unchanged on Prism, Flink and Dataflow.
 
 Shape (after Beam's ``periodicsequence.py`` and Bytewax's partitioned Kafka source):
 
-- The element is a ``PartitionSpec`` (topic, partition, start, stop). The restriction is the offset
-  range ``[start, stop)``: ``start`` is the *next offset to read* (resume point), ``stop`` is the end
-  offset taken when the job started (bounded mode: tests, backfill) or ``UNBOUNDED``.
-- ``process`` claims each offset before emitting it, reads at most ``max_records`` or
-  ``max_call_ms`` per call, never blocks on an empty partition, and self-checkpoints with
-  ``defer_remainder`` (yielding ``ProcessContinuation.resume()`` fails the job in Beam 2.77). Prism
-  may not honour the resume delay (apache/beam #39848), so correctness never depends on it.
-- The watermark is the largest record timestamp seen (it never goes backwards) and, when the
-  partition is idle and read to its end, wall-clock time minus ``idle_watermark_lag``.
-- Read-ahead is bounded by librdkafka's ``queued.max.messages.kbytes`` per partition consumer, so a
-  slow sink cannot make the source buffer without limit.
+- The partitions of a topic are dealt round-robin to ``readers`` elements (``ReaderSpec``). Each
+  element's restriction (``PartitionOffsets``) holds, for every one of its partitions, the *next
+  offset to read* (the resume point) and a stop: the end offset taken when the job started (bounded
+  mode: tests, backfill) or ``UNBOUNDED``. Positions are claimed per partition before a record is
+  emitted (``try_claim((partition, offset))``); claiming an offset at or past a partition's stop
+  marks that partition finished.
+- Why several partitions per element: on Prism every deferred residual goes back to the runner and
+  comes back in a later bundle, and under load that round trip grew to hundreds of milliseconds per
+  residual. With one element per partition the 16 partitions of the event topic took turns, which
+  alone broke the latency goal. One reader per topic locally (``PIPELINE_READERS=1``) reads all
+  partitions through one consumer; on Flink or Dataflow set it to the partition count to spread
+  the partitions over workers. Either way a partition belongs to exactly one reader.
+- ``process`` reads for at most ``max_call_ms`` or ``max_records``, returns early when its
+  partitions go quiet, and self-checkpoints with ``defer_remainder`` (yielding
+  ``ProcessContinuation.resume()`` fails the job in Beam 2.77). Prism may not honour the resume
+  delay (apache/beam #39848), so correctness never depends on it. Runner-initiated splits are
+  refused: a partition is one sequential reader.
+- The watermark is the oldest, over the reader's partitions, of the newest record timestamp seen
+  (or, for a partition read to its end, wall-clock time minus ``idle_watermark_lag_s``); it never
+  goes backwards.
+- Read-ahead is bounded by librdkafka's ``queued.max.messages.kbytes``, so a slow sink cannot make
+  the source buffer without limit.
 - Offsets are not committed as the source of truth: sinks store what they applied (see
-  docs/delivery.md). Each call commits the previous call's position to the consumer group, only so
-  that ordinary Kafka tooling can show consumer lag.
+  docs/delivery.md). Each call commits the positions the previous call reached to the consumer
+  group, only so that ordinary Kafka tooling can show consumer lag.
 
-Delivery: every offset in ``[start, stop)`` is emitted at least once per run, in order per
-partition; sinks make replays idempotent.
+Delivery: every offset between a partition's start and stop is emitted at least once per run, in
+order per partition; sinks make replays idempotent.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import apache_beam as beam
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.model import KafkaRecord, SourcePosition
 
@@ -56,14 +69,36 @@ class PartitionSpec:
     stop: int = UNBOUNDED  # exclusive
 
 
+@dataclass(frozen=True, slots=True)
+class ReaderSpec:
+    """One element of the source: a topic and the partitions this reader owns."""
+
+    topic: str
+    partitions: tuple[PartitionSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    """The restriction: per partition, the next offset to read and the exclusive stop."""
+
+    partitions: tuple[int, ...]
+    starts: tuple[int, ...]
+    stops: tuple[int, ...]
+
+    def is_empty(self) -> bool:
+        return all(start >= stop for start, stop in zip(self.starts, self.stops, strict=True))
+
+
 @dataclass(frozen=True)
 class SourceTuning:
-    max_records: int = 5_000
-    max_call_ms: int = 100
-    idle_resume_ms: int = 20
+    readers: int = 1
+    max_records: int = 20_000
+    max_call_ms: int = 1_000
+    # A call returns when no record arrived for this long (the sinks flush when the bundle ends).
+    quiet_ms: int = 10
+    idle_resume_ms: int = 50
     idle_watermark_lag_s: float = 2.0
-    # Per-partition read-ahead cap (librdkafka queued.max.messages.kbytes).
-    max_buffer_kbytes: int = 4_096
+    max_buffer_kbytes: int = 16_384
 
 
 def discover_partitions(
@@ -103,30 +138,128 @@ def discover_partitions(
         consumer.close()
 
 
-class _PartitionRestrictions(RestrictionProvider):
-    def initial_restriction(self, element: PartitionSpec) -> OffsetRange:
-        return OffsetRange(element.start, max(element.start, element.stop))
+def readers(specs: list[PartitionSpec], count: int) -> list[ReaderSpec]:
+    """Deal the partitions round-robin to ``count`` readers (fewer if there are fewer partitions)."""
+    count = max(1, min(count, len(specs)))
+    groups: list[list[PartitionSpec]] = [[] for _ in range(count)]
+    for index, spec in enumerate(sorted(specs, key=lambda s: s.partition)):
+        groups[index % count].append(spec)
+    return [ReaderSpec(group[0].topic, tuple(group)) for group in groups if group]
 
-    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
-        return OffsetRestrictionTracker(restriction)
 
-    def restriction_size(self, element: PartitionSpec, restriction: OffsetRange) -> int:
-        # Unknown backlog for unbounded restrictions: report a constant so runners do not split.
-        if restriction.stop == UNBOUNDED:
+class PartitionOffsetsTracker(RestrictionTracker):
+    """Claims ``(partition, offset)`` positions; splits only to self-checkpoint."""
+
+    def __init__(self, restriction: PartitionOffsets) -> None:
+        self._restriction = restriction
+        self._index = {p: i for i, p in enumerate(restriction.partitions)}
+        self._next = list(restriction.starts)
+        self._checkpointed = False
+
+    def current_restriction(self) -> PartitionOffsets:
+        return self._restriction
+
+    def try_claim(self, position: tuple[int, int]) -> bool:
+        partition, offset = position
+        i = self._index[partition]
+        if self._checkpointed:
+            return False
+        if offset < self._next[i]:
+            raise ValueError(f"partition {partition}: offset {offset} claimed after {self._next[i] - 1}")
+        stop = self._restriction.stops[i]
+        if offset >= stop:
+            self._next[i] = stop  # finished: the rest of the range holds nothing to read
+            return False
+        self._next[i] = offset + 1
+        return True
+
+    def try_split(self, fraction_of_remainder: float) -> tuple[PartitionOffsets, PartitionOffsets] | None:
+        # A runner-initiated split would give offsets of one partition to a second reader.
+        if fraction_of_remainder != 0 or self._checkpointed:
+            return None
+        r = self._restriction
+        primary = PartitionOffsets(r.partitions, r.starts, tuple(self._next))
+        residual = PartitionOffsets(r.partitions, tuple(self._next), r.stops)
+        self._restriction = primary
+        self._checkpointed = True
+        return primary, residual
+
+    def check_done(self) -> None:
+        if self._checkpointed:
+            return
+        r = self._restriction
+        unread = {p: n for p, n, stop in zip(r.partitions, self._next, r.stops, strict=True) if n < stop}
+        if unread:
+            raise ValueError(f"partitions not read to their stop: {unread}")
+
+    def current_progress(self) -> RestrictionProgress:
+        r = self._restriction
+        done = sum(n - s for n, s in zip(self._next, r.starts, strict=True))
+        left = sum(0 if stop == UNBOUNDED else max(0, stop - n) for n, stop in zip(self._next, r.stops, strict=True))
+        return RestrictionProgress(completed=float(done), remaining=float(left if self.is_bounded() else 1))
+
+    def is_bounded(self) -> bool:
+        return all(stop != UNBOUNDED for stop in self._restriction.stops)
+
+
+class _ReaderRestrictions(RestrictionProvider):
+    def initial_restriction(self, element: ReaderSpec) -> PartitionOffsets:
+        parts = element.partitions
+        return PartitionOffsets(
+            tuple(p.partition for p in parts), tuple(p.start for p in parts), tuple(max(p.start, p.stop) for p in parts)
+        )
+
+    def create_tracker(self, restriction: PartitionOffsets) -> PartitionOffsetsTracker:
+        return PartitionOffsetsTracker(restriction)
+
+    def restriction_size(self, element: ReaderSpec, restriction: PartitionOffsets) -> int:
+        # Unknown backlog for unbounded restrictions: a constant, so runners do not split.
+        if any(stop == UNBOUNDED for stop in restriction.stops):
             return 1
-        return max(0, restriction.stop - restriction.start)
+        return sum(max(0, stop - start) for start, stop in zip(restriction.starts, restriction.stops, strict=True))
 
-    def truncate(self, element: PartitionSpec, restriction: OffsetRange) -> None:
+    def truncate(self, element: ReaderSpec, restriction: PartitionOffsets) -> None:
         # On drain stop reading: what was not read stays in Kafka for the next run.
         return None
 
 
+@dataclass
+class _Reader:
+    """A consumer and what the source knows about its partitions, kept across calls."""
+
+    consumer: Consumer
+    assigned: dict[int, int]  # partition -> next offset the consumer will return
+    newest_ms: dict[int, int]  # partition -> newest record timestamp seen
+
+
+class _ReaderPool:
+    """One consumer per reader per process, shared by every DoFn instance.
+
+    Prism creates several instances of the DoFn (one per concurrent bundle processor) and a residual
+    moves between them; a consumer per instance would reconnect and drop its prefetched records each
+    time. Only one residual of a reader exists at a time, so a pooled consumer is never used by two
+    threads at once.
+    """
+
+    _lock = threading.Lock()
+    _readers: ClassVar[dict[tuple[str, str, tuple[int, ...]], _Reader]] = {}
+
+    @classmethod
+    def get(cls, config: dict[str, Any], topic: str, partitions: tuple[int, ...]) -> _Reader:
+        key = (str(sorted(config.items())), topic, partitions)
+        with cls._lock:
+            reader = cls._readers.get(key)
+            if reader is None:
+                reader = cls._readers[key] = _Reader(Consumer(config), {}, {})
+            return reader
+
+
 _WATERMARKS = ManualWatermarkEstimator.default_provider()
-_RESTRICTIONS = _PartitionRestrictions()
+_RESTRICTIONS = _ReaderRestrictions()
 
 
-class ReadPartitionFn(beam.DoFn):
-    """Reads one partition per element; see the module docstring for the contract."""
+class ReadPartitionsFn(beam.DoFn):
+    """Reads the partitions of one ``ReaderSpec``; see the module docstring for the contract."""
 
     def __init__(self, consumer_config: dict[str, Any], tuning: SourceTuning) -> None:
         self._config = consumer_config
@@ -135,128 +268,138 @@ class ReadPartitionFn(beam.DoFn):
         self._idle_calls = Metrics.counter("source", "idle_calls")
 
     def setup(self) -> None:
-        self._consumers: dict[tuple[str, int], Consumer] = {}
-        self._positions: dict[tuple[str, int], int] = {}
-        self._lag: dict[tuple[str, int], Any] = {}
+        self._consumer_config = {
+            **self._config,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Long-poll: the broker answers as soon as a record arrives, so this only bounds idle
+            # fetches (many consumers at 10 ms kept the broker at half a core doing nothing).
+            "fetch.wait.max.ms": 500,
+            "queued.max.messages.kbytes": self._tuning.max_buffer_kbytes,
+            # EOF events tell a bounded read it reached its stop even when compaction removed the
+            # last offsets before it.
+            "enable.partition.eof": True,
+        }
+        self._lag = Metrics.gauge("source", "lag_records")
 
-    def teardown(self) -> None:
-        for consumer in getattr(self, "_consumers", {}).values():
-            consumer.close()
-
-    def _consumer(self, topic: str, partition: int, start: int) -> Consumer:
-        key = (topic, partition)
-        consumer = self._consumers.get(key)
-        if consumer is None:
-            consumer = Consumer(
-                {
-                    **self._config,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 10,
-                    "queued.max.messages.kbytes": self._tuning.max_buffer_kbytes,
-                    # EOF events tell a bounded read it has reached its stop even when compaction
-                    # removed the last offsets before it.
-                    "enable.partition.eof": True,
-                }
+    def _reader(self, topic: str, restriction: PartitionOffsets) -> _Reader:
+        reader = _ReaderPool.get(self._consumer_config, topic, restriction.partitions)
+        wanted = dict(zip(restriction.partitions, restriction.starts, strict=True))
+        if reader.assigned != wanted:
+            # First call, or a retried bundle: the restriction, not the consumer, knows where to read.
+            reader.consumer.assign(
+                [
+                    TopicPartition(topic, p, start)
+                    for p, start, stop in zip(
+                        restriction.partitions, restriction.starts, restriction.stops, strict=True
+                    )
+                    if start < stop
+                ]
             )
-            self._consumers[key] = consumer
-            self._lag[key] = Metrics.gauge("source", f"lag_{topic}_{partition}")
-        if self._positions.get(key) != start:
-            # A residual may resume on another DoFn instance, or after a failed bundle: the
-            # restriction, not the consumer, knows the next offset.
-            consumer.assign([TopicPartition(topic, partition, start)])
-            self._positions[key] = start
-        elif start > 0:
-            # The position reached by the previous call is durable (its bundle committed before
-            # this residual ran): report it to the group for lag monitoring only.
-            consumer.commit(offsets=[TopicPartition(topic, partition, start)], asynchronous=True)
-        return consumer
+            reader.assigned = wanted
+        elif any(start > 0 for start in restriction.starts):
+            # What the previous call reached is durable (its bundle completed before this residual
+            # ran): report it to the group, for lag monitoring only.
+            reader.consumer.commit(
+                offsets=[TopicPartition(topic, p, s) for p, s in wanted.items() if s > 0], asynchronous=True
+            )
+        return reader
 
     @beam.DoFn.unbounded_per_element()
     def process(
         self,
-        element: PartitionSpec,
-        tracker: OffsetRestrictionTracker = beam.DoFn.RestrictionParam(_RESTRICTIONS),  # noqa: B008
+        element: ReaderSpec,
+        tracker: PartitionOffsetsTracker = beam.DoFn.RestrictionParam(_RESTRICTIONS),  # noqa: B008
         watermark: ManualWatermarkEstimator = beam.DoFn.WatermarkEstimatorParam(_WATERMARKS),  # noqa: B008
-    ) -> Any:
+    ) -> Iterator[TimestampedValue]:
         restriction = tracker.current_restriction()
-        if restriction.start >= restriction.stop:
+        if restriction.is_empty():
             return
-        topic, partition = element.topic, element.partition
-        consumer = self._consumer(topic, partition, restriction.start)
-        deadline = time.monotonic() + self._tuning.max_call_ms / 1000.0
-        budget = self._tuning.max_records
-        newest_ms = -1
-        next_offset = restriction.start
-        end_reached_at = -1
-        while budget > 0 and time.monotonic() < deadline:
-            messages = consumer.consume(min(budget, 1000), timeout=0)
+        topic = element.topic
+        reader = self._reader(topic, restriction)
+        stops = dict(zip(restriction.partitions, restriction.stops, strict=True))
+        positions = dict(reader.assigned)
+        finished = {p for p in restriction.partitions if positions[p] >= stops[p]}
+        tuning = self._tuning
+        deadline = time.monotonic() + tuning.max_call_ms / 1000.0
+        budget = tuning.max_records
+        read = 0
+        while budget > 0 and len(finished) < len(stops) and time.monotonic() < deadline:
+            messages = reader.consumer.consume(min(budget, 1000), timeout=tuning.quiet_ms / 1000.0)
             if not messages:
-                break
+                break  # quiet: let the bundle end, so the sinks flush what they hold
             for message in messages:
+                partition = message.partition()
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        end_reached_at = message.offset()
-                    else:
-                        # librdkafka retries transient broker errors itself; log the rest and go on.
+                    if error.code() == KafkaError._PARTITION_EOF and message.offset() >= stops.get(partition, 0):
+                        tracker.try_claim((partition, stops[partition]))
+                        finished.add(partition)
+                    elif error.code() != KafkaError._PARTITION_EOF:
+                        # librdkafka retries transient broker errors itself; log the rest, go on.
                         _log.warning("%s[%d]: consumer error %s", topic, partition, error)
                     continue
+                if partition in finished:
+                    continue
                 offset = message.offset()
-                if not tracker.try_claim(offset):
-                    self._positions[(topic, partition)] = offset
-                    return  # reached the bounded stop
+                if not tracker.try_claim((partition, offset)):
+                    finished.add(partition)  # reached the bounded stop
+                    continue
+                positions[partition] = offset + 1
                 _, timestamp_ms = message.timestamp()
-                newest_ms = max(newest_ms, timestamp_ms)
-                next_offset = offset + 1
+                if timestamp_ms > reader.newest_ms.get(partition, -1):
+                    reader.newest_ms[partition] = timestamp_ms
                 budget -= 1
+                read += 1
                 yield TimestampedValue(
                     KafkaRecord(SourcePosition(topic, partition, offset), message.key(), message.value(), timestamp_ms),
                     Timestamp(micros=timestamp_ms * 1000),
                 )
-        self._positions[(topic, partition)] = next_offset
-        read = self._tuning.max_records - budget
+        reader.assigned = positions
         self._records.inc(read)
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-        if high is not None and high >= 0:
-            self._lag[(topic, partition)].set(max(0, high - next_offset))
-        self._advance_watermark(watermark, newest_ms, caught_up=high is not None and next_offset >= high)
-        if restriction.stop != UNBOUNDED and max(next_offset, end_reached_at) >= restriction.stop:
-            # Bounded and read to the stop: claiming the stop itself marks the restriction done.
-            tracker.try_claim(restriction.stop)
-            return
+        self._advance_watermark(watermark, reader, topic, positions)
+        if len(finished) == len(stops):
+            return  # bounded and read to every stop
         if read:
             tracker.defer_remainder(Duration(micros=0))
         else:
             self._idle_calls.inc()
-            tracker.defer_remainder(Duration(micros=self._tuning.idle_resume_ms * 1000))
+            tracker.defer_remainder(Duration(micros=tuning.idle_resume_ms * 1000))
 
-    def _advance_watermark(self, watermark: ManualWatermarkEstimator, newest_ms: int, *, caught_up: bool) -> None:
+    def _advance_watermark(
+        self, watermark: ManualWatermarkEstimator, reader: _Reader, topic: str, positions: dict[int, int]
+    ) -> None:
+        idle = Timestamp.now() - Duration(self._tuning.idle_watermark_lag_s)
+        lag = 0
+        candidate: Timestamp | None = None
+        for partition, position in positions.items():
+            _, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            caught_up = high is not None and high >= 0 and position >= high
+            lag += 0 if high is None or high < 0 else max(0, high - position)
+            newest = reader.newest_ms.get(partition)
+            mark = idle if caught_up else (Timestamp(micros=newest * 1000) if newest is not None else None)
+            if mark is None:
+                return  # a partition with nothing read yet holds the watermark back
+            candidate = mark if candidate is None else min(candidate, mark)
+        self._lag.set(lag)
         current = watermark.current_watermark()
-        candidate = Timestamp(micros=newest_ms * 1000) if newest_ms >= 0 else None
-        if caught_up:
-            idle = Timestamp.now() - Duration(self._tuning.idle_watermark_lag_s)
-            candidate = idle if candidate is None else max(candidate, idle)
         if candidate is not None and (current is None or candidate > current):
             watermark.set_watermark(candidate)
 
 
 class ReadKafkaPartitions(beam.PTransform):
-    """``PBegin -> PCollection[KafkaRecord]`` for the given partition specs."""
+    """``PBegin -> PCollection[KafkaRecord]`` for the given partitions, in ``tuning.readers`` readers."""
 
     def __init__(self, specs: list[PartitionSpec], consumer_config: dict[str, Any], tuning: SourceTuning) -> None:
         super().__init__()
-        self._specs = specs
+        self._readers = readers(specs, tuning.readers)
         self._config = consumer_config
         self._tuning = tuning
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
-            | "Partitions" >> beam.Create(self._specs)
-            | "ReadPartition" >> beam.ParDo(ReadPartitionFn(self._config, self._tuning))
+            | "Readers" >> beam.Create(self._readers)
+            | "ReadPartitions" >> beam.ParDo(ReadPartitionsFn(self._config, self._tuning))
         )
-
-
-__all__ = ["OFFSET_END", "UNBOUNDED", "PartitionSpec", "ReadKafkaPartitions", "SourceTuning", "discover_partitions"]

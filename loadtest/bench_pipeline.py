@@ -1,0 +1,387 @@
+"""The pipeline's speed on the local stack: drain rate, end-to-end latency, highest sustained rate, burst.
+
+    make bench-pipeline                                   # everything, about 12 minutes
+    python -m loadtest.bench_pipeline drain --events 1000000
+    python -m loadtest.bench_pipeline latency --rate 3333 --duration 300
+    python -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500 --step-duration 60
+    python -m loadtest.bench_pipeline burst --events 100000
+
+- drain: the engagement topic holds at least ``--events`` real Debezium envelopes (the generator
+  tops it up); the pipeline reads all of them with ``--bounded`` from offset 0 (the Redis keys of
+  the run are cleared first), timed from the first to the last position stored in Redis. In the same
+  run, a plain confluent-kafka + orjson consume-and-decode loop reads the same topic: the ratio says
+  what Beam costs on top of the bare minimum.
+- latency: the streaming pipeline runs while the generator writes ``--rate`` events/s; every 100 ms a
+  probe row is committed for a probe content item and the time until ``top_engagement:10min`` shows
+  it is measured (commit returned -> ZSCORE sees it).
+- max-rate: latency steps at increasing rates; the highest whose p99 stays under 1 s.
+- burst: ``--events`` rows as fast as Postgres takes them; time from the last commit until the
+  stored positions in Redis cover every record.
+
+CPU (cores) and peak RSS of every process are printed for each phase, and the consumer lag (topic end
+minus stored position, summed over partitions) every 10 s. Run on a quiet machine (no tests, no other
+benchmark); the stack must be up (``make up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import orjson
+import psycopg
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.settings import REPO_ROOT, Settings
+from infra.stack.local import LocalStack
+from loadtest.procstats import ProcessSampler, machine
+from sinks.redis_leaderboard import OFFSETS_KEY, board_key
+from sinks.redis_leaderboard import connect as redis_connect
+
+NO_CHANGES = {
+    "GENERATOR_EVENT_UPDATE_SHARE": "0",
+    "GENERATOR_EVENT_DELETE_SHARE": "0",
+    "GENERATOR_CONTENT_UPDATE_SHARE": "0",
+}
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def describe(latencies: list[float]) -> str:
+    if not latencies:
+        return "no samples"
+    return (
+        f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
+        f"p99 {percentile(latencies, 99):.0f} ms, max {max(latencies):.0f} ms ({len(latencies)} probes)"
+    )
+
+
+def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "bench"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+def stored(client: redis.Redis, topic: str) -> dict[int, int]:
+    prefix = f"{topic}:"
+    return {
+        int(k.decode()[len(prefix) :]): int(v)
+        for k, v in client.hgetall(OFFSETS_KEY).items()
+        if k.decode().startswith(prefix)
+    }
+
+
+def lag(settings: Settings, client: redis.Redis) -> int:
+    topic = settings.cdc.engagement_topic
+    positions = stored(client, topic)
+    return sum(max(0, end - positions.get(p, 0)) for p, end in topic_ends(settings, topic).items())
+
+
+def stack_sampler(stack: LocalStack) -> ProcessSampler:
+    pids = {}
+    for process in stack.processes:
+        pid = process.pid()
+        if pid is None:
+            raise SystemExit(f"{process.name} is not running: start the stack with `make up`")
+        pids[process.name] = pid
+    return ProcessSampler(pids)
+
+
+def generator(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "generator", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **NO_CHANGES, **(extra_env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@contextmanager
+def streaming_pipeline(sampler: ProcessSampler) -> Iterator[subprocess.Popen[str]]:
+    """The supervisor in its own process group; stopped with SIGINT like a user's Ctrl-C."""
+    log = open(REPO_ROOT / ".stack" / "logs" / "bench-pipeline.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline"], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def children(pid: int) -> dict[str, int]:
+    """The supervisor's Prism and job processes, by name."""
+    found: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) != pid:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                line = cmd.read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found["job" if "pipeline.worker" in line else "prism"] = int(entry)
+    return found
+
+
+def wait_until_caught_up(settings: Settings, client: redis.Redis, timeout: float) -> float:
+    """Seconds until the stored positions reach today's topic ends."""
+    topic = settings.cdc.engagement_topic
+    ends = topic_ends(settings, topic)
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        positions = stored(client, topic)
+        if all(positions.get(p, 0) >= end for p, end in ends.items()):
+            return time.monotonic() - began
+        time.sleep(0.005)
+    raise SystemExit(f"the pipeline did not catch up within {timeout} s (lag {lag(settings, client):,})")
+
+
+class Prober:
+    """Commits a probe row every ``interval`` s and measures commit -> visible on the board."""
+
+    def __init__(self, settings: Settings, interval: float = 0.1) -> None:
+        self.settings = settings
+        self.interval = interval
+        self.latencies: list[float] = []
+        self.timeouts = 0
+        self._stop = threading.Event()
+        self.content_id = str(uuid.uuid4())
+        self.board = board_key(settings.leaderboard.window_minutes)
+
+    def __enter__(self) -> Prober:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        client = redis_connect(self.settings.redis)
+        with psycopg.connect(self.settings.postgres.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
+                "VALUES (%s, %s, 'latency probe', 'podcast', 3600, now())",
+                (self.content_id, f"probe-{self.content_id}"),
+            )
+            time.sleep(1.0)  # let the content reach the pipeline's view
+            expected = float(client.zscore(self.board, self.content_id) or 0.0)
+            while not self._stop.is_set():
+                conn.execute(
+                    "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device)"
+                    " VALUES (%s, gen_random_uuid(), 'play', now(), 1000, 'probe')",
+                    (self.content_id,),
+                )
+                committed = time.monotonic()
+                expected += 1.0
+                while (score := client.zscore(self.board, self.content_id)) is None or score < expected - 1e-6:
+                    if time.monotonic() - committed > 10:
+                        self.timeouts += 1
+                        expected = float(score or 0.0)
+                        break
+                    time.sleep(0.001)
+                else:
+                    self.latencies.append((time.monotonic() - committed) * 1000)
+                self._stop.wait(self.interval)
+
+
+def latency_phase(settings: Settings, stack: LocalStack, rate: int, duration: float) -> list[float]:
+    client = redis_connect(settings.redis)
+    sampler = stack_sampler(stack)
+    with streaming_pipeline(sampler) as supervisor:
+        time.sleep(8)  # Prism, job submission, content view
+        for name, pid in children(supervisor.pid).items():
+            sampler.add(name, pid)
+        wait_until_caught_up(settings, client, 600)
+        gen = generator("--rate", str(rate * 60), "--duration", str(duration))
+        sampler.add("generator", gen.pid)
+        began = time.monotonic()
+        with Prober(settings) as prober:
+            next_lag = began + 10
+            while gen.poll() is None:
+                sampler.sample()
+                if time.monotonic() >= next_lag:
+                    say(f"    t={time.monotonic() - began:5.0f} s  consumer lag {lag(settings, client):,} records")
+                    next_lag += 10
+                time.sleep(0.2)
+        output = gen.stdout.read() if gen.stdout else ""
+    summary = [line for line in output.splitlines() if line.startswith("continuous:")]
+    say(f"  {summary[-1] if summary else output[-500:]}")
+    say(
+        f"  COMMIT -> LEADERBOARD at {rate:,} events/s for {duration:g} s: {describe(prober.latencies)}"
+        + (f", {prober.timeouts} probes over 10 s" if prober.timeouts else "")
+    )
+    for line in sampler.report():
+        say(f"  {line}")
+    return prober.latencies
+
+
+def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    latency_phase(settings, stack, args.rate, args.duration)
+
+
+def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    best = None
+    for rate in (int(r) for r in args.rates.split(",")):
+        say(f"step {rate:,} events/s for {args.step_duration:g} s")
+        latencies = latency_phase(settings, stack, rate, args.step_duration)
+        if latencies and percentile(latencies, 99) < 1000:
+            best = rate
+        else:
+            break
+    say(f"HIGHEST SUSTAINED RATE WITH p99 < 1 s: {best:,} events/s" if best else "no rate held p99 < 1 s")
+
+
+def cmd_burst(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    client = redis_connect(settings.redis)
+    sampler = stack_sampler(stack)
+    with streaming_pipeline(sampler) as supervisor:
+        time.sleep(8)
+        for name, pid in children(supervisor.pid).items():
+            sampler.add(name, pid)
+        wait_until_caught_up(settings, client, 600)
+        gen = generator("--burst", str(args.events))
+        sampler.add("generator", gen.pid)
+        output = gen.communicate()[0]
+        last_commit = time.monotonic()
+        caught_up = wait_until_caught_up(settings, client, 600)
+    say(f"  {[line for line in output.splitlines() if line.startswith('burst:')][-1]}")
+    say(
+        f"BURST of {args.events:,}: last commit -> all of it in Redis: {caught_up:.2f} s "
+        f"(measured {time.monotonic() - last_commit - caught_up:.2f} s after)"
+    )
+    for line in sampler.report():
+        say(f"  {line}")
+
+
+def plain_consume(settings: Settings, total: int) -> float:
+    """The bare minimum: confluent-kafka + orjson over the same topic, one process."""
+    topic = settings.cdc.engagement_topic
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "bench-plain", "enable.auto.commit": False}
+    )
+    ends = topic_ends(settings, topic)
+    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+    seen, began = 0, time.monotonic()
+    while seen < total:
+        for message in consumer.consume(5000, timeout=1.0):
+            if message.error() is None:
+                seen += 1
+                if message.value() is not None:
+                    envelope = orjson.loads(message.value())
+                    if envelope["after"] and envelope["after"].get("raw_payload"):
+                        orjson.loads(envelope["after"]["raw_payload"])
+    consumer.close()
+    return seen / (time.monotonic() - began)
+
+
+def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    topic = settings.cdc.engagement_topic
+    have = sum(topic_ends(settings, topic).values())
+    if have < args.events:
+        missing = args.events - have
+        say(f"topping the topic up with {missing:,} events (it holds {have:,})")
+        generator("--burst", str(missing)).communicate()
+        time.sleep(5)
+    ends = topic_ends(settings, topic)
+    total = sum(ends.values())
+    say(f"{topic} holds {total:,} records in {len(ends)} partitions")
+
+    client = redis_connect(settings.redis)
+    # Start from offset 0: forget this topic's positions and everything the pipeline wrote.
+    for pattern in ("engagement:minute:*", "engagement:content:*", "top_engagement:*"):
+        for key in client.scan_iter(pattern, count=1000):
+            client.delete(key)
+    for field in client.hkeys(OFFSETS_KEY):
+        if field.decode().startswith(topic):
+            client.hdel(OFFSETS_KEY, field)
+
+    sampler = stack_sampler(stack)
+    log = open(REPO_ROOT / ".stack" / "logs" / "bench-drain.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--bounded"],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    first = None
+    while proc.poll() is None:
+        done = sum(stored(client, topic).values())
+        if first is None and done > 0:
+            first = (time.monotonic(), done)
+            for name, pid in children(proc.pid).items():
+                sampler.add(name, pid)
+        sampler.sample()
+        time.sleep(0.05)
+    last = time.monotonic()
+    log.close()
+    done = sum(stored(client, topic).values())
+    if proc.returncode != 0 or first is None or done < total:
+        raise SystemExit(f"bounded run failed (exit {proc.returncode}, {done:,} of {total:,} stored)")
+    rate = (done - first[1]) / (last - first[0])
+    say(f"PIPELINE DRAIN: {total:,} envelopes at {rate:,.0f} events/s (bounded run, first to last stored position)")
+    for line in sampler.report():
+        say(f"  {line}")
+    plain = plain_consume(settings, total)
+    say(
+        f"PLAIN confluent-kafka + orjson consume-and-decode: {plain:,.0f} events/s; pipeline/plain = {rate / plain:.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    drain = sub.add_parser("drain")
+    drain.add_argument("--events", type=int, default=1_000_000)
+    latency = sub.add_parser("latency")
+    latency.add_argument("--rate", type=int, default=3333, help="events per second")
+    latency.add_argument("--duration", type=float, default=300)
+    max_rate = sub.add_parser("max-rate")
+    max_rate.add_argument("--rates", default="5000,7500,10000,12500,15000")
+    max_rate.add_argument("--step-duration", type=float, default=60)
+    burst = sub.add_parser("burst")
+    burst.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    stack = LocalStack(settings)
+    say(machine())
+    {"drain": cmd_drain, "latency": cmd_latency, "max-rate": cmd_max_rate, "burst": cmd_burst}[args.command](
+        settings, stack, args
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
