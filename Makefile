@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK := $(PY) -m infra.stack
 
-.PHONY: help bootstrap up down status logs reset demo test test-unit test-integration lint bench bench-generator bench-cdc clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -27,16 +27,19 @@ logs: ## last lines of every service's log (SERVICE=connect for one)
 reset: ## delete connector and slot, stop everything, remove all local data
 	@if [ -x $(PY) ]; then $(STACK) reset; fi
 
-demo: up ## the main job: stack, generator burst, CDC events on Kafka
+demo: up ## the main job: stack, CDC, the Beam pipeline and a live leaderboard
 	@echo "==> seeding the content catalogue"
 	@$(PY) -m generator --seed-only
-	@echo "==> generator burst of $${BURST_COUNT:-20000} events (with updates and deletes)"
-	@$(PY) -m generator --burst $${BURST_COUNT:-20000}
-	@echo "==> CDC envelopes arriving on Kafka"
-	@$(STACK) tail --count 8
-	@echo "==> stack status"
-	@$(STACK) status
-	@echo "The stack keeps running: 'make down' stops it, 'make reset' removes its data."
+	@echo "==> CDC envelopes on Kafka"
+	@$(STACK) tail --count 4
+	@$(PY) -m pipeline.demo --duration $${DEMO_SECONDS:-30}
+	@echo "The stack keeps running: 'make pipeline' runs the pipeline again, 'make down' stops the stack, 'make reset' removes its data."
+
+pipeline: up ## run the streaming pipeline in the foreground (Ctrl-C stops it)
+	@$(PY) -m pipeline
+
+leaderboard: ## print the live leaderboard from Redis
+	@$(PY) -m sinks.leaderboard_view
 
 lint: bootstrap ## ruff
 	@$(PY) -m ruff check .
@@ -56,7 +59,13 @@ bench-generator: up ## generator write rate into Postgres (prints figures)
 bench-cdc: up ## Debezium capture throughput (100k burst) and commit-to-Kafka latency
 	@$(PY) -m loadtest.bench_cdc
 
-bench: bench-generator bench-cdc ## all benchmarks
+bench-pipeline: up ## pipeline drain rate, end-to-end latency, highest sustained rate, burst
+	@$(PY) -m loadtest.bench_pipeline drain --events $${BENCH_EVENTS:-1000000}
+	@$(PY) -m loadtest.bench_pipeline latency --rate 3333 --duration $${BENCH_SECONDS:-300}
+	@$(PY) -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500,15000 --step-duration 60
+	@$(PY) -m loadtest.bench_pipeline burst --events 100000
+
+bench: bench-generator bench-cdc bench-pipeline ## all benchmarks
 
 clean: reset ## reset, and remove the venv and downloaded jars
 	rm -rf .venv .stack .stack-test

@@ -73,4 +73,19 @@ fetch_jars "Kafka 4.3.1 + Connect" infra/maven/kafka/pom.xml "$LIB/kafka"
 fetch_jars "Debezium PostgreSQL connector" infra/maven/debezium/pom.xml "$LIB/connect-plugins/debezium-postgres" \
   -DexcludeGroupIds=org.apache.kafka,org.slf4j
 
+# --- Beam's Prism runner ------------------------------------------------------------------------
+# Beam would download Prism from GitHub at run time, which fails without general internet access:
+# build it once from the Go module proxy, pinned to the Beam version in pyproject.toml.
+BEAM_VERSION=$(sed -n 's/.*"apache-beam\[gcp\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
+PRISM="$ROOT/.stack/bin/prism"
+if [ ! -x "$PRISM" ] || [ "$(cat "$PRISM.version" 2>/dev/null)" != "$BEAM_VERSION" ]; then
+  command -v go >/dev/null 2>&1 || die "Go 1.23 or newer is needed to build Beam's Prism runner (go install); install it from go.dev or your distribution"
+  step "building Beam's Prism runner v$BEAM_VERSION with go install (about 2-3 minutes the first time)"
+  mkdir -p "$ROOT/.stack/bin"
+  log="$ROOT/.stack/go-install-prism.log"
+  GOBIN="$ROOT/.stack/bin" go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$BEAM_VERSION" >"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "building Prism failed (full log: ${log#$ROOT/})"; }
+  echo "$BEAM_VERSION" > "$PRISM.version"
+fi
+
 step "bootstrap complete"
