@@ -35,7 +35,7 @@ from typing import Any
 import redis
 
 from infra.settings import LeaderboardSettings, RedisSettings
-from pipeline.model import ContentChange, EnrichedChange
+from pipeline.model import ContentChange, EnrichedChange, Skipped
 from sinks.base import SinkUnavailable
 from sinks.leaderboard_deltas import Deltas, aggregate
 
@@ -198,11 +198,13 @@ class RedisContentSink(_RedisPositioned):
         super().open()
         self._apply = self.client.register_script((LUA_DIR / "content_apply.lua").read_text())
 
-    def write(self, batch: Sequence[ContentChange]) -> int:
+    def write(self, batch: Sequence[ContentChange | Skipped]) -> int:
         groups = _group_by_partition(batch)
         args: list[Any] = [OFFSETS_KEY, len(groups)]
-        for partition_key, changes in groups.items():
-            args += [partition_key, changes[-1].position.offset + 1, len(changes)]
+        for partition_key, items in groups.items():
+            # Tombstones only move the stored position.
+            changes = [c for c in items if isinstance(c, ContentChange)]
+            args += [partition_key, items[-1].position.offset + 1, len(changes)]
             for change in changes:
                 row = change.after or change.before
                 assert row is not None

@@ -7,7 +7,7 @@ Bad input never raises out of a step: it leaves on the ``dead_letter`` output wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -45,9 +45,11 @@ class DecodeFn(beam.DoFn):
             yield TaggedOutput(DEAD_LETTER, decode_error_letter(record, f"decode_{self._kind}", error))
             return
         if isinstance(change, Skipped):
+            # Passed on so the sinks store its position: a partition that ends in a tombstone
+            # would otherwise look one record behind forever.
             self._tombstones.inc()
-            return
-        self._decoded.inc()
+        else:
+            self._decoded.inc()
         yield change
 
 
@@ -66,7 +68,9 @@ class JoinContentFn(beam.DoFn):
         content_topic: str,
         late_content_timeout_s: float,
         startup_timeout_s: float,
+        view_factory: Callable[[], ContentView] | None = None,
     ) -> None:
+        self._view_factory = view_factory
         self._config = consumer_config
         self._topic = content_topic
         self._late_timeout = late_content_timeout_s
@@ -75,10 +79,15 @@ class JoinContentFn(beam.DoFn):
         self._missing = Metrics.counter("join", "content_missing")
 
     def setup(self) -> None:
-        self._view = ContentView.shared(self._config, self._topic)
+        # Tests hand in a view of their own; workers share one per process.
+        factory = self._view_factory or (lambda: ContentView.shared(self._config, self._topic))
+        self._view = factory()
         self._view.wait_until_current(self._startup_timeout)
 
-    def process(self, change: EngagementChange) -> Iterator[Any]:
+    def process(self, change: EngagementChange | Skipped) -> Iterator[Any]:
+        if isinstance(change, Skipped):
+            yield EnrichedChange(change.position, 0, ())
+            return
         lookup = self._view.get
         try:
             found = contributions(change, lookup)

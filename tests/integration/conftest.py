@@ -48,6 +48,9 @@ def make_test_settings() -> Settings:
         ),
         stack=StackSettings(dir=REPO_ROOT / ".stack-test", stop_timeout_s=60.0),
         generator=GeneratorSettings(),
+        pipeline=base.pipeline.model_copy(
+            update={"prism_port": base.pipeline.prism_port + 100, "consumer_group": f"pipeline-{run}"}
+        ),
     )
 
 
@@ -56,8 +59,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {
         "POSTGRES_PORT": str(settings.postgres.port),
         "KAFKA_PORT": str(settings.kafka.port),
+        "CONNECT_PORT": str(settings.connect.port),
+        "REDIS_PORT": str(settings.redis.port),
         "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
         "STACK_DIR": str(settings.stack.dir),
+        "PIPELINE_PRISM_PORT": str(settings.pipeline.prism_port),
+        "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
     }
 
 

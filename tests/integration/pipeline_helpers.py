@@ -1,0 +1,220 @@
+"""Run the real pipeline (supervisor, Prism, job) against the test stack and check Redis against SQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.settings import REPO_ROOT, Settings
+from infra.stack.process import port_open
+from sinks.redis_leaderboard import OFFSETS_KEY, board_key
+from sinks.redis_leaderboard import connect as redis_connect
+
+from .conftest import settings_env
+
+TOLERANCE = 1e-3  # seconds: sums of thousandths in floating point
+
+
+def env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {**os.environ, **settings_env(settings), **extra}
+
+
+def run_bounded(settings: Settings, timeout: float = 300, **extra: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--bounded"],
+        cwd=REPO_ROOT,
+        env=env(settings, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+class Streaming:
+    """The supervisor in its own process group, like a service: start, kill -9, restart, stop."""
+
+    def __init__(self, settings: Settings, log: Path, **extra: str) -> None:
+        self.settings = settings
+        self.log_path = log
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline"],
+            cwd=REPO_ROOT,
+            env=env(self.settings, **self.extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        # Prism was in the same process group: its port must be free again.
+        deadline = time.monotonic() + 10
+        while port_open("127.0.0.1", self.settings.pipeline.prism_port):
+            assert time.monotonic() < deadline, "Prism survived kill -9 of the pipeline's process group"
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@contextmanager
+def streaming(settings: Settings, log: Path, **extra: str) -> Iterator[Streaming]:
+    pipeline = Streaming(settings, log, **extra)
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        pipeline.stop()
+
+
+def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tests"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+def wait_topic_settled(settings: Settings, quiet_s: float = 2.0, timeout: float = 120) -> None:
+    """Until Debezium has published every committed change: the topic's end offsets stop moving."""
+    deadline = time.monotonic() + timeout
+    previous = topic_ends(settings, settings.cdc.engagement_topic)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        ends = topic_ends(settings, settings.cdc.engagement_topic)
+        if ends == previous:
+            return
+        previous = ends
+    raise AssertionError(f"the engagement topic kept growing for {timeout} s")
+
+
+def wait_caught_up(settings: Settings, timeout: float = 120, settle: float = 3.0) -> None:
+    """Until Debezium has published everything (the topic ends stop moving) and Redis has applied it."""
+    client = redis_connect(settings.redis)
+    topic = settings.cdc.engagement_topic
+    deadline = time.monotonic() + timeout
+    previous: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        ends = topic_ends(settings, topic)
+        stored = {k.decode(): int(v) for k, v in client.hgetall(OFFSETS_KEY).items()}
+        caught_up = all(stored.get(f"{topic}:{p}", 0) >= end for p, end in ends.items() if end > 0)
+        if caught_up and ends == previous:
+            return
+        previous = ends
+        time.sleep(settle if caught_up else 0.5)
+    behind = {p: (stored.get(f"{topic}:{p}", 0), end) for p, end in ends.items() if stored.get(f"{topic}:{p}", 0) < end}
+    raise AssertionError(f"pipeline did not catch up within {timeout} s; (stored, end) behind: {behind}")
+
+
+def flush_redis(settings: Settings) -> None:
+    redis_connect(settings.redis).flushall()
+
+
+def _sql_state(settings: Settings) -> tuple[dict[str, dict[str, float]], dict[tuple[int, str], float]]:
+    with psycopg.connect(settings.postgres.conninfo()) as conn:
+        per_content = {
+            str(row[0]): {
+                "events": row[1],
+                "plays": row[2],
+                "pauses": row[3],
+                "finishes": row[4],
+                "clicks": row[5],
+                "total_seconds": float(row[6]),
+            }
+            for row in conn.execute(
+                "SELECT content_id, count(*), count(*) FILTER (WHERE event_type = 'play'),"
+                " count(*) FILTER (WHERE event_type = 'pause'), count(*) FILTER (WHERE event_type = 'finish'),"
+                " count(*) FILTER (WHERE event_type = 'click'), coalesce(sum(duration_ms), 0) / 1000.0"
+                " FROM engagement_events WHERE content_id IS NOT NULL GROUP BY content_id"
+            )
+        }
+        buckets = {
+            (int(row[0]), str(row[1])): float(row[2])
+            for row in conn.execute(
+                "SELECT floor(extract(epoch FROM event_ts) / 60)::bigint, content_id, sum(duration_ms) / 1000.0"
+                " FROM engagement_events WHERE content_id IS NOT NULL AND duration_ms IS NOT NULL"
+                " GROUP BY 1, 2"
+            )
+        }
+    return per_content, buckets
+
+
+def assert_redis_matches_sql(settings: Settings, ignore_content: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Every content total, every live per-minute bucket and the window board equal SQL over the tables."""
+    client = redis.Redis(
+        host=settings.redis.host,
+        port=settings.redis.port,
+        password=settings.redis.password.get_secret_value(),
+        decode_responses=True,
+    )
+    per_content, buckets = _sql_state(settings)
+    mismatches: list[str] = []
+    for content_id, expected in per_content.items():
+        got = client.hgetall(f"engagement:content:{content_id}")
+        for field, value in expected.items():
+            if abs(float(got.get(field, 0)) - value) > TOLERANCE:
+                mismatches.append(f"{content_id} {field}: redis {got.get(field)} sql {value}")
+    board = board_key(settings.leaderboard.window_minutes)
+    first = int(client.get(f"{board}:from") or 0)
+    now_minute = int(time.time() // 60)
+    horizon = now_minute - settings.leaderboard.window_minutes - settings.leaderboard.allowed_lateness_minutes + 2
+    by_minute: dict[int, dict[str, float]] = defaultdict(dict)
+    for (minute, content_id), seconds in buckets.items():
+        by_minute[minute][content_id] = seconds
+    checked_buckets = 0
+    for minute in range(horizon, now_minute + 1):
+        redis_bucket = {
+            m: s
+            for m, s in client.zrange(f"engagement:minute:{minute}", 0, -1, withscores=True)
+            if m not in ignore_content
+        }
+        sql_bucket = {c: s for c, s in by_minute.get(minute, {}).items() if abs(s) > TOLERANCE}
+        if set(redis_bucket) != set(sql_bucket) or any(
+            abs(redis_bucket[c] - sql_bucket[c]) > TOLERANCE for c in sql_bucket
+        ):
+            mismatches.append(f"minute {minute}: redis {len(redis_bucket)} members, sql {len(sql_bucket)}")
+        checked_buckets += 1
+    expected_board: dict[str, float] = defaultdict(float)
+    for minute in range(first, first + settings.leaderboard.window_minutes):
+        for content_id, seconds in by_minute.get(minute, {}).items():
+            expected_board[content_id] += seconds
+    redis_board = {m: s for m, s in client.zrange(board, 0, -1, withscores=True) if m not in ignore_content}
+    for content_id, seconds in expected_board.items():
+        if abs(redis_board.get(content_id, 0.0) - seconds) > TOLERANCE:
+            mismatches.append(f"board {content_id}: redis {redis_board.get(content_id)} sql {seconds}")
+    assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:5]}"
+    return {"contents": len(per_content), "buckets": checked_buckets, "board": len(expected_board)}

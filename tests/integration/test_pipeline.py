@@ -1,0 +1,180 @@
+"""The Beam pipeline on the real stack: Redis equals SQL, after kill -9 and Redis restarts too.
+
+Each test starts from an empty Redis, so the pipeline re-reads the topics from offset 0 and the
+result must equal the aggregates SQL computes over the current tables (inserts, updates, deletes).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+import uuid
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from infra.settings import REPO_ROOT, Settings
+from infra.stack.local import LocalStack
+
+from .pipeline_helpers import (
+    assert_redis_matches_sql,
+    env,
+    flush_redis,
+    run_bounded,
+    streaming,
+    wait_caught_up,
+    wait_topic_settled,
+)
+
+pytestmark = pytest.mark.integration
+
+CHANGES = {
+    "GENERATOR_EVENT_UPDATE_SHARE": "0.02",
+    "GENERATOR_EVENT_DELETE_SHARE": "0.01",
+    "GENERATOR_CONTENT_UPDATE_SHARE": "0.001",
+}
+
+
+def generate(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "generator", *args],
+        cwd=REPO_ROOT,
+        env=env(settings, **CHANGES),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_bounded_run_equals_sql(stack: LocalStack, settings: Settings):
+    assert generate(settings, "--burst", "8000", "--seed", "11").wait(120) == 0
+    wait_topic_settled(settings)  # --bounded reads to the end offsets of the moment it starts
+    flush_redis(settings)
+    run_bounded(settings)
+    checked = assert_redis_matches_sql(settings)
+    assert checked["contents"] >= 20 and checked["board"] > 0
+
+
+def test_kill_9_three_times_loses_and_repeats_nothing(stack: LocalStack, settings: Settings, tmp_path):
+    flush_redis(settings)
+    rng = random.Random(7)
+    with streaming(settings, tmp_path / "pipeline.log") as pipeline:
+        generator = generate(settings, "--rate", "90000", "--duration", "24")  # 1,500 events/s
+        for _ in range(3):
+            time.sleep(rng.uniform(3.0, 7.0))
+            pipeline.kill9()
+            pipeline.start()
+        assert generator.wait(120) == 0, generator.stdout.read() if generator.stdout else ""
+        wait_caught_up(settings, timeout=180)
+        assert pipeline.alive()
+    assert_redis_matches_sql(settings)
+
+
+def test_redis_restart_mid_run(stack: LocalStack, settings: Settings, tmp_path):
+    flush_redis(settings)
+    with streaming(settings, tmp_path / "pipeline.log") as pipeline:
+        generator = generate(settings, "--rate", "60000", "--duration", "15")
+        time.sleep(6)
+        stack.redis.process.stop(30)
+        time.sleep(2)  # writes fail meanwhile: the sink waits them out
+        stack.redis.process.start(60)
+        assert generator.wait(120) == 0
+        wait_caught_up(settings, timeout=180)
+        assert pipeline.alive()
+    assert_redis_matches_sql(settings)
+
+
+def test_late_content_is_joined_and_bad_input_is_dead_lettered(stack: LocalStack, settings: Settings, tmp_path):
+    """Envelopes put on the topics by hand: an event whose content arrives 2 s later is enriched;
+    a malformed one and one whose content never comes go to the dead-letter topic with reasons."""
+    late_content, never_content = str(uuid.uuid4()), str(uuid.uuid4())
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    now_ms = int(time.time() * 1000)
+
+    def event(event_id: int, content_id: str) -> bytes:
+        row = {
+            "id": event_id,
+            "content_id": content_id,
+            "user_id": str(uuid.uuid4()),
+            "event_type": "play",
+            "event_ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "duration_ms": 30_000,
+            "device": "web",
+            "raw_payload": '{"k": 1}',
+        }
+        return orjson.dumps({"before": None, "after": row, "op": "c", "source": {"ts_ms": now_ms}, "ts_ms": now_ms})
+
+    flush_redis(settings)
+    with streaming(settings, tmp_path / "pipeline.log", PIPELINE_LATE_CONTENT_TIMEOUT_S="6"):
+        time.sleep(8)
+        topic = settings.cdc.engagement_topic
+        producer.produce(topic, key=b'{"id": 900000001}', value=event(900000001, late_content))
+        producer.produce(topic, key=b'{"id": 900000002}', value=b"{not json")
+        producer.produce(topic, key=b'{"id": 900000003}', value=event(900000003, never_content))
+        producer.flush(10)
+        time.sleep(2)
+        content = {
+            "id": late_content,
+            "slug": f"late-{late_content}",
+            "title": "arrives late",
+            "content_type": "video",
+            "length_seconds": 60,
+            "publish_ts": "2026-01-01T00:00:00Z",
+        }
+        producer.produce(
+            settings.cdc.content_topic,
+            key=orjson.dumps({"id": late_content}),
+            value=orjson.dumps({"before": None, "after": content, "op": "c", "source": {"ts_ms": now_ms}}),
+        )
+        producer.flush(10)
+        letters = read_dead_letters(settings, expected=2, timeout=60)
+    reasons = {letter["offset_key"]: letter for letter in letters}
+    assert "decode_engagement" in {letter["stage"] for letter in letters}
+    assert any("not valid JSON" in letter["reason"] or "JSON" in letter["reason"] for letter in letters)
+    missing = [letter for letter in letters if letter["stage"] == "join_content"]
+    assert len(missing) == 1 and never_content in missing[0]["reason"]
+    assert all(letter["source_topic"] == settings.cdc.engagement_topic for letter in letters), reasons
+    metrics = stack_redis(settings).hgetall(f"engagement:content:{late_content}")
+    assert metrics.get("events") == "1" and float(metrics["total_seconds"]) == 30.0
+    assert float(metrics["avg_pct"]) == 50.0
+
+
+def stack_redis(settings: Settings):
+    import redis
+
+    return redis.Redis(
+        host=settings.redis.host,
+        port=settings.redis.port,
+        password=settings.redis.password.get_secret_value(),
+        decode_responses=True,
+    )
+
+
+def read_dead_letters(settings: Settings, expected: int, timeout: float) -> list[dict[str, str]]:
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tests"})
+    topic = settings.cdc.dlq_topic
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    letters: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(letters) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(100, timeout=0.5):
+                if message.error():
+                    continue
+                headers = {k: v.decode() for k, v in message.headers() or []}
+                letters.append(
+                    {
+                        "reason": headers["dlq.reason"],
+                        "stage": headers["dlq.stage"],
+                        "source_topic": headers["dlq.source.topic"],
+                        "offset_key": f"{headers['dlq.source.partition']}:{headers['dlq.source.offset']}",
+                    }
+                )
+    finally:
+        consumer.close()
+    assert len(letters) >= expected, f"dead letters seen: {letters}"
+    return letters
