@@ -281,7 +281,7 @@ class ReadPartitionsFn(beam.DoFn):
             # last offsets before it.
             "enable.partition.eof": True,
         }
-        self._lag = Metrics.gauge("source", "lag_records")
+        self._lag: dict[tuple[str, int], Any] = {}
 
     def _reader(self, topic: str, restriction: PartitionOffsets) -> _Reader:
         reader = _ReaderPool.get(self._consumer_config, topic, restriction.partitions)
@@ -371,18 +371,20 @@ class ReadPartitionsFn(beam.DoFn):
         self, watermark: ManualWatermarkEstimator, reader: _Reader, topic: str, positions: dict[int, int]
     ) -> None:
         idle = Timestamp.now() - Duration(self._tuning.idle_watermark_lag_s)
-        lag = 0
         candidate: Timestamp | None = None
         for partition, position in positions.items():
             _, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             caught_up = high is not None and high >= 0 and position >= high
-            lag += 0 if high is None or high < 0 else max(0, high - position)
+            behind = 0 if high is None or high < 0 else max(0, high - position)
+            gauge = self._lag.get((topic, partition))
+            if gauge is None:
+                gauge = self._lag[(topic, partition)] = Metrics.gauge("source", f"lag_{topic}_{partition}")
+            gauge.set(behind)
             newest = reader.newest_ms.get(partition)
             mark = idle if caught_up else (Timestamp(micros=newest * 1000) if newest is not None else None)
             if mark is None:
                 return  # a partition with nothing read yet holds the watermark back
             candidate = mark if candidate is None else min(candidate, mark)
-        self._lag.set(lag)
         current = watermark.current_watermark()
         if candidate is not None and (current is None or candidate > current):
             watermark.set_watermark(candidate)

@@ -178,3 +178,19 @@ def read_dead_letters(settings: Settings, expected: int, timeout: float) -> list
         consumer.close()
     assert len(letters) >= expected, f"dead letters seen: {letters}"
     return letters
+
+
+def test_a_second_instance_refuses_to_start(stack: LocalStack, settings: Settings, tmp_path):
+    with streaming(settings, tmp_path / "first.log"):
+        time.sleep(3)
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline"],
+            cwd=REPO_ROOT,
+            env=env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert second.returncode == 1
+    assert "another pipeline instance" in second.stderr and "PIPELINE_CONSUMER_GROUP" in second.stderr
