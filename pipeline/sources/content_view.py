@@ -27,9 +27,24 @@ from typing import Any, ClassVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from pipeline.decode import DecodeError, decode_content
-from pipeline.model import ContentChange, ContentRow, KafkaRecord, SourcePosition
+from pipeline.model import ContentChange, ContentRow, KafkaRecord, Skipped, SourcePosition
 
 _log = logging.getLogger(__name__)
+
+
+class ContentTable:
+    """The catalogue as a dict, built by applying decoded content changes in topic order (pure)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, ContentRow] = {}
+
+    def apply(self, change: ContentChange | Skipped) -> None:
+        # A tombstone (Skipped) follows the delete that already removed the row.
+        if isinstance(change, ContentChange):
+            if change.after is not None:
+                self.rows[change.after.id] = change.after
+            elif change.before is not None:
+                self.rows.pop(change.before.id, None)
 
 
 class ContentView:
@@ -39,7 +54,8 @@ class ContentView:
     def __init__(self, consumer_config: dict[str, Any], topic: str) -> None:
         self._config = {**consumer_config, "enable.auto.commit": False, "enable.partition.eof": False}
         self._topic = topic
-        self._rows: dict[str, ContentRow] = {}
+        self._table = ContentTable()
+        self._rows = self._table.rows
         self._applied: dict[int, int] = {}  # partition -> next offset applied
         self._changed = threading.Condition()
         self._stop = threading.Event()
@@ -143,9 +159,4 @@ class ContentView:
             # The pipeline's content branch dead-letters it with its reason; the view only skips it.
             self.malformed += 1
             return
-        # A tombstone (Skipped) follows the delete that already removed the row.
-        if isinstance(change, ContentChange):
-            if change.after is not None:
-                self._rows[change.after.id] = change.after
-            elif change.before is not None:
-                self._rows.pop(change.before.id, None)
+        self._table.apply(change)
