@@ -207,8 +207,8 @@ class Prober:
                 expected += 1.0
                 while (score := client.zscore(self.board, self.content_id)) is None or score < expected - 1e-6:
                     if time.monotonic() - committed > 10:
+                        # Counted, and still expected: the next probe waits for this one too.
                         self.timeouts += 1
-                        expected = float(score or 0.0)
                         break
                     time.sleep(0.001)
                 else:

@@ -116,10 +116,14 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._buffer: list[T] = []
         self._oldest = 0.0
 
-    def process(self, element: T) -> Iterator[TaggedOutput]:
+    def process(self, element: T | list[T]) -> Iterator[TaggedOutput]:
         if not self._buffer:
             self._oldest = time.monotonic()
-        self._buffer.append(element)
+        # Upstream steps emit batches; single items are accepted too.
+        if type(element) is list:
+            self._buffer.extend(element)
+        else:
+            self._buffer.append(element)
         # Flush by size, or by age: a bundle can last longer than the latency goal allows.
         if len(self._buffer) >= self._max_buffer or time.monotonic() - self._oldest >= self._max_latency_s:
             for letter in self._flush():

@@ -23,8 +23,9 @@ DEAD_LETTER = "dead_letter"
 
 
 class DecodeFn(beam.DoFn):
-    """``KafkaRecord -> change``; ``dead_letter`` for what cannot be decoded. ``kind`` is
-    ``"engagement"`` or ``"content"``."""
+    """``list[KafkaRecord] -> list[change]``; ``dead_letter`` (one per record) for what cannot be
+    decoded. ``kind`` is ``"engagement"`` or ``"content"``. Elements are batches, as the source emits
+    them, to pay Beam's per-element cost once per batch."""
 
     def __init__(self, kind: str) -> None:
         if kind not in ("engagement", "content"):
@@ -37,24 +38,33 @@ class DecodeFn(beam.DoFn):
     def setup(self) -> None:
         self._decode = decode_engagement if self._kind == "engagement" else decode_content
 
-    def process(self, record: KafkaRecord) -> Iterator[Any]:
-        try:
-            change = self._decode(record)
-        except DecodeError as error:
-            self._malformed.inc()
-            yield TaggedOutput(DEAD_LETTER, decode_error_letter(record, f"decode_{self._kind}", error))
-            return
-        if isinstance(change, Skipped):
-            # Passed on so the sinks store its position: a partition that ends in a tombstone
-            # would otherwise look one record behind forever.
-            self._tombstones.inc()
-        else:
-            self._decoded.inc()
-        yield change
+    def process(self, records: list[KafkaRecord]) -> Iterator[Any]:
+        decode, stage = self._decode, f"decode_{self._kind}"
+        changes: list[Any] = []
+        tombstones = 0
+        for record in records:
+            try:
+                change = decode(record)
+            except DecodeError as error:
+                self._malformed.inc()
+                yield TaggedOutput(DEAD_LETTER, decode_error_letter(record, stage, error))
+                continue
+            # Tombstones (Skipped) go on too, so the sinks store their position: a partition that
+            # ends in a tombstone would otherwise look one record behind forever.
+            tombstones += type(change) is Skipped
+            changes.append(change)
+        self._tombstones.inc(tombstones)
+        self._decoded.inc(len(changes) - tombstones)
+        if changes:
+            yield changes
+
+
+class _Unknown(Exception):  # noqa: N818 - internal control flow
+    pass
 
 
 class JoinContentFn(beam.DoFn):
-    """``EngagementChange -> EnrichedChange`` against this worker's content view.
+    """``list[EngagementChange] -> list[EnrichedChange]`` against this worker's content view.
 
     An event whose content is not in the view waits up to ``late_content_timeout_s`` for it (the
     content row is committed before the event that references it, but travels on another topic),
@@ -84,28 +94,30 @@ class JoinContentFn(beam.DoFn):
         self._view = factory()
         self._view.wait_until_current(self._startup_timeout)
 
-    def process(self, change: EngagementChange | Skipped) -> Iterator[Any]:
-        if isinstance(change, Skipped):
-            yield EnrichedChange(change.position, 0, ())
-            return
-        lookup = self._view.get
-        try:
-            found = contributions(change, lookup)
-        except MissingContentError as missing:
-            self._waited.inc()
-            if self._view.wait_for(missing.content_id, self._late_timeout) is None:
-                self._missing.inc()
-                yield TaggedOutput(DEAD_LETTER, self._letter(change, str(missing)))
-                return
+    def process(self, changes: list[EngagementChange | Skipped]) -> Iterator[Any]:
+        enriched: list[EnrichedChange] = []
+        for change in changes:
+            if type(change) is Skipped:
+                enriched.append(EnrichedChange(change.position, 0, ()))
+                continue
             try:
-                found = contributions(change, lookup)
-            except MissingContentError as still:  # an update naming two unknown contents
-                if self._view.wait_for(still.content_id, self._late_timeout) is None:
-                    self._missing.inc()
-                    yield TaggedOutput(DEAD_LETTER, self._letter(change, str(still)))
-                    return
-                found = contributions(change, lookup)
-        yield EnrichedChange(change.position, change.commit_ts_ms, found)
+                enriched.append(self._join(change))
+            except _Unknown as unknown:
+                self._missing.inc()
+                yield TaggedOutput(DEAD_LETTER, self._letter(change, str(unknown)))
+        if enriched:
+            yield enriched
+
+    def _join(self, change: EngagementChange) -> EnrichedChange:
+        lookup = self._view.get
+        for _ in range(3):  # an update can name two contents, both unknown
+            try:
+                return EnrichedChange(change.position, change.commit_ts_ms, contributions(change, lookup))
+            except MissingContentError as missing:
+                self._waited.inc()
+                if self._view.wait_for(missing.content_id, self._late_timeout) is None:
+                    raise _Unknown(str(missing)) from None
+        raise _Unknown("content not found")
 
     def _letter(self, change: EngagementChange, why: str) -> DeadLetter:
         reason = f"{why} within {self._late_timeout:g} s (content view has {len(self._view)} rows)"

@@ -65,7 +65,7 @@ def test_decode_and_join_route_good_bad_and_unknown():
     with BeamTestPipeline() as p:
         decoded = (
             p
-            | beam.Create(records)
+            | beam.Create([records[:2], records[2:]])  # the source emits batches
             | "Decode" >> beam.ParDo(DecodeFn("engagement")).with_outputs(DEAD_LETTER, main="ok")
         )
         joined = decoded.ok | "Join" >> beam.ParDo(
@@ -76,7 +76,7 @@ def test_decode_and_join_route_good_bad_and_unknown():
             return (e.position.offset, [(k.content_id, k.seconds, k.pct, k.sign) for k in e.contributions])
 
         assert_that(
-            joined.ok | beam.Map(summary),
+            joined.ok | beam.FlatMap(lambda batch: [summary(e) for e in batch]),
             equal_to([(0, [(KNOWN, 50.0, 50.0, 1)]), (2, [])]),
             label="enriched",
         )
@@ -95,5 +95,5 @@ def test_decode_and_join_route_good_bad_and_unknown():
 def test_tombstones_pass_as_position_markers():
     fn = DecodeFn("engagement")
     fn.setup()
-    (out,) = list(fn.process(record(9, None)))
+    ((out,),) = list(fn.process([record(9, None)]))
     assert isinstance(out, Skipped) and out.position.offset == 9
