@@ -119,8 +119,9 @@ class RedisLeaderboardSink(_RedisPositioned):
 
     def _open_scripts(self) -> None:
         super().open()
-        self._apply = self.client.register_script((LUA_DIR / "leaderboard_apply.lua").read_text())
-        self._roll = self.client.register_script((LUA_DIR / "leaderboard_roll.lua").read_text())
+        window = (LUA_DIR / "window.lua").read_text()
+        self._apply = self.client.register_script(window + (LUA_DIR / "leaderboard_apply.lua").read_text())
+        self._roll = self.client.register_script(window + (LUA_DIR / "leaderboard_roll.lua").read_text())
         if self._roll_in_background:
             threading.Thread(target=self._roller, name="leaderboard-roller", daemon=True).start()
 

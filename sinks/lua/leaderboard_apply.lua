@@ -29,21 +29,8 @@ for _ = 1, tonumber(ARGV[8]) do
   i = i + 3
 end
 
--- Move the window first, so that "in the window" below means the same as for the board.
-local first_minute = now_minute - window + 1
-local from = tonumber(redis.call('GET', board .. ':from') or '-1')
-if first_minute > from then
-  local keys = {}
-  for m = first_minute, now_minute do keys[#keys + 1] = 'engagement:minute:' .. m end
-  redis.call('ZUNIONSTORE', board, #keys, unpack(keys))
-  for _, t in ipairs({'podcast', 'newsletter', 'video', 'unknown'}) do
-    local typed = {}
-    for m = first_minute, now_minute do typed[#typed + 1] = 'engagement:minute:' .. m .. ':' .. t end
-    redis.call('ZUNIONSTORE', board .. ':' .. t, #typed, unpack(typed))
-  end
-  redis.call('SET', board .. ':from', first_minute)
-  from = first_minute
-end
+-- Move the window first (window.lua), so that "in the window" below means the same as for the board.
+local from = move_window(board, now_minute, window)
 
 local function zadd_delta(key, delta, member)
   local score = tonumber(redis.call('ZINCRBY', key, delta, member))
