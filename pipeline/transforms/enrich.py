@@ -16,14 +16,15 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipeline.decode import DecodeError, decode_content, decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError, contributions
-from pipeline.model import DeadLetter, EngagementChange, EnrichedChange, KafkaRecord, Skipped
+from pipeline.model import DeadLetter, EngagementChange, EnrichedChange, Skipped
 from pipeline.sources.content_view import ContentView
+from pipeline.sources.kafka_partitions import RecordBatch, records
 
 DEAD_LETTER = "dead_letter"
 
 
 class DecodeFn(beam.DoFn):
-    """``list[KafkaRecord] -> list[change]``; ``dead_letter`` (one per record) for what cannot be
+    """``RecordBatch -> list[change]``; ``dead_letter`` (one per record) for what cannot be
     decoded. ``kind`` is ``"engagement"`` or ``"content"``. Elements are batches, as the source emits
     them, to pay Beam's per-element cost once per batch."""
 
@@ -38,11 +39,11 @@ class DecodeFn(beam.DoFn):
     def setup(self) -> None:
         self._decode = decode_engagement if self._kind == "engagement" else decode_content
 
-    def process(self, records: list[KafkaRecord]) -> Iterator[Any]:
+    def process(self, batch: RecordBatch) -> Iterator[Any]:
         decode, stage = self._decode, f"decode_{self._kind}"
         changes: list[Any] = []
         tombstones = 0
-        for record in records:
+        for record in records(batch):
             try:
                 change = decode(record)
             except DecodeError as error:

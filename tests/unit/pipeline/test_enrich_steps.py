@@ -7,7 +7,7 @@ import orjson
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.model import ContentRow, EnrichedChange, KafkaRecord, Skipped, SourcePosition
+from pipeline.model import ContentRow, EnrichedChange, Skipped
 from pipeline.transforms.enrich import DEAD_LETTER, DecodeFn, JoinContentFn
 
 KNOWN = "11111111-1111-4111-8111-111111111111"
@@ -37,8 +37,9 @@ def fake_view():
     return FakeView()
 
 
-def record(offset: int, value: bytes | None) -> KafkaRecord:
-    return KafkaRecord(SourcePosition("events", 0, offset), b'{"id": 1}', value, 0)
+def record(offset: int, value: bytes | None) -> tuple:
+    """One row of a source batch: (partition, offset, key, value, timestamp_ms)."""
+    return (0, offset, b'{"id": 1}', value, 0)
 
 
 def envelope(event_id: int, content_id: str, duration_ms: int) -> bytes:
@@ -65,7 +66,7 @@ def test_decode_and_join_route_good_bad_and_unknown():
     with BeamTestPipeline() as p:
         decoded = (
             p
-            | beam.Create([records[:2], records[2:]])  # the source emits batches
+            | beam.Create([("events", records[:2]), ("events", records[2:])])  # the source emits batches
             | "Decode" >> beam.ParDo(DecodeFn("engagement")).with_outputs(DEAD_LETTER, main="ok")
         )
         joined = decoded.ok | "Join" >> beam.ParDo(
@@ -95,5 +96,5 @@ def test_decode_and_join_route_good_bad_and_unknown():
 def test_tombstones_pass_as_position_markers():
     fn = DecodeFn("engagement")
     fn.setup()
-    ((out,),) = list(fn.process([record(9, None)]))
+    ((out,),) = list(fn.process(("events", [record(9, None)])))
     assert isinstance(out, Skipped) and out.position.offset == 9
