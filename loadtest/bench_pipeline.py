@@ -273,6 +273,7 @@ def cmd_burst(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
         wait_until_caught_up(settings, client, 600)
         gen = generator("--burst", str(args.events))
         sampler.add("generator", gen.pid)
+        sampler.sample_in_background()
         output = gen.communicate()[0]
         last_commit = time.monotonic()
         caught_up = wait_until_caught_up(settings, client, 600)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,16 @@ class ProcessSampler:
             if Path(f"/proc/{pid}").exists():
                 self.cpu_last[name] = max(self.cpu_last[name], self._cpu(pid))
                 self.peak_rss[name] = max(self.peak_rss[name], _rss_mib(_tree(pid)))
+
+    def sample_in_background(self, interval: float = 0.5) -> None:
+        """Keep sampling from a thread, so processes that exit before ``report()`` still count."""
+
+        def loop() -> None:
+            while True:
+                self.sample(force=True)
+                time.sleep(interval)
+
+        threading.Thread(target=loop, name="process-sampler", daemon=True).start()
 
     def report(self) -> list[str]:
         elapsed = time.monotonic() - self.started
