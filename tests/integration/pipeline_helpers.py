@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psycopg
 import redis
-from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.process import port_open
+from loadtest.bench_pipeline import topic_ends
 from sinks.redis_leaderboard import OFFSETS_KEY, board_key
 from sinks.redis_leaderboard import connect as redis_connect
 
@@ -98,15 +98,6 @@ def streaming(settings: Settings, log: Path, **extra: str) -> Iterator[Streaming
         yield pipeline
     finally:
         pipeline.stop()
-
-
-def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tests"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    finally:
-        consumer.close()
 
 
 def wait_topic_settled(settings: Settings, quiet_s: float = 2.0, timeout: float = 120) -> None:
