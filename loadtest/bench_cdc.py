@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.local import LocalStack
-from loadtest.procstats import ProcessSampler, machine
+from loadtest.procstats import ProcessSampler, describe, machine
 
 NO_CHANGES = {
     "GENERATOR_EVENT_UPDATE_SHARE": "0",
@@ -76,11 +76,6 @@ def stack_pids(stack: LocalStack) -> dict[str, int]:
             raise SystemExit(f"{process.name} is not running: start the stack with `make up`")
         pids[process.name] = pid
     return pids
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def burst_run(
@@ -156,15 +151,6 @@ def latency_run(
         line for line in (generator.stdout.read() if generator.stdout else "").splitlines() if "continuous:" in line
     ]
     return latencies, [*summary[-1:], *sampler.report()]
-
-
-def describe(latencies: list[float]) -> str:
-    if not latencies:
-        return "no samples"
-    return (
-        f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
-        f"p99 {percentile(latencies, 99):.0f} ms, max {max(latencies):.0f} ms over {len(latencies):,} rows"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

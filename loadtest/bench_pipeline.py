@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -43,7 +42,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.local import LocalStack
-from loadtest.procstats import ProcessSampler, machine
+from infra.stack.process import stop_group
+from loadtest.procstats import ProcessSampler, describe, machine, percentile
 from sinks.redis_leaderboard import OFFSETS_KEY, board_key
 from sinks.redis_leaderboard import connect as redis_connect
 
@@ -56,20 +56,6 @@ NO_CHANGES = {
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
-def describe(latencies: list[float]) -> str:
-    if not latencies:
-        return "no samples"
-    return (
-        f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
-        f"p99 {percentile(latencies, 99):.0f} ms, max {max(latencies):.0f} ms ({len(latencies)} probes)"
-    )
 
 
 def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
@@ -127,11 +113,7 @@ def streaming_pipeline(sampler: ProcessSampler) -> Iterator[subprocess.Popen[str
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         log.close()
 
 
@@ -239,7 +221,7 @@ def latency_phase(settings: Settings, stack: LocalStack, rate: int, duration: fl
     summary = [line for line in output.splitlines() if line.startswith("continuous:")]
     say(f"  {summary[-1] if summary else output[-500:]}")
     say(
-        f"  COMMIT -> LEADERBOARD at {rate:,} events/s for {duration:g} s: {describe(prober.latencies)}"
+        f"  COMMIT -> LEADERBOARD at {rate:,} events/s for {duration:g} s: {describe(prober.latencies, 'probes')}"
         + (f", {prober.timeouts} probes over 10 s" if prober.timeouts else "")
     )
     for line in sampler.report():

@@ -12,6 +12,21 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def describe(latencies: list[float], unit: str = "rows") -> str:
+    """p50/p95/p99/max of latencies in milliseconds, as the benchmarks print them."""
+    if not latencies:
+        return "no samples"
+    return (
+        f"p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
+        f"p99 {percentile(latencies, 99):.0f} ms, max {max(latencies):.0f} ms over {len(latencies):,} {unit}"
+    )
+
+
 def machine() -> str:
     cores = os.cpu_count()
     mem_kib = next(

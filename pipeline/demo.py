@@ -7,13 +7,12 @@ leaderboard every few seconds, then stops both. ``make demo`` runs it after ``ma
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import time
 
 from infra.settings import REPO_ROOT, Settings
+from infra.stack.process import stop_group
 from sinks.leaderboard_view import render
 from sinks.redis_leaderboard import connect
 
@@ -56,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n" + render(client, settings.leaderboard, 3, content_type), flush=True)
             return generator.returncode or 0
         finally:
-            os.killpg(pipeline.pid, signal.SIGINT)
-            try:
-                pipeline.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(pipeline.pid, signal.SIGKILL)
+            stop_group(pipeline)
             print("==> pipeline stopped", flush=True)
 
 

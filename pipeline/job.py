@@ -23,7 +23,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.settings import Settings
-from pipeline.sources.kafka_partitions import PartitionSpec, ReadKafkaPartitions, SourceTuning, discover_partitions
+from pipeline.sources.kafka_partitions import (
+    UNBOUNDED,
+    PartitionSpec,
+    ReadKafkaPartitions,
+    SourceTuning,
+    discover_partitions,
+)
 from pipeline.transforms.enrich import DEAD_LETTER, DecodeFn, JoinContentFn
 from sinks.base import SinkWriteFn
 from sinks.dead_letter import WriteDeadLetters
@@ -117,7 +123,7 @@ def run(settings: Settings, options: PipelineOptions, *, bounded: bool = False) 
             spec.topic,
             spec.partition,
             spec.start,
-            "" if spec.stop == 2**63 - 1 else f" to {spec.stop}",
+            "" if spec.stop == UNBOUNDED else f" to {spec.stop}",
         )
     p = beam.Pipeline(options=options)
     build(p, settings, run_plan)

@@ -15,7 +15,7 @@ import sys
 
 import redis
 
-from infra.settings import LeaderboardSettings, RedisSettings, Settings
+from infra.settings import LeaderboardSettings, Settings
 from sinks.redis_leaderboard import board_key, connect
 
 
@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-__all__ = ["RedisSettings", "render"]
 
 if __name__ == "__main__":
     sys.exit(main())

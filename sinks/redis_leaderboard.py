@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from infra.settings import LeaderboardSettings, RedisSettings
+from infra.stack.redis_server import client as connect
 from pipeline.model import ContentChange, EnrichedChange, Skipped
 from sinks.base import SinkUnavailable
 from sinks.leaderboard_deltas import Deltas, aggregate
@@ -46,17 +47,6 @@ _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
 
 def board_key(window_minutes: int) -> str:
     return f"top_engagement:{window_minutes}min"
-
-
-def connect(settings: RedisSettings) -> redis.Redis:
-    return redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        password=settings.password.get_secret_value(),
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=10,
-    )
 
 
 class _RedisPositioned:

@@ -60,6 +60,21 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int:
+    """Stop a child started with ``start_new_session`` like a Ctrl-C in its terminal (SIGINT to the
+    whole group), then SIGKILL the group if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
 @dataclass
 class ServiceProcess:
     """One long-running native process with a pid file, a log file and a readiness probe."""

@@ -24,13 +24,16 @@ def redis_server_binary() -> str:
     return found
 
 
-def client(settings: RedisSettings) -> redis.Redis:
+def client(settings: RedisSettings, *, decode_responses: bool = False) -> redis.Redis:
+    """The one way the project opens a Redis client (stack probes, sinks, supervisor, tools)."""
     return redis.Redis(
         host=settings.host,
         port=settings.port,
         password=settings.password.get_secret_value(),
         socket_connect_timeout=2,
-        decode_responses=True,
+        socket_timeout=10,
+        health_check_interval=10,
+        decode_responses=decode_responses,
     )
 
 

@@ -13,10 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-import redis
 
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.process import port_open
+from infra.stack.process import port_open, stop_group
 from loadtest.bench_pipeline import topic_ends
 from sinks.redis_leaderboard import OFFSETS_KEY, board_key
 from sinks.redis_leaderboard import connect as redis_connect
@@ -77,14 +76,7 @@ class Streaming:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_group(self.proc, timeout=60)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -166,12 +158,7 @@ def _sql_state(settings: Settings) -> tuple[dict[str, dict[str, float]], dict[tu
 
 def assert_redis_matches_sql(settings: Settings, ignore_content: frozenset[str] = frozenset()) -> dict[str, int]:
     """Every content total, every live per-minute bucket and the window board equal SQL over the tables."""
-    client = redis.Redis(
-        host=settings.redis.host,
-        port=settings.redis.port,
-        password=settings.redis.password.get_secret_value(),
-        decode_responses=True,
-    )
+    client = redis_connect(settings.redis, decode_responses=True)
     per_content, buckets = _sql_state(settings)
     mismatches: list[str] = []
     for content_id, expected in per_content.items():

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.local import LocalStack
+from infra.stack.redis_server import client as redis_client
 
 from .pipeline_helpers import (
     assert_redis_matches_sql,
@@ -143,14 +144,7 @@ def test_late_content_is_joined_and_bad_input_is_dead_lettered(stack: LocalStack
 
 
 def stack_redis(settings: Settings):
-    import redis
-
-    return redis.Redis(
-        host=settings.redis.host,
-        port=settings.redis.port,
-        password=settings.redis.password.get_secret_value(),
-        decode_responses=True,
-    )
+    return redis_client(settings.redis, decode_responses=True)
 
 
 def read_dead_letters(settings: Settings, expected: int, timeout: float) -> list[dict[str, str]]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from infra.settings import LeaderboardSettings, Settings
 from infra.stack.local import LocalStack
+from infra.stack.redis_server import client as redis_client
 from pipeline.model import Contribution, EnrichedChange, SourcePosition
 from sinks.redis_leaderboard import OFFSETS_KEY, RedisLeaderboardSink
 
@@ -31,7 +31,7 @@ def change(offset: int, content: str, minute: int, seconds: float, sign: int = 1
 
 @pytest.fixture
 def sink(stack: LocalStack, settings: Settings):
-    client = redis.Redis(port=settings.redis.port, password=settings.redis.password.get_secret_value())
+    client = redis_client(settings.redis)
     client.flushall()
     clock = Clock(MINUTE)
     board = LeaderboardSettings(window_minutes=10, allowed_lateness_minutes=10)
