@@ -13,15 +13,42 @@
   cannot run an unbounded splittable DoFn; use it for bounded runs only.
 
 Extra Beam options can always be appended after ``--`` on the command line.
+
+With ``LOOPBACK`` the SDK harness runs inside the job process, so ``tune_loopback_worker`` can adjust
+it (on Flink or Dataflow the harness is the runner's own process and keeps Beam's defaults).
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.worker import statesampler
 
 RUNNERS = ("prism", "flink", "dataflow", "direct")
+
+# Beam's state sampler thread sleeps up to 200 ms between samples, and each bundle ends by joining
+# it: with our one-second source calls that idled the bundle thread for about 8 % of the time.
+STATE_SAMPLING_PERIOD_MS = 10
+# Young collections every 50,000 tracked allocations instead of 700 (see tune_loopback_worker).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_loopback_worker() -> None:
+    """Tune the in-process SDK harness of a ``LOOPBACK`` job; call once, before submitting it.
+
+    - The state sampler's period: Beam gives no option for it, so the default of its constructor is
+      changed; the sampler thread runs without the GIL and costs nothing measurable at 10 ms.
+    - The garbage collector: what the job built while starting (Beam, gRPC, protobuf modules) is
+      moved out of the collector's generations with ``gc.freeze()``, and young collections run
+      less often. The records on the hot path are ``gc=False`` structs (``pipeline.model``), so
+      what is left to collect is mostly short-lived dicts and lists.
+    """
+    statesampler.StateSampler.__init__.__defaults__ = (STATE_SAMPLING_PERIOD_MS,)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def pipeline_options(

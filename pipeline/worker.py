@@ -13,7 +13,7 @@ import sys
 
 from infra.settings import Settings
 from pipeline import job
-from pipeline.runners import pipeline_options
+from pipeline.runners import pipeline_options, tune_loopback_worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     settings = Settings()
+    if args.runner == "prism":
+        tune_loopback_worker()
     options = pipeline_options(args.runner, job_endpoint=args.job_endpoint, streaming=not args.bounded, extra=beam_args)
     result = job.run(settings, options, bounded=args.bounded)
     state = result.wait_until_finish()

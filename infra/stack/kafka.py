@@ -165,7 +165,7 @@ class Kafka:
             return False
         if not list(Path(self.classpath[:-2]).glob("kafka_*.jar")):
             raise StackError("Kafka jars are missing. Run `make bootstrap`.")
-        cluster_id = uuid_to_kafka_id(uuid.uuid4())
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             [
                 "java",
@@ -195,6 +195,18 @@ class Kafka:
             return True
         except KafkaException:
             return False
+
+
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka's ``Uuid.randomUuid()`` makes them: never starting with ``-``.
+
+    One id in 64 would otherwise begin with a dash, which the storage tool's argument parser takes
+    for an option ("argument --cluster-id/-t: expected one argument").
+    """
+    while True:
+        cluster_id = uuid_to_kafka_id(uuid.uuid4())
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def uuid_to_kafka_id(value: uuid.UUID) -> str:

@@ -9,6 +9,7 @@ from pipeline.decode import (
     DecodeError,
     decode_content,
     decode_engagement,
+    decode_engagement_checked,
     decode_error_letter,
     parse_timestamp,
     parse_uuid,
@@ -526,3 +527,62 @@ def test_decodes_many_envelopes():
     assert len(decoded) == 20_000
     last = decoded[-1]
     assert isinstance(last, EngagementChange) and last.after is not None and last.after.duration_ms == 19_999
+
+
+# --- the fast path returns what the checked path returns --------------------------------------------
+
+FAST_PATH_CASES: list[Any] = [
+    envelope("c", after=event_row()),
+    envelope("r", after=event_row()),
+    envelope("u", before=event_row(duration_ms=1), after=event_row()),
+    envelope("d", before=event_row()),
+    envelope("c", before={"not": "a row"}, after=event_row()),  # ignored before-image
+    envelope("c", after=event_row(content_id=CONTENT_ID.upper())),
+    envelope("c", after=event_row(user_id=USER_ID.upper())),
+    envelope("c", after=event_row(content_id="not-a-uuid")),
+    envelope("c", after=event_row(event_ts="2026-11-23T20:00:23.895123+02:00")),
+    envelope("c", after=event_row(event_ts=1_763_920_823_895_123)),
+    envelope("c", after=event_row(event_ts="2026-11-23 18:00:23")),
+    envelope("c", after=event_row(event_ts=None)),
+    envelope("c", after=event_row(raw_payload={"already": "decoded"})),
+    envelope("c", after=event_row(raw_payload=None)),
+    envelope("c", after=event_row(raw_payload="[1, 2]")),
+    envelope("c", after=event_row(raw_payload="{broken")),
+    envelope("c", after=event_row(duration_ms=True)),
+    envelope("c", after=event_row(duration_ms=1.5)),
+    envelope("c", after=event_row(id="7")),
+    envelope("c", after=event_row(extra_column="tolerated")),
+    envelope("c", after={k: v for k, v in event_row().items() if k != "device"}),
+    envelope("c", after={k: v for k, v in event_row().items() if k != "event_ts"}),
+    envelope("c"),
+    envelope("u", after=event_row()),
+    envelope("x", after=event_row()),
+    {**envelope("c", after=event_row()), "source": None},
+    {**envelope("c", after=event_row()), "source": None, "ts_ms": None},
+    {**envelope("c", after=event_row()), "source": "text"},
+    {**envelope("c", after=event_row()), "op": 1},
+    [1, 2],
+    b"{not json",
+    None,
+]
+
+
+def outcome(decode: Any, value: Any) -> Any:
+    try:
+        return decode(record(value))
+    except DecodeError as error:
+        return ("DecodeError", error.reason)
+
+
+@pytest.mark.parametrize("value", FAST_PATH_CASES)
+def test_fast_path_agrees_with_the_checked_path(value: Any):
+    assert outcome(decode_engagement, value) == outcome(decode_engagement_checked, value)
+
+
+def test_canonical_envelopes_take_the_fast_path(monkeypatch: pytest.MonkeyPatch):
+    def refuse(_: KafkaRecord) -> None:
+        raise AssertionError("took the checked path")
+
+    monkeypatch.setattr("pipeline.decode.decode_engagement_checked", refuse)
+    for op, before, after in (("c", None, event_row()), ("u", event_row(), event_row()), ("d", event_row(), None)):
+        assert isinstance(decode_engagement(record(envelope(op, before, after))), EngagementChange)

@@ -62,3 +62,27 @@ def test_flushes_by_size_within_a_bundle():
     sink = FakeSink([])
     run(SinkWriteFn(lambda: sink, max_buffer=2, max_latency_ms=10_000), [item(i) for i in range(5)])
     assert [len(batch) for batch in sink.written] == [2, 2, 1]
+
+
+def test_a_flush_runs_beside_the_bundle_thread_and_the_bundle_waits_for_it():
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    class SlowSink(FakeSink):
+        def write(self, batch):
+            self.thread = threading.current_thread().name
+            started.set()
+            assert release.wait(5)
+            super().write(batch)
+
+    sink = SlowSink([])
+    fn = SinkWriteFn(lambda: sink, max_latency_ms=0)
+    fn.setup()
+    fn.start_bundle()
+    assert list(fn.process(item(1))) == []  # returns while the write is still blocked
+    assert started.wait(5) and sink.written == []
+    release.set()
+    assert list(fn.finish_bundle()) == []
+    assert sink.written == [[item(1)]] and sink.thread != threading.current_thread().name
+    fn.teardown()
