@@ -1,7 +1,7 @@
-from msgspec.structs import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from msgspec.structs import replace
 
 from pipeline.metrics import (
     MissingContentError,
