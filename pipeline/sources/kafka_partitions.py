@@ -326,44 +326,66 @@ class ReadPartitionsFn(beam.DoFn):
         deadline = time.monotonic() + tuning.max_call_ms / 1000.0
         budget = tuning.max_records
         read = 0
+        reseek = False
         while budget > 0 and len(finished) < len(stops) and time.monotonic() < deadline:
             messages = reader.consumer.consume(min(budget, 1000), timeout=tuning.quiet_ms / 1000.0)
             if not messages:
                 break  # quiet: let the bundle end, so the sinks flush what they hold
-            batch: list[tuple[int, int, bytes | None, bytes | None, int]] = []
+            rows: list[tuple[int, int, bytes | None, bytes | None, int]] = []
+            # Highest offset seen per partition in this consume(): claimed once per partition below,
+            # not per record (the tracker takes a lock per claim).
+            last: dict[int, int] = {}
+            reached: set[int] = set()
             oldest_ms = None
+            newest_ms = reader.newest_ms
             for message in messages:
                 partition = message.partition()
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF and message.offset() >= stops.get(partition, 0):
-                        tracker.try_claim((partition, stops[partition]))
-                        finished.add(partition)
+                    if (
+                        error.code() == KafkaError._PARTITION_EOF
+                        and partition not in finished
+                        and message.offset() >= stops.get(partition, 0)
+                    ):
+                        reached.add(partition)
                     elif error.code() != KafkaError._PARTITION_EOF:
                         # librdkafka retries transient broker errors itself; log the rest, go on.
                         _log.warning("%s[%d]: consumer error %s", topic, partition, error)
                     continue
-                if partition in finished:
-                    continue
                 offset = message.offset()
-                if not tracker.try_claim((partition, offset)):
-                    finished.add(partition)  # reached the bounded stop
+                if partition in finished or partition in reached:
                     continue
-                positions[partition] = offset + 1
+                if offset >= stops[partition]:
+                    reached.add(partition)  # the bounded stop
+                    continue
+                last[partition] = offset
                 _, timestamp_ms = message.timestamp()
-                if timestamp_ms > reader.newest_ms.get(partition, -1):
-                    reader.newest_ms[partition] = timestamp_ms
+                if timestamp_ms > newest_ms.get(partition, -1):
+                    newest_ms[partition] = timestamp_ms
                 if oldest_ms is None or timestamp_ms < oldest_ms:
                     oldest_ms = timestamp_ms
-                budget -= 1
-                read += 1
-                batch.append((partition, offset, message.key(), message.value(), timestamp_ms))
-            if batch:
-                # One element per consume() call, made only of tuples, ints and bytes: Prism does not
-                # fuse the reader with the steps after it, so every element is encoded between them,
-                # and Beam's fast coder handles these natively where dataclasses would be pickled.
-                yield TimestampedValue((topic, batch), Timestamp(micros=(oldest_ms or 0) * 1000))
-        reader.assigned = positions
+                rows.append((partition, offset, message.key(), message.value(), timestamp_ms))
+            refused = {p for p, offset in last.items() if not tracker.try_claim((p, offset))}
+            for partition in reached:
+                tracker.try_claim((partition, stops[partition]))  # marks the partition done
+            finished |= reached
+            if refused:
+                # Only a checkpoint taken meanwhile refuses a claim: what was not claimed belongs
+                # to the residual, which reads it again (the consumer has read past it: re-seek).
+                rows = [row for row in rows if row[0] not in refused]
+                finished |= refused
+                reseek = True
+            for partition, offset in last.items():
+                if partition not in refused:
+                    positions[partition] = offset + 1
+            budget -= len(rows)
+            read += len(rows)
+            if rows:
+                # One element per consume() call, made only of tuples, ints and bytes: Beam's fast
+                # coder encodes these natively wherever a runner does not fuse the reader with the
+                # steps after it (Prism does fuse them).
+                yield TimestampedValue((topic, rows), Timestamp(micros=(oldest_ms or 0) * 1000))
+        reader.assigned = {} if reseek else positions
         self._records.inc(read)
         self._advance_watermark(watermark, reader, topic, positions)
         if len(finished) == len(stops):
