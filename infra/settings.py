@@ -211,6 +211,9 @@ class PipelineSettings(BaseSettings):
     readers: int = Field(default=1, ge=1)
     max_records_per_call: int = Field(default=20_000, gt=0)
     max_call_ms: int = Field(default=1_000, gt=0)
+    # An idle source call waits this long for a first record (and returns it at once), then
+    # resumes after idle_resume_ms: together they bound how long a record waits to be read.
+    idle_wait_ms: int = Field(default=250, ge=0)
     idle_resume_ms: int = Field(default=50, ge=0)
     # The sinks flush at least this often while records flow (and whenever a bundle ends).
     sink_flush_ms: int = Field(default=50, gt=0)

@@ -155,12 +155,14 @@ class Prober:
         self.settings = settings
         self.interval = interval
         self.latencies: list[float] = []
+        self.slowest: list[tuple[float, float]] = []  # (ms, seconds into the run), worst first
         self.timeouts = 0
         self._stop = threading.Event()
         self.content_id = str(uuid.uuid4())
         self.board = board_key(settings.leaderboard.window_minutes)
 
     def __enter__(self) -> Prober:
+        self._began = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -194,7 +196,9 @@ class Prober:
                         break
                     time.sleep(0.001)
                 else:
-                    self.latencies.append((time.monotonic() - committed) * 1000)
+                    ms = (time.monotonic() - committed) * 1000
+                    self.latencies.append(ms)
+                    self.slowest = sorted([*self.slowest, (ms, committed - self._began)], reverse=True)[:5]
                 self._stop.wait(self.interval)
 
 
@@ -224,6 +228,7 @@ def latency_phase(settings: Settings, stack: LocalStack, rate: int, duration: fl
         f"  COMMIT -> LEADERBOARD at {rate:,} events/s for {duration:g} s: {describe(prober.latencies, 'probes')}"
         + (f", {prober.timeouts} probes over 10 s" if prober.timeouts else "")
     )
+    say("  slowest probes: " + ", ".join(f"{ms:,.0f} ms at t={t:.0f} s" for ms, t in prober.slowest))
     for line in sampler.report():
         say(f"  {line}")
     return prober.latencies

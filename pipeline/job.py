@@ -82,6 +82,7 @@ def build(p: beam.Pipeline, settings: Settings, run_plan: Plan) -> None:
         readers=ps.readers,
         max_records=ps.max_records_per_call,
         max_call_ms=ps.max_call_ms,
+        idle_wait_ms=ps.idle_wait_ms,
         idle_resume_ms=ps.idle_resume_ms,
     )
     redis_settings, board = settings.redis, settings.leaderboard

@@ -18,9 +18,10 @@ Shape (after Beam's ``periodicsequence.py`` and Bytewax's partitioned Kafka sour
   alone broke the latency goal. One reader per topic locally (``PIPELINE_READERS=1``) reads all
   partitions through one consumer; on Flink or Dataflow set it to the partition count to spread
   the partitions over workers. Either way a partition belongs to exactly one reader.
-- ``process`` reads for at most ``max_call_ms`` or ``max_records``, returns early when its
-  partitions go quiet, and self-checkpoints with ``defer_remainder`` (yielding
-  ``ProcessContinuation.resume()`` fails the job in Beam 2.77). Prism may not honour the resume
+- ``process`` reads for at most ``max_call_ms`` or ``max_records``, waits up to ``idle_wait_ms``
+  for a first record (returning it at once), returns early when its partitions go quiet after
+  that, and self-checkpoints with ``defer_remainder`` (yielding ``ProcessContinuation.resume()``
+  fails the job in Beam 2.77). Prism may not honour the resume
   delay (apache/beam #39848), so correctness never depends on it. Runner-initiated splits are
   refused: a partition is one sequential reader.
 - The watermark is the oldest, over the reader's partitions, of the newest record timestamp seen
@@ -96,6 +97,9 @@ class SourceTuning:
     max_call_ms: int = 1_000
     # A call returns when no record arrived for this long (the sinks flush when the bundle ends).
     quiet_ms: int = 10
+    # A call that has read nothing yet waits this long for a first record; it returns the moment
+    # one arrives, so a record is not left waiting for a deferred residual to come back.
+    idle_wait_ms: int = 250
     idle_resume_ms: int = 50
     idle_watermark_lag_s: float = 2.0
     max_buffer_kbytes: int = 16_384
@@ -328,7 +332,14 @@ class ReadPartitionsFn(beam.DoFn):
         read = 0
         reseek = False
         while budget > 0 and len(finished) < len(stops) and time.monotonic() < deadline:
-            messages = reader.consumer.consume(min(budget, 1000), timeout=tuning.quiet_ms / 1000.0)
+            if read == 0 and tuning.idle_wait_ms > 0:
+                # consume(n) waits for n messages or the timeout: ask for one, then for the rest.
+                wait_s = min(tuning.idle_wait_ms / 1000.0, max(0.0, deadline - time.monotonic()))
+                messages = reader.consumer.consume(1, timeout=wait_s)
+                if messages:
+                    messages += reader.consumer.consume(min(budget, 1000) - 1, timeout=tuning.quiet_ms / 1000.0)
+            else:
+                messages = reader.consumer.consume(min(budget, 1000), timeout=tuning.quiet_ms / 1000.0)
             if not messages:
                 break  # quiet: let the bundle end, so the sinks flush what they hold
             rows: list[tuple[int, int, bytes | None, bytes | None, int]] = []
