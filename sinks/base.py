@@ -41,6 +41,7 @@ from pipeline.model import DeadLetter, SourcePosition
 
 T = TypeVar("T")
 DEAD_LETTER = "dead_letter"
+SLOW_FLUSH_MS = 1_000
 _log = logging.getLogger(__name__)
 
 
@@ -175,7 +176,11 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
             batch = good
         self._written.inc(len(batch))
         self._flushes.inc()
-        self._flush_ms.update(int((time.monotonic() - began) * 1000))
+        took_ms = int((time.monotonic() - began) * 1000)
+        self._flush_ms.update(took_ms)
+        if took_ms >= SLOW_FLUSH_MS:
+            # Rare multi-second stalls are the tail of the latency figures: say where they came from.
+            _log.warning("%s: a flush of %d records took %d ms", self._sink.name, len(batch), took_ms)
         return letters
 
     def teardown(self) -> None:
