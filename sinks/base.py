@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import apache_beam as beam
@@ -72,6 +73,16 @@ class PositionedSink(Protocol[T]):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Flushed:
+    """What a flush on the writer thread did, for the bundle thread to report."""
+
+    letters: list[DeadLetter]
+    written: int
+    retries: int
+    took_ms: int
+
+
 def position_of(item: Any) -> SourcePosition:
     return item.position
 
@@ -110,10 +121,11 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
             reraise=True,
         )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-writer")
-        self._in_flight: Future[list[DeadLetter]] | None = None
+        self._in_flight: Future[_Flushed] | None = None
+        self._attempts_failed = 0  # written by the writer thread during a flush only
 
     def _log_retry(self, state: RetryCallState) -> None:
-        self._retries.inc()
+        self._attempts_failed += 1
         if state.attempt_number in (1, 10) or state.attempt_number % 50 == 0:
             _log.warning(
                 "%s unavailable (attempt %d), retrying: %s",
@@ -157,10 +169,18 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         if self._in_flight is None:
             return []
         future, self._in_flight = self._in_flight, None
-        return future.result()
+        flushed = future.result()
+        # Beam's metrics belong to the bundle thread (a writer thread's updates would be dropped).
+        self._written.inc(flushed.written)
+        self._flushes.inc()
+        self._retries.inc(flushed.retries)
+        self._dead.inc(len(flushed.letters))
+        self._flush_ms.update(flushed.took_ms)
+        return flushed.letters
 
-    def _flush(self, batch: list[T]) -> list[DeadLetter]:
+    def _flush(self, batch: list[T]) -> _Flushed:
         letters: list[DeadLetter] = []
+        self._attempts_failed = 0
         began = time.monotonic()
         try:
             self._retrying(self._sink.write, batch)
@@ -169,19 +189,15 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
             good = [item for item in batch if position_of(item) not in bad]
             for item in batch:
                 if position_of(item) in bad:
-                    self._dead.inc()
                     letters.append(DeadLetter(position_of(item), self._sink.name, error.reason, None, None))
             if good:
                 self._retrying(self._sink.write, good)
             batch = good
-        self._written.inc(len(batch))
-        self._flushes.inc()
         took_ms = int((time.monotonic() - began) * 1000)
-        self._flush_ms.update(took_ms)
         if took_ms >= SLOW_FLUSH_MS:
             # Rare multi-second stalls are the tail of the latency figures: say where they came from.
             _log.warning("%s: a flush of %d records took %d ms", self._sink.name, len(batch), took_ms)
-        return letters
+        return _Flushed(letters, len(batch), self._attempts_failed, took_ms)
 
     def teardown(self) -> None:
         writer = getattr(self, "_writer", None)

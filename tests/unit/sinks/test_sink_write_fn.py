@@ -86,3 +86,25 @@ def test_a_flush_runs_beside_the_bundle_thread_and_the_bundle_waits_for_it():
     assert list(fn.finish_bundle()) == []
     assert sink.written == [[item(1)]] and sink.thread != threading.current_thread().name
     fn.teardown()
+
+
+def test_metrics_of_flushes_on_the_writer_thread_are_reported():
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+
+    pipeline = beam.Pipeline()
+    _ = (
+        pipeline
+        | beam.Create([item(1), item(2), item(3)])
+        | beam.ParDo(SinkWriteFn(lambda: FakeSink([SinkUnavailable("down")]), sleep=lambda _: None))
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    def total(name: str) -> int:
+        counters = result.metrics().query(MetricsFilter().with_namespace("fake").with_name(name))["counters"]
+        return sum(c.committed for c in counters)
+
+    assert total("records_written") == 3
+    assert total("retries") >= 1
+    assert total("flushes") >= 1
