@@ -18,17 +18,30 @@ import sys
 
 from pydantic import ValidationError
 
-from infra.settings import Settings
+from infra.settings import LeaderboardSettings, PipelineSettings, Settings
 from infra.stack.process import StackError
 from pipeline.runners import RUNNERS
 from pipeline.supervisor import LockHeld, Supervisor
+
+
+def settings_help() -> str:
+    """Every setting the job reads from the environment, with its default, from the typed config."""
+    lines = ["settings from the environment (default):"]
+    for model in (PipelineSettings, LeaderboardSettings):
+        prefix = model.model_config.get("env_prefix", "")
+        for name, field in model.model_fields.items():
+            lines.append(f"  {prefix}{name.upper()}={field.get_default(call_default_factory=True)}")
+    lines.append("Kafka, Redis and topic names: KAFKA_*, REDIS_*, CDC_* (see .env.example).")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description=(__doc__ or "").split("\n")[0],
-        epilog="Everything after -- is passed to Beam's PipelineOptions.",
+        epilog=f"Everything after -- is passed to Beam's PipelineOptions.\n\n{settings_help()}\n"
+        "What each setting does: docs/pipeline.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--runner",

@@ -54,3 +54,13 @@ def test_conninfo_uses_the_right_role():
     assert "user=engagement " in pg.conninfo()
     assert "user=postgres " in pg.conninfo(superuser=True)
     assert "dbname=postgres " in pg.conninfo(superuser=True, dbname="postgres")
+
+
+def test_env_example_names_every_pipeline_and_leaderboard_setting():
+    from infra.settings import REPO_ROOT, LeaderboardSettings, PipelineSettings
+
+    example = (REPO_ROOT / ".env.example").read_text()
+    for model in (PipelineSettings, LeaderboardSettings):
+        prefix = model.model_config.get("env_prefix", "")
+        for name in model.model_fields:
+            assert f"{prefix}{name.upper()}=" in example, f"{prefix}{name.upper()} missing from .env.example"
