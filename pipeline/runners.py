@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.worker import statesampler
 
 RUNNERS = ("prism", "flink", "dataflow", "direct")
+JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600  # ten years: a streaming job runs until stopped
 
 # Beam's state sampler thread sleeps up to 200 ms between samples, and each bundle ends by joining
 # it: with our one-second source calls that idled the bundle thread for about 8 % of the time.
@@ -73,6 +74,12 @@ def pipeline_options(
             # Prism splits long-running SDF calls on its own; our restrictions refuse runner splits
             # anyway, and Beam 2.77's split path can fail on them ("cannot convert float NaN").
             "--experiments=prism_disable_sdf_split",
+            # PortableRunner opens the job's state and message streams with this as their gRPC
+            # deadline (default 300 s): when it expires, wait_until_finish raises DEADLINE_EXCEEDED
+            # and a streaming job's process exits, so the job restarted every five minutes (a
+            # 4-5 s stall in the latency figures). Prism is ours and already up, so nothing else
+            # waits on this value.
+            f"--job_server_timeout={JOB_STREAM_DEADLINE_S}",
         ]
     elif runner == "flink":
         args += ["--runner=FlinkRunner"]
