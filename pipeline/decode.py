@@ -367,36 +367,29 @@ def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
     return EngagementChange(record.position, op, before, after, commit_ts_ms)
 
 
-def decode_engagement_checked(record: KafkaRecord) -> EngagementChange | Skipped:
-    """The checked path of the module docstring for ``engagement_events``: the specification."""
+def _decode_checked(record: KafkaRecord, row: Callable[[Any, str], Any], change: Callable[..., _T]) -> _T | Skipped:
     loaded = _envelope(record)
     if loaded is None:
         return Skipped(record.position, "tombstone")
     envelope, op, commit_ts_ms = loaded
     before, after = _images(envelope, op)
-    return EngagementChange(
+    return change(
         record.position,
         op,
-        None if before is None else _engagement_row(before, "before"),
-        None if after is None else _engagement_row(after, "after"),
+        None if before is None else row(before, "before"),
+        None if after is None else row(after, "after"),
         commit_ts_ms,
     )
 
 
+def decode_engagement_checked(record: KafkaRecord) -> EngagementChange | Skipped:
+    """The checked path of the module docstring for ``engagement_events``: the specification."""
+    return _decode_checked(record, _engagement_row, EngagementChange)
+
+
 def decode_content(record: KafkaRecord) -> ContentChange | Skipped:
     """Decode one record of the ``content`` topic; raises :class:`DecodeError`."""
-    loaded = _envelope(record)
-    if loaded is None:
-        return Skipped(record.position, "tombstone")
-    envelope, op, commit_ts_ms = loaded
-    before, after = _images(envelope, op)
-    return ContentChange(
-        position=record.position,
-        op=op,
-        before=None if before is None else _content_row(before, "before"),
-        after=None if after is None else _content_row(after, "after"),
-        commit_ts_ms=commit_ts_ms,
-    )
+    return _decode_checked(record, _content_row, ContentChange)
 
 
 def decode_error_letter(record: KafkaRecord, stage: str, error: Exception) -> DeadLetter:
