@@ -1,9 +1,9 @@
 """The pipeline's speed on the local stack: drain rate, end-to-end latency, highest sustained rate, burst.
 
-    make bench-pipeline                                   # everything, about 12 minutes
+    make bench-pipeline                                   # everything, about 15-20 minutes
     python -m loadtest.bench_pipeline drain --events 1000000
     python -m loadtest.bench_pipeline latency --rate 3333 --duration 300
-    python -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500 --step-duration 60
+    python -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500,15000 --step-duration 60
     python -m loadtest.bench_pipeline burst --events 100000
 
 - drain: the engagement topic holds at least ``--events`` real Debezium envelopes (the generator

@@ -6,9 +6,10 @@ ReadContent ────> DecodeContent ─────────────�
    every dead_letter output ─> DeadLetters ─> WriteDeadLetters (Kafka, with the reason)
 ```
 
-Everything is fused into one stage without keyed state or shuffles: the join is a lookup in the
-worker's content view (``pipeline.sources.content_view``), and each sink stores source positions
-atomically with its writes. ``build`` is runner-agnostic; ``pipeline.runners`` holds the options
+Reading, decoding, the join and the Redis sink run fused in one stage per topic, without keyed
+state or shuffles (only the dead-letter writer, behind a ``Flatten``, is a stage of its own): the
+join is a lookup in the worker's content view (``pipeline.sources.content_view``), and each sink
+stores source positions atomically with its writes. ``build`` is runner-agnostic; ``pipeline.runners`` holds the options
 that differ between Prism, Flink and Dataflow.
 
 Run it through the supervisor: ``python -m pipeline`` (``--help`` lists the options).
