@@ -26,6 +26,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
+from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
 from loadtest.procstats import ProcessSampler, describe, machine
 
@@ -47,12 +48,7 @@ def tail_consumer(settings: Settings) -> Consumer:
         }
     )
     topic = settings.cdc.engagement_topic
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = []
-    for p in partitions:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        ends.append(TopicPartition(topic, p, high))
-    consumer.assign(ends)
+    consumer.assign([TopicPartition(topic, p, end) for p, end in end_offsets(settings.kafka, topic).items()])
     return consumer
 
 

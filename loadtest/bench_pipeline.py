@@ -41,11 +41,12 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
+from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
 from infra.stack.process import stop_group
-from loadtest.procstats import ProcessSampler, describe, machine, percentile
+from infra.stack.redis_server import client as redis_connect
+from loadtest.procstats import ProcessSampler, children_map, describe, machine, percentile
 from sinks.redis_leaderboard import OFFSETS_KEY, board_key
-from sinks.redis_leaderboard import connect as redis_connect
 
 NO_CHANGES = {
     "GENERATOR_EVENT_UPDATE_SHARE": "0",
@@ -56,15 +57,6 @@ NO_CHANGES = {
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
-def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "bench"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    finally:
-        consumer.close()
 
 
 def stored(client: redis.Redis, topic: str) -> dict[int, int]:
@@ -79,7 +71,7 @@ def stored(client: redis.Redis, topic: str) -> dict[int, int]:
 def lag(settings: Settings, client: redis.Redis) -> int:
     topic = settings.cdc.engagement_topic
     positions = stored(client, topic)
-    return sum(max(0, end - positions.get(p, 0)) for p, end in topic_ends(settings, topic).items())
+    return sum(max(0, end - positions.get(p, 0)) for p, end in end_offsets(settings.kafka, topic).items())
 
 
 def stack_sampler(stack: LocalStack) -> ProcessSampler:
@@ -104,7 +96,7 @@ def generator(*args: str, extra_env: dict[str, str] | None = None) -> subprocess
 
 
 @contextmanager
-def streaming_pipeline(sampler: ProcessSampler) -> Iterator[subprocess.Popen[str]]:
+def streaming_pipeline() -> Iterator[subprocess.Popen[str]]:
     """The supervisor in its own process group; stopped with SIGINT like a user's Ctrl-C."""
     log = open(REPO_ROOT / ".stack" / "logs" / "bench-pipeline.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -120,25 +112,20 @@ def streaming_pipeline(sampler: ProcessSampler) -> Iterator[subprocess.Popen[str
 def children(pid: int) -> dict[str, int]:
     """The supervisor's Prism and job processes, by name."""
     found: dict[str, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for child in children_map().get(pid, []):
         try:
-            with open(f"/proc/{entry}/stat") as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) != pid:
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as cmd:
+            with open(f"/proc/{child}/cmdline", "rb") as cmd:
                 line = cmd.read().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        found["job" if "pipeline.worker" in line else "prism"] = int(entry)
+        found["job" if "pipeline.worker" in line else "prism"] = child
     return found
 
 
 def wait_until_caught_up(settings: Settings, client: redis.Redis, timeout: float) -> float:
     """Seconds until the stored positions reach today's topic ends."""
     topic = settings.cdc.engagement_topic
-    ends = topic_ends(settings, topic)
+    ends = end_offsets(settings.kafka, topic)
     began = time.monotonic()
     while time.monotonic() - began < timeout:
         positions = stored(client, topic)
@@ -165,7 +152,7 @@ class ArrivalWatch:
             }
         )
         topic = settings.cdc.engagement_topic
-        ends = topic_ends(settings, topic)
+        ends = end_offsets(settings.kafka, topic)
         self._consumer.assign([TopicPartition(topic, p, end) for p, end in ends.items()])
         self.arrived: dict[int, float] = {}  # event id -> monotonic time seen
         self._stop = threading.Event()
@@ -261,7 +248,7 @@ class Prober:
 def latency_phase(settings: Settings, stack: LocalStack, rate: int, duration: float) -> list[float]:
     client = redis_connect(settings.redis)
     sampler = stack_sampler(stack)
-    with streaming_pipeline(sampler) as supervisor:
+    with streaming_pipeline() as supervisor:
         time.sleep(8)  # Prism, job submission, content view
         for name, pid in children(supervisor.pid).items():
             sampler.add(name, pid)
@@ -311,7 +298,7 @@ def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace
 def cmd_burst(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
     client = redis_connect(settings.redis)
     sampler = stack_sampler(stack)
-    with streaming_pipeline(sampler) as supervisor:
+    with streaming_pipeline() as supervisor:
         time.sleep(8)
         for name, pid in children(supervisor.pid).items():
             sampler.add(name, pid)
@@ -337,7 +324,7 @@ def plain_consume(settings: Settings, total: int) -> float:
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "bench-plain", "enable.auto.commit": False}
     )
-    ends = topic_ends(settings, topic)
+    ends = end_offsets(settings.kafka, topic)
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
     seen, began = 0, time.monotonic()
     while seen < total:
@@ -354,13 +341,13 @@ def plain_consume(settings: Settings, total: int) -> float:
 
 def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
     topic = settings.cdc.engagement_topic
-    have = sum(topic_ends(settings, topic).values())
+    have = sum(end_offsets(settings.kafka, topic).values())
     if have < args.events:
         missing = args.events - have
         say(f"topping the topic up with {missing:,} events (it holds {have:,})")
         generator("--burst", str(missing)).communicate()
         time.sleep(5)
-    ends = topic_ends(settings, topic)
+    ends = end_offsets(settings.kafka, topic)
     total = sum(ends.values())
     say(f"{topic} holds {total:,} records in {len(ends)} partitions")
 
@@ -383,16 +370,19 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
         start_new_session=True,
     )
     first = None
-    while proc.poll() is None:
-        done = sum(stored(client, topic).values())
-        if first is None and done > 0:
-            first = (time.monotonic(), done)
-            for name, pid in children(proc.pid).items():
-                sampler.add(name, pid)
-        sampler.sample()
-        time.sleep(0.05)
+    try:
+        while proc.poll() is None:
+            done = sum(stored(client, topic).values())
+            if first is None and done > 0:
+                first = (time.monotonic(), done)
+                for name, pid in children(proc.pid).items():
+                    sampler.add(name, pid)
+            sampler.sample()
+            time.sleep(0.05)
+    finally:
+        stop_group(proc)  # a Ctrl-C here must not leave the bounded job running
+        log.close()
     last = time.monotonic()
-    log.close()
     done = sum(stored(client, topic).values())
     if proc.returncode != 0 or first is None or done < total:
         raise SystemExit(f"bounded run failed (exit {proc.returncode}, {done:,} of {total:,} stored)")

@@ -42,8 +42,8 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / CLOCK_TICKS
 
 
-def _tree(pid: int) -> list[int]:
-    """The process and its descendants (Postgres forks a backend per connection)."""
+def children_map() -> dict[int, list[int]]:
+    """``{parent pid: [child pids]}`` from one walk over /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -52,6 +52,12 @@ def _tree(pid: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _tree(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """The process and its descendants (Postgres forks a backend per connection)."""
+    children = children_map() if children is None else children
     out, stack = [], [pid]
     while stack:
         current = stack.pop()
@@ -91,12 +97,12 @@ class ProcessSampler:
     def add(self, name: str, pid: int) -> None:
         """Follow one more process from now on (CPU is counted from this call)."""
         self.pids[name] = pid
-        self.cpu_start[name] = self.cpu_last[name] = self._cpu(pid)
+        self.cpu_start[name] = self.cpu_last[name] = self._cpu(_tree(pid))
         self.peak_rss[name] = 0.0
 
-    def _cpu(self, pid: int) -> float:
+    def _cpu(self, pids: list[int]) -> float:
         total = 0.0
-        for p in _tree(pid):
+        for p in pids:
             try:
                 total += _cpu_seconds(p)
             except OSError:
@@ -109,10 +115,12 @@ class ProcessSampler:
         if not force and now - self.last_sample < 0.5:
             return
         self.last_sample = now
+        children = children_map()  # one walk over /proc per sample, shared by every process
         for name, pid in self.pids.items():
             if Path(f"/proc/{pid}").exists():
-                self.cpu_last[name] = max(self.cpu_last[name], self._cpu(pid))
-                self.peak_rss[name] = max(self.peak_rss[name], _rss_mib(_tree(pid)))
+                tree = _tree(pid, children)
+                self.cpu_last[name] = max(self.cpu_last[name], self._cpu(tree))
+                self.peak_rss[name] = max(self.peak_rss[name], _rss_mib(tree))
 
     def sample_in_background(self, interval: float = 0.5) -> None:
         """Keep sampling from a thread, so processes that exit before ``report()`` still count."""

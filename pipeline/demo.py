@@ -13,8 +13,8 @@ import time
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.process import stop_group
+from infra.stack.redis_server import client as connect
 from sinks.leaderboard_view import render
-from sinks.redis_leaderboard import connect
 
 
 def main(argv: list[str] | None = None) -> int:

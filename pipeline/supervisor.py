@@ -33,7 +33,7 @@ import redis
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.process import ServiceProcess, StackError, pid_alive, port_open
-from sinks.redis_leaderboard import connect as redis_connect
+from infra.stack.redis_server import client as redis_connect
 
 _log = logging.getLogger("pipeline.supervisor")
 HEALTHY_AFTER_S = 300.0

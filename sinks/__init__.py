@@ -1,1 +1,1 @@
-"""Sinks of the pipeline: Redis leaderboards, BigQuery, an external HTTP endpoint (issue 7 on)."""
+"""Sinks of the pipeline behind one contract (``sinks.base``): Redis leaderboards and the dead-letter topic."""

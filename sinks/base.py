@@ -3,7 +3,7 @@
 A sink is *positioned*: ``write(batch)`` applies a batch and, atomically with it, records for each
 source partition the next offset it has applied; records at or below that position are skipped, so
 a replay after a crash applies nothing twice. ``positions()`` returns what is stored; the source
-resumes every partition from the lowest position over all sinks (``pipeline.resume``).
+resumes every partition from the lowest position over all sinks (``pipeline.job.plan``).
 
 ``SinkWriteFn`` buffers in ``process`` and flushes in ``finish_bundle`` (and when the buffer is
 full or its oldest item has waited ``max_latency_ms``), the shape of Beam's ``BigQueryWriteFn`` and

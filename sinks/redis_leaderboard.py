@@ -63,9 +63,9 @@ class _RedisPositioned:
 
     @property
     def client(self) -> redis.Redis:
+        # Connect only: a subclass's open() also loads scripts and state that positions() needs not.
         if self._client is None:
-            self.open()
-        assert self._client is not None
+            self._client = connect(self._settings)
         return self._client
 
     def positions(self) -> dict[str, int]:

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -69,6 +69,16 @@ def topic_specs(cdc: CdcSettings) -> list[TopicSpec]:
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "socket.connection.setup.timeout.ms": 3000})
+
+
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """``{partition: offset the next record will get}`` for every partition of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "engagement-tools"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    finally:
+        consumer.close()
 
 
 def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:

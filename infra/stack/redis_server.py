@@ -68,8 +68,9 @@ class RedisServer:
                     'logfile ""',
                     'save ""',
                     "appendonly yes",
-                    # Every acknowledged write survives a crash: the sinks store source offsets in
-                    # the same script as the increments, so those must never run ahead of the data.
+                    # Every acknowledged write survives a crash of Redis or of the machine. A lost
+                    # tail would stay consistent (offsets and increments are one script, one AOF
+                    # entry), but the running job would not know to read those records again.
                     "appendfsync always",
                     f"maxmemory {s.maxmemory}",
                     "maxmemory-policy noeviction",

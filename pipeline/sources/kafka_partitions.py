@@ -9,9 +9,8 @@ Shape (after Beam's ``periodicsequence.py`` and Bytewax's partitioned Kafka sour
 - The partitions of a topic are dealt round-robin to ``readers`` elements (``ReaderSpec``). Each
   element's restriction (``PartitionOffsets``) holds, for every one of its partitions, the *next
   offset to read* (the resume point) and a stop: the end offset taken when the job started (bounded
-  mode: tests, backfill) or ``UNBOUNDED``. Positions are claimed per partition before a record is
-  emitted (``try_claim((partition, offset))``); claiming an offset at or past a partition's stop
-  marks that partition finished.
+  mode: tests, backfill) or ``UNBOUNDED``. Each batch claims, per partition, its highest offset before it is
+  emitted (``try_claim((partition, offset))``); claiming a partition's stop marks it finished.
 - Why several partitions per element: on Prism every deferred residual goes back to the runner and
   comes back in a later bundle, and under load that round trip grew to hundreds of milliseconds per
   residual. With one element per partition the 16 partitions of the event topic took turns, which

@@ -19,8 +19,7 @@ from pipeline.metrics import MissingContentError, contributions
 from pipeline.model import DeadLetter, EngagementChange, EnrichedChange, Skipped
 from pipeline.sources.content_view import ContentView
 from pipeline.sources.kafka_partitions import RecordBatch, records
-
-DEAD_LETTER = "dead_letter"
+from sinks.base import DEAD_LETTER
 
 
 class DecodeFn(beam.DoFn):

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 
 from infra.settings import REPO_ROOT, Settings
+from infra.stack.kafka import end_offsets
 from infra.stack.process import port_open, stop_group
-from loadtest.bench_pipeline import topic_ends
 from sinks.redis_leaderboard import OFFSETS_KEY, board_key
 from sinks.redis_leaderboard import connect as redis_connect
 
@@ -95,10 +95,10 @@ def streaming(settings: Settings, log: Path, **extra: str) -> Iterator[Streaming
 def wait_topic_settled(settings: Settings, quiet_s: float = 2.0, timeout: float = 120) -> None:
     """Until Debezium has published every committed change: the topic's end offsets stop moving."""
     deadline = time.monotonic() + timeout
-    previous = topic_ends(settings, settings.cdc.engagement_topic)
+    previous = end_offsets(settings.kafka, settings.cdc.engagement_topic)
     while time.monotonic() < deadline:
         time.sleep(quiet_s)
-        ends = topic_ends(settings, settings.cdc.engagement_topic)
+        ends = end_offsets(settings.kafka, settings.cdc.engagement_topic)
         if ends == previous:
             return
         previous = ends
@@ -112,7 +112,7 @@ def wait_caught_up(settings: Settings, timeout: float = 120, settle: float = 3.0
     deadline = time.monotonic() + timeout
     previous: dict[int, int] = {}
     while time.monotonic() < deadline:
-        ends = topic_ends(settings, topic)
+        ends = end_offsets(settings.kafka, topic)
         stored = {k.decode(): int(v) for k, v in client.hgetall(OFFSETS_KEY).items()}
         caught_up = all(stored.get(f"{topic}:{p}", 0) >= end for p, end in ends.items() if end > 0)
         if caught_up and ends == previous:
