@@ -10,6 +10,7 @@ the CDC role needs no table ownership.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pwd
@@ -77,8 +78,15 @@ class Postgres:
         self.root = cluster_root(stack_dir)
         self.data = self.root / "data"
         self.sockets = self.root / "run"
-        self.process = ServiceProcess.in_stack(
-            stack_dir,
+        self._stack_dir = stack_dir
+
+    @functools.cached_property
+    def process(self) -> ServiceProcess:
+        """Built on first use: ``provision`` against someone else's Postgres (Docker Compose) needs no
+        local binaries."""
+        settings = self.settings
+        return ServiceProcess.in_stack(
+            self._stack_dir,
             "postgres",
             command=[
                 pg_bin("postgres"),

@@ -8,6 +8,7 @@ generated config file (mode 0600), not on the command line where ``ps`` would sh
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -42,8 +43,14 @@ class RedisServer:
         self.settings = settings
         self.root = stack_dir / "redis"
         self.conf = self.root / "redis.conf"
-        self.process = ServiceProcess.in_stack(
-            stack_dir,
+        self._stack_dir = stack_dir
+
+    @functools.cached_property
+    def process(self) -> ServiceProcess:
+        """Built on first use, like ``Postgres.process``: no local binary needed to provision."""
+        settings = self.settings
+        return ServiceProcess.in_stack(
+            self._stack_dir,
             "redis",
             command=[redis_server_binary(), str(self.conf)],
             ready=self.ready,

@@ -102,3 +102,19 @@ def test_stale_pid_file_is_ignored(tmp_path):
     proc.pid_file.write_text("999999\n")
     assert proc.pid() is None
     assert proc.stop(timeout=1) is False
+
+
+def test_a_stack_object_needs_no_local_binaries_until_a_process_is_used(monkeypatch, tmp_path):
+    # `python -m infra.stack provision` runs in a Docker image without Postgres or Redis installed.
+    from infra.settings import Settings, StackSettings
+    from infra.stack import local, postgres, redis_server
+    from infra.stack.process import StackError
+
+    def missing(*_):
+        raise StackError("not installed")
+
+    monkeypatch.setattr(postgres, "pg_bin", missing)
+    monkeypatch.setattr(redis_server, "redis_server_binary", missing)
+    stack = local.LocalStack(Settings(stack=StackSettings(dir=tmp_path)))
+    with pytest.raises(StackError):
+        _ = stack.redis.process  # looked up when the process is first used
