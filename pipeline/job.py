@@ -3,14 +3,14 @@
 ```
 ReadEngagement ─> DecodeEngagement ─> JoinContent ─> WriteLeaderboards (Redis, exactly once)
 ReadContent ────> DecodeContent ────────────────────> WriteContentMetadata (Redis)
-   every dead_letter output ─> its own WriteDeadLetters (Kafka, with the reason)
+   every dead_letter output ─> DeadLetters ─> WriteDeadLetters (Kafka, with the reason)
 ```
 
-Reading, decoding, the join, the Redis sink and the dead-letter writers run fused in one stage
-per topic, without keyed state or shuffles: the join is a lookup in the worker's content view
-(``pipeline.sources.content_view``), and each sink stores source positions atomically with its
-writes. ``build`` is runner-agnostic; ``pipeline.runners`` holds the options that differ between
-Prism, Flink and Dataflow.
+Reading, decoding, the join and the Redis sink run fused in one stage per topic, without keyed
+state or shuffles (only the dead-letter writer, behind a ``Flatten``, is a stage of its own): the
+join is a lookup in the worker's content view (``pipeline.sources.content_view``), and each sink
+stores source positions atomically with its writes. ``build`` is runner-agnostic; ``pipeline.runners`` holds the options
+that differ between Prism, Flink and Dataflow.
 
 Run it through the supervisor: ``python -m pipeline`` (``--help`` lists the options).
 """
@@ -109,19 +109,12 @@ def build(p: beam.Pipeline, settings: Settings, run_plan: Plan) -> None:
         SinkWriteFn(lambda: RedisContentSink(redis_settings), max_latency_ms=ps.sink_flush_ms)
     ).with_outputs(DEAD_LETTER, main="written")
 
-    # One writer per dead-letter output, not one behind a Flatten: each then runs fused in the stage
-    # that produced its letters, and has them on Kafka before that stage's sink can store a
-    # position past them. Behind a Flatten (a stage of its own on Prism) a kill -9 in between
-    # lost them.
-    producer = {"bootstrap.servers": settings.kafka.bootstrap_servers}
-    for step, letters in (
-        ("Decode", events.dead_letter),
-        ("Join", joined.dead_letter),
-        ("Leaderboards", leaderboards.dead_letter),
-        ("DecodeContent", content.dead_letter),
-        ("ContentMetadata", metadata.dead_letter),
-    ):
-        _ = letters | f"DeadLetters{step}" >> WriteDeadLetters(producer, settings.cdc.dlq_topic)
+    (
+        (events.dead_letter, joined.dead_letter, leaderboards.dead_letter, content.dead_letter, metadata.dead_letter)
+        | "DeadLetters" >> beam.Flatten()
+        | "WriteDeadLetters"
+        >> WriteDeadLetters({"bootstrap.servers": settings.kafka.bootstrap_servers}, settings.cdc.dlq_topic)
+    )
 
 
 def run(settings: Settings, options: PipelineOptions, *, bounded: bool = False) -> beam.runners.runner.PipelineResult:
