@@ -2,9 +2,10 @@
 
 Each dead letter is produced with the original key and value, and headers saying where it came
 from (topic, partition, offset), which step refused it and why. Delivery is at-least-once: the
-write is flushed synchronously in ``process`` (bad records are rare), so a dead letter is on Kafka
-before any sink flush in the same bundle can store a position past it; a replay after a crash can
-repeat one. Counted per stage as ``dead_letters/<stage>``.
+write is flushed synchronously in ``process`` (bad records are rare); a replay after a crash can
+repeat one. This step runs in a stage of its own on Prism (behind the job's ``Flatten``), so a
+``kill -9`` between a sink storing a later position and this write can lose a letter: see
+docs/delivery.md, "Limits". Counted per stage as ``dead_letters/<stage>``.
 """
 
 from __future__ import annotations
