@@ -14,9 +14,13 @@ code base reads ``os.environ``. ``.env.example`` lists every variable.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +68,10 @@ class KafkaSettings(BaseSettings):
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka settings for a producer or consumer of this cluster."""
+        return {"bootstrap.servers": self.bootstrap_servers, **extra}
+
 
 class ConnectSettings(BaseSettings):
     """Kafka Connect in distributed mode with one worker, hosting the Debezium connector."""
@@ -89,6 +97,20 @@ class RedisSettings(BaseSettings):
     port: int = 56379
     password: SecretStr = SecretStr("redis-local")
     maxmemory: str = "512mb"
+
+    def client(self, *, decode_responses: bool = False) -> redis.Redis:
+        """The one way the project opens a Redis client (sinks, supervisor, tools, the stack's probes)."""
+        import redis
+
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password.get_secret_value(),
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=10,
+            decode_responses=decode_responses,
+        )
 
 
 class CdcSettings(BaseSettings):
@@ -217,6 +239,12 @@ class PipelineSettings(BaseSettings):
     idle_resume_ms: int = Field(default=50, ge=0)
     # The sinks flush at least this often while records flow (and whenever a bundle ends).
     sink_flush_ms: int = Field(default=50, gt=0)
+    # Which sinks run, in lanes: "," separates lanes (each reads the topics at its own positions, so
+    # an outage of one never delays another), "+" puts sinks in one lane (one read, one stage).
+    # Names: redis (leaderboards and content metadata); faulty (tests and benchmarks only).
+    sinks: str = "redis"
+    # Dead letters larger than this are truncated (with a header saying so), not refused.
+    dead_letter_max_bytes: int = Field(default=1_000_000, ge=16_384)
     restart_backoff_initial_s: float = Field(default=1.0, gt=0)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
     lock_ttl_s: float = Field(default=10.0, gt=0)

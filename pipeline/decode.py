@@ -8,7 +8,11 @@ Column encodings handled here:
 * ``TIMESTAMPTZ``: an ISO-8601 string with ``Z`` or an offset (``io.debezium.time.ZonedTimestamp``),
   or, for a timestamp column captured as ``io.debezium.time.MicroTimestamp``, an integer of epoch
   **microseconds**; always returned as an aware UTC datetime;
-* ``JSONB``: a JSON *string* inside the JSON, so it is decoded a second time.
+* ``JSONB``: a JSON *string* inside the JSON, so it is decoded a second time;
+* ``source.sequence``: a JSON *string* holding ``["<commit lsn of the previous transaction>",
+  "<lsn>"]`` (either may be null), returned as a pair of ints (``sinks.records.Sequence``) that
+  orders changes within a partition; a missing or unreadable sequence is ``None`` (the record is
+  then never taken for a re-send, ``sinks.positions``).
 
 Anything that cannot be turned into a well-typed change raises :class:`DecodeError`, whose ``reason``
 is short enough to store in a dead letter. A delete's tombstone (value ``None``) is not an error but
@@ -55,6 +59,7 @@ __all__ = [
     "decode_engagement",
     "decode_engagement_checked",
     "decode_error_letter",
+    "parse_sequence",
     "parse_timestamp",
     "parse_uuid",
 ]
@@ -250,6 +255,31 @@ def _envelope(record: KafkaRecord) -> tuple[dict[str, Any], str, int] | None:
     return envelope, op, _commit_ts_ms(envelope)
 
 
+def parse_sequence(sequence: Any, lsn: Any = None) -> tuple[int, int] | None:
+    """Debezium's ``source.sequence`` (and ``source.lsn`` as a fallback for its second half)."""
+    commit_lsn = None
+    if type(sequence) is str:
+        try:
+            pair = orjson.loads(sequence)
+        except orjson.JSONDecodeError:
+            pair = None
+        if type(pair) is list and len(pair) == 2:
+            first, second = pair
+            commit_lsn = int(first) if type(first) is str and first.isdigit() else 0
+            if type(second) is str and second.isdigit():
+                lsn = int(second)
+    if type(lsn) is not int:
+        return None
+    return (commit_lsn or 0, lsn)
+
+
+def _source_sequence(envelope: dict[str, Any]) -> tuple[int, int] | None:
+    source = envelope.get("source")
+    if type(source) is not dict:
+        return None
+    return parse_sequence(source.get("sequence"), source.get("lsn"))
+
+
 def _commit_ts_ms(envelope: dict[str, Any]) -> int:
     # source.ts_ms is when the transaction committed; the envelope's own ts_ms is when Debezium
     # processed it, a later but still usable stand-in if a producer leaves source out.
@@ -304,6 +334,8 @@ class _EventRowWire(msgspec.Struct, gc=False):
 
 class _SourceWire(msgspec.Struct, gc=False):
     ts_ms: int | None = None
+    sequence: str | None = None
+    lsn: int | None = None
 
 
 class _EventEnvelopeWire(msgspec.Struct, gc=False):
@@ -344,7 +376,7 @@ def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
     """
     value = record.value
     if value is None:
-        return Skipped(record.position, "tombstone")
+        return Skipped(record.position, "tombstone", record.key)
     try:
         envelope = _decode_event_envelope(value)
         op = envelope.op
@@ -364,18 +396,22 @@ def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
             raise DecodeError("no commit time")
     except (msgspec.DecodeError, DecodeError):
         return decode_engagement_checked(record)
-    return EngagementChange(record.position, op, before, after, commit_ts_ms)
+    sequence = None if source is None else parse_sequence(source.sequence, source.lsn)
+    return EngagementChange(record.position, record.key, value, op, sequence, before, after, commit_ts_ms)
 
 
 def _decode_checked(record: KafkaRecord, row: Callable[[Any, str], Any], change: Callable[..., _T]) -> _T | Skipped:
     loaded = _envelope(record)
     if loaded is None:
-        return Skipped(record.position, "tombstone")
+        return Skipped(record.position, "tombstone", record.key)
     envelope, op, commit_ts_ms = loaded
     before, after = _images(envelope, op)
     return change(
         record.position,
+        record.key,
+        record.value,
         op,
+        _source_sequence(envelope),
         None if before is None else row(before, "before"),
         None if after is None else row(after, "after"),
         commit_ts_ms,

@@ -13,7 +13,6 @@ import time
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.process import stop_group
-from infra.stack.redis_server import client as connect
 from sinks.leaderboard_view import render
 
 
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 [sys.executable, "-m", "generator", "--rate", str(args.rate), "--duration", str(args.duration)],
                 cwd=REPO_ROOT,
             )
-            client = connect(settings.redis)
+            client = settings.redis.client()
             while generator.poll() is None:
                 time.sleep(args.every)
                 print("\n" + render(client, settings.leaderboard), flush=True)

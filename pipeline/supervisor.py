@@ -33,7 +33,6 @@ import redis
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.process import ServiceProcess, StackError, pid_alive, port_open
-from infra.stack.redis_server import client as redis_connect
 
 _log = logging.getLogger("pipeline.supervisor")
 HEALTHY_AFTER_S = 300.0
@@ -126,7 +125,7 @@ class Supervisor:
 
     def run(self) -> int:
         ps = self.settings.pipeline
-        lock = InstanceLock(redis_connect(self.settings.redis), ps.consumer_group, ps.lock_ttl_s)
+        lock = InstanceLock(self.settings.redis.client(), ps.consumer_group, ps.lock_ttl_s)
         lock.acquire()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -1,26 +1,32 @@
-"""The dead-letter topic: records the pipeline can never apply, with the reason, never dropped.
+"""The dead-letter topic: records that can never be applied, with the reason and their original bytes.
 
-Each dead letter is produced with the original key and value, and headers saying where it came
-from (topic, partition, offset), which step refused it and why. Delivery is at-least-once: the
-write is flushed synchronously in ``process`` (bad records are rare); a replay after a crash can
-repeat one. This step runs in a stage of its own on Prism (behind the job's ``Flatten``), so a
-``kill -9`` between a sink storing a later position and this write can lose a letter: see
-docs/delivery.md, "Limits". Counted per stage as ``dead_letters/<stage>``.
+Each letter is produced with the record's original key and value and headers that say where it came
+from and why: ``dlq.stage`` (decode_engagement, join_content, or the sink's name), ``dlq.reason``,
+``dlq.source.topic`` / ``.partition`` / ``.offset``. A value too large for the topic is cut to
+``max_bytes`` and gets a ``dlq.truncated`` header with its original length, rather than failing.
+
+Delivery is confirmed: ``send`` returns only when the broker has acknowledged every letter (the
+delivery callback reported no error). A letter that fails (a timeout inside librdkafka, the broker
+down) is produced again, with backoff, until it is acknowledged; it is never counted as written
+before that. The sink driver calls ``send`` before it stores a position past the letters' records,
+so a ``kill -9`` at any moment leaves each letter either on the topic or its record unhandled (and
+read again). A replay can therefore produce a letter twice: at least once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import apache_beam as beam
-from apache_beam.metrics import Metrics
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from pipeline.model import DeadLetter
+from sinks.records import DeadLetter
 
 _log = logging.getLogger(__name__)
+HEADROOM_BYTES = 4_096  # for the key, the headers and the record's framing
 
 
 def headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
@@ -34,35 +40,83 @@ def headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     ]
 
 
-class WriteDeadLettersFn(beam.DoFn):
-    def __init__(self, producer_config: dict[str, Any], topic: str, flush_timeout_s: float = 30.0) -> None:
-        self._config = producer_config
-        self._topic = topic
-        self._timeout = flush_timeout_s
-
-    def setup(self) -> None:
-        self._producer = Producer({**self._config, "enable.idempotence": True, "linger.ms": 0})
-
-    def process(self, letter: DeadLetter) -> None:
-        self._producer.produce(self._topic, key=letter.key, value=letter.value, headers=headers(letter))
-        # Wait for the broker: retried (librdkafka retries internally) until it succeeds, because a
-        # dead letter must be on Kafka before a later flush stores a position past its record.
-        while self._producer.flush(self._timeout) > 0:
-            _log.warning("dead-letter topic %s not acknowledging yet; still waiting", self._topic)
-        Metrics.counter("dead_letters", letter.stage).inc()
-
-    def teardown(self) -> None:
-        producer = getattr(self, "_producer", None)
-        if producer is not None:
-            with contextlib.suppress(KafkaException):
-                producer.flush(5)
+def message(letter: DeadLetter, max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """``(key, value, headers)`` of the Kafka record for ``letter``, its value cut to fit ``max_bytes``."""
+    key, value, extra = letter.key, letter.value, headers(letter)
+    room = max(0, max_bytes - HEADROOM_BYTES - len(key or b"") - len(letter.reason))
+    if value is not None and len(value) > room:
+        extra.append(("dlq.truncated", str(len(value)).encode()))
+        value = value[:room]
+    return key, value, extra
 
 
-class WriteDeadLetters(beam.PTransform):
-    def __init__(self, producer_config: dict[str, Any], topic: str) -> None:
-        super().__init__()
-        self._config = producer_config
-        self._topic = topic
+class DeadLetterProducer:
+    """Produces letters and waits for the broker's acknowledgement of each; see the module docstring."""
 
-    def expand(self, letters: beam.PCollection) -> beam.PCollection:
-        return letters | "Produce" >> beam.ParDo(WriteDeadLettersFn(self._config, self._topic))
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        max_bytes: int = 1_000_000,
+        retry_backoff_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        producer_factory: Callable[[dict[str, Any]], Any] = Producer,
+    ) -> None:
+        self.topic = topic
+        self._max_bytes = max_bytes
+        self._backoff = retry_backoff_s
+        self._sleep = sleep
+        self._producer = producer_factory(
+            {
+                **config,
+                "enable.idempotence": True,
+                "linger.ms": 0,
+                "message.max.bytes": max_bytes,
+                # Fail a delivery after 30 s instead of librdkafka's 5 minutes, and produce it again:
+                # the caller keeps waiting either way, but the log says why every 30 s.
+                "message.timeout.ms": 30_000,
+            }
+        )
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        """Return once every letter is acknowledged by the broker; retry failed ones without end."""
+        pending = list(letters)
+        attempt = 0
+        while pending:
+            failed: list[tuple[DeadLetter, KafkaError]] = []
+            for letter in pending:
+                self._produce(letter, failed)
+            while len(self._producer) > 0:
+                self._producer.flush(1.0)
+            if not failed:
+                return
+            attempt += 1
+            _log.warning(
+                "dead-letter topic %s refused %d letter(s) (attempt %d, first error: %s); producing them again",
+                self.topic,
+                len(failed),
+                attempt,
+                failed[0][1],
+            )
+            self._sleep(min(self._backoff * attempt, 10.0))
+            pending = [letter for letter, _ in failed]
+
+    def _produce(self, letter: DeadLetter, failed: list[tuple[DeadLetter, KafkaError]]) -> None:
+        def delivered(error: KafkaError | None, _: Any) -> None:
+            if error is not None:
+                failed.append((letter, error))
+
+        key, value, hdrs = message(letter, self._max_bytes)
+        while True:
+            try:
+                self._producer.produce(self.topic, key=key, value=value, headers=hdrs, on_delivery=delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.5)  # the local queue is full: let deliveries drain
+            except KafkaException as exc:
+                failed.append((letter, exc.args[0]))
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(KafkaException):
+            self._producer.flush(5)

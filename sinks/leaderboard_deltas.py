@@ -2,9 +2,8 @@
 
 Popularity is skewed, so a batch of thousands of events touches far fewer (content, minute) pairs:
 summing here turns ~10 Redis commands per event into ~10 per distinct pair, which is what lets one
-Redis keep up with the source. Exactly-once is kept per partition, not per record: records below the
-sink's stored position for their partition are dropped before summing, and the script refuses the
-whole batch if the stored position moved past the batch's first offset meanwhile.
+Redis keep up with the source. Replays and re-sends are dropped before this (``sinks.flush``), and
+the positions travel beside the deltas into the same script.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.model import EnrichedChange
+from sinks.records import EnrichedChange
 
 COUNTERS = {"play": 2, "pause": 3, "finish": 4, "click": 5}  # index into ContentDelta.values
 
@@ -25,26 +24,14 @@ class ContentDelta:
 
 @dataclass
 class Deltas:
-    # partition key -> (first offset in this batch, next offset after it)
-    partitions: dict[str, tuple[int, int]] = field(default_factory=dict)
     content: dict[str, ContentDelta] = field(default_factory=dict)
     # (minute, content_id, content_type) -> seconds
     buckets: dict[tuple[int, str, str], float] = field(default_factory=dict)
-    records: int = 0
-    skipped_replays: int = 0
 
 
-def aggregate(batch: Sequence[EnrichedChange], stored: dict[str, int]) -> Deltas:
+def aggregate(batch: Sequence[EnrichedChange]) -> Deltas:
     deltas = Deltas()
     for change in batch:
-        position = change.position
-        key = position.partition_key
-        if position.offset < stored.get(key, -1):
-            deltas.skipped_replays += 1
-            continue
-        first, _ = deltas.partitions.get(key, (position.offset, 0))
-        deltas.partitions[key] = (first, position.offset + 1)
-        deltas.records += 1
         for k in change.contributions:
             sign = k.sign
             values = deltas.content.setdefault(k.content_id, ContentDelta()).values

@@ -16,7 +16,7 @@ import sys
 import redis
 
 from infra.settings import LeaderboardSettings, Settings
-from sinks.redis_leaderboard import board_key, connect
+from sinks.redis_leaderboard import board_key
 
 
 def render(client: redis.Redis, board: LeaderboardSettings, top: int = 10, content_type: str | None = None) -> str:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--type", choices=["podcast", "newsletter", "video"], default=None)
     args = parser.parse_args(argv)
     settings = Settings()
-    client = connect(settings.redis)
+    client = settings.redis.client()
     try:
         print(render(client, settings.leaderboard, args.top, args.type))
     except redis.RedisError as exc:

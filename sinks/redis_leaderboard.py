@@ -11,12 +11,13 @@ Layout (``W`` = window minutes, 10 by default; redis-cli examples in the README)
 - ``engagement:content:{id}``: hash of events, plays, pauses, finishes, clicks, total_seconds,
   pct_sum, pct_count, avg_pct, over_100; its TTL is refreshed on every write.
 - ``content:{id}``: metadata hash (title, slug, content_type, length_seconds), from the content topic.
-- ``engagement:offsets``: hash ``topic:partition`` -> next offset applied.
+- ``engagement:positions:redis_leaderboard``: the sink's positions (``sinks.redis_store``).
 
-Each flush is one Lua script: the increments and the new offsets land together or not at all, and
-increments for offsets below the stored one are skipped, so replays after ``kill -9`` count
-nothing twice (docs/delivery.md). Redis runs with ``appendfsync always`` for the same reason: an
-acknowledged script survives a Redis crash, so the stored offsets never run ahead of the data.
+Each flush is one Lua script: the increments and the new positions land together or not at all
+(compare-and-set on the positions), and the driver has already dropped replays and Debezium's
+re-sends, so nothing is counted twice after a ``kill -9`` of the job or of Kafka Connect
+(docs/delivery.md). Redis runs with ``appendfsync always`` for the same reason: an
+acknowledged script survives a Redis crash, so the stored positions never run ahead of the data.
 
 A committed event reaches the board in the same script that applies it (no periodic rebuild on the
 hot path); a roller thread calls a second script four times a second so that minutes leave the
@@ -28,69 +29,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from infra.settings import LeaderboardSettings, RedisSettings
-from infra.stack.redis_server import client as connect
-from pipeline.model import ContentChange, EnrichedChange, Skipped
-from sinks.base import SinkUnavailable
+from sinks.contract import APPLIED, Batch, Outcome, SinkUnavailable
 from sinks.leaderboard_deltas import Deltas, aggregate
-
-LUA_DIR = Path(__file__).resolve().parent / "lua"
-OFFSETS_KEY = "engagement:offsets"
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+from sinks.records import EnrichedChange
+from sinks.redis_store import RedisSink, lua, position_args
 
 
 def board_key(window_minutes: int) -> str:
     return f"top_engagement:{window_minutes}min"
 
 
-class _RedisPositioned:
-    """What both Redis sinks share: the client, the stored positions, transient-error mapping."""
-
-    name = "redis"
-
-    def __init__(self, settings: RedisSettings) -> None:
-        self._settings = settings
-        self._client: redis.Redis | None = None
-
-    def open(self) -> None:
-        self._client = connect(self._settings)
-
-    @property
-    def client(self) -> redis.Redis:
-        # Connect only: a subclass's open() also loads scripts and state that positions() needs not.
-        if self._client is None:
-            self._client = connect(self._settings)
-        return self._client
-
-    def positions(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.client.hgetall(OFFSETS_KEY).items()}
-
-    def _run(self, script: Any, args: list[Any]) -> Any:
-        try:
-            return script(args=args, client=self.client)
-        except _TRANSIENT as exc:
-            raise SinkUnavailable(str(exc)) from exc
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
-def _group_by_partition(batch: Sequence[Any]) -> dict[str, list[Any]]:
-    groups: dict[str, list[Any]] = {}
-    for item in batch:
-        groups.setdefault(item.position.partition_key, []).append(item)
-    return groups
-
-
-class RedisLeaderboardSink(_RedisPositioned):
-    """``PositionedSink[EnrichedChange]`` for the leaderboards and content metrics."""
+class RedisLeaderboardSink(RedisSink):
+    """The leaderboards and content metrics, from enriched engagement changes."""
 
     name = "redis_leaderboard"
 
@@ -107,14 +61,6 @@ class RedisLeaderboardSink(_RedisPositioned):
         self._roll_in_background = roll_in_background
         self._stop = threading.Event()
 
-    def _open_scripts(self) -> None:
-        super().open()
-        window = (LUA_DIR / "window.lua").read_text()
-        self._apply = self.client.register_script(window + (LUA_DIR / "leaderboard_apply.lua").read_text())
-        self._roll = self.client.register_script(window + (LUA_DIR / "leaderboard_roll.lua").read_text())
-        if self._roll_in_background:
-            threading.Thread(target=self._roller, name="leaderboard-roller", daemon=True).start()
-
     @property
     def key(self) -> str:
         return board_key(self._board.window_minutes)
@@ -123,25 +69,18 @@ class RedisLeaderboardSink(_RedisPositioned):
         return int(self._clock() // 60)
 
     def open(self) -> None:
-        self._open_scripts()
-        self._stored = self.positions()
+        super().open()
+        self._apply = self.client.register_script(lua("window.lua", "positions.lua", "leaderboard_apply.lua"))
+        self._roll = self.client.register_script(lua("window.lua", "leaderboard_roll.lua"))
+        if self._roll_in_background:
+            threading.Thread(target=self._roller, name="leaderboard-roller", daemon=True).start()
 
-    def write(self, batch: Sequence[EnrichedChange]) -> tuple[int, int]:
-        """Apply the batch; return (records applied, records skipped as replays)."""
-        while True:
-            deltas = aggregate(batch, self._stored)
-            if not deltas.partitions:
-                return 0, deltas.skipped_replays
-            result = self._run(self._apply, self._arguments(deltas))
-            if int(result[0]) >= 0:
-                for key, (_, next_offset) in deltas.partitions.items():
-                    self._stored[key] = next_offset
-                return deltas.records, deltas.skipped_replays
-            # Someone stored a later position (a replay overlapping a write that did land, or a
-            # second writer): learn it and drop what it covers.
-            self._stored[result[1].decode()] = int(result[2])
+    def write(self, batch: Batch[EnrichedChange]) -> Outcome:
+        deltas = aggregate(batch.records)
+        self.run(self._apply, self._arguments(deltas, batch))
+        return APPLIED
 
-    def _arguments(self, deltas: Deltas) -> list[Any]:
+    def _arguments(self, deltas: Deltas, batch: Batch[EnrichedChange]) -> list[Any]:
         now = self.now_minute()
         b = self._board
         args: list[Any] = [
@@ -151,12 +90,10 @@ class RedisLeaderboardSink(_RedisPositioned):
             b.metrics_ttl_s,
             b.window_minutes + b.allowed_lateness_minutes,
             self.key,
-            OFFSETS_KEY,
-            len(deltas.partitions),
+            self.positions_key,
+            *position_args(batch.positions, batch.expected),
+            len(deltas.content),
         ]
-        for key, (first, next_offset) in deltas.partitions.items():
-            args += [key, first, next_offset]
-        args.append(len(deltas.content))
         for content_id, delta in deltas.content.items():
             args.append(content_id)
             args += [repr(v) if isinstance(v, float) else v for v in delta.values]
@@ -166,7 +103,7 @@ class RedisLeaderboardSink(_RedisPositioned):
         return args
 
     def roll(self) -> bool:
-        return bool(self._run(self._roll, [self.now_minute(), self._board.window_minutes, self.key]))
+        return bool(self.run(self._roll, [self.now_minute(), self._board.window_minutes, self.key]))
 
     def _roller(self) -> None:
         while not self._stop.wait(self._board.roll_interval_s):
@@ -178,34 +115,3 @@ class RedisLeaderboardSink(_RedisPositioned):
     def close(self) -> None:
         self._stop.set()
         super().close()
-
-
-class RedisContentSink(_RedisPositioned):
-    """``PositionedSink[ContentChange]``: the ``content:{id}`` metadata hashes."""
-
-    name = "redis_content"
-
-    def open(self) -> None:
-        super().open()
-        self._apply = self.client.register_script((LUA_DIR / "content_apply.lua").read_text())
-
-    def write(self, batch: Sequence[ContentChange | Skipped]) -> int:
-        groups = _group_by_partition(batch)
-        args: list[Any] = [OFFSETS_KEY, len(groups)]
-        for partition_key, items in groups.items():
-            # Tombstones only move the stored position.
-            changes = [c for c in items if isinstance(c, ContentChange)]
-            args += [partition_key, items[-1].position.offset + 1, len(changes)]
-            for change in changes:
-                row = change.after or change.before
-                assert row is not None
-                args += [
-                    change.position.offset,
-                    row.id,
-                    "1" if change.after is None else "0",
-                    row.title or "",
-                    row.slug or "",
-                    row.content_type or "",
-                    "" if row.length_seconds is None else row.length_seconds,
-                ]
-        return int(self._run(self._apply, args))

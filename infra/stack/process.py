@@ -181,6 +181,17 @@ class ServiceProcess:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self) -> bool:
+        """``kill -9`` (a crash, for fault tests): no stop signal first; the pid file is left as a
+        crash leaves it, and ``start`` copes with that."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        self._signal(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            time.sleep(0.05)
+        return True
+
     @staticmethod
     def _signal(pid: int, sig: signal.Signals) -> None:
         # The whole session: a service's helper children go with it.

@@ -26,16 +26,7 @@ def redis_server_binary() -> str:
 
 
 def client(settings: RedisSettings, *, decode_responses: bool = False) -> redis.Redis:
-    """The one way the project opens a Redis client (stack probes, sinks, supervisor, tools)."""
-    return redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        password=settings.password.get_secret_value(),
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=10,
-        decode_responses=decode_responses,
-    )
+    return settings.client(decode_responses=decode_responses)
 
 
 class RedisServer:

@@ -1,8 +1,12 @@
 """The steps between the source and the sinks: decode envelopes, join content, reduce to contributions.
 
 Each step is a ``DoFn`` over the pure functions of ``pipeline.decode`` and ``pipeline.metrics``.
-Bad input never raises out of a step: it leaves on the ``dead_letter`` output with its reason
-(malformed envelope, unknown content after the wait), and tombstones are skipped and counted.
+Bad input never raises out of a step: it is replaced, in place in the stream, by a ``DeadLetter``
+with its reason and original bytes (malformed envelope, unknown content after the wait). Letters
+travel on with the records to the lane's sink, which produces them to the dead-letter topic and
+waits for the broker before it stores a position past them (``sinks.flush``): a separate
+dead-letter step could lose a letter on ``kill -9`` after the sink had moved on. Tombstones go on
+as ``Skipped`` position markers and are counted.
 """
 
 from __future__ import annotations
@@ -12,20 +16,18 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import TaggedOutput
 
 from pipeline.decode import DecodeError, decode_content, decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError, contributions
 from pipeline.model import DeadLetter, EngagementChange, EnrichedChange, Skipped
 from pipeline.sources.content_view import ContentView
 from pipeline.sources.kafka_partitions import RecordBatch, records
-from sinks.base import DEAD_LETTER
 
 
 class DecodeFn(beam.DoFn):
-    """``RecordBatch -> list[change]``; ``dead_letter`` (one per record) for what cannot be
-    decoded. ``kind`` is ``"engagement"`` or ``"content"``. Elements are batches, as the source emits
-    them, to pay Beam's per-element cost once per batch."""
+    """``RecordBatch -> list[change | Skipped | DeadLetter]``, in offset order. ``kind`` is
+    ``"engagement"`` or ``"content"``. Elements are batches, as the source emits them, to pay Beam's
+    per-element cost once per batch."""
 
     def __init__(self, kind: str) -> None:
         if kind not in ("engagement", "content"):
@@ -38,23 +40,24 @@ class DecodeFn(beam.DoFn):
     def setup(self) -> None:
         self._decode = decode_engagement if self._kind == "engagement" else decode_content
 
-    def process(self, batch: RecordBatch) -> Iterator[Any]:
+    def process(self, batch: RecordBatch) -> Iterator[list[Any]]:
         decode, stage = self._decode, f"decode_{self._kind}"
         changes: list[Any] = []
-        tombstones = 0
+        tombstones = malformed = 0
         for record in records(batch):
             try:
                 change = decode(record)
             except DecodeError as error:
-                self._malformed.inc()
-                yield TaggedOutput(DEAD_LETTER, decode_error_letter(record, stage, error))
+                malformed += 1
+                changes.append(decode_error_letter(record, stage, error))
                 continue
             # Tombstones (Skipped) go on too, so the sinks store their position: a partition that
             # ends in a tombstone would otherwise look one record behind forever.
             tombstones += type(change) is Skipped
             changes.append(change)
         self._tombstones.inc(tombstones)
-        self._decoded.inc(len(changes) - tombstones)
+        self._malformed.inc(malformed)
+        self._decoded.inc(len(changes) - tombstones - malformed)
         if changes:
             yield changes
 
@@ -94,17 +97,17 @@ class JoinContentFn(beam.DoFn):
         self._view = factory()
         self._view.wait_until_current(self._startup_timeout)
 
-    def process(self, changes: list[EngagementChange | Skipped]) -> Iterator[Any]:
-        enriched: list[EnrichedChange] = []
+    def process(self, changes: list[EngagementChange | Skipped | DeadLetter]) -> Iterator[list[Any]]:
+        enriched: list[Any] = []
         for change in changes:
-            if type(change) is Skipped:
-                enriched.append(EnrichedChange(change.position, 0, ()))
+            if type(change) is not EngagementChange:
+                enriched.append(change)  # position markers and letters go on as they are
                 continue
             try:
                 enriched.append(self._join(change))
             except _Unknown as unknown:
                 self._missing.inc()
-                yield TaggedOutput(DEAD_LETTER, self._letter(change, str(unknown)))
+                enriched.append(self._letter(change, str(unknown)))
         if enriched:
             yield enriched
 
@@ -112,7 +115,21 @@ class JoinContentFn(beam.DoFn):
         lookup = self._view.get
         for _ in range(3):  # an update can name two contents, both unknown
             try:
-                return EnrichedChange(change.position, change.commit_ts_ms, contributions(change, lookup))
+                parts = contributions(change, lookup)
+                row = change.after or change.before
+                content = None if row is None or row.content_id is None else lookup(row.content_id)
+                return EnrichedChange(
+                    change.position,
+                    change.key,
+                    change.value,
+                    change.op,
+                    change.sequence,
+                    change.commit_ts_ms,
+                    change.before,
+                    change.after,
+                    content,
+                    parts,
+                )
             except MissingContentError as missing:
                 self._waited.inc()
                 if self._view.wait_for(missing.content_id, self._late_timeout) is None:
@@ -121,4 +138,4 @@ class JoinContentFn(beam.DoFn):
 
     def _letter(self, change: EngagementChange, why: str) -> DeadLetter:
         reason = f"{why} within {self._late_timeout:g} s (content view has {len(self._view)} rows)"
-        return DeadLetter(change.position, "join_content", reason, None, None)
+        return DeadLetter(change.position, "join_content", reason, change.key, change.value, change.sequence)

@@ -1,12 +1,12 @@
--- Apply one batch of net increments and record source positions, atomically (one script is one
+-- Apply one batch of net increments and store the sink's positions, atomically (one script is one
 -- transaction in Redis and one entry in the AOF).
 --
--- Exactly once: for every partition in the batch, the stored position must not be past the batch's
--- first offset; otherwise nothing is applied and {-1, partition, stored} is returned, and the caller
--- drops what is below the stored position and retries.
+-- Exactly once: replays and re-sends were dropped before the call, and the positions are a
+-- compare-and-set (positions.lua): if the stored ones are not those the batch was computed against,
+-- nothing is applied and {-1, field, stored} is returned; the caller reloads and computes again.
 --
--- ARGV: now_minute, window, horizon_minute, metrics_ttl_s, bucket_ttl_minutes, board, offsets_key,
---   n_partitions, then per partition 3 fields: key, first_offset, next_offset;
+-- ARGV: now_minute, window, horizon_minute, metrics_ttl_s, bucket_ttl_minutes, board, positions_key,
+--   the block of positions.lua;
 --   n_content, then per content 10 fields: id, events, total_seconds, plays, pauses, finishes, clicks,
 --     pct_sum, pct_count, over_100;
 --   n_buckets, then per bucket 4 fields: minute, content_id, content_type, seconds.
@@ -16,18 +16,11 @@ local horizon = tonumber(ARGV[3])
 local metrics_ttl = tonumber(ARGV[4])
 local bucket_ttl_minutes = tonumber(ARGV[5])
 local board = ARGV[6]
-local offsets_key = ARGV[7]
+local positions_key = ARGV[7]
 local EPSILON = 1e-6
 
-local i = 9
-local parts = {}
-for _ = 1, tonumber(ARGV[8]) do
-  local key, first, next_offset = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local stored = tonumber(redis.call('HGET', offsets_key, key) or '-1')
-  if stored > first then return {-1, key, stored} end
-  parts[#parts + 1] = {key, next_offset}
-  i = i + 3
-end
+local i, parts = check_positions(positions_key, 8)
+if i == nil then return parts end
 
 -- Move the window first (window.lua), so that "in the window" below means the same as for the board.
 local from = move_window(board, now_minute, window)
@@ -80,5 +73,5 @@ for _ = 1, n_buckets do
   i = i + 4
 end
 
-for _, p in ipairs(parts) do redis.call('HSET', offsets_key, p[1], p[2]) end
+store_positions(positions_key, parts)
 return {n_content, n_buckets}

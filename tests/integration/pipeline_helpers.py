@@ -17,8 +17,8 @@ import psycopg
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.process import port_open, stop_group
-from sinks.redis_leaderboard import OFFSETS_KEY, board_key
-from sinks.redis_leaderboard import connect as redis_connect
+from sinks.redis_leaderboard import RedisLeaderboardSink, board_key
+from sinks.redis_store import next_offsets
 
 from .conftest import settings_env
 
@@ -105,26 +105,28 @@ def wait_topic_settled(settings: Settings, quiet_s: float = 2.0, timeout: float 
     raise AssertionError(f"the engagement topic kept growing for {timeout} s")
 
 
-def wait_caught_up(settings: Settings, timeout: float = 120, settle: float = 3.0) -> None:
-    """Until Debezium has published everything (the topic ends stop moving) and Redis has applied it."""
-    client = redis_connect(settings.redis)
+def wait_caught_up(
+    settings: Settings, timeout: float = 120, settle: float = 3.0, sink: str = RedisLeaderboardSink.name
+) -> None:
+    """Until Debezium has published everything (the topic ends stop moving) and ``sink`` has applied it."""
+    client = settings.redis.client()
     topic = settings.cdc.engagement_topic
     deadline = time.monotonic() + timeout
     previous: dict[int, int] = {}
     while time.monotonic() < deadline:
         ends = end_offsets(settings.kafka, topic)
-        stored = {k.decode(): int(v) for k, v in client.hgetall(OFFSETS_KEY).items()}
+        stored = {f"{topic}:{p}": o for p, o in next_offsets(client, sink, topic).items()}
         caught_up = all(stored.get(f"{topic}:{p}", 0) >= end for p, end in ends.items() if end > 0)
         if caught_up and ends == previous:
             return
         previous = ends
         time.sleep(settle if caught_up else 0.5)
     behind = {p: (stored.get(f"{topic}:{p}", 0), end) for p, end in ends.items() if stored.get(f"{topic}:{p}", 0) < end}
-    raise AssertionError(f"pipeline did not catch up within {timeout} s; (stored, end) behind: {behind}")
+    raise AssertionError(f"{sink} did not catch up within {timeout} s; (stored, end) behind: {behind}")
 
 
 def flush_redis(settings: Settings) -> None:
-    redis_connect(settings.redis).flushall()
+    settings.redis.client().flushall()
 
 
 def _sql_state(settings: Settings) -> tuple[dict[str, dict[str, float]], dict[tuple[int, str], float]]:
@@ -158,7 +160,7 @@ def _sql_state(settings: Settings) -> tuple[dict[str, dict[str, float]], dict[tu
 
 def assert_redis_matches_sql(settings: Settings, ignore_content: frozenset[str] = frozenset()) -> dict[str, int]:
     """Every content total, every live per-minute bucket and the window board equal SQL over the tables."""
-    client = redis_connect(settings.redis, decode_responses=True)
+    client = settings.redis.client(decode_responses=True)
     per_content, buckets = _sql_state(settings)
     mismatches: list[str] = []
     for content_id, expected in per_content.items():

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import orjson
 import pytest
@@ -18,7 +19,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.local import LocalStack
-from infra.stack.redis_server import client as redis_client
 
 from .pipeline_helpers import (
     assert_redis_matches_sql,
@@ -114,7 +114,8 @@ def test_late_content_is_joined_and_bad_input_is_dead_lettered(stack: LocalStack
         topic = settings.cdc.engagement_topic
         producer.produce(topic, key=b'{"id": 900000001}', value=event(900000001, late_content))
         producer.produce(topic, key=b'{"id": 900000002}', value=b"{not json")
-        producer.produce(topic, key=b'{"id": 900000003}', value=event(900000003, never_content))
+        never_value = event(900000003, never_content)
+        producer.produce(topic, key=b'{"id": 900000003}', value=never_value)
         producer.flush(10)
         time.sleep(2)
         content = {
@@ -137,6 +138,10 @@ def test_late_content_is_joined_and_bad_input_is_dead_lettered(stack: LocalStack
     assert any("not valid JSON" in letter["reason"] or "JSON" in letter["reason"] for letter in letters)
     missing = [letter for letter in letters if letter["stage"] == "join_content"]
     assert len(missing) == 1 and never_content in missing[0]["reason"]
+    # Letters carry the record as it came, not an empty tombstone-like record.
+    assert (missing[0]["key"], missing[0]["value"]) == (b'{"id": 900000003}', never_value)
+    [malformed] = [letter for letter in letters if letter["stage"] == "decode_engagement"]
+    assert (malformed["key"], malformed["value"]) == (b'{"id": 900000002}', b"{not json")
     assert all(letter["source_topic"] == settings.cdc.engagement_topic for letter in letters), reasons
     metrics = stack_redis(settings).hgetall(f"engagement:content:{late_content}")
     assert metrics.get("events") == "1" and float(metrics["total_seconds"]) == 30.0
@@ -144,15 +149,18 @@ def test_late_content_is_joined_and_bad_input_is_dead_lettered(stack: LocalStack
 
 
 def stack_redis(settings: Settings):
-    return redis_client(settings.redis, decode_responses=True)
+    return settings.redis.client(decode_responses=True)
 
 
-def read_dead_letters(settings: Settings, expected: int, timeout: float) -> list[dict[str, str]]:
+def read_dead_letters(
+    settings: Settings, expected: int, timeout: float, stage: str | None = None
+) -> list[dict[str, Any]]:
+    """Letters on the dead-letter topic (of ``stage`` only, if given), with their headers and bytes."""
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tests"})
     topic = settings.cdc.dlq_topic
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    letters: list[dict[str, str]] = []
+    letters: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     try:
         while len(letters) < expected and time.monotonic() < deadline:
@@ -160,12 +168,16 @@ def read_dead_letters(settings: Settings, expected: int, timeout: float) -> list
                 if message.error():
                     continue
                 headers = {k: v.decode() for k, v in message.headers() or []}
+                if stage is not None and headers["dlq.stage"] != stage:
+                    continue
                 letters.append(
                     {
                         "reason": headers["dlq.reason"],
                         "stage": headers["dlq.stage"],
                         "source_topic": headers["dlq.source.topic"],
                         "offset_key": f"{headers['dlq.source.partition']}:{headers['dlq.source.offset']}",
+                        "key": message.key(),
+                        "value": message.value(),
                     }
                 )
     finally:

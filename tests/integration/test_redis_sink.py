@@ -1,16 +1,18 @@
-"""The Redis sink against the real Redis of the test stack, with an injected clock."""
+"""The Redis leaderboard sink, driven by the shared flush, against the real Redis of the test stack."""
 
 from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 
 from infra.settings import LeaderboardSettings, Settings
 from infra.stack.local import LocalStack
-from infra.stack.redis_server import client as redis_client
-from pipeline.model import Contribution, EnrichedChange, SourcePosition
-from sinks.redis_leaderboard import OFFSETS_KEY, RedisLeaderboardSink
+from sinks.flush import Flusher
+from sinks.positions import decode
+from sinks.records import Contribution, EnrichedChange, SourcePosition
+from sinks.redis_leaderboard import RedisLeaderboardSink
 
 pytestmark = pytest.mark.integration
 MINUTE = int(time.time() // 60)  # now: buckets expire by the real clock
@@ -24,21 +26,46 @@ class Clock:
         return self.now
 
 
-def change(offset: int, content: str, minute: int, seconds: float, sign: int = 1) -> EnrichedChange:
+class NoLetters:
+    def send(self, letters):
+        raise AssertionError(f"no dead letters expected: {letters}")
+
+
+def change(
+    offset: int, content: str, minute: int, seconds: float, sign: int = 1, sequence: tuple[int, int] | None = None
+) -> EnrichedChange:
     k = Contribution(content, "video", minute, "play", seconds, seconds, sign)
-    return EnrichedChange(SourcePosition("sinktest", 0, offset), 0, (k,))
+    key = b'{"id": %d}' % offset
+    return EnrichedChange(SourcePosition("sinktest", 0, offset), key, None, "c", sequence, 0, None, None, None, (k,))
+
+
+class Writer:
+    """A sink as a job drives it: opened, positions loaded, flushed through the shared driver."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        board = LeaderboardSettings(window_minutes=10, allowed_lateness_minutes=10)
+        self.settings = settings
+        self.sink = RedisLeaderboardSink(settings.redis, board, clock=clock, roll_in_background=False)
+        self.sink.open()
+        self.flusher = Flusher(self.sink, NoLetters(), ["sinktest"], owns_upstream_letters=True)
+        self.flusher.load()
+
+    def write(self, batch):
+        report = self.flusher.flush(batch)
+        return report.written, report.replays + report.resends
+
+    def roll(self) -> bool:
+        return self.sink.roll()
 
 
 @pytest.fixture
 def sink(stack: LocalStack, settings: Settings):
-    client = redis_client(settings.redis)
+    client = settings.redis.client()
     client.flushall()
     clock = Clock(MINUTE)
-    board = LeaderboardSettings(window_minutes=10, allowed_lateness_minutes=10)
-    s = RedisLeaderboardSink(settings.redis, board, clock=clock, roll_in_background=False)
-    s.open()
-    yield s, clock, client
-    s.close()
+    writer = Writer(settings, clock)
+    yield writer, clock, client
+    writer.sink.close()
 
 
 def test_minutes_leave_the_board_when_the_window_moves(sink):
@@ -55,23 +82,21 @@ def test_minutes_leave_the_board_when_the_window_moves(sink):
 
 
 def test_a_replayed_batch_is_applied_once(sink):
-    s, _, client = sink
+    s, clock, client = sink
     batch = [change(o, "a", MINUTE, 1.5) for o in range(100, 110)]
     assert s.write(batch) == (10, 0)
-    fresh = RedisLeaderboardSink(s._settings, s._board, clock=s._clock, roll_in_background=False)
-    fresh.open()  # a restarted job: knows only what Redis stored
+    fresh = Writer(s.settings, clock)  # a restarted job: knows only what Redis stored
     assert fresh.write([*batch[5:], change(110, "a", MINUTE, 1.5)]) == (1, 5)
     assert client.zscore("top_engagement:10min", "a") == 16.5
-    assert int(client.hget(OFFSETS_KEY, "sinktest:0")) == 111
+    assert decode(client.hget("engagement:positions:redis_leaderboard", "sinktest:0")).next_offset == 111
     assert client.hget("engagement:content:a", "events") == b"11"
 
 
 def test_a_stale_writer_is_refused_and_retries_with_what_is_left(sink):
-    s, _, client = sink
-    other = RedisLeaderboardSink(s._settings, s._board, clock=s._clock, roll_in_background=False)
-    other.open()  # both learned position -1
+    s, clock, client = sink
+    other = Writer(s.settings, clock)  # both learned that nothing is stored
     other.write([change(o, "a", MINUTE, 1.0) for o in range(0, 5)])
-    # s still believes nothing is stored: the script refuses, s drops offsets 0-4, applies 5-6.
+    # s still believes nothing is stored: the compare-and-set refuses, s reloads, drops 0-4, applies 5-6.
     assert s.write([change(o, "a", MINUTE, 1.0) for o in range(0, 7)]) == (2, 5)
     assert client.zscore("top_engagement:10min", "a") == 7.0
 
@@ -79,8 +104,20 @@ def test_a_stale_writer_is_refused_and_retries_with_what_is_left(sink):
 def test_an_update_moves_seconds_between_minutes_and_removes_empty_members(sink):
     s, _, client = sink
     s.write([change(0, "a", MINUTE - 1, 30.0)])
-    s.write([change(1, "a", MINUTE - 1, 30.0, sign=-1), change(1, "a", MINUTE, 12.0)])
+    minus, plus = change(1, "a", MINUTE - 1, 30.0, sign=-1), change(1, "a", MINUTE, 12.0)
+    s.write([msgspec.structs.replace(minus, contributions=minus.contributions + plus.contributions)])
     assert client.zscore(f"engagement:minute:{MINUTE - 1}", "a") is None
     assert client.zscore("top_engagement:10min", "a") == 12.0
     metrics = client.hgetall("engagement:content:a")
     assert metrics[b"events"] == b"1" and float(metrics[b"total_seconds"]) == 12.0
+
+
+def test_changes_debezium_sends_again_after_a_connect_crash_count_once(sink):
+    s, _, client = sink
+    s.write([change(0, "a", MINUTE, 2.0, sequence=(10, 11)), change(1, "a", MINUTE, 3.0, sequence=(10, 12))])
+    # The same two changes at new offsets (Connect re-produced them), then a new one.
+    resent = [change(2, "a", MINUTE, 2.0, sequence=(10, 11)), change(3, "a", MINUTE, 3.0, sequence=(10, 12))]
+    resent = [msgspec.structs.replace(c, key=b'{"id": %d}' % (c.position.offset - 2)) for c in resent]
+    assert s.write([*resent, change(4, "a", MINUTE, 4.0, sequence=(12, 13))]) == (1, 2)
+    assert client.zscore("top_engagement:10min", "a") == 9.0
+    assert client.hget("engagement:content:a", "events") == b"3"

@@ -15,11 +15,11 @@ def row(title: str, length: int | None = 100) -> ContentRow:
 
 def test_insert_update_delete_and_tombstone():
     table = ContentTable()
-    table.apply(ContentChange(POS, "r", None, row("v1"), 0))
+    table.apply(ContentChange(POS, None, None, "r", None, None, row("v1"), 0))
     assert table.rows[ID].title == "v1"
-    table.apply(ContentChange(POS, "u", row("v1"), row("v2", 200), 0))
+    table.apply(ContentChange(POS, None, None, "u", None, row("v1"), row("v2", 200), 0))
     assert table.rows[ID].length_seconds == 200  # applies to events processed from now on
-    table.apply(ContentChange(POS, "d", row("v2", 200), None, 0))
+    table.apply(ContentChange(POS, None, None, "d", None, row("v2", 200), None, 0))
     assert ID not in table.rows
     table.apply(Skipped(POS, "tombstone"))
     assert table.rows == {}
@@ -28,5 +28,5 @@ def test_insert_update_delete_and_tombstone():
 def test_content_arriving_late_is_found_once_applied():
     table = ContentTable()
     assert table.rows.get(ID) is None
-    table.apply(ContentChange(POS, "c", None, row("late"), 0))
+    table.apply(ContentChange(POS, None, None, "c", None, None, row("late"), 0))
     assert table.rows.get(ID) == row("late")

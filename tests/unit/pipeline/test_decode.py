@@ -147,8 +147,11 @@ def test_images_an_op_does_not_use_are_ignored():
 
 
 def test_tombstone_is_skipped_not_an_error():
-    assert decode_engagement(record(None)) == Skipped(POSITION, "tombstone")
-    assert decode_content(record(None, position=CONTENT_POSITION)) == Skipped(CONTENT_POSITION, "tombstone")
+    skipped = decode_engagement(record(None))
+    assert skipped == Skipped(POSITION, "tombstone", record(None).key)
+    assert decode_content(record(None, position=CONTENT_POSITION)) == Skipped(
+        CONTENT_POSITION, "tombstone", record(None).key
+    )
 
 
 # --- malformed envelopes -----------------------------------------------------------------------

@@ -7,8 +7,8 @@ import orjson
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.model import ContentRow, EnrichedChange, Skipped
-from pipeline.transforms.enrich import DEAD_LETTER, DecodeFn, JoinContentFn
+from pipeline.model import ContentRow, DeadLetter, EnrichedChange, Skipped
+from pipeline.transforms.enrich import DecodeFn, JoinContentFn
 
 KNOWN = "11111111-1111-4111-8111-111111111111"
 UNKNOWN = "22222222-2222-4222-8222-222222222222"
@@ -56,7 +56,7 @@ def envelope(event_id: int, content_id: str, duration_ms: int) -> bytes:
     return orjson.dumps({"before": None, "after": row, "op": "c", "source": {"ts_ms": 5}})
 
 
-def test_decode_and_join_route_good_bad_and_unknown():
+def test_decode_and_join_keep_every_record_in_offset_order_with_letters_in_place():
     records = [
         record(0, envelope(1, KNOWN, 50_000)),
         record(1, b"{broken"),
@@ -64,32 +64,38 @@ def test_decode_and_join_route_good_bad_and_unknown():
         record(3, envelope(3, UNKNOWN, 1_000)),
     ]
     with BeamTestPipeline() as p:
-        decoded = (
+        joined = (
             p
             | beam.Create([("events", records[:2]), ("events", records[2:])])  # the source emits batches
-            | "Decode" >> beam.ParDo(DecodeFn("engagement")).with_outputs(DEAD_LETTER, main="ok")
+            | "Decode" >> beam.ParDo(DecodeFn("engagement"))
+            | "Join"
+            >> beam.ParDo(
+                JoinContentFn({}, "content", late_content_timeout_s=0.1, startup_timeout_s=1, view_factory=fake_view)
+            )
         )
-        joined = decoded.ok | "Join" >> beam.ParDo(
-            JoinContentFn({}, "content", late_content_timeout_s=0.1, startup_timeout_s=1, view_factory=fake_view)
-        ).with_outputs(DEAD_LETTER, main="ok")
 
-        def summary(e: EnrichedChange):
-            return (e.position.offset, [(k.content_id, k.seconds, k.pct, k.sign) for k in e.contributions])
+        def summary(item):
+            if isinstance(item, EnrichedChange):
+                return (
+                    item.position.offset,
+                    "enriched",
+                    tuple((k.content_id, k.seconds, k.pct) for k in item.contributions),
+                )
+            if isinstance(item, DeadLetter):
+                # Letters keep the record's original bytes, so the dead-letter topic gets them as they came.
+                return (item.position.offset, item.stage, (UNKNOWN in item.reason, item.key, item.value[:7]))
+            return (item.position.offset, "skipped", item.reason)
 
         assert_that(
-            joined.ok | beam.FlatMap(lambda batch: [summary(e) for e in batch]),
-            equal_to([(0, [(KNOWN, 50.0, 50.0, 1)]), (2, [])]),
-            label="enriched",
-        )
-        assert_that(
-            decoded.dead_letter | "DecodeReasons" >> beam.Map(lambda d: (d.position.offset, d.stage)),
-            equal_to([(1, "decode_engagement")]),
-            label="malformed",
-        )
-        assert_that(
-            joined.dead_letter | "JoinReasons" >> beam.Map(lambda d: (d.position.offset, UNKNOWN in d.reason)),
-            equal_to([(3, True)]),
-            label="unknown content",
+            joined | beam.FlatMap(lambda batch: [summary(e) for e in batch]),
+            equal_to(
+                [
+                    (0, "enriched", ((KNOWN, 50.0, 50.0),)),
+                    (1, "decode_engagement", (False, b'{"id": 1}', b"{broken")),
+                    (2, "skipped", "tombstone"),
+                    (3, "join_content", (True, b'{"id": 1}', envelope(3, UNKNOWN, 1_000)[:7])),
+                ]
+            ),
         )
 
 

@@ -45,7 +45,7 @@ def row(**overrides) -> EngagementRow:
 
 
 def change(op: str, before: EngagementRow | None = None, after: EngagementRow | None = None) -> EngagementChange:
-    return EngagementChange(POSITION, op, before, after, 1763920823895)
+    return EngagementChange(POSITION, None, None, op, None, before, after, 1763920823895)
 
 
 def contribution(sign: int, content_id: str = PODCAST, **overrides) -> Contribution:

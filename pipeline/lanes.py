@@ -1,0 +1,119 @@
+"""A lane: one read of a topic, decoded (and joined, for events), feeding one or more sinks.
+
+```
+EngagementLane:  Read ─> Decode ─> JoinContent ─> Write<Sink> (one per sink in the lane)
+ContentLane:     Read ─> Decode ──────────────────> Write<Sink>
+```
+
+Each lane is fused into one stage on Prism (and on Flink), without keyed state or shuffles: the
+join is a lookup in the worker's content view, shared by all lanes of a process. Dead letters from
+decode and join travel in the stream to the lane's sinks (``pipeline.transforms.enrich``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import apache_beam as beam
+
+from infra.settings import Settings
+from pipeline.sources.kafka_partitions import PartitionSpec, ReadKafkaPartitions, SourceTuning
+from pipeline.transforms.enrich import DecodeFn, JoinContentFn
+from sinks.base import SinkWriteFn
+from sinks.dead_letter import DeadLetterProducer
+from sinks.registry import Lane
+
+
+@dataclass(frozen=True)
+class LanePlan:
+    """A lane and where its source starts (and, when bounded, stops) each partition."""
+
+    lane: Lane
+    partitions: list[PartitionSpec]
+
+
+def consumer_config(settings: Settings, lane: Lane | None = None) -> dict[str, str]:
+    """Each lane has its own consumer group (``<PIPELINE_CONSUMER_GROUP>.<lane>``): its own
+    consumers in the source's pool, and its own lag in ordinary Kafka tooling (the source commits
+    there for monitoring only; positions live in the sinks)."""
+    group = settings.pipeline.consumer_group
+    if lane is not None:
+        group = f"{group}.{lane.label.lower()}"
+    return settings.kafka.client_config(**{"group.id": group})
+
+
+def tuning(settings: Settings) -> SourceTuning:
+    ps = settings.pipeline
+    return SourceTuning(
+        readers=ps.readers,
+        max_records=ps.max_records_per_call,
+        max_call_ms=ps.max_call_ms,
+        idle_wait_ms=ps.idle_wait_ms,
+        idle_resume_ms=ps.idle_resume_ms,
+    )
+
+
+def topic_name(settings: Settings, lane: Lane) -> str:
+    return settings.cdc.engagement_topic if lane.topic == "engagement" else settings.cdc.content_topic
+
+
+class WriteLane(beam.PTransform):
+    """Fans a lane's stream out to one ``SinkWriteFn`` per sink (each at its own positions)."""
+
+    def __init__(self, plan: LanePlan, settings: Settings) -> None:
+        super().__init__()
+        self._plan = plan
+        self._settings = settings
+
+    def expand(self, stream: beam.PCollection) -> None:
+        lane, s = self._plan.lane, self._settings
+        letters = functools.partial(
+            DeadLetterProducer, s.kafka.client_config(), s.cdc.dlq_topic, s.pipeline.dead_letter_max_bytes
+        )
+        for index, spec in enumerate(lane.sinks):
+            _ = stream | f"Write{spec.label}" >> beam.ParDo(
+                SinkWriteFn(
+                    functools.partial(spec.build, s),
+                    letters,
+                    [topic_name(s, lane)],
+                    owns_upstream_letters=lane.owns_upstream_letters and index == 0,
+                    max_latency_ms=s.pipeline.sink_flush_ms,
+                )
+            )
+
+
+class EngagementLane(beam.PTransform):
+    def __init__(self, plan: LanePlan, settings: Settings) -> None:
+        super().__init__()
+        self._plan = plan
+        self._settings = settings
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> None:
+        s, ps = self._settings, self._settings.pipeline
+        join = JoinContentFn(
+            consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
+        )
+        (
+            pbegin
+            | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, self._plan.lane), tuning(s))
+            | "Decode" >> beam.ParDo(DecodeFn("engagement"))
+            | "JoinContent" >> beam.ParDo(join)
+            | "Write" >> WriteLane(self._plan, s)
+        )
+
+
+class ContentLane(beam.PTransform):
+    def __init__(self, plan: LanePlan, settings: Settings) -> None:
+        super().__init__()
+        self._plan = plan
+        self._settings = settings
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> None:
+        s = self._settings
+        (
+            pbegin
+            | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, self._plan.lane), tuning(s))
+            | "Decode" >> beam.ParDo(DecodeFn("content"))
+            | "Write" >> WriteLane(self._plan, s)
+        )

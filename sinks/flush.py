@@ -1,0 +1,201 @@
+"""One flush of one sink, done the same way for every sink: the delivery argument lives here.
+
+``Flusher.flush(items)`` takes what a lane delivered (changes, tombstones, upstream dead letters, in
+offset order per partition) and, chunk by chunk (``Sink.limits``):
+
+1. drops replays and Debezium re-sends against the sink's stored positions (``sinks.positions``);
+2. produces the chunk's dead letters from upstream steps, if this sink owns them, and waits for the
+   broker to confirm them (``sinks.dead_letter``);
+3. writes the records; rejected records become letters (confirmed before anything else happens),
+   retryable ones are retried under the sink's ``RetryPolicy`` and, past its budget, dead-lettered;
+4. stores the positions that cover the chunk: inside the last write for an atomic sink, otherwise
+   with ``Sink.commit`` once every record is applied or dead-lettered.
+
+So a position is never stored past a record that is neither applied nor confirmed on the
+dead-letter topic: a ``kill -9`` anywhere means the record is read again. A ``PositionConflict``
+(another write landed first) reloads the stored positions and redoes the chunk from step 1.
+
+No Beam here: ``sinks.base`` runs this on a writer thread and reports the ``FlushReport`` as
+metrics; tests drive it with fake sinks, an injected clock and sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from sinks.contract import Batch, Outcome, PositionConflict, Retry, Sink, SinkUnavailable
+from sinks.positions import Position, admit
+from sinks.records import DeadLetter, Skipped
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+
+class LetterSender(Protocol):
+    def send(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@dataclass
+class FlushReport:
+    written: int = 0
+    replays: int = 0
+    resends: int = 0
+    retries: int = 0
+    conflicts: int = 0
+    letters: Counter[str] = field(default_factory=Counter)  # by stage
+    took_ms: int = 0
+
+
+class Flusher(Generic[T]):
+    def __init__(
+        self,
+        sink: Sink[T],
+        letters: LetterSender,
+        topics: Sequence[str],
+        *,
+        owns_upstream_letters: bool,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sink = sink
+        self._letters = letters
+        self._topics = list(topics)
+        self._owns_upstream = owns_upstream_letters
+        self._clock = clock
+        self._sleep = sleep
+        self.stored: dict[str, Position] = {}
+
+    def load(self) -> None:
+        self.stored = self._until_available("read positions", lambda: self.sink.positions(self._topics))
+
+    def flush(self, items: Sequence[Any]) -> FlushReport:
+        report = FlushReport()
+        began = self._clock()
+        for chunk in self._chunks(items):
+            while True:
+                try:
+                    self._flush_chunk(chunk, report)
+                    break
+                except PositionConflict:
+                    report.conflicts += 1
+                    self.load()
+        report.took_ms = int((self._clock() - began) * 1000)
+        return report
+
+    def _chunks(self, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        limits = self.sink.limits
+        if not limits.max_bytes and len(items) <= limits.max_records:
+            yield items
+            return
+        start, size = 0, 0
+        for i, item in enumerate(items):
+            item_size = self.sink.size_of(item) if limits.max_bytes else 0
+            full = i - start >= limits.max_records or (limits.max_bytes and size + item_size > limits.max_bytes)
+            if full and i > start:
+                yield items[start:i]
+                start, size = i, 0
+            size += item_size
+        if start < len(items):
+            yield items[start:]
+
+    def _flush_chunk(self, chunk: Sequence[Any], report: FlushReport) -> None:
+        admitted = admit(chunk, self.stored)
+        report.replays += admitted.replays
+        report.resends += admitted.resends
+        upstream: list[DeadLetter] = []
+        records: list[T] = []
+        for item in admitted.fresh:
+            kind = type(item)
+            if kind is DeadLetter:
+                if self._owns_upstream:
+                    upstream.append(item)
+            elif kind is not Skipped:
+                records.append(item)
+        self._send(upstream, report)
+        positions = admitted.positions
+        expected = {key: self.stored.get(key) for key in positions}
+        stored_by_write = self._write(records, positions, expected, report) if records else False
+        if not stored_by_write:
+            self._until_available("store positions", lambda: self.sink.commit(positions, expected))
+        self.stored.update(positions)
+
+    def _write(
+        self,
+        records: list[T],
+        positions: dict[str, Position],
+        expected: dict[str, Position | None],
+        report: FlushReport,
+    ) -> bool:
+        """Write until every record is applied or dead-lettered; True if an atomic write stored the
+        positions with the data."""
+        sink, policy = self.sink, self.sink.retry_policy
+        pending = records
+        started = self._clock()
+        attempt = 0
+        while pending:
+            outcome = self._attempt(Batch(pending, positions, expected))
+            rejected = [self._letter(pending[i], reason) for i, reason in outcome.rejected.items()]
+            self._send(rejected, report)
+            if outcome.complete:
+                report.written += len(pending)
+                return sink.atomic
+            if sink.atomic:
+                # All or nothing: nothing was applied; what was not rejected goes again.
+                pending_next = [r for i, r in enumerate(pending) if i not in outcome.rejected]
+            else:
+                report.written += len(pending) - len(outcome.rejected) - len(outcome.retry)
+                pending_next = [pending[i] for i in outcome.retry]
+            retry = {id(pending[i]): why for i, why in outcome.retry.items()}
+            pending = pending_next
+            if not retry:
+                continue  # only rejections: write the rest at once
+            attempt += 1
+            report.retries += 1
+            first = next(iter(retry.values()))
+            if policy.exhausted(self._clock() - started):
+                reason = f"gave up after {policy.budget_s:g} s of retries: {first.reason}"
+                gave_up = [self._letter(r, reason) for r in pending if id(r) in retry]
+                self._send(gave_up, report)
+                pending = [r for r in pending if id(r) not in retry]
+                continue
+            self._log_retry(attempt, len(retry), first)
+            self._sleep(policy.delay(attempt, max((r.retry_after_s or 0.0) for r in retry.values())))
+        return False
+
+    def _attempt(self, batch: Batch[T]) -> Outcome:
+        try:
+            return self.sink.write(batch)
+        except SinkUnavailable as exc:
+            why = Retry(exc.reason, exc.retry_after_s)
+            return Outcome(retry=dict.fromkeys(range(len(batch.records)), why))
+
+    def _letter(self, record: Any, reason: str) -> DeadLetter:
+        return DeadLetter(record.position, self.sink.name, reason, record.key, record.value, record.sequence)
+
+    def _send(self, letters: list[DeadLetter], report: FlushReport) -> None:
+        if letters:
+            self._letters.send(letters)
+            report.letters.update(letter.stage for letter in letters)
+
+    def _until_available(self, what: str, call: Callable[[], Any]) -> Any:
+        """Positions must be read and stored whatever it takes: retry transient errors forever."""
+        policy = self.sink.retry_policy
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except SinkUnavailable as exc:
+                attempt += 1
+                self._log_retry(attempt, 0, Retry(f"{what}: {exc.reason}"))
+                self._sleep(policy.delay(attempt, exc.retry_after_s))
+
+    def _log_retry(self, attempt: int, records: int, why: Retry) -> None:
+        if attempt in (1, 10) or attempt % 50 == 0:
+            _log.warning(
+                "%s: %d record(s) not written yet (attempt %d): %s", self.sink.name, records, attempt, why.reason
+            )

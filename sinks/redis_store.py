@@ -1,0 +1,103 @@
+"""What every Redis-backed sink shares: the client, its positions hash, and transient-error mapping.
+
+Positions live in ``engagement:positions:<sink name>``, a hash of ``topic:partition`` -> encoded
+``sinks.positions.Position``, one per sink so that sinks never overwrite each other's. They are
+stored by compare-and-set inside the same Lua script as the data (``lua/positions.lua``), which
+makes these sinks atomic in the sense of ``sinks.contract``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from infra.settings import RedisSettings
+from sinks.contract import PositionConflict, Sink, SinkUnavailable
+from sinks.positions import Position, decode, encode
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+
+
+def positions_key(sink_name: str) -> str:
+    return f"engagement:positions:{sink_name}"
+
+
+def next_offsets(client: redis.Redis, sink_name: str, topic: str) -> dict[int, int]:
+    """``{partition: next offset}`` a Redis-backed sink has stored for ``topic`` (tools, tests)."""
+    prefix = f"{topic}:"
+    return {
+        int(k.decode()[len(prefix) :]): decode(v).next_offset
+        for k, v in client.hgetall(positions_key(sink_name)).items()
+        if k.decode().startswith(prefix)
+    }
+
+
+def lua(*names: str) -> str:
+    """Script text: ``positions.lua`` (and any other shared snippets) prepended to the script."""
+    return "\n".join((LUA_DIR / name).read_text() for name in names)
+
+
+def position_args(positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> list[Any]:
+    """The ``positions.lua`` block: n, then field, expected, new for each partition."""
+    args: list[Any] = [len(positions)]
+    for key, position in positions.items():
+        before = expected.get(key)
+        args += [key, "" if before is None else encode(before), encode(position)]
+    return args
+
+
+class RedisSink(Sink[Any]):
+    """Base of the Redis sinks: ``open`` connects and loads ``scripts``; ``positions``/``commit``."""
+
+    atomic = True
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self._client: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = self._settings.client()
+        return self._client
+
+    @property
+    def positions_key(self) -> str:
+        return positions_key(self.name)
+
+    def open(self) -> None:
+        self._commit = self.client.register_script(lua("positions.lua", "positions_commit.lua"))
+
+    @contextmanager
+    def available(self) -> Iterator[None]:
+        """Redis errors that pass (connection refused, timeout, loading) as ``SinkUnavailable``."""
+        try:
+            yield
+        except _TRANSIENT as exc:
+            raise SinkUnavailable(str(exc)) from exc
+
+    def positions(self, topics: Sequence[str]) -> dict[str, Position]:
+        prefixes = tuple(f"{topic}:" for topic in topics)
+        with self.available():
+            stored = self.client.hgetall(self.positions_key)
+        return {k.decode(): decode(v) for k, v in stored.items() if k.decode().startswith(prefixes)}
+
+    def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
+        self.run(self._commit, [self.positions_key, *position_args(positions, expected)])
+
+    def run(self, script: Any, args: list[Any]) -> Any:
+        """Run a script; a refused compare-and-set of positions raises ``PositionConflict``."""
+        with self.available():
+            result = script(args=args, client=self.client)
+        if isinstance(result, list) and result and int(result[0]) == -1:
+            raise PositionConflict(f"{self.name}: {result[1].decode()} is stored as {result[2].decode()!r}")
+        return result
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

@@ -1,0 +1,92 @@
+"""Which sinks exist, which topic each consumes, and how ``PIPELINE_SINKS`` groups them into lanes.
+
+A *lane* is one read of a topic feeding one or more sinks, in one fused stage. Lanes read at their
+own positions (the lowest over the lane's sinks), so a sink that is slow or down holds back only
+its own lane: Kafka keeps its backlog, and the other lanes go on. ``PIPELINE_SINKS=redis,faulty``
+is two lanes per topic consumed; ``redis+faulty`` is one lane with both sinks (less CPU, no
+isolation between them).
+
+A new sink is a module with a ``Sink`` subclass and an entry in ``SINKS``; ``pipeline/`` composes
+whatever this module returns and needs no change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from infra.settings import Settings
+from sinks.contract import Sink
+
+Topic = Literal["engagement", "content"]
+
+
+def _leaderboards(settings: Settings) -> Sink[Any]:
+    from sinks.redis_leaderboard import RedisLeaderboardSink
+
+    return RedisLeaderboardSink(settings.redis, settings.leaderboard)
+
+
+def _content_metadata(settings: Settings) -> Sink[Any]:
+    from sinks.redis_content import RedisContentSink
+
+    return RedisContentSink(settings.redis)
+
+
+def _fault_injection(settings: Settings) -> Sink[Any]:
+    from sinks.fault_injection import FaultInjectionSink
+
+    return FaultInjectionSink(settings.redis)
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    name: str  # the sink's own name: its positions and metrics
+    topic: Topic
+    label: str  # the Beam step
+    build: Callable[[Settings], Sink[Any]]
+
+
+SINKS: dict[str, tuple[SinkSpec, ...]] = {
+    "redis": (
+        SinkSpec("redis_leaderboard", "engagement", "Leaderboards", _leaderboards),
+        SinkSpec("redis_content", "content", "ContentMetadata", _content_metadata),
+    ),
+    "faulty": (SinkSpec("faulty", "engagement", "FaultInjection", _fault_injection),),
+}
+
+
+@dataclass(frozen=True)
+class Lane:
+    topic: Topic
+    sinks: tuple[SinkSpec, ...]
+    # Dead letters from decode and join reach every lane of a topic; one lane produces them.
+    owns_upstream_letters: bool
+
+    @property
+    def label(self) -> str:
+        return "+".join(spec.label for spec in self.sinks)
+
+
+def lanes(setting: str) -> list[Lane]:
+    """The lanes ``PIPELINE_SINKS`` asks for, in order; the first lane of each topic owns its letters."""
+    result: list[Lane] = []
+    seen: set[str] = set()
+    for group in (part.strip() for part in setting.split(",")):
+        names = [name.strip() for name in group.split("+") if name.strip()]
+        unknown = [name for name in names if name not in SINKS]
+        if unknown or not names:
+            raise ValueError(
+                f"PIPELINE_SINKS={setting!r}: unknown sink {unknown or group!r}; known: {', '.join(SINKS)}"
+            )
+        repeated = seen.intersection(names)
+        if repeated:
+            raise ValueError(f"PIPELINE_SINKS={setting!r}: {', '.join(sorted(repeated))} named twice")
+        seen.update(names)
+        for topic in ("engagement", "content"):
+            specs = tuple(spec for name in names for spec in SINKS[name] if spec.topic == topic)
+            if specs:
+                first = not any(lane.topic == topic for lane in result)
+                result.append(Lane(topic, specs, owns_upstream_letters=first))
+    return result

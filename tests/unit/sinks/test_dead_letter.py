@@ -1,0 +1,69 @@
+"""Dead-letter records: original bytes, headers, truncation, and confirmed delivery with retries."""
+
+from confluent_kafka import KafkaError
+
+from sinks.dead_letter import DeadLetterProducer, message
+from sinks.records import DeadLetter, SourcePosition
+
+LETTER = DeadLetter(SourcePosition("events", 3, 41), "join_content", "content x not found", b'{"id": 7}', b"{...}")
+
+
+def test_a_letter_keeps_key_value_and_says_where_it_came_from():
+    key, value, headers = message(LETTER, 1_000_000)
+    assert (key, value) == (b'{"id": 7}', b"{...}")
+    assert dict(headers) == {
+        "dlq.reason": b"content x not found",
+        "dlq.stage": b"join_content",
+        "dlq.source.topic": b"events",
+        "dlq.source.partition": b"3",
+        "dlq.source.offset": b"41",
+    }
+
+
+def test_an_oversized_value_is_truncated_with_a_header():
+    big = DeadLetter(LETTER.position, "decode_engagement", "too big", b"k", b"x" * 2_000_000)
+    _, value, headers = message(big, 1_000_000)
+    assert len(value) == 1_000_000 - 4_096 - 1 - len("too big")
+    assert dict(headers)["dlq.truncated"] == b"2000000"
+
+
+class FakeProducer:
+    """Fails the first delivery of every letter once, then acknowledges."""
+
+    def __init__(self, config):
+        self.config = config
+        self.pending: list = []
+        self.attempts: dict[bytes, int] = {}
+        self.acknowledged: list[bytes] = []
+
+    def produce(self, topic, key, value, headers, on_delivery):
+        self.pending.append((key, on_delivery))
+
+    def __len__(self):
+        return len(self.pending)
+
+    def flush(self, timeout):
+        for key, callback in self.pending:
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            if self.attempts[key] == 1:
+                callback(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            else:
+                self.acknowledged.append(key)
+                callback(None, None)
+        self.pending = []
+
+
+def test_a_letter_that_times_out_is_produced_again_until_acknowledged():
+    made: list[FakeProducer] = []
+    slept: list[float] = []
+
+    def factory(config):
+        made.append(FakeProducer(config))
+        return made[-1]
+
+    producer = DeadLetterProducer({}, "dlq", sleep=slept.append, producer_factory=factory)
+    other = DeadLetter(LETTER.position, "decode_engagement", "bad", b"k2", b"v")
+    producer.send([LETTER, other])
+    assert made[0].acknowledged == [b'{"id": 7}', b"k2"]
+    assert made[0].attempts == {b'{"id": 7}': 2, b"k2": 2} and slept == [1.0]
+    assert made[0].config["enable.idempotence"] is True
