@@ -188,7 +188,9 @@ class ServiceProcess:
         if pid is None:
             return False
         self._signal(pid, signal.SIGKILL)
-        while pid_alive(pid):
+        # A JVM's main thread turns zombie before its other threads are gone and its port is closed.
+        deadline = time.monotonic() + 30
+        while (pid_alive(pid) or port_open(self.host, self.port)) and time.monotonic() < deadline:
             time.sleep(0.05)
         return True
 
