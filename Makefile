@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK := $(PY) -m infra.stack
 
-.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,7 +65,10 @@ bench-pipeline: up ## pipeline drain rate, end-to-end latency, highest sustained
 	@$(PY) -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500,15000 --step-duration 60
 	@$(PY) -m loadtest.bench_pipeline burst --events 100000
 
-bench: bench-generator bench-cdc bench-pipeline ## all benchmarks
+bench-lanes: up ## Redis latency while another sink is down for 60 s; the cost of an extra lane
+	@$(PY) -m loadtest.bench_lanes --rate 3333 --duration $${BENCH_LANE_SECONDS:-120} --outage 60
+
+bench: bench-generator bench-cdc bench-pipeline bench-lanes ## all benchmarks
 
 clean: reset ## reset, and remove the venv and downloaded jars
 	rm -rf .venv .stack .stack-test

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import orjson
@@ -44,9 +44,9 @@ from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
 from infra.stack.process import stop_group
-from infra.stack.redis_server import client as redis_connect
 from loadtest.procstats import ProcessSampler, children_map, describe, machine, percentile
-from sinks.redis_leaderboard import OFFSETS_KEY, board_key
+from sinks.redis_leaderboard import RedisLeaderboardSink, board_key
+from sinks.redis_store import next_offsets, positions_key
 
 NO_CHANGES = {
     "GENERATOR_EVENT_UPDATE_SHARE": "0",
@@ -59,13 +59,8 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def stored(client: redis.Redis, topic: str) -> dict[int, int]:
-    prefix = f"{topic}:"
-    return {
-        int(k.decode()[len(prefix) :]): int(v)
-        for k, v in client.hgetall(OFFSETS_KEY).items()
-        if k.decode().startswith(prefix)
-    }
+def stored(client: redis.Redis, topic: str, sink: str = RedisLeaderboardSink.name) -> dict[int, int]:
+    return next_offsets(client, sink, topic)
 
 
 def lag(settings: Settings, client: redis.Redis) -> int:
@@ -96,11 +91,16 @@ def generator(*args: str, extra_env: dict[str, str] | None = None) -> subprocess
 
 
 @contextmanager
-def streaming_pipeline() -> Iterator[subprocess.Popen[str]]:
+def streaming_pipeline(extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """The supervisor in its own process group; stopped with SIGINT like a user's Ctrl-C."""
     log = open(REPO_ROOT / ".stack" / "logs" / "bench-pipeline.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline"], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [sys.executable, "-m", "pipeline"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(extra_env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         yield proc
@@ -181,6 +181,7 @@ class Prober:
         self.settings = settings
         self.interval = interval
         self.latencies: list[float] = []
+        self.timed: list[tuple[float, float]] = []  # (seconds into the run, ms)
         self.slowest: list[tuple[float, float]] = []  # (ms, seconds into the run), worst first
         self.to_kafka: list[float] = []  # commit -> on the topic, ms
         self.from_kafka: list[float] = []  # on the topic -> on the board, ms
@@ -200,7 +201,7 @@ class Prober:
         self._thread.join()
 
     def _run(self) -> None:
-        client = redis_connect(self.settings.redis)
+        client = self.settings.redis.client()
         with psycopg.connect(self.settings.postgres.conninfo(), autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
@@ -234,6 +235,7 @@ class Prober:
                 seen = time.monotonic()
                 ms = (seen - committed) * 1000
                 self.latencies.append(ms)
+                self.timed.append((committed - self._began, ms))
                 self.slowest = sorted([*self.slowest, (ms, committed - self._began)], reverse=True)[:5]
                 # The watch may see the record a moment after the pipeline did.
                 while row and row[0] not in watch.arrived and time.monotonic() - seen < 0.5:
@@ -245,10 +247,20 @@ class Prober:
             self._stop.wait(self.interval)
 
 
-def latency_phase(settings: Settings, stack: LocalStack, rate: int, duration: float) -> list[float]:
-    client = redis_connect(settings.redis)
-    sampler = stack_sampler(stack)
-    with streaming_pipeline() as supervisor:
+def latency_phase(
+    settings: Settings,
+    stack: LocalStack,
+    rate: int,
+    duration: float,
+    *,
+    extra_env: dict[str, str] | None = None,
+    during: Callable[[float], None] | None = None,
+    sampler: ProcessSampler | None = None,
+) -> Prober:
+    """Probes at ``rate`` for ``duration`` s; ``during(elapsed_s)`` is called about 5 times a second."""
+    client = settings.redis.client()
+    sampler = sampler or stack_sampler(stack)
+    with streaming_pipeline(extra_env) as supervisor:
         time.sleep(8)  # Prism, job submission, content view
         for name, pid in children(supervisor.pid).items():
             sampler.add(name, pid)
@@ -260,6 +272,8 @@ def latency_phase(settings: Settings, stack: LocalStack, rate: int, duration: fl
             next_lag = began + 10
             while gen.poll() is None:
                 sampler.sample()
+                if during is not None:
+                    during(time.monotonic() - began)
                 if time.monotonic() >= next_lag:
                     say(f"    t={time.monotonic() - began:5.0f} s  consumer lag {lag(settings, client):,} records")
                     next_lag += 10
@@ -276,7 +290,7 @@ def latency_phase(settings: Settings, stack: LocalStack, rate: int, duration: fl
     say("  slowest probes: " + ", ".join(f"{ms:,.0f} ms at t={t:.0f} s" for ms, t in prober.slowest))
     for line in sampler.report():
         say(f"  {line}")
-    return prober.latencies
+    return prober
 
 
 def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
@@ -287,7 +301,7 @@ def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace
     best = None
     for rate in (int(r) for r in args.rates.split(",")):
         say(f"step {rate:,} events/s for {args.step_duration:g} s")
-        latencies = latency_phase(settings, stack, rate, args.step_duration)
+        latencies = latency_phase(settings, stack, rate, args.step_duration).latencies
         if latencies and percentile(latencies, 99) < 1000:
             best = rate
         else:
@@ -296,7 +310,7 @@ def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace
 
 
 def cmd_burst(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
-    client = redis_connect(settings.redis)
+    client = settings.redis.client()
     sampler = stack_sampler(stack)
     with streaming_pipeline() as supervisor:
         time.sleep(8)
@@ -351,14 +365,12 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     total = sum(ends.values())
     say(f"{topic} holds {total:,} records in {len(ends)} partitions")
 
-    client = redis_connect(settings.redis)
+    client = settings.redis.client()
     # Start from offset 0: forget this topic's positions and everything the pipeline wrote.
     for pattern in ("engagement:minute:*", "engagement:content:*", "top_engagement:*"):
         for key in client.scan_iter(pattern, count=1000):
             client.delete(key)
-    for field in client.hkeys(OFFSETS_KEY):
-        if field.decode().startswith(topic):
-            client.hdel(OFFSETS_KEY, field)
+    client.delete(positions_key(RedisLeaderboardSink.name))
 
     sampler = stack_sampler(stack)
     log = open(REPO_ROOT / ".stack" / "logs" / "bench-drain.log", "w")  # noqa: SIM115

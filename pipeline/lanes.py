@@ -66,21 +66,28 @@ class WriteLane(beam.PTransform):
         self._plan = plan
         self._settings = settings
 
-    def expand(self, stream: beam.PCollection) -> None:
+    def expand(self, stream: beam.PCollection) -> beam.PCollection:
         lane, s = self._plan.lane, self._settings
         letters = functools.partial(
             DeadLetterProducer, s.kafka.client_config(), s.cdc.dlq_topic, s.pipeline.dead_letter_max_bytes
         )
+        written = []
         for index, spec in enumerate(lane.sinks):
-            _ = stream | f"Write{spec.label}" >> beam.ParDo(
-                SinkWriteFn(
-                    functools.partial(spec.build, s),
-                    letters,
-                    [topic_name(s, lane)],
-                    owns_upstream_letters=lane.owns_upstream_letters and index == 0,
-                    max_latency_ms=s.pipeline.sink_flush_ms,
+            written.append(
+                stream
+                | f"Write{spec.label}"
+                >> beam.ParDo(
+                    SinkWriteFn(
+                        functools.partial(spec.build, s),
+                        letters,
+                        [topic_name(s, lane)],
+                        owns_upstream_letters=lane.owns_upstream_letters and index == 0,
+                        max_latency_ms=s.pipeline.sink_flush_ms,
+                    )
                 )
             )
+        # The sink steps emit nothing; their (empty) outputs exist only to end in pipeline.job's Done.
+        return written[0] if len(written) == 1 else tuple(written) | "Written" >> beam.Flatten()
 
 
 class EngagementLane(beam.PTransform):
@@ -89,12 +96,12 @@ class EngagementLane(beam.PTransform):
         self._plan = plan
         self._settings = settings
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> None:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         s, ps = self._settings, self._settings.pipeline
         join = JoinContentFn(
             consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
         )
-        (
+        return (
             pbegin
             | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, self._plan.lane), tuning(s))
             | "Decode" >> beam.ParDo(DecodeFn("engagement"))
@@ -109,9 +116,9 @@ class ContentLane(beam.PTransform):
         self._plan = plan
         self._settings = settings
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> None:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         s = self._settings
-        (
+        return (
             pbegin
             | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, self._plan.lane), tuning(s))
             | "Decode" >> beam.ParDo(DecodeFn("content"))

@@ -20,6 +20,8 @@ from sinks.contract import PositionConflict, Sink, SinkUnavailable
 from sinks.positions import Position, decode, encode
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
+# Before sinks had positions of their own, both Redis sinks shared this hash of plain next offsets.
+LEGACY_OFFSETS_KEY = "engagement:offsets"
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
 
 
@@ -85,7 +87,17 @@ class RedisSink(Sink[Any]):
         prefixes = tuple(f"{topic}:" for topic in topics)
         with self.available():
             stored = self.client.hgetall(self.positions_key)
+            if not stored:
+                stored = self._adopt_legacy(prefixes)
         return {k.decode(): decode(v) for k, v in stored.items() if k.decode().startswith(prefixes)}
+
+    def _adopt_legacy(self, prefixes: tuple[str, ...]) -> dict[bytes, bytes]:
+        """A Redis written by the previous version: take over its offsets for our topics, so an
+        upgrade does not re-read the topics into boards that already hold them."""
+        legacy = {k: v for k, v in self.client.hgetall(LEGACY_OFFSETS_KEY).items() if k.decode().startswith(prefixes)}
+        for field, offset in legacy.items():
+            self.client.hsetnx(self.positions_key, field, offset)
+        return self.client.hgetall(self.positions_key) if legacy else {}
 
     def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
         self.run(self._commit, [self.positions_key, *position_args(positions, expected)])
