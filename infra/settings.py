@@ -82,6 +82,10 @@ class ConnectSettings(BaseSettings):
     port: int = 58083
     heap: str = "512m"
     group_id: str = "engagement-connect"
+    # Kafka Connect's exactly-once source support (KIP-618): records and source offsets in one
+    # transaction. Off: the sinks skip Debezium's re-sends themselves (docs/delivery.md, which has
+    # what it costs on commit -> Kafka latency).
+    exactly_once_source: bool = False
 
     @property
     def url(self) -> str:

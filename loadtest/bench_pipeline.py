@@ -29,14 +29,11 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import orjson
-import psycopg
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
@@ -44,8 +41,9 @@ from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
 from infra.stack.process import stop_group
+from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, children_map, describe, machine, percentile
-from sinks.redis_leaderboard import RedisLeaderboardSink, board_key
+from sinks.redis_leaderboard import RedisLeaderboardSink
 from sinks.redis_store import next_offsets, positions_key
 
 NO_CHANGES = {
@@ -133,118 +131,6 @@ def wait_until_caught_up(settings: Settings, client: redis.Redis, timeout: float
             return time.monotonic() - began
         time.sleep(0.005)
     raise SystemExit(f"the pipeline did not catch up within {timeout} s (lag {lag(settings, client):,})")
-
-
-class ArrivalWatch:
-    """Notes when each probe event reaches the engagement topic, to split the latency in two.
-
-    The Kafka half (commit -> Debezium -> topic) belongs to the capture; the rest (topic -> board)
-    to the pipeline. Every record is scanned for the probe's content id; only hits are parsed.
-    """
-
-    def __init__(self, settings: Settings, content_id: str) -> None:
-        self._needle = content_id.encode()
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
-                "group.id": "bench-arrivals",
-                "fetch.wait.max.ms": 5,
-            }
-        )
-        topic = settings.cdc.engagement_topic
-        ends = end_offsets(settings.kafka, topic)
-        self._consumer.assign([TopicPartition(topic, p, end) for p, end in ends.items()])
-        self.arrived: dict[int, float] = {}  # event id -> monotonic time seen
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for message in self._consumer.consume(1000, timeout=0.005):
-                value = message.value()
-                if message.error() is None and value is not None and self._needle in value:
-                    after = orjson.loads(value).get("after")
-                    if after:
-                        self.arrived[after["id"]] = time.monotonic()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._consumer.close()
-
-
-class Prober:
-    """Commits a probe row every ``interval`` s and measures commit -> visible on the board."""
-
-    def __init__(self, settings: Settings, interval: float = 0.1) -> None:
-        self.settings = settings
-        self.interval = interval
-        self.latencies: list[float] = []
-        self.timed: list[tuple[float, float]] = []  # (seconds into the run, ms)
-        self.slowest: list[tuple[float, float]] = []  # (ms, seconds into the run), worst first
-        self.to_kafka: list[float] = []  # commit -> on the topic, ms
-        self.from_kafka: list[float] = []  # on the topic -> on the board, ms
-        self.timeouts = 0
-        self._stop = threading.Event()
-        self.content_id = str(uuid.uuid4())
-        self.board = board_key(settings.leaderboard.window_minutes)
-
-    def __enter__(self) -> Prober:
-        self._began = time.monotonic()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        client = self.settings.redis.client()
-        with psycopg.connect(self.settings.postgres.conninfo(), autocommit=True) as conn:
-            conn.execute(
-                "INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
-                "VALUES (%s, %s, 'latency probe', 'podcast', 3600, now())",
-                (self.content_id, f"probe-{self.content_id}"),
-            )
-            time.sleep(1.0)  # let the content reach the pipeline's view
-            expected = float(client.zscore(self.board, self.content_id) or 0.0)
-            watch = ArrivalWatch(self.settings, self.content_id)
-            try:
-                self._probe(conn, client, watch, expected)
-            finally:
-                watch.close()
-
-    def _probe(self, conn: psycopg.Connection, client: redis.Redis, watch: ArrivalWatch, expected: float) -> None:
-        while not self._stop.is_set():
-            row = conn.execute(
-                "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device)"
-                " VALUES (%s, gen_random_uuid(), 'play', now(), 1000, 'probe') RETURNING id",
-                (self.content_id,),
-            ).fetchone()
-            committed = time.monotonic()
-            expected += 1.0
-            while (score := client.zscore(self.board, self.content_id)) is None or score < expected - 1e-6:
-                if time.monotonic() - committed > 10:
-                    # Counted, and still expected: the next probe waits for this one too.
-                    self.timeouts += 1
-                    break
-                time.sleep(0.001)
-            else:
-                seen = time.monotonic()
-                ms = (seen - committed) * 1000
-                self.latencies.append(ms)
-                self.timed.append((committed - self._began, ms))
-                self.slowest = sorted([*self.slowest, (ms, committed - self._began)], reverse=True)[:5]
-                # The watch may see the record a moment after the pipeline did.
-                while row and row[0] not in watch.arrived and time.monotonic() - seen < 0.5:
-                    time.sleep(0.001)
-                arrived = watch.arrived.pop(row[0], None) if row else None
-                if arrived is not None:
-                    self.to_kafka.append((arrived - committed) * 1000)
-                    self.from_kafka.append(max(0.0, seen - arrived) * 1000)
-            self._stop.wait(self.interval)
 
 
 def latency_phase(

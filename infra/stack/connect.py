@@ -94,6 +94,7 @@ class Connect:
                 host=s.host,
                 port=s.port,
                 plugin_path=plugin_path,
+                exactly_once="enabled" if s.exactly_once_source else "disabled",
             )
         )
 

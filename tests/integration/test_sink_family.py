@@ -17,23 +17,27 @@ from sinks.fault_injection import DELIVERIES_KEY, MODE_KEY, ROWS_KEY
 from sinks.positions import Position, encode
 from sinks.redis_store import next_offsets, positions_key
 
-from .kafka_reader import read_topic
+from .kafka_reader import Record, read_topic
 from .pipeline_helpers import assert_redis_matches_sql, flush_redis, streaming, wait_caught_up
 from .test_pipeline import generate, read_dead_letters
 
 pytestmark = pytest.mark.integration
 
 
-def resent(settings: Settings, since: dict[int, int]) -> int:
-    """Records on the engagement topic after ``since`` whose (partition, sequence, key) came before."""
-    topic = settings.cdc.engagement_topic
-    ends = end_offsets(settings.kafka, topic)
-    records = read_topic(
+def read_to_the_end(settings: Settings) -> list[Record]:
+    """Every record of the engagement topic, up to its end offsets of now."""
+    ends = end_offsets(settings.kafka, settings.cdc.engagement_topic)
+    return read_topic(
         settings.kafka.bootstrap_servers,
-        topic,
+        settings.cdc.engagement_topic,
         lambda rs: Counter(r.partition for r in rs) == Counter({p: e for p, e in ends.items() if e}),
         timeout=120,
     )
+
+
+def resent(settings: Settings, since: dict[int, int]) -> int:
+    """Records on the engagement topic after ``since`` whose (partition, sequence, key) came before."""
+    records = read_to_the_end(settings)
     seen: Counter[tuple] = Counter()
     for r in records:
         if r.value is not None and r.offset >= since.get(r.partition, 0):
@@ -86,19 +90,13 @@ def test_a_sink_down_for_60_s_delays_no_other_lane_and_catches_up_exactly(
         # The leaderboards are complete and correct while the other sink is still down ...
         wait_caught_up(settings, timeout=120)
         assert_redis_matches_sql(settings)
-        ends = end_offsets(settings.kafka, topic)
         assert next_offsets(client, "faulty", topic) == since  # ... which has written nothing.
         assert client.hlen(ROWS_KEY) == 0
         time.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
         client.delete(MODE_KEY)
         wait_caught_up(settings, timeout=180, sink="faulty")
         assert pipeline.alive()
-    records = read_topic(
-        settings.kafka.bootstrap_servers,
-        topic,
-        lambda rs: Counter(r.partition for r in rs) == Counter({p: e for p, e in ends.items() if e}),
-        timeout=120,
-    )
+    records = read_to_the_end(settings)
     expected = {
         f"{topic}/{r.partition}/{r.offset}"
         for r in records

@@ -43,3 +43,18 @@ def test_unknown_placeholder_is_an_error(tmp_path):
     template.write_text(json.dumps({"x": "${NOT_A_SETTING}"}))
     with pytest.raises(StackError, match="NOT_A_SETTING"):
         connector_config(Settings(), template)
+
+
+@pytest.mark.parametrize(("enabled", "expected"), [(False, "disabled"), (True, "enabled")])
+def test_exactly_once_source_support_is_a_setting(tmp_path, enabled, expected):
+    from infra.settings import ConnectSettings, StackSettings
+    from infra.stack.connect import Connect
+
+    settings = Settings(connect=ConnectSettings(exactly_once_source=enabled), stack=StackSettings(dir=tmp_path))
+    plugins = settings.stack.lib_dir / "connect-plugins" / "debezium-postgres"
+    if not plugins.is_dir():
+        pytest.skip("needs the Debezium plugin folder (make bootstrap)")
+    connect = Connect(settings)
+    connect.write_config()
+    assert f"exactly.once.source.support={expected}\n" in connect.properties.read_text()
+    assert connector_config(settings)["exactly.once.support"] == "requested"
