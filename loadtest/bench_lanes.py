@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  redis after faulty came back, t>={end:g} s:     {describe(window(down, end, 1e9), 'probes')}")
     caught = f"{state['caught_up_s']:.1f} s" if state["caught_up_s"] else "not within the run"
     say(
-        f"  faulty drained its outage backlog ({sum(backlog.values()) - sum(since.values()):,} records) {caught} after it came back"
+        f"  faulty reached the topic's end of the moment it came back "
+        f"({sum(backlog.values()) - sum(since.values()):,} records since the phase began) {caught} after"
     )
     say(
         f"  faulty after the outage: {written:,} records delivered, {behind:,} still behind when the run ended; "
