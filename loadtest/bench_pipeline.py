@@ -44,7 +44,7 @@ from infra.stack.process import stop_group
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, children_map, describe, machine, percentile
 from sinks.redis_leaderboard import RedisLeaderboardSink
-from sinks.redis_store import next_offsets, positions_key
+from sinks.redis_store import LEGACY_OFFSETS_KEY, next_offsets, positions_key
 
 NO_CHANGES = {
     "GENERATOR_EVENT_UPDATE_SHARE": "0",
@@ -256,7 +256,7 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     for pattern in ("engagement:minute:*", "engagement:content:*", "top_engagement:*"):
         for key in client.scan_iter(pattern, count=1000):
             client.delete(key)
-    client.delete(positions_key(RedisLeaderboardSink.name))
+    client.delete(positions_key(RedisLeaderboardSink.name), LEGACY_OFFSETS_KEY)
 
     sampler = stack_sampler(stack)
     log = open(REPO_ROOT / ".stack" / "logs" / "bench-drain.log", "w")  # noqa: SIM115
