@@ -22,6 +22,7 @@ from infra.settings import LeaderboardSettings, PipelineSettings, Settings
 from infra.stack.process import StackError
 from pipeline.runners import RUNNERS
 from pipeline.supervisor import LockHeld, Supervisor
+from sinks.registry import lanes
 
 
 def settings_help() -> str:
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[name] = str(value)
     try:
         settings = Settings()
-    except ValidationError as exc:
+        lanes(settings.pipeline.sinks)  # a typo in PIPELINE_SINKS fails here, not in a restart loop
+    except (ValidationError, ValueError) as exc:
         print(f"error: invalid configuration in the environment:\n{exc}", file=sys.stderr)
         return 2
     ps = settings.pipeline

@@ -47,3 +47,11 @@ def test_a_shared_lane_reads_once_and_fans_out():
     found = labels("redis+faulty")
     assert {"Leaderboards+FaultInjection/Read", "Leaderboards+FaultInjection/Write/WriteFaultInjection"} <= found
     assert not any(label.startswith("FaultInjection/") for label in found)
+
+
+def test_an_unknown_sink_stops_the_command_at_once(monkeypatch, capsys):
+    from pipeline.__main__ import main
+
+    monkeypatch.setenv("PIPELINE_SINKS", "redis,bigquery")
+    assert main([]) == 2
+    assert "unknown sink ['bigquery']" in capsys.readouterr().err
