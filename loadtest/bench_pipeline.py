@@ -37,10 +37,10 @@ import orjson
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from infra.process import stop_group
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
-from infra.stack.process import stop_group
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, children_map, describe, machine, percentile
 from sinks.redis_leaderboard import RedisLeaderboardSink

@@ -18,8 +18,8 @@ import sys
 
 from pydantic import ValidationError
 
+from infra.process import StackError
 from infra.settings import LeaderboardSettings, PipelineSettings, Settings
-from infra.stack.process import StackError
 from pipeline.runners import RUNNERS
 from pipeline.supervisor import LockHeld, Supervisor
 from sinks.registry import lanes

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 
+from infra.process import stop_group
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.process import stop_group
 from sinks.leaderboard_view import render
 
 

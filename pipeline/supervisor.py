@@ -31,8 +31,8 @@ from types import FrameType
 
 import redis
 
+from infra.process import ServiceProcess, StackError, pid_alive, port_open
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.process import ServiceProcess, StackError, pid_alive, port_open
 
 _log = logging.getLogger("pipeline.supervisor")
 HEALTHY_AFTER_S = 300.0

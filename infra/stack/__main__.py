@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from infra.process import StackError, tail
 from infra.settings import Settings
 from infra.stack.local import LocalStack
-from infra.stack.process import StackError, tail
 
 
 def _print(message: str) -> None:

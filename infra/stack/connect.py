@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
+from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import Settings
-from infra.stack.process import ServiceProcess, StackError, port_open
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONNECTOR_FILE = Path(__file__).resolve().parent.parent / "connectors" / "engagement-postgres.json"

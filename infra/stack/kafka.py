@@ -27,8 +27,8 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
+from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import CdcSettings, KafkaSettings
-from infra.stack.process import ServiceProcess, StackError, port_open
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from infra.process import ServiceProcess, StackError
 from infra.settings import Settings
 from infra.stack.connect import Connect
 from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_specs
 from infra.stack.postgres import Postgres
-from infra.stack.process import ServiceProcess, StackError
 from infra.stack.redis_server import RedisServer
 
 Log = Callable[[str], None]

@@ -22,8 +22,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import CdcSettings, PostgresSettings
-from infra.stack.process import ServiceProcess, StackError, port_open
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 CAPTURED_TABLES = ("content", "engagement_events")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import redis
 
+from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import RedisSettings
-from infra.stack.process import ServiceProcess, StackError, port_open
 
 
 def redis_server_binary() -> str:

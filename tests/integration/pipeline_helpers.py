@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psycopg
 
+from infra.process import port_open, stop_group
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import end_offsets
-from infra.stack.process import port_open, stop_group
 from sinks.redis_leaderboard import RedisLeaderboardSink, board_key
 from sinks.redis_store import next_offsets
 

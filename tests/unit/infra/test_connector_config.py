@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from infra.process import StackError
 from infra.settings import CdcSettings, PostgresSettings, Settings
 from infra.stack.connect import connector_config
-from infra.stack.process import StackError
 
 
 def test_placeholders_filled_from_settings():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from infra.stack.process import ServiceProcess, StackError, pid_alive, port_open
+from infra.process import ServiceProcess, StackError, pid_alive, port_open
 
 
 def free_port() -> int:
@@ -106,9 +106,9 @@ def test_stale_pid_file_is_ignored(tmp_path):
 
 def test_a_stack_object_needs_no_local_binaries_until_a_process_is_used(monkeypatch, tmp_path):
     # `python -m infra.stack provision` runs in a Docker image without Postgres or Redis installed.
+    from infra.process import StackError
     from infra.settings import Settings, StackSettings
     from infra.stack import local, postgres, redis_server
-    from infra.stack.process import StackError
 
     def missing(*_):
         raise StackError("not installed")

@@ -1,5 +1,8 @@
 """Start, probe and stop one native service process, across separate CLI invocations.
 
+Shared by the local stack (``infra.stack``) and the pipeline's supervisor (which owns Prism), so it
+lives beside them, not in the stack: runtime code does not import the development stack.
+
 We write this small executor instead of using mirakuru because mirakuru owns the child only for the
 lifetime of the Python object that started it: ``make up`` starts the stack and exits, and a later
 ``make down`` (or a pytest fixture's finalizer) must find and stop the same processes. So the state
