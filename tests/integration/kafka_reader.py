@@ -16,11 +16,14 @@ class Record:
     partition: int
     offset: int
     key: Any
-    value: Any  # None for a tombstone
+    value: Any  # None for a tombstone, and for a value that is not JSON (see ``raw``)
+    raw: bytes | None = None
 
     @property
     def op(self) -> str:
-        return "tombstone" if self.value is None else self.value["op"]
+        if self.value is None:
+            return "tombstone" if self.raw is None else "malformed"
+        return self.value["op"]
 
 
 def read_topic(
@@ -49,8 +52,9 @@ def read_topic(
                     Record(
                         message.partition(),
                         message.offset(),
-                        orjson.loads(message.key()) if message.key() else None,
-                        orjson.loads(message.value()) if message.value() else None,
+                        _json(message.key()),
+                        _json(message.value()),
+                        message.value(),
                     )
                 )
             if satisfied_at is None and until(records):
@@ -64,3 +68,13 @@ def read_topic(
 
 def by_key(records: list[Record], key_field: str, key_value: Any) -> list[Record]:
     return [r for r in records if r.key and r.key.get(key_field) == key_value]
+
+
+def _json(data: bytes | None) -> Any:
+    """Parsed JSON, or None for no bytes and for bytes some test produced as garbage on purpose."""
+    if not data:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None

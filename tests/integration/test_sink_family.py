@@ -40,8 +40,9 @@ def resent(settings: Settings, since: dict[int, int]) -> int:
     records = read_to_the_end(settings)
     seen: Counter[tuple] = Counter()
     for r in records:
-        if r.value is not None and r.offset >= since.get(r.partition, 0):
-            seen[(r.partition, r.value["source"]["sequence"], str(r.key))] += 1
+        sequence = None if r.value is None else (r.value.get("source") or {}).get("sequence")
+        if sequence is not None and r.offset >= since.get(r.partition, 0):
+            seen[(r.partition, sequence, str(r.key))] += 1
     return sum(n - 1 for n in seen.values())
 
 
