@@ -10,9 +10,9 @@ Column encodings handled here:
   **microseconds**; always returned as an aware UTC datetime;
 * ``JSONB``: a JSON *string* inside the JSON, so it is decoded a second time;
 * ``source.sequence``: a JSON *string* holding ``["<commit lsn of the previous transaction>",
-  "<lsn>"]`` (either may be null), returned as a pair of ints (``sinks.records.Sequence``) that
-  orders changes within a partition; a missing or unreadable sequence is ``None`` (the record is
-  then never taken for a re-send, ``sinks.positions``).
+  "<lsn>"]``, returned as a pair of ints (``sinks.records.Sequence``) that orders changes within a
+  partition; a missing, partly null or unreadable sequence is ``None`` (the record then only moves
+  the offset and is never taken for a re-send, ``sinks.positions``).
 
 Anything that cannot be turned into a well-typed change raises :class:`DecodeError`, whose ``reason``
 is short enough to store in a dead letter. A delete's tombstone (value ``None``) is not an error but
@@ -255,29 +255,30 @@ def _envelope(record: KafkaRecord) -> tuple[dict[str, Any], str, int] | None:
     return envelope, op, _commit_ts_ms(envelope)
 
 
-def parse_sequence(sequence: Any, lsn: Any = None) -> tuple[int, int] | None:
-    """Debezium's ``source.sequence`` (and ``source.lsn`` as a fallback for its second half)."""
-    commit_lsn = None
-    if type(sequence) is str:
-        try:
-            pair = orjson.loads(sequence)
-        except orjson.JSONDecodeError:
-            pair = None
-        if type(pair) is list and len(pair) == 2:
-            first, second = pair
-            commit_lsn = int(first) if type(first) is str and first.isdigit() else 0
-            if type(second) is str and second.isdigit():
-                lsn = int(second)
-    if type(lsn) is not int:
+def parse_sequence(sequence: Any) -> tuple[int, int] | None:
+    """Debezium's ``source.sequence``, ``'["<commit lsn>", "<lsn>"]'``, as two ints; ``None`` unless
+    both parts are there (a null commit LSN would sort below every mark and look like a re-send)."""
+    if type(sequence) is not str:
         return None
-    return (commit_lsn or 0, lsn)
+    try:
+        pair = orjson.loads(sequence)
+    except orjson.JSONDecodeError:
+        return None
+    if type(pair) is not list or len(pair) != 2:
+        return None
+    first, second = pair
+    if type(first) is not str or type(second) is not str:
+        return None
+    if not (first.isascii() and first.isdigit() and second.isascii() and second.isdigit()):
+        return None
+    return (int(first), int(second))
 
 
 def _source_sequence(envelope: dict[str, Any]) -> tuple[int, int] | None:
     source = envelope.get("source")
     if type(source) is not dict:
         return None
-    return parse_sequence(source.get("sequence"), source.get("lsn"))
+    return parse_sequence(source.get("sequence"))
 
 
 def _commit_ts_ms(envelope: dict[str, Any]) -> int:
@@ -335,7 +336,6 @@ class _EventRowWire(msgspec.Struct, gc=False):
 class _SourceWire(msgspec.Struct, gc=False):
     ts_ms: int | None = None
     sequence: str | None = None
-    lsn: int | None = None
 
 
 class _EventEnvelopeWire(msgspec.Struct, gc=False):
@@ -396,7 +396,7 @@ def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
             raise DecodeError("no commit time")
     except (msgspec.DecodeError, DecodeError):
         return decode_engagement_checked(record)
-    sequence = None if source is None else parse_sequence(source.sequence, source.lsn)
+    sequence = None if source is None else parse_sequence(source.sequence)
     return EngagementChange(record.position, record.key, value, op, sequence, before, after, commit_ts_ms)
 
 

@@ -4,8 +4,8 @@
 offset order per partition) and, chunk by chunk (``Sink.limits``):
 
 1. drops replays and Debezium re-sends against the sink's stored positions (``sinks.positions``);
-2. produces the chunk's dead letters from upstream steps, if this sink owns them, and waits for the
-   broker to confirm them (``sinks.dead_letter``);
+2. produces the chunk's dead letters from upstream steps (deterministic ones only if this sink owns
+   them for its topic) and waits for the broker to confirm them (``sinks.dead_letter``);
 3. writes the records; rejected records become letters (confirmed before anything else happens),
    retryable ones are retried under the sink's ``RetryPolicy`` and, past its budget, dead-lettered;
 4. stores the positions that cover the chunk: inside the last write for an atomic sink, otherwise
@@ -112,7 +112,7 @@ class Flusher(Generic[T]):
         for item in admitted.fresh:
             kind = type(item)
             if kind is DeadLetter:
-                if self._owns_upstream:
+                if self._owns_upstream or not item.deterministic:
                     upstream.append(item)
             elif kind is not Skipped:
                 records.append(item)
@@ -149,7 +149,7 @@ class Flusher(Generic[T]):
                 pending_next = [r for i, r in enumerate(pending) if i not in outcome.rejected]
             else:
                 report.written += len(pending) - len(outcome.rejected) - len(outcome.retry)
-                pending_next = [pending[i] for i in outcome.retry]
+                pending_next = [pending[i] for i in sorted(outcome.retry)]  # keep offset order
             retry = {id(pending[i]): why for i, why in outcome.retry.items()}
             pending = pending_next
             if not retry:
@@ -175,7 +175,8 @@ class Flusher(Generic[T]):
             return Outcome(retry=dict.fromkeys(range(len(batch.records)), why))
 
     def _letter(self, record: Any, reason: str) -> DeadLetter:
-        return DeadLetter(record.position, self.sink.name, reason, record.key, record.value, record.sequence)
+        sequence = None if record.op == "r" else record.sequence  # snapshot reads never set a mark
+        return DeadLetter(record.position, self.sink.name, reason, record.key, record.value, sequence)
 
     def _send(self, letters: list[DeadLetter], report: FlushReport) -> None:
         if letters:

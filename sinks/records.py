@@ -124,8 +124,11 @@ class Skipped(msgspec.Struct, gc=False):
 class DeadLetter(msgspec.Struct, gc=False):
     """A record that can never be applied, with why, where it came from, and its original bytes.
 
-    Upstream steps (decode, join) put these in the stream in place of the record, so the sink that
-    owns the lane produces them, confirmed, before it stores a position past them."""
+    Upstream steps (decode, join) put these in the stream in place of the record, so the sinks
+    produce them, confirmed, before they store a position past them. ``deterministic`` letters
+    (decode: the same bytes always fail) are produced by one lane per topic; the others (join: the
+    content may have arrived by the time another lane, or a replay, joins the record) by every sink
+    that admits them, so none is lost when lanes see different outcomes."""
 
     position: SourcePosition
     stage: str
@@ -133,6 +136,7 @@ class DeadLetter(msgspec.Struct, gc=False):
     key: bytes | None
     value: bytes | None
     sequence: Sequence | None = None
+    deterministic: bool = True
 
     op = "dead_letter"
 

@@ -17,6 +17,7 @@ from sinks.redis_store import RedisSink, lua, position_args
 
 class RedisContentSink(RedisSink):
     name = "redis_content"
+    adopts_legacy_offsets = True
 
     def open(self) -> None:
         super().open()

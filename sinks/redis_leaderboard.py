@@ -27,6 +27,7 @@ lateness still update their minute bucket and the content totals; older ones onl
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from sinks.leaderboard_deltas import Deltas, aggregate
 from sinks.records import EnrichedChange
 from sinks.redis_store import RedisSink, lua, position_args
 
+_log = logging.getLogger(__name__)
+
 
 def board_key(window_minutes: int) -> str:
     return f"top_engagement:{window_minutes}min"
@@ -47,6 +50,7 @@ class RedisLeaderboardSink(RedisSink):
     """The leaderboards and content metrics, from enriched engagement changes."""
 
     name = "redis_leaderboard"
+    adopts_legacy_offsets = True
 
     def __init__(
         self,
@@ -111,6 +115,8 @@ class RedisLeaderboardSink(RedisSink):
                 self.roll()
             except SinkUnavailable:
                 continue  # the next flush or tick retries; the apply script also moves the window
+            except Exception:  # noqa: BLE001 - the thread must keep the window moving, and say why not
+                _log.exception("leaderboard roller: rolling the window failed; trying again next tick")
 
     def close(self) -> None:
         self._stop.set()

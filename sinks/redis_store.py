@@ -22,7 +22,24 @@ from sinks.positions import Position, decode, encode
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 # Before sinks had positions of their own, both Redis sinks shared this hash of plain next offsets.
 LEGACY_OFFSETS_KEY = "engagement:offsets"
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.OutOfMemoryError,
+)
+# Replies that pass: a script running past lua-time-limit (BUSY), a failed AOF write (MISCONF),
+# maxmemory reached (OOM); the same write may succeed later.
+_TRANSIENT_REPLIES = ("BUSY", "MISCONF", "OOM", "LOADING", "TRYAGAIN", "MASTERDOWN")
+
+
+def is_transient(exc: Exception) -> bool:
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
 
 
 def positions_key(sink_name: str) -> str:
@@ -57,6 +74,8 @@ class RedisSink(Sink[Any]):
     """Base of the Redis sinks: ``open`` connects and loads ``scripts``; ``positions``/``commit``."""
 
     atomic = True
+    # Only the sinks that wrote the previous version's shared offsets may take them over.
+    adopts_legacy_offsets = False
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
@@ -80,14 +99,16 @@ class RedisSink(Sink[Any]):
         """Redis errors that pass (connection refused, timeout, loading) as ``SinkUnavailable``."""
         try:
             yield
-        except _TRANSIENT as exc:
+        except redis.RedisError as exc:
+            if not is_transient(exc):
+                raise
             raise SinkUnavailable(str(exc)) from exc
 
     def positions(self, topics: Sequence[str]) -> dict[str, Position]:
         prefixes = tuple(f"{topic}:" for topic in topics)
         with self.available():
             stored = self.client.hgetall(self.positions_key)
-            if not stored:
+            if not stored and self.adopts_legacy_offsets:
                 stored = self._adopt_legacy(prefixes)
         return {k.decode(): decode(v) for k, v in stored.items() if k.decode().startswith(prefixes)}
 

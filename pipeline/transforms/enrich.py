@@ -138,4 +138,8 @@ class JoinContentFn(beam.DoFn):
 
     def _letter(self, change: EngagementChange, why: str) -> DeadLetter:
         reason = f"{why} within {self._late_timeout:g} s (content view has {len(self._view)} rows)"
-        return DeadLetter(change.position, "join_content", reason, change.key, change.value, change.sequence)
+        # A snapshot read's sequence is the snapshot's LSN for every row: it must not set a mark.
+        sequence = None if change.op == "r" else change.sequence
+        return DeadLetter(
+            change.position, "join_content", reason, change.key, change.value, sequence, deterministic=False
+        )

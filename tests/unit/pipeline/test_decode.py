@@ -11,6 +11,7 @@ from pipeline.decode import (
     decode_engagement,
     decode_engagement_checked,
     decode_error_letter,
+    parse_sequence,
     parse_timestamp,
     parse_uuid,
 )
@@ -589,3 +590,29 @@ def test_canonical_envelopes_take_the_fast_path(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr("pipeline.decode.decode_engagement_checked", refuse)
     for op, before, after in (("c", None, event_row()), ("u", event_row(), event_row()), ("d", event_row(), None)):
         assert isinstance(decode_engagement(record(envelope(op, before, after))), EngagementChange)
+
+
+# --- source.sequence ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('["26657288","26657392"]', (26657288, 26657392)),
+        ('[null,"26657392"]', None),  # would sort below every mark and look like a re-send
+        ('["\u00b2","5"]', None),  # str.isdigit() is true for it, int() is not
+        ('["1"]', None),
+        ("not json", None),
+        (None, None),
+        (12, None),
+    ],
+)
+def test_sequence_is_two_ints_or_nothing(raw, expected):
+    assert parse_sequence(raw) == expected
+
+
+def test_both_paths_read_the_sequence():
+    value = envelope("c", after=event_row())
+    value["source"]["sequence"] = '["100","200"]'
+    assert engagement(value).sequence == (100, 200)
+    assert decode_engagement_checked(record(value)).sequence == (100, 200)

@@ -104,3 +104,19 @@ def test_tombstones_pass_as_position_markers():
     fn.setup()
     ((out,),) = list(fn.process(("events", [record(9, None)])))
     assert isinstance(out, Skipped) and out.position.offset == 9
+
+
+def test_a_join_letter_of_a_snapshot_read_sets_no_mark():
+    value = orjson.loads(envelope(5, UNKNOWN, 1_000))
+    value["op"] = "r"
+    value["source"]["sequence"] = '["0","900"]'
+    decode = DecodeFn("engagement")
+    decode.setup()
+    ((change,),) = list(decode.process(("events", [record(5, orjson.dumps(value))])))
+    assert change.sequence == (0, 900)
+    join = JoinContentFn({}, "content", late_content_timeout_s=0.0, startup_timeout_s=1, view_factory=fake_view)
+    join.setup()
+    ((letter,),) = list(join.process([change]))
+    assert isinstance(letter, DeadLetter) and letter.stage == "join_content"
+    # Every snapshot row carries the snapshot's LSN: a mark from it would drop later streamed changes.
+    assert letter.sequence is None and letter.deterministic is False

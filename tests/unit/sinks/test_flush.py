@@ -123,3 +123,19 @@ def test_batches_respect_count_and_byte_limits(limits, sizes):
     flusher(sink).flush([change(o) for o in range(5)])  # values are 2 bytes each: "v0".."v4"
     writes = [line for line in sink.log if line.startswith("write")]
     assert [len(line.split(" ")[1].split(",")) for line in writes] == sizes
+
+
+def test_every_sink_produces_join_letters_it_admits_but_only_the_owner_decode_letters():
+    # A join letter depends on timing (another lane, or a replay, may find the content): none may be lost.
+    join = DeadLetter(SourcePosition("t", 0, 0), "join_content", "content x not found", b"k", b"v", deterministic=False)
+    decode = DeadLetter(SourcePosition("t", 0, 1), "decode_engagement", "not JSON", b"k", b"{")
+    sink = FakeSink()
+    letters = Letters(sink.log)
+    flusher(sink, letters, owns=False).flush([join, decode])
+    assert letters.sent == [join] and sink.stored == {"t:0": Position(2)}
+
+
+def test_retried_records_keep_their_offset_order():
+    sink = FakeSink([lambda b: Outcome(retry={2: Retry("x"), 0: Retry("x")}), lambda b: Outcome()])
+    flusher(sink).flush([change(0), change(1), change(2)])
+    assert sink.log[:2] == ["write 0,1,2", "write 0,2"]
