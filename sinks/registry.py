@@ -61,7 +61,8 @@ SINKS: dict[str, tuple[SinkSpec, ...]] = {
 class Lane:
     topic: Topic
     sinks: tuple[SinkSpec, ...]
-    # Dead letters from decode and join reach every lane of a topic; one lane produces them.
+    # Decode letters reach every lane of a topic alike; one lane produces them (join letters depend
+    # on timing, and every sink produces those it admits: sinks.flush).
     owns_upstream_letters: bool
 
     @property
