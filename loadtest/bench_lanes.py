@@ -29,18 +29,14 @@ from infra.stack.local import LocalStack
 from loadtest.bench_pipeline import latency_phase, say, stack_sampler
 from loadtest.probes import Prober
 from loadtest.procstats import describe, machine
-from sinks.fault_injection import DELIVERIES_KEY, MODE_KEY, ROWS_KEY
-from sinks.positions import Position, encode
-from sinks.redis_store import next_offsets, positions_key
+from sinks.fault_injection import DELIVERIES_KEY, MODE_KEY, start_at
+from sinks.redis_store import next_offsets
 
 
 def reset_faulty(settings: Settings) -> dict[int, int]:
     """The fault-injection sink starts at today's topic end, with nothing delivered yet."""
-    topic = settings.cdc.engagement_topic
-    ends = end_offsets(settings.kafka, topic)
-    client = settings.redis.client()
-    client.delete(positions_key("faulty"), ROWS_KEY, DELIVERIES_KEY, MODE_KEY)
-    client.hset(positions_key("faulty"), mapping={f"{topic}:{p}": encode(Position(e)) for p, e in ends.items()})
+    ends = end_offsets(settings.kafka, settings.cdc.engagement_topic)
+    start_at(settings.redis.client(), settings.cdc.engagement_topic, ends)
     return ends
 
 

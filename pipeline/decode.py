@@ -35,14 +35,21 @@ something is wrong.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import msgspec
 import orjson
 
+from pipeline.column_values import (
+    MISSING,
+    DecodeError,
+    is_canonical_uuid,
+    parse_sequence,
+    parse_timestamp,
+    parse_uuid,
+    shown,
+)
 from pipeline.model import (
     ContentChange,
     ContentRow,
@@ -66,86 +73,15 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# Postgres always prints UUIDs in this form, so one match settles the common case; other letter
-# cases are lowered and matched again.
-_is_canonical_uuid: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
-_MISSING: Final = object()
 _OPS: Final = frozenset({"c", "r", "u", "d"})
-_MAX_SHOWN: Final = 60
 _FULL_HINT: Final = " (a before-image needs REPLICA IDENTITY FULL on the table)"
-
-
-class DecodeError(ValueError):
-    """A record that can never be decoded; ``reason`` says why, briefly, for the dead letter."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _shown(value: Any) -> str:
-    """A short description of an offending value, safe to put in a reason."""
-    if value is _MISSING:
-        return "missing"
-    if value is None:
-        return "null"
-    text = repr(value)
-    if len(text) > _MAX_SHOWN:
-        text = text[: _MAX_SHOWN - 3] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def parse_timestamp(value: Any) -> datetime:
-    """Parse a Debezium timestamp into an aware UTC datetime.
-
-    Accepts an ISO-8601 string with ``Z`` or a numeric offset and 0 to 9 fractional digits
-    (``ZonedTimestamp``; digits past the sixth are truncated, as Python 3.11+ ``fromisoformat``
-    does), or an ``int`` of epoch microseconds (``MicroTimestamp``). Integers are never read as
-    milliseconds or seconds: guessing the unit by magnitude would silently misplace real dates.
-    A string without an offset is rejected rather than assumed to be UTC.
-    """
-    value_type = type(value)
-    if value_type is str:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise DecodeError(f"timestamp is not ISO-8601: {_shown(value)}") from None
-        tz = parsed.tzinfo
-        if tz is UTC:
-            return parsed
-        if tz is None:
-            raise DecodeError(f"timestamp has no UTC offset: {_shown(value)}")
-        return parsed.astimezone(UTC)
-    if value_type is int:
-        try:
-            return _EPOCH + timedelta(microseconds=value)
-        except OverflowError:
-            raise DecodeError(f"timestamp out of range: {_shown(value)}") from None
-    raise DecodeError(f"timestamp must be an ISO-8601 string or epoch microseconds, got {_shown(value)}")
-
-
-def parse_uuid(value: Any) -> str | None:
-    """Return ``value`` as a lowercase canonical UUID string; ``None`` stays ``None``.
-
-    Only the hyphenated 8-4-4-4-12 form (any letter case) is accepted, which is all Postgres emits.
-    """
-    if value is None:
-        return None
-    if type(value) is str:
-        if _is_canonical_uuid(value):
-            return value
-        lowered = value.lower()
-        if _is_canonical_uuid(lowered):
-            return lowered
-    raise DecodeError(f"not a UUID: {_shown(value)}")
 
 
 def _field_error(side: str, name: str, expected: str, value: Any) -> DecodeError:
     # A before-image with nulls where the table forbids them is what REPLICA IDENTITY DEFAULT sends
     # for a delete (only the key columns are filled in), so say so.
-    hint = _FULL_HINT if side == "before" and (value is None or value is _MISSING) else ""
-    return DecodeError(f"{side}.{name} must be {expected}, got {_shown(value)}{hint}")
+    hint = _FULL_HINT if side == "before" and (value is None or value is MISSING) else ""
+    return DecodeError(f"{side}.{name} must be {expected}, got {shown(value)}{hint}")
 
 
 def _field(side: str, name: str, parse: Callable[[Any], _T], value: Any) -> _T:
@@ -177,26 +113,26 @@ def _raw_payload(side: str, value: Any) -> dict[str, Any] | None:
     # A converter configured to embed JSON columns hands the object over already decoded.
     if value is None or type(value) is dict:
         return value
-    raise DecodeError(f"{side}.raw_payload must be a JSON object or null, got {_shown(value)}")
+    raise DecodeError(f"{side}.raw_payload must be a JSON object or null, got {shown(value)}")
 
 
 def _engagement_row(row: Any, side: str) -> EngagementRow:
     # Every event passes here (twice for an update), so the common case is checked inline and the
     # helpers that build messages run only for a bad value.
     if type(row) is not dict:
-        raise DecodeError(f"{side} must be an object, got {_shown(row)}")
+        raise DecodeError(f"{side} must be an object, got {shown(row)}")
     get = row.get
-    row_id = get("id", _MISSING)
+    row_id = get("id", MISSING)
     if type(row_id) is not int:
         raise _field_error(side, "id", "an integer", row_id)
-    event_ts = get("event_ts", _MISSING)
-    if event_ts is _MISSING or event_ts is None:
+    event_ts = get("event_ts", MISSING)
+    if event_ts is MISSING or event_ts is None:
         raise _field_error(side, "event_ts", "a timestamp", event_ts)
     content_id = get("content_id")
-    if content_id is not None and not (type(content_id) is str and _is_canonical_uuid(content_id)):
+    if content_id is not None and not (type(content_id) is str and is_canonical_uuid(content_id)):
         content_id = _field(side, "content_id", parse_uuid, content_id)
     user_id = get("user_id")
-    if user_id is not None and not (type(user_id) is str and _is_canonical_uuid(user_id)):
+    if user_id is not None and not (type(user_id) is str and is_canonical_uuid(user_id)):
         user_id = _field(side, "user_id", parse_uuid, user_id)
     event_type = get("event_type")
     if event_type is not None and type(event_type) is not str:
@@ -222,10 +158,10 @@ def _engagement_row(row: Any, side: str) -> EngagementRow:
 
 def _content_row(row: Any, side: str) -> ContentRow:
     if type(row) is not dict:
-        raise DecodeError(f"{side} must be an object, got {_shown(row)}")
+        raise DecodeError(f"{side} must be an object, got {shown(row)}")
     get = row.get
-    row_id = get("id", _MISSING)
-    if row_id is _MISSING or row_id is None:
+    row_id = get("id", MISSING)
+    if row_id is MISSING or row_id is None:
         raise _field_error(side, "id", "a UUID", row_id)
     publish_ts = get("publish_ts")
     return ContentRow(
@@ -247,31 +183,12 @@ def _envelope(record: KafkaRecord) -> tuple[dict[str, Any], str, int] | None:
     except orjson.JSONDecodeError as error:
         raise DecodeError(f"value is not valid JSON: {error}") from None
     if type(envelope) is not dict:
-        raise DecodeError(f"value must be a JSON object, got {_shown(envelope)}")
-    op = envelope.get("op", _MISSING)
+        raise DecodeError(f"value must be a JSON object, got {shown(envelope)}")
+    op = envelope.get("op", MISSING)
     # The type check first: a list or object op is unhashable and would break the set lookup.
     if type(op) is not str or op not in _OPS:
-        raise DecodeError(f"op must be one of c, r, u, d, got {_shown(op)}")
+        raise DecodeError(f"op must be one of c, r, u, d, got {shown(op)}")
     return envelope, op, _commit_ts_ms(envelope)
-
-
-def parse_sequence(sequence: Any) -> tuple[int, int] | None:
-    """Debezium's ``source.sequence``, ``'["<commit lsn>", "<lsn>"]'``, as two ints; ``None`` unless
-    both parts are there (a null commit LSN would sort below every mark and look like a re-send)."""
-    if type(sequence) is not str:
-        return None
-    try:
-        pair = orjson.loads(sequence)
-    except orjson.JSONDecodeError:
-        return None
-    if type(pair) is not list or len(pair) != 2:
-        return None
-    first, second = pair
-    if type(first) is not str or type(second) is not str:
-        return None
-    if not (first.isascii() and first.isdigit() and second.isascii() and second.isdigit()):
-        return None
-    return (int(first), int(second))
 
 
 def _source_sequence(envelope: dict[str, Any]) -> tuple[int, int] | None:
@@ -287,18 +204,18 @@ def _commit_ts_ms(envelope: dict[str, Any]) -> int:
     source = envelope.get("source")
     if source is not None:
         if type(source) is not dict:
-            raise DecodeError(f"source must be an object, got {_shown(source)}")
+            raise DecodeError(f"source must be an object, got {shown(source)}")
         ts_ms = source.get("ts_ms")
         if ts_ms is not None:
             if type(ts_ms) is not int:
-                raise DecodeError(f"source.ts_ms must be an integer, got {_shown(ts_ms)}")
+                raise DecodeError(f"source.ts_ms must be an integer, got {shown(ts_ms)}")
             return ts_ms
-    ts_ms = envelope.get("ts_ms", _MISSING)
+    ts_ms = envelope.get("ts_ms", MISSING)
     if type(ts_ms) is int:
         return ts_ms
-    if ts_ms is _MISSING or ts_ms is None:
+    if ts_ms is MISSING or ts_ms is None:
         raise DecodeError("no commit time: source.ts_ms and ts_ms are both missing")
-    raise DecodeError(f"ts_ms must be an integer, got {_shown(ts_ms)}")
+    raise DecodeError(f"ts_ms must be an integer, got {shown(ts_ms)}")
 
 
 def _images(envelope: dict[str, Any], op: str) -> tuple[Any, Any]:
@@ -353,9 +270,9 @@ def _event_row_fast(row: _EventRowWire | None, side: str) -> EngagementRow:
     if row is None:
         raise DecodeError(f"no {side}-image")
     content_id, user_id = row.content_id, row.user_id
-    if content_id is not None and not _is_canonical_uuid(content_id):
+    if content_id is not None and not is_canonical_uuid(content_id):
         raise DecodeError("not canonical")
-    if user_id is not None and not _is_canonical_uuid(user_id):
+    if user_id is not None and not is_canonical_uuid(user_id):
         raise DecodeError("not canonical")
     return EngagementRow(
         row.id,

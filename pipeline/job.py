@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.settings import Settings
-from pipeline.lanes import ContentLane, EngagementLane, LanePlan, consumer_config, topic_name
+from pipeline.lanes import LanePlan, RunLane, consumer_config, topic_name
 from pipeline.sources.kafka_partitions import UNBOUNDED, discover_partitions
 from sinks.positions import Position, resume_offsets
 from sinks.registry import Lane, lanes
@@ -58,8 +58,7 @@ def build(p: beam.Pipeline, settings: Settings, lane_plans: list[LanePlan]) -> N
     """Add one composite step per lane to ``p``; reads like the diagram in the module docstring."""
     written = []
     for lane_plan in lane_plans:
-        lane = EngagementLane if lane_plan.lane.topic == "engagement" else ContentLane
-        written.append(p | lane_plan.lane.label >> lane(lane_plan, settings))
+        written.append(p | lane_plan.lane.label >> RunLane(lane_plan, settings))
     # Why a step that receives nothing: on Prism 2.77, when no stage has a consumer of its output,
     # Prism itself used 0.8-0.9 of a core at 3,333 events/s and the board's p50 doubled (88-138 ms
     # against 53 ms); with the sinks' empty outputs flattened into one step, Prism used 0.11 cores

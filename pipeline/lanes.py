@@ -1,8 +1,8 @@
 """A lane: one read of a topic, decoded (and joined, for events), feeding one or more sinks.
 
 ```
-EngagementLane:  Read ─> Decode ─> JoinContent ─> Write<Sink> (one per sink in the lane)
-ContentLane:     Read ─> Decode ──────────────────> Write<Sink>
+a lane of the event topic:    Read ─> Decode ─> JoinContent ─> Write<Sink> (one per sink in the lane)
+a lane of the content topic:  Read ─> Decode ──────────────────> Write<Sink>
 ```
 
 Each lane is fused into one stage on Prism (and on Flink), without keyed state or shuffles: the
@@ -90,37 +90,24 @@ class WriteLane(beam.PTransform):
         return written[0] if len(written) == 1 else tuple(written) | "Written" >> beam.Flatten()
 
 
-class EngagementLane(beam.PTransform):
+class RunLane(beam.PTransform):
+    """``PBegin -> PCollection`` (empty, see ``WriteLane``): the lane in the module docstring."""
+
     def __init__(self, plan: LanePlan, settings: Settings) -> None:
         super().__init__()
         self._plan = plan
         self._settings = settings
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        s, ps = self._settings, self._settings.pipeline
-        join = JoinContentFn(
-            consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
-        )
-        return (
+        s, ps, lane = self._settings, self._settings.pipeline, self._plan.lane
+        changes = (
             pbegin
-            | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, self._plan.lane), tuning(s))
-            | "Decode" >> beam.ParDo(DecodeFn("engagement"))
-            | "JoinContent" >> beam.ParDo(join)
-            | "Write" >> WriteLane(self._plan, s)
+            | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, lane), tuning(s))
+            | "Decode" >> beam.ParDo(DecodeFn(lane.topic))
         )
-
-
-class ContentLane(beam.PTransform):
-    def __init__(self, plan: LanePlan, settings: Settings) -> None:
-        super().__init__()
-        self._plan = plan
-        self._settings = settings
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        s = self._settings
-        return (
-            pbegin
-            | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, self._plan.lane), tuning(s))
-            | "Decode" >> beam.ParDo(DecodeFn("content"))
-            | "Write" >> WriteLane(self._plan, s)
-        )
+        if lane.topic == "engagement":
+            join = JoinContentFn(
+                consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
+            )
+            changes = changes | "JoinContent" >> beam.ParDo(join)
+        return changes | "Write" >> WriteLane(self._plan, s)

@@ -21,10 +21,12 @@ import signal
 import time
 from collections.abc import Mapping
 
+import redis
+
 from sinks.contract import Batch, Outcome, SinkUnavailable
-from sinks.positions import Position
+from sinks.positions import Position, encode
 from sinks.records import EnrichedChange
-from sinks.redis_store import RedisSink, lua
+from sinks.redis_store import RedisSink, lua, positions_key
 
 MODE_KEY = "faulty:mode"
 ROWS_KEY = "faulty:rows"
@@ -70,3 +72,13 @@ class FaultInjectionSink(RedisSink):
         if crash:
             os.kill(os.getpid(), signal.SIGKILL)
         super().commit(positions, expected)
+
+
+def start_at(client: redis.Redis, topic: str, offsets: Mapping[int, int]) -> None:
+    """Tests and benchmarks: forget what the sink wrote and start it at ``offsets`` of ``topic``."""
+    client.delete(positions_key(FaultInjectionSink.name), ROWS_KEY, DELIVERIES_KEY, MODE_KEY)
+    if offsets:
+        client.hset(
+            positions_key(FaultInjectionSink.name),
+            mapping={f"{topic}:{p}": encode(Position(offset)) for p, offset in offsets.items()},
+        )

@@ -13,9 +13,8 @@ import pytest
 from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
-from sinks.fault_injection import DELIVERIES_KEY, MODE_KEY, ROWS_KEY
-from sinks.positions import Position, encode
-from sinks.redis_store import next_offsets, positions_key
+from sinks.fault_injection import DELIVERIES_KEY, MODE_KEY, ROWS_KEY, start_at
+from sinks.redis_store import next_offsets
 
 from .kafka_reader import Record, read_topic
 from .pipeline_helpers import assert_redis_matches_sql, flush_redis, streaming, wait_caught_up
@@ -68,12 +67,8 @@ def test_kill_9_of_kafka_connect_under_load_counts_nothing_twice(stack: LocalSta
 
 def start_faulty_at_the_end(settings: Settings) -> dict[int, int]:
     """The fault-injection sink starts at today's topic end (it writes only what comes next)."""
-    topic = settings.cdc.engagement_topic
-    ends = end_offsets(settings.kafka, topic)
-    client = settings.redis.client()
-    client.delete(positions_key("faulty"), ROWS_KEY, DELIVERIES_KEY, MODE_KEY)
-    if ends:
-        client.hset(positions_key("faulty"), mapping={f"{topic}:{p}": encode(Position(e)) for p, e in ends.items()})
+    ends = end_offsets(settings.kafka, settings.cdc.engagement_topic)
+    start_at(settings.redis.client(), settings.cdc.engagement_topic, ends)
     return ends
 
 

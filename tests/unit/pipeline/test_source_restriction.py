@@ -2,13 +2,13 @@
 
 import pytest
 
-from pipeline.sources.kafka_partitions import (
+from pipeline.sources.partition_offsets import (
     UNBOUNDED,
     PartitionOffsets,
     PartitionOffsetsTracker,
     PartitionSpec,
+    ReaderRestrictions,
     ReaderSpec,
-    _ReaderRestrictions,
     readers,
 )
 
@@ -76,7 +76,7 @@ def test_progress_is_finite():
 
 
 def test_initial_restriction_and_size():
-    provider = _ReaderRestrictions()
+    provider = ReaderRestrictions()
     spec = ReaderSpec("t", (PartitionSpec("t", 0, 5, 9), PartitionSpec("t", 3, 7, 7)))
     restriction = provider.initial_restriction(spec)
     assert restriction == PartitionOffsets((0, 3), (5, 7), (9, 7))
