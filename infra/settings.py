@@ -2,7 +2,7 @@
 
 Every service address, credential, topic name and knob lives here, grouped per part of the system.
 Each group is a frozen pydantic-settings model with its own environment prefix (``POSTGRES_``,
-``KAFKA_``, ``CONNECT_``, ``REDIS_``, ``CDC_``, ``GENERATOR_``; ``GENERATION_RATE``, ``BURST_MODE``
+``KAFKA_``, ``CONNECT_``, ``REDIS_``, ``BIGQUERY_``, ``CDC_``, ``GENERATOR_``; ``GENERATION_RATE``, ``BURST_MODE``
 and ``BURST_COUNT`` keep the names seed 004 gave them). Defaults are safe for a laptop: every
 service listens on 127.0.0.1 only, on ports away from the usual ones so that a system Postgres or
 Redis never collides with ours. Passwords are ``SecretStr`` so they never appear in logs or reprs.
@@ -115,6 +115,48 @@ class RedisSettings(BaseSettings):
             health_check_interval=10,
             decode_responses=decode_responses,
         )
+
+
+class BigQuerySettings(BaseSettings):
+    """The BigQuery sink: where it writes, how it batches, and the local emulator (docs/bigquery.md).
+
+    ``BIGQUERY_EMULATOR_HOST`` (the variable Google's clients know) points the sink at the local
+    emulator that ``make up`` starts; set it empty to write to real BigQuery with application
+    default credentials.
+    """
+
+    model_config = _config("BIGQUERY_")
+
+    project_id: str = "engagement-demo"
+    dataset: str = "analytics"
+    location: str = "US"
+    emulator_host: str = "http://127.0.0.1:59050"
+    # The changelog is one table per calendar quarter: <changes_table>_2026q4 (docs/bigquery.md).
+    changes_table: str = "engagement_changes"
+    content_table: str = "content_changes"
+    audit_table: str = "cdc_audit"
+    # Also write every CDC envelope as it arrived to <audit_table> (doubles the rows inserted).
+    audit: bool = False
+    view: str = "engagement_events"
+    # Quarters after the current one that get their own table; later (and pre-1970) event times
+    # go to <changes_table>_outliers, so a stray timestamp never creates a table.
+    future_periods: int = Field(default=1, ge=0, le=8)
+    require_partition_filter: bool = False
+    # Google recommends 500 rows per insertAll; the API allows 50,000 rows and 10 MB.
+    max_rows_per_request: int = Field(default=500, ge=1, le=50_000)
+    max_request_bytes: int = Field(default=9_000_000, ge=100_000, le=10_000_000)
+    # One insertAll call: its HTTP timeout, and how long the client itself retries it.
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    call_retry_deadline_s: float = Field(default=15.0, gt=0)
+    max_backoff_s: float = Field(default=10.0, gt=0)
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.emulator_host)
+
+    @property
+    def dataset_ref(self) -> str:
+        return f"{self.project_id}.{self.dataset}"
 
 
 class CdcSettings(BaseSettings):
@@ -245,8 +287,9 @@ class PipelineSettings(BaseSettings):
     sink_flush_ms: int = Field(default=50, gt=0)
     # Which sinks run, in lanes: "," separates lanes (each reads the topics at its own positions, so
     # an outage of one never delays another), "+" puts sinks in one lane (one read, one stage).
-    # Names: redis (leaderboards and content metadata); faulty (tests and benchmarks only).
-    sinks: str = "redis"
+    # Names: redis (leaderboards and content metadata), bigquery (changelogs and the current view);
+    # faulty (tests and benchmarks only).
+    sinks: str = "redis,bigquery"
     # Dead letters larger than this are truncated (with a header saying so), not refused.
     dead_letter_max_bytes: int = Field(default=1_000_000, ge=16_384)
     restart_backoff_initial_s: float = Field(default=1.0, gt=0)
@@ -263,6 +306,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    bigquery: BigQuerySettings = Field(default_factory=BigQuerySettings)
     cdc: CdcSettings = Field(default_factory=CdcSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)

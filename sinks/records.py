@@ -95,6 +95,15 @@ class EnrichedChange(msgspec.Struct, gc=False):
     after: EngagementRow | None
     content: ContentRow | None
     contributions: tuple[Contribution, ...]
+    # The row's own metrics (the after-image; the before-image of a delete) against ``content``, as
+    # BigQuery and HTTP deliver them; the aggregates use ``contributions``.
+    engagement_seconds: float | None = None
+    engagement_pct: float | None = None
+
+    @property
+    def row(self) -> EngagementRow | None:
+        """The row a change is about: the after-image, or the before-image of a delete."""
+        return self.before if self.op == "d" else self.after
 
 
 class ContentChange(msgspec.Struct, gc=False):

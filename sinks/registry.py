@@ -34,6 +34,18 @@ def _content_metadata(settings: Settings) -> Sink[Any]:
     return RedisContentSink(settings.redis)
 
 
+def _bigquery_changes(settings: Settings) -> Sink[Any]:
+    from sinks.bigquery import BigQueryChangesSink
+
+    return BigQueryChangesSink(settings.bigquery, settings.kafka, settings.pipeline.consumer_group)
+
+
+def _bigquery_content(settings: Settings) -> Sink[Any]:
+    from sinks.bigquery import BigQueryContentSink
+
+    return BigQueryContentSink(settings.bigquery, settings.kafka, settings.pipeline.consumer_group)
+
+
 def _fault_injection(settings: Settings) -> Sink[Any]:
     from sinks.fault_injection import FaultInjectionSink
 
@@ -52,6 +64,10 @@ SINKS: dict[str, tuple[SinkSpec, ...]] = {
     "redis": (
         SinkSpec("redis_leaderboard", "engagement", "Leaderboards", _leaderboards),
         SinkSpec("redis_content", "content", "ContentMetadata", _content_metadata),
+    ),
+    "bigquery": (
+        SinkSpec("bigquery", "engagement", "BigQuery", _bigquery_changes),
+        SinkSpec("bigquery_content", "content", "BigQueryContent", _bigquery_content),
     ),
     "faulty": (SinkSpec("faulty", "engagement", "FaultInjection", _fault_injection),),
 }

@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.decode import DecodeError, decode_content, decode_engagement, decode_error_letter
-from pipeline.metrics import MissingContentError, contributions
+from pipeline.metrics import MissingContentError, contributions, engagement_pct, engagement_seconds
 from pipeline.model import DeadLetter, EngagementChange, EnrichedChange, Skipped
 from pipeline.sources.content_view import ContentView
 from pipeline.sources.kafka_partitions import RecordBatch, records
@@ -118,6 +118,8 @@ class JoinContentFn(beam.DoFn):
                 parts = contributions(change, lookup)
                 row = change.after or change.before
                 content = None if row is None or row.content_id is None else lookup(row.content_id)
+                seconds = None if row is None else engagement_seconds(row.duration_ms)
+                length = None if content is None else content.length_seconds
                 return EnrichedChange(
                     change.position,
                     change.key,
@@ -129,6 +131,8 @@ class JoinContentFn(beam.DoFn):
                     change.after,
                     content,
                     parts,
+                    seconds,
+                    engagement_pct(seconds, length),
                 )
             except MissingContentError as missing:
                 self._waited.inc()

@@ -52,6 +52,6 @@ def test_a_shared_lane_reads_once_and_fans_out():
 def test_an_unknown_sink_stops_the_command_at_once(monkeypatch, capsys):
     from pipeline.__main__ import main
 
-    monkeypatch.setenv("PIPELINE_SINKS", "redis,bigquery")
+    monkeypatch.setenv("PIPELINE_SINKS", "redis,snowflake")
     assert main([]) == 2
-    assert "unknown sink ['bigquery']" in capsys.readouterr().err
+    assert "unknown sink ['snowflake']" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""Rows for BigQuery's insertAll, their insertIds, and what an insert error means (pure).
+
+Values are sent as JSON: timestamps as RFC 3339 strings with microseconds (the emulator reads a
+number as microseconds and BigQuery as seconds, a string means the same to both), ``JSON`` columns
+as serialized JSON text (what insertAll expects for that type).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from sinks.bigquery_tables import event_slot
+from sinks.records import ContentChange, EnrichedChange, SourcePosition
+
+MAX_INSERT_ID: Final = 128
+# Per-row insertErrors reasons that say "this row was fine, send it again": the request stopped
+# because of another row (skipInvalidRows=false), or the backend failed for this row.
+RETRYABLE_ROW_REASONS: Final = frozenset(
+    {"stopped", "backendError", "internalError", "timeout", "quotaExceeded", "rateLimitExceeded", "tableUnavailable"}
+)
+
+
+def insert_id(position: SourcePosition) -> str:
+    """The row's insertId: its source position, the same on every replay; hashed if a long topic
+    name would pass BigQuery's 128 characters."""
+    record_id = position.record_id
+    if len(record_id) <= MAX_INSERT_ID:
+        return record_id
+    return hashlib.blake2b(record_id.encode(), digest_size=32).hexdigest()
+
+
+def timestamp(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def millis(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return timestamp(datetime.fromtimestamp(ms / 1000, UTC))
+
+
+def _source(position: SourcePosition, sequence: tuple[int, int] | None, commit_ts_ms: int, written_at: str) -> dict:
+    return {
+        "commit_ts": millis(commit_ts_ms),
+        "source_commit_lsn": None if sequence is None else sequence[0],
+        "source_lsn": None if sequence is None else sequence[1],
+        "source_topic": position.topic,
+        "source_partition": position.partition,
+        "source_offset": position.offset,
+        "written_at": written_at,
+    }
+
+
+def change_row(change: EnrichedChange, written_at: str) -> dict[str, Any]:
+    """One changelog row: the after-image (the before-image of a delete), metrics, content, source."""
+    row = change.row
+    if row is None:
+        raise ValueError(f"{change.position.record_id}: op {change.op!r} has no row image")
+    content = change.content
+    pct = change.engagement_pct
+    return {
+        "op": change.op,
+        "id": row.id,
+        "content_id": row.content_id,
+        "user_id": row.user_id,
+        "event_type": row.event_type,
+        "event_ts": timestamp(row.event_ts),
+        "event_slot": event_slot(row.event_ts),
+        "duration_ms": row.duration_ms,
+        "device": row.device,
+        "raw_payload": None if row.raw_payload is None else orjson.dumps(row.raw_payload).decode(),
+        "engagement_seconds": change.engagement_seconds,
+        "engagement_pct": pct,
+        "over_100": pct is not None and pct > 100,
+        "slug": None if content is None else content.slug,
+        "title": None if content is None else content.title,
+        "content_type": None if content is None else content.content_type,
+        "length_seconds": None if content is None else content.length_seconds,
+        **_source(change.position, change.sequence, change.commit_ts_ms, written_at),
+    }
+
+
+def content_row(change: ContentChange, written_at: str) -> dict[str, Any]:
+    row = change.before if change.op == "d" else change.after
+    if row is None:
+        raise ValueError(f"{change.position.record_id}: op {change.op!r} has no row image")
+    return {
+        "op": change.op,
+        "id": row.id,
+        "slug": row.slug,
+        "title": row.title,
+        "content_type": row.content_type,
+        "length_seconds": row.length_seconds,
+        "publish_ts": timestamp(row.publish_ts),
+        **_source(change.position, change.sequence, change.commit_ts_ms, written_at),
+    }
+
+
+def audit_row(change: EnrichedChange | ContentChange, written_at: str) -> dict[str, Any]:
+    """The envelope as it arrived: op, before, after and source as JSON text (seed 001's raw history)."""
+    value = change.value or b""
+    try:
+        envelope = orjson.loads(value)
+        payload = envelope.get("payload", envelope) if isinstance(envelope, dict) else None
+    except orjson.JSONDecodeError:
+        payload = None
+    row: dict[str, Any] = {"op": change.op, "before": None, "after": None, "source": None, "envelope": None}
+    if isinstance(payload, dict):
+        for part in ("before", "after", "source"):
+            if payload.get(part) is not None:
+                row[part] = orjson.dumps(payload[part]).decode()
+    else:
+        row["envelope"] = value.decode("utf-8", errors="replace")
+    row["key"] = None if change.key is None else change.key.decode("utf-8", errors="replace")
+    return {**row, **_source(change.position, change.sequence, change.commit_ts_ms, written_at)}
+
+
+def describe(errors: list[dict[str, Any]]) -> str:
+    """One line for a row's insertErrors: reason, column and message of each."""
+    parts = []
+    for error in errors:
+        where = f" at {error['location']}" if error.get("location") else ""
+        parts.append(f"{error.get('reason') or 'error'}{where}: {error.get('message', '').strip()}")
+    return "; ".join(parts) or "rejected without a reason"
+
+
+def is_retryable_row(errors: list[dict[str, Any]]) -> bool:
+    """A row is sent again only if every error it has says it was not at fault (see above)."""
+    return bool(errors) and all(error.get("reason") in RETRYABLE_ROW_REASONS for error in errors)

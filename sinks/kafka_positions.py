@@ -1,0 +1,115 @@
+"""Positions of a non-atomic sink, stored as Kafka committed offsets of a consumer group of its own.
+
+A sink that cannot store positions in the same write as its data (BigQuery, an HTTP endpoint) stores
+them after the write, and is idempotent by record id (``sinks.contract``). Where those positions
+live is then a free choice, and Kafka is the one that adds no dependency: the lane reads Kafka
+anyway, so an outage of Kafka stops the lane whatever the store, while a store in Redis would
+stop the BigQuery lane whenever Redis is down. It is also where Kafka Connect's sink connectors keep
+theirs, so ``kafka-consumer-groups --describe --group <group>`` and every lag exporter show how far
+behind the sink is, per partition, with no extra tooling.
+
+Each sink has its own group, ``<PIPELINE_CONSUMER_GROUP>.sink.<sink name>``, that no consumer ever
+joins: the offsets are committed by a consumer that never subscribes (a "simple" commit, which the
+broker accepts for a group with no members). The committed offset is ``Position.next_offset``; its
+metadata string holds the encoded ``Position`` (with the Debezium mark). The broker caps metadata at
+``offset.metadata.max.bytes`` (4,096 by default); a mark whose key digests would pass
+``METADATA_MAX_BYTES`` is stored without them. That is safe here, and only here: without the
+digests, a re-send at exactly the mark's LSN is written again, which a sink idempotent by record
+id absorbs.
+
+Caveat: Kafka expires the offsets of a group without members ``offsets.retention.minutes`` (7 days
+by default) after their last commit. A partition with no new records for longer, or a pipeline
+stopped for longer, restarts from the earliest offset; the sink then writes duplicates, which its
+idempotent target absorbs. Raise the broker setting if that replay is too long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from sinks.contract import SinkUnavailable
+from sinks.positions import Mark, Position, decode, encode
+
+METADATA_MAX_BYTES: Final = 4_000
+_TIMEOUT_S: Final = 10.0
+
+
+def stored_form(position: Position) -> str:
+    """The metadata string for ``position``: digests dropped if they would pass the broker's cap."""
+    text = encode(position)
+    if len(text) <= METADATA_MAX_BYTES or position.mark is None:
+        return text
+    mark = position.mark
+    return encode(Position(position.next_offset, Mark(mark.commit_lsn, mark.lsn)))
+
+
+def read_form(offset: int, metadata: str | None) -> Position:
+    """The position a committed offset stands for; the offset wins over stale metadata."""
+    if metadata:
+        try:
+            position = decode(metadata)
+        except ValueError:
+            return Position(offset)
+        if position.next_offset == offset:
+            return position
+    return Position(offset)
+
+
+def group_id(consumer_group: str, sink_name: str) -> str:
+    return f"{consumer_group}.sink.{sink_name}"
+
+
+class KafkaPositions:
+    """``load``/``store`` a sink's positions; build it in ``Sink.open`` (it holds a client)."""
+
+    def __init__(self, client_config: Mapping[str, Any], group: str) -> None:
+        self.group = group
+        self._consumer = Consumer(
+            {
+                **client_config,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "socket.timeout.ms": int(_TIMEOUT_S * 1000),
+            }
+        )
+
+    def load(self, topics: Sequence[str]) -> dict[str, Position]:
+        with _available("read positions"):
+            partitions = []
+            for topic in topics:
+                meta = self._consumer.list_topics(topic, timeout=_TIMEOUT_S).topics[topic]
+                if meta.error is not None:
+                    raise KafkaException(meta.error)
+                partitions += [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+            committed = self._consumer.committed(partitions, timeout=_TIMEOUT_S) if partitions else []
+        return {f"{tp.topic}:{tp.partition}": read_form(tp.offset, tp.metadata) for tp in committed if tp.offset >= 0}
+
+    def store(self, positions: Mapping[str, Position]) -> None:
+        offsets = []
+        for key, position in positions.items():
+            topic, _, partition = key.rpartition(":")
+            offsets.append(TopicPartition(topic, int(partition), position.next_offset, metadata=stored_form(position)))
+        if offsets:
+            with _available("store positions"):
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@contextmanager
+def _available(what: str) -> Iterator[None]:
+    """Every Kafka error is worth waiting out here (the driver retries positions forever): a broker
+    that is down or electing a coordinator, and also a group someone joined by mistake, which only
+    an operator can fix, and which the driver's warnings then name."""
+    try:
+        yield
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        reason = error.str() if error is not None else str(exc)
+        raise SinkUnavailable(f"Kafka, {what}: {reason}", retry_after_s=1.0) from exc
