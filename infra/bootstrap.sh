@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a Debian/Ubuntu machine without Docker, idempotently:
-#   Debian packages (PostgreSQL, Redis, a JDK 17+, Maven), the Python venv with the project, and the
-#   Kafka / Kafka Connect / Debezium jars from Maven Central. Each step is skipped when already done,
+#   Debian packages (PostgreSQL, Redis, a JDK 17+, Maven), the Python venv with the project, the
+#   BigQuery emulator's venv, and the Kafka / Kafka Connect / Debezium jars from Maven Central. Each step is skipped when already done,
 #   so a second run takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +53,22 @@ if [ ! -e "$stamp" ]; then
   { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install --progress-bar off -e '.[dev]'; } >"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; die "pip install failed (full log: ${log#$ROOT/})"; }
   rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+
+# --- The BigQuery emulator's own venv ------------------------------------------------------------
+# Its pins (DuckDB 1.5.4, FastAPI, grpcio) are not the pipeline's, so it gets a venv of its own.
+BQEMU_VENV="$ROOT/.stack/bqemu-venv"
+BQEMU_REQ=infra/bigquery_emulator/requirements.txt
+stamp="$BQEMU_VENV/.installed-$(sha1sum "$BQEMU_REQ" | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+  step "installing the BigQuery emulator (bqemulator 1.4.0, DuckDB 1.5.4) into ${BQEMU_VENV#$ROOT/} (about a minute the first time)"
+  log="$ROOT/.stack/pip-install-bqemu.log"
+  mkdir -p "$ROOT/.stack"
+  [ -x "$BQEMU_VENV/bin/python" ] || "$PYTHON" -m venv "$BQEMU_VENV"
+  { "$BQEMU_VENV/bin/pip" install --upgrade pip && "$BQEMU_VENV/bin/pip" install --progress-bar off -r "$BQEMU_REQ"; } >"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "installing the BigQuery emulator failed (full log: ${log#$ROOT/})"; }
+  rm -f "$BQEMU_VENV"/.installed-*
   touch "$stamp"
 fi
 

@@ -217,6 +217,10 @@ class StackSettings(BaseSettings):
         # Jars are shared between the dev stack and the test stack: they never change at run time.
         return REPO_ROOT / ".stack" / "lib"
 
+    @property
+    def bigquery_emulator_venv(self) -> Path:
+        return REPO_ROOT / ".stack" / "bqemu-venv"
+
 
 class GeneratorSettings(BaseSettings):
     """The Faker data generator. Seed 004's names (GENERATION_RATE, BURST_MODE, BURST_COUNT) kept."""

@@ -37,6 +37,7 @@ def stored_positions(settings: Settings, lane: Lane) -> list[dict[str, Position]
     stored = []
     for spec in lane.sinks:
         sink = spec.build(settings)
+        sink.open()
         try:
             stored.append(sink.positions([topic]))
         finally:

@@ -1,7 +1,8 @@
 """The whole local stack: start in dependency order, stop in reverse, report health.
 
-Order: Postgres (then roles, schema, publication) -> Redis -> Kafka (then topics) -> Connect (then
-the Debezium connector, waited on until RUNNING). Stopping goes the other way, Connect before Kafka,
+Order: Postgres (then roles, schema, publication) -> Redis -> the BigQuery emulator (then the
+dataset, tables and view; skipped when ``BIGQUERY_EMULATOR_HOST`` is empty) -> Kafka (then topics)
+-> Connect (then the Debezium connector, waited on until RUNNING). Stopping goes the other way, Connect before Kafka,
 because Connect hangs on shutdown while Kafka is gone. ``reset`` also deletes the connector before
 dropping its replication slot, and removes all data, so nothing keeps pinning WAL.
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from infra.process import ServiceProcess, StackError
 from infra.settings import Settings
+from infra.stack.bigquery_emulator import BigQueryEmulator
 from infra.stack.connect import Connect
 from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_specs
 from infra.stack.postgres import Postgres
@@ -37,12 +39,18 @@ class LocalStack:
         stack_dir = settings.stack.dir
         self.postgres = Postgres(settings.postgres, settings.cdc, stack_dir)
         self.redis = RedisServer(settings.redis, stack_dir)
+        self.bigquery = (
+            BigQueryEmulator(settings.bigquery, stack_dir, settings.stack.bigquery_emulator_venv)
+            if settings.bigquery.emulated
+            else None
+        )
         self.kafka = Kafka(settings.kafka, stack_dir, settings.stack.lib_dir)
         self.connect = Connect(settings)
 
     @property
     def processes(self) -> list[ServiceProcess]:
-        return [self.postgres.process, self.redis.process, self.kafka.process, self.connect.process]
+        emulator = [] if self.bigquery is None else [self.bigquery.process]
+        return [self.postgres.process, self.redis.process, *emulator, self.kafka.process, self.connect.process]
 
     def _start(self, process: ServiceProcess) -> None:
         began = time.monotonic()
@@ -59,6 +67,10 @@ class LocalStack:
         self.log("  postgres  roles, schema, grants and publication in place")
         self.redis.write_config()
         self._start(self.redis.process)
+        if self.bigquery is not None:
+            self.bigquery.prepare()
+            self._start(self.bigquery.process)
+            self._ensure_dataset()
         self.kafka.write_config()
         if self.kafka.ensure_formatted():
             self.log("  kafka     formatted KRaft storage")
@@ -72,11 +84,20 @@ class LocalStack:
             self.connect.wait_running(timeout)
             self.log(f"  connector {self.settings.cdc.connector_name} RUNNING")
 
+    def _ensure_dataset(self) -> None:
+        from sinks.bigquery_dataset import Dataset, make_client
+
+        bq = self.settings.bigquery
+        Dataset(make_client(bq), bq, audit=bq.audit).ensure()
+        self.log(f"  bigquery  dataset {bq.dataset_ref}, tables and view {bq.view} in place")
+
     def provision(self) -> None:
         """Roles, schema, topics and connector against services someone else runs (Docker Compose,
         a managed cluster): the same steps ``up`` takes after starting each process."""
         self.postgres.provision()
         self.log("  postgres  roles, schema, grants and publication in place")
+        if self.settings.bigquery.emulated:
+            self._ensure_dataset()
         for change in ensure_topics(admin_client(self.settings.kafka), topic_specs(self.settings.cdc)):
             self.log(f"  topics    {change}")
         self.log("  topics    in place")
@@ -107,7 +128,7 @@ class LocalStack:
                 raise StackError(f"could not drop slot {self.settings.cdc.slot_name}: {last}")
         self.down()
         shutil.rmtree(self.postgres.root, ignore_errors=True)
-        for part in ("redis", "kafka", "connect", "logs", "pids"):
+        for part in ("redis", "bigquery", "kafka", "connect", "logs", "pids"):
             shutil.rmtree(self.settings.stack.dir / part, ignore_errors=True)
         self.log(f"  removed state under {self.settings.stack.dir}")
 

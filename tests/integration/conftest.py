@@ -37,6 +37,7 @@ def make_test_settings() -> Settings:
         ),
         connect=base.connect.model_copy(update={"port": base.connect.port + 100, "group_id": f"connect-{run}"}),
         redis=base.redis.model_copy(update={"port": base.redis.port + 100}),
+        bigquery=base.bigquery.model_copy(update={"emulator_host": "http://127.0.0.1:59150"}),
         cdc=base.cdc.model_copy(
             update={
                 "topic_prefix": f"t{run}",
@@ -49,7 +50,8 @@ def make_test_settings() -> Settings:
         stack=StackSettings(dir=REPO_ROOT / ".stack-test", stop_timeout_s=60.0),
         generator=GeneratorSettings(),
         pipeline=base.pipeline.model_copy(
-            update={"prism_port": base.pipeline.prism_port + 100, "consumer_group": f"pipeline-{run}"}
+            # The Redis tests run the Redis lanes only; the BigQuery tests add theirs.
+            update={"prism_port": base.pipeline.prism_port + 100, "consumer_group": f"pipeline-{run}", "sinks": "redis"}
         ),
     )
 
@@ -65,6 +67,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "STACK_DIR": str(settings.stack.dir),
         "PIPELINE_PRISM_PORT": str(settings.pipeline.prism_port),
         "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
+        "PIPELINE_SINKS": settings.pipeline.sinks,
+        "BIGQUERY_EMULATOR_HOST": settings.bigquery.emulator_host,
     }
 
 

@@ -1,0 +1,61 @@
+"""Start bqemulator with DuckDB's spatial extension taken from a folder of ours, never downloaded.
+
+Run by the emulator's own venv (``.stack/bqemu-venv/bin/python``), not the project's: it imports
+nothing from the project. bqemulator 1.4.0 opens DuckDB with ``duckdb.connect(path)`` and then
+runs ``INSTALL spatial; LOAD spatial``, which downloads the extension. DuckDB finds an extension
+already installed in its ``extension_directory`` (``<dir>/v<version>/<platform>/``) and skips the
+download, so this wrapper links the file shipped in the ``duckdb-extension-spatial`` wheel there
+and passes that folder to every ``duckdb.connect``. No file goes to ``~/.duckdb``.
+
+Usage: ``python launch.py --extension-dir DIR start [bqemulator start options]``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import duckdb_extension_spatial
+
+
+def install_spatial(extension_dir: Path) -> None:
+    version = duckdb.__version__
+    platform = duckdb.execute("PRAGMA platform").fetchone()[0]  # type: ignore[index]
+    shipped = Path(duckdb_extension_spatial.__file__).parent / "extensions" / f"v{version}" / "spatial.duckdb_extension"
+    if not shipped.exists():
+        sys.exit(f"launch.py: {shipped} is missing: duckdb-extension-spatial must match duckdb {version}")
+    target = extension_dir / f"v{version}" / platform / "spatial.duckdb_extension"
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.symlink_to(shipped)
+    except OSError:
+        shutil.copyfile(shipped, target)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if len(args) < 2 or args[0] != "--extension-dir":
+        sys.exit(__doc__)
+    extension_dir = Path(args[1])
+    install_spatial(extension_dir)
+    connect = duckdb.connect
+
+    def connect_with_our_extensions(database: Any = ":memory:", read_only: bool = False, config: Any = None, **kw: Any):  # noqa: ANN202
+        settings = dict(config or {})
+        settings.setdefault("extension_directory", str(extension_dir))
+        return connect(database, read_only=read_only, config=settings, **kw)
+
+    duckdb.connect = connect_with_our_extensions
+    from bqemulator.cli import main as bqemulator
+
+    sys.argv = ["bqemulator", *args[2:]]
+    sys.exit(bqemulator())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The BigQuery sink on the real stack and the emulator: the view equals Postgres after kill -9,
+a replay changes nothing, a wrong-typed row is dead-lettered, and an outage is waited out."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from infra.settings import Settings
+from infra.stack.kafka import TopicSpec, admin_client, end_offsets, ensure_topics
+from infra.stack.local import LocalStack
+from sinks.bigquery import BigQueryChangesSink
+from sinks.bigquery_admin import run_query
+from sinks.bigquery_dataset import make_client
+from sinks.bigquery_tables import Quarter
+from sinks.dead_letter import DeadLetterProducer
+from sinks.flush import Flusher
+from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.positions import Position
+from sinks.records import ContentRow, EngagementRow, EnrichedChange, SourcePosition
+
+from .bigquery_helpers import assert_view_matches_sql, view_rows, wait_bigquery_caught_up
+from .pipeline_helpers import assert_redis_matches_sql, flush_redis, run_bounded, streaming, wait_caught_up
+from .test_pipeline import generate, read_dead_letters
+
+pytestmark = pytest.mark.integration
+BOTH = {"PIPELINE_SINKS": "redis,bigquery"}
+TEST_TOPIC = "bqtest"
+
+
+def changelog_count(settings: Settings) -> int:
+    bq = settings.bigquery
+    table = f"{bq.dataset}.{bq.changes_table}_{Quarter.of(datetime.now(UTC)).suffix}"
+    return run_query(make_client(bq), f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
+
+
+def test_the_view_equals_postgres_after_three_kill_9(stack: LocalStack, settings: Settings, tmp_path):
+    flush_redis(settings)
+    rng = random.Random(12)
+    with streaming(settings, tmp_path / "pipeline.log", **BOTH) as pipeline:
+        generator = generate(settings, "--rate", "90000", "--duration", "24")  # 1,500 events/s
+        for _ in range(3):
+            time.sleep(rng.uniform(3.0, 7.0))
+            pipeline.kill9()
+            pipeline.start()
+        assert generator.wait(120) == 0, generator.stdout.read() if generator.stdout else ""
+        wait_caught_up(settings, timeout=180)
+        wait_bigquery_caught_up(settings, timeout=240)
+        assert pipeline.alive()
+    rows = assert_view_matches_sql(settings)
+    assert rows > 30_000  # the workload's inserts, less its deletes
+    assert_redis_matches_sql(settings)
+
+
+def test_a_replay_from_earlier_positions_leaves_the_view_unchanged(stack: LocalStack, settings: Settings):
+    assert generate(settings, "--burst", "3000", "--seed", "5").wait(120) == 0
+    run_bounded(settings, PIPELINE_SINKS="bigquery")
+    wait_bigquery_caught_up(settings)
+    before_view, before_rows = view_rows(settings), changelog_count(settings)
+    topic = settings.cdc.engagement_topic
+    store = KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, "bigquery"))
+    # Back to offset 0 in every partition: every change is written a second time.
+    store.store({f"{topic}:{p}": Position(0) for p in end_offsets(settings.kafka, topic)})
+    store.close()
+    run_bounded(settings, PIPELINE_SINKS="bigquery")
+    wait_bigquery_caught_up(settings)
+    assert changelog_count(settings) == 2 * before_rows  # the emulator keeps repeats ...
+    assert view_rows(settings) == before_view  # ... and the view shows none of them
+    assert_view_matches_sql(settings)
+
+
+@pytest.fixture
+def bigquery_flusher(stack: LocalStack, settings: Settings) -> Iterator[Flusher]:
+    # A topic of its own: the sink's positions are committed offsets, which need a topic to exist.
+    ensure_topics(admin_client(settings.kafka), [TopicSpec(TEST_TOPIC, 1)])
+    sink = BigQueryChangesSink(settings.bigquery, settings.kafka, f"flusher-{time.time_ns()}")
+    sink.open()
+    letters = DeadLetterProducer(settings.kafka.client_config(), settings.cdc.dlq_topic, 1_000_000)
+    flusher = Flusher(sink, letters, [TEST_TOPIC], owns_upstream_letters=True)
+    flusher.load()
+    try:
+        yield flusher
+    finally:
+        sink.close()
+        letters.close()
+
+
+def _change(offset: int, duration: object) -> EnrichedChange:
+    event_id = 800_000_000 + offset
+    row = EngagementRow(event_id, "c-bq", None, "play", datetime.now(UTC), duration, "web", None)  # type: ignore[arg-type]
+    content = ContentRow("c-bq", "slug", "Title", "video", 100, None)
+    key = b'{"id": %d}' % event_id
+    return EnrichedChange(
+        SourcePosition(TEST_TOPIC, 0, offset), key, b'{"v": %d}' % offset, "c", (1, offset), 0, None, row, content, ()
+    )
+
+
+def test_a_wrong_typed_row_is_dead_lettered_and_the_rest_is_written(bigquery_flusher: Flusher, settings: Settings):
+    started = time.monotonic()
+    report = bigquery_flusher.flush([_change(1, 1000), _change(2, "not a number"), _change(3, 3000)])
+    assert time.monotonic() - started < 30  # one bad row does not make the client retry for minutes
+    assert (report.written, dict(report.letters)) == (2, {"bigquery": 1})
+    [letter] = read_dead_letters(settings, expected=1, timeout=30, stage="bigquery")
+    assert letter["offset_key"] == "0:2"
+    # The emulator names the first column, not the wrong one (docs/bigquery.md); BigQuery names it.
+    assert letter["reason"] == "BigQuery insertErrors: invalid at op: Cannot convert value to string (bad value): c"
+    assert (letter["key"], letter["value"]) == (b'{"id": 800000002}', b'{"v": 2}')
+    ids = {r["id"] for r in run_query(make_client(settings.bigquery), "SELECT id FROM analytics.engagement_events")}
+    assert {800_000_001, 800_000_003} <= ids and 800_000_002 not in ids
+    key = f"{TEST_TOPIC}:0"
+    assert bigquery_flusher.sink.positions([TEST_TOPIC]) == {key: bigquery_flusher.stored[key]}
+    assert bigquery_flusher.stored[key].next_offset == 4
+
+
+def test_a_30_s_emulator_outage_is_waited_out_and_the_board_is_unaffected(
+    stack: LocalStack, settings: Settings, tmp_path
+):
+    flush_redis(settings)
+    emulator = stack.bigquery
+    assert emulator is not None
+    with streaming(settings, tmp_path / "pipeline.log", **BOTH) as pipeline:
+        wait_bigquery_caught_up(settings)
+        generator = generate(settings, "--rate", "60000", "--duration", "12")  # 1,000 events/s
+        time.sleep(3)
+        emulator.process.kill()
+        down_at = time.monotonic()
+        assert generator.wait(60) == 0, generator.stdout.read() if generator.stdout else ""
+        # While BigQuery is still gone, the leaderboards have every change and equal SQL.
+        wait_caught_up(settings, timeout=25)
+        assert_redis_matches_sql(settings)
+        assert time.monotonic() - down_at < 30  # the checks above ran during the outage
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        emulator.process.start(settings.stack.start_timeout_s)
+        wait_bigquery_caught_up(settings, timeout=240)
+        assert pipeline.alive()
+    assert_view_matches_sql(settings)
