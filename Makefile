@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STACK := $(PY) -m infra.stack
 
-.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bigquery-roll bigquery-query clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ logs: ## last lines of every service's log (SERVICE=connect for one)
 reset: ## delete connector and slot, stop everything, remove all local data
 	@if [ -x $(PY) ]; then $(STACK) reset; fi
 
-demo: up ## the main job: stack, CDC, the Beam pipeline and a live leaderboard
+demo: up ## the main job: stack, CDC, the Beam pipeline, a live leaderboard, and seed 004's BigQuery query
 	@echo "==> seeding the content catalogue"
 	@$(PY) -m generator --seed-only
 	@echo "==> CDC envelopes on Kafka"
@@ -68,7 +68,18 @@ bench-pipeline: up ## pipeline drain rate, end-to-end latency, highest sustained
 bench-lanes: up ## Redis latency while another sink is down for 60 s; the cost of an extra lane
 	@$(PY) -m loadtest.bench_lanes --rate 3333 --duration $${BENCH_LANE_SECONDS:-120} --outage 60
 
-bench: bench-generator bench-cdc bench-pipeline bench-lanes ## all benchmarks
+bench-bigquery: up ## BigQuery: insertAll rate per request size, drain rate, commit -> visible, the board's cost
+	@$(PY) -m loadtest.bench_bigquery insert --batches 100,500,1000,2000
+	@$(PY) -m loadtest.bench_bigquery drain --events $${BENCH_BQ_EVENTS:-100000}
+	@$(PY) -m loadtest.bench_bigquery latency --rate $${BENCH_BQ_RATE:-3333} --duration $${BENCH_BQ_SECONDS:-120}
+
+bigquery-roll: up ## create the coming quarters' changelog tables; RETAIN=N drops quarters older than the last N
+	@$(PY) -m sinks.bigquery_admin roll $(if $(RETAIN),--retain $(RETAIN))
+
+bigquery-query: up ## run seed 004's query on BigQuery (SQL="..." for another)
+	@$(PY) -m sinks.bigquery_admin query $(if $(SQL),"$(SQL)")
+
+bench: bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery ## all benchmarks
 
 clean: reset ## reset, and remove the venv and downloaded jars
 	rm -rf .venv .stack .stack-test

@@ -95,7 +95,8 @@ def streaming_pipeline(extra_env: dict[str, str] | None = None) -> Iterator[subp
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline"],
         cwd=REPO_ROOT,
-        env={**os.environ, **(extra_env or {})},
+        # The Redis lanes unless a benchmark asks for more (bench_bigquery, bench_lanes).
+        env={**os.environ, "PIPELINE_SINKS": "redis", **(extra_env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -142,8 +143,10 @@ def latency_phase(
     extra_env: dict[str, str] | None = None,
     during: Callable[[float], None] | None = None,
     sampler: ProcessSampler | None = None,
+    with_prober: Callable[[Prober], None] | None = None,
 ) -> Prober:
-    """Probes at ``rate`` for ``duration`` s; ``during(elapsed_s)`` is called about 5 times a second."""
+    """Probes at ``rate`` for ``duration`` s; ``during(elapsed_s)`` is called about 5 times a second,
+    ``with_prober(prober)`` once the probes start (to watch them reach another sink too)."""
     client = settings.redis.client()
     sampler = sampler or stack_sampler(stack)
     with streaming_pipeline(extra_env) as supervisor:
@@ -155,6 +158,8 @@ def latency_phase(
         sampler.add("generator", gen.pid)
         began = time.monotonic()
         with Prober(settings) as prober:
+            if with_prober is not None:
+                with_prober(prober)
             next_lag = began + 10
             while gen.poll() is None:
                 sampler.sample()
@@ -263,6 +268,7 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--bounded"],
         cwd=REPO_ROOT,
+        env={**os.environ, "PIPELINE_SINKS": "redis"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

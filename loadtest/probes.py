@@ -73,6 +73,7 @@ class Prober:
         self.to_kafka: list[float] = []  # commit -> on the topic, ms
         self.from_kafka: list[float] = []  # on the topic -> on the board, ms
         self.timeouts = 0
+        self.committed: dict[int, float] = {}  # probe event id -> monotonic commit time
         self._stop = threading.Event()
         self.content_id = str(uuid.uuid4())
         self.board = board_key(settings.leaderboard.window_minutes)
@@ -111,6 +112,8 @@ class Prober:
                 (self.content_id,),
             ).fetchone()
             committed = time.monotonic()
+            if row:
+                self.committed[row[0]] = committed
             expected += 1.0
             while (score := client.zscore(self.board, self.content_id)) is None or score < expected - 1e-6:
                 if time.monotonic() - committed > 10:

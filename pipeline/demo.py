@@ -1,7 +1,8 @@
 """``python -m pipeline.demo``: the main job end to end on the local stack, with a live leaderboard.
 
 Starts the pipeline (under its supervisor) and the generator at seed 004's rate, prints the
-leaderboard every few seconds, then stops both. ``make demo`` runs it after ``make up``.
+leaderboard every few seconds, then (when the BigQuery sink runs) waits for BigQuery to catch up
+and prints seed 004's query with its result, then stops both. ``make demo`` runs it after ``make up``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,43 @@ import time
 from infra.process import stop_group
 from infra.settings import REPO_ROOT, Settings
 from sinks.leaderboard_view import render
+from sinks.registry import lanes
+
+
+def show_bigquery(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Wait until the BigQuery sinks have stored the topics' end, then run seed 004's query."""
+    from sinks.bigquery_admin import run_query, seed_query
+    from sinks.bigquery_dataset import make_client
+    from sinks.kafka_positions import KafkaPositions, group_id
+
+    topics = {"bigquery": settings.cdc.engagement_topic, "bigquery_content": settings.cdc.content_topic}
+    stores = {
+        sink: KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, sink))
+        for sink in topics
+    }
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            behind = sum(sum(stores[sink].lag(topic).values()) for sink, topic in topics.items())
+            if behind == 0:
+                break
+            if time.monotonic() > deadline:
+                print(f"==> BigQuery is still {behind:,} changes behind; querying what it has", flush=True)
+                break
+            print(f"==> BigQuery: {behind:,} changes to go", flush=True)
+            time.sleep(3)
+    finally:
+        for store in stores.values():
+            store.close()
+    bq = settings.bigquery
+    client = make_client(bq)
+    sql = seed_query(bq)
+    count = run_query(client, f"SELECT COUNT(*) AS n FROM {bq.dataset}.{bq.view}")[0]["n"]
+    print(f"\n==> BigQuery ({bq.emulator_host or bq.project_id}): {count:,} rows in {bq.dataset}.{bq.view}")
+    print(f"    {sql}")
+    for row in run_query(client, sql):
+        pct = row["avg_engagement_pct"]
+        print(f"    {row['content_type'] or '(none)':<11} {'-' if pct is None else f'{pct:6.2f} %'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + render(client, settings.leaderboard), flush=True)
             for content_type in ("podcast", "newsletter", "video"):
                 print("\n" + render(client, settings.leaderboard, 3, content_type), flush=True)
+            if any(spec.name == "bigquery" for lane in lanes(settings.pipeline.sinks) for spec in lane.sinks):
+                show_bigquery(settings)
             return generator.returncode or 0
         finally:
             stop_group(pipeline)

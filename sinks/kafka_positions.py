@@ -98,6 +98,17 @@ class KafkaPositions:
             with _available("store positions"):
                 self._consumer.commit(offsets=offsets, asynchronous=False)
 
+    def lag(self, topic: str) -> dict[int, int]:
+        """Records per partition of ``topic`` past what the sink has stored (tools, status, demo)."""
+        stored = self.load([topic])
+        lag = {}
+        meta = self._consumer.list_topics(topic, timeout=_TIMEOUT_S).topics[topic]
+        for partition in sorted(meta.partitions):
+            _, end = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=_TIMEOUT_S)
+            position = stored.get(f"{topic}:{partition}")
+            lag[partition] = max(0, end - (0 if position is None else position.next_offset))
+        return lag
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -56,11 +56,11 @@ def test_conninfo_uses_the_right_role():
     assert "dbname=postgres " in pg.conninfo(superuser=True, dbname="postgres")
 
 
-def test_env_example_names_every_pipeline_and_leaderboard_setting():
-    from infra.settings import REPO_ROOT, LeaderboardSettings, PipelineSettings
+def test_env_example_names_every_pipeline_leaderboard_and_bigquery_setting():
+    from infra.settings import REPO_ROOT, BigQuerySettings, LeaderboardSettings, PipelineSettings
 
     example = (REPO_ROOT / ".env.example").read_text()
-    for model in (PipelineSettings, LeaderboardSettings):
+    for model in (PipelineSettings, LeaderboardSettings, BigQuerySettings):
         prefix = model.model_config.get("env_prefix", "")
         for name in model.model_fields:
             assert f"{prefix}{name.upper()}=" in example, f"{prefix}{name.upper()} missing from .env.example"

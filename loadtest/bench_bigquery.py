@@ -1,0 +1,232 @@
+"""The BigQuery sink against the emulator: insert rate, drain rate, commit -> visible, and its cost.
+
+    make bench-bigquery                          # all three, about 8 minutes
+    python -m loadtest.bench_bigquery insert --batches 100,500,1000,2000
+    python -m loadtest.bench_bigquery drain --events 100000
+    python -m loadtest.bench_bigquery latency --rate 3333 --duration 120
+
+- ``insert``: insertAll alone (no pipeline), changelog rows of the sink's shape into a scratch table,
+  per request size: the emulator's ceiling, and its CPU.
+- ``drain``: a burst of ``--events`` rows, then a bounded pipeline run with the BigQuery lanes
+  only, from the positions the sink had: rows/s through the sink, and the CPU of the job against
+  the emulator's, which says which of the two limits the rate.
+- ``latency``: two streaming runs at ``--rate`` events/s with probe rows, ``PIPELINE_SINKS=redis``
+  then ``redis,bigquery``: commit -> on ``top_engagement:10min`` in both (the board's cost of the
+  BigQuery lanes, same run), and commit -> in the changelog, which the view reads at query time
+  (so it is also commit -> visible in ``analytics.engagement_events``).
+
+Run on a quiet machine with the stack up (``make up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+from google.cloud import bigquery
+
+from infra.process import stop_group
+from infra.settings import REPO_ROOT, Settings
+from infra.stack.local import LocalStack
+from loadtest.bench_pipeline import children, generator, latency_phase, say, stack_sampler
+from loadtest.probes import Prober
+from loadtest.procstats import ProcessSampler, describe, machine, percentile
+from sinks.bigquery_dataset import make_client
+from sinks.bigquery_rows import change_row, insert_id
+from sinks.bigquery_tables import CHANGES_SCHEMA, Quarter, changes_table_id
+from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.records import ContentRow, EngagementRow, EnrichedChange, SourcePosition
+
+CONTENT = ContentRow("bench", "bench", "Benchmark", "video", 600, None)
+
+
+def sample_rows(n: int, base: int) -> tuple[list[dict], list[str]]:
+    rows, ids = [], []
+    for i in range(n):
+        row = EngagementRow(base + i, "bench", str(uuid.uuid4()), "play", datetime.now(UTC), 61_000, "web", {"a": 1})
+        change = EnrichedChange(
+            SourcePosition("bench", 0, base + i), b"k", b"v", "c", (1, base + i), 0, None, row, CONTENT, (), 61.0, 10.2
+        )
+        rows.append(change_row(change, "2026-12-02T00:00:00.000000Z"))
+        ids.append(insert_id(change.position))
+    return rows, ids
+
+
+def emulator_sampler(stack: LocalStack) -> ProcessSampler:
+    if stack.bigquery is None or stack.bigquery.process.pid() is None:
+        raise SystemExit("the BigQuery emulator is not running: `make up` (with BIGQUERY_EMULATOR_HOST set)")
+    return ProcessSampler({"bigquery": stack.bigquery.process.pid()})  # type: ignore[dict-item]
+
+
+def cmd_insert(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    bq = settings.bigquery
+    client = make_client(bq)
+    for size in (int(x) for x in args.batches.split(",")):
+        table = bigquery.Table(f"{bq.dataset_ref}.bench_insert_{size}_{int(time.time())}", schema=CHANGES_SCHEMA)
+        client.create_table(table)
+        sampler = emulator_sampler(stack)
+        batches = [sample_rows(size, k * size) for k in range(max(1, args.rows // size))]
+        calls = []
+        began = time.monotonic()
+        for rows, ids in batches:
+            start = time.monotonic()
+            errors = client.insert_rows_json(table, rows, row_ids=ids, skip_invalid_rows=True, timeout=60)
+            calls.append((time.monotonic() - start) * 1000)
+            assert not errors, errors[:1]
+            sampler.sample()
+        elapsed = time.monotonic() - began
+        total = size * len(batches)
+        say(
+            f"INSERT {size:>5} rows/request: {total / elapsed:,.0f} rows/s over {total:,} rows;"
+            f" per request median {percentile(calls, 50):,.0f} ms, p99 {percentile(calls, 99):,.0f} ms"
+        )
+        for line in sampler.report():
+            say(f"  {line}")
+        client.delete_table(table)
+
+
+def lag(settings: Settings) -> int:
+    store = KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, "bigquery"))
+    try:
+        return sum(store.lag(settings.cdc.engagement_topic).values())
+    finally:
+        store.close()
+
+
+def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    if lag(settings):
+        say(f"  (the BigQuery sink is {lag(settings):,} records behind before the burst; they count too)")
+    gen = generator("--burst", str(args.events))
+    assert gen.wait(600) == 0, gen.stdout.read() if gen.stdout else ""
+    total, previous = lag(settings), -1
+    while total != previous:  # until Debezium has published the whole burst
+        time.sleep(3)
+        previous, total = total, lag(settings)
+    say(f"{total:,} records for the BigQuery sink")
+    sampler = stack_sampler(stack)
+    log = open(REPO_ROOT / ".stack" / "logs" / "bench-bigquery.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--bounded"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PIPELINE_SINKS": "bigquery"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    first: tuple[float, int] | None = None
+    try:
+        while proc.poll() is None:
+            left = lag(settings)
+            if first is None and left < total:
+                first = (time.monotonic(), left)
+                for name, pid in children(proc.pid).items():
+                    sampler.add(name, pid)
+            sampler.sample()
+            time.sleep(0.5)
+    finally:
+        stop_group(proc)
+        log.close()
+    left = lag(settings)
+    if proc.returncode != 0 or first is None or left:
+        raise SystemExit(f"bounded run failed (exit {proc.returncode}, {left:,} records left)")
+    rate = first[1] / (time.monotonic() - first[0])
+    say(f"BIGQUERY DRAIN: {total:,} records at {rate:,.0f} rows/s (bounded run, BigQuery lanes only)")
+    for line in sampler.report():
+        say(f"  {line}")
+
+
+class ChangelogWatch:
+    """Polls the changelog for the prober's rows: commit -> visible in BigQuery, per probe."""
+
+    def __init__(self, settings: Settings, prober: Prober, interval: float = 0.1) -> None:
+        bq = settings.bigquery
+        self._client = make_client(bq)
+        self._prober = prober
+        self._table = changes_table_id(bq, Quarter.of(datetime.now(UTC)).suffix)
+        self._interval = interval
+        self.latencies: list[float] = []
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sql = f"SELECT id FROM `{self._table}` WHERE content_id = @c"
+        config = bigquery.QueryJobConfig(
+            query_parameters=[bigquery.ScalarQueryParameter("c", "STRING", self._prober.content_id)]
+        )
+        while not self._stop.is_set():
+            rows = self._client.query(sql, job_config=config).result(timeout=30)
+            now = time.monotonic()
+            for row in rows:
+                committed = self._prober.committed.get(row["id"])
+                if row["id"] not in self.seen and committed is not None:
+                    self.seen.add(row["id"])
+                    self.latencies.append((now - committed) * 1000)
+            self._stop.wait(self._interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    say(f"--- 1/2 PIPELINE_SINKS=redis at {args.rate:,} events/s for {args.duration:g} s")
+    alone = latency_phase(settings, stack, args.rate, args.duration, extra_env={"PIPELINE_SINKS": "redis"})
+    say(f"--- 2/2 PIPELINE_SINKS=redis,bigquery at {args.rate:,} events/s for {args.duration:g} s")
+    watches: list[ChangelogWatch] = []
+    sampler = stack_sampler(stack)
+    both = latency_phase(
+        settings,
+        stack,
+        args.rate,
+        args.duration,
+        extra_env={"PIPELINE_SINKS": "redis,bigquery"},
+        sampler=sampler,
+        with_prober=lambda prober: watches.append(ChangelogWatch(settings, prober)),
+    )
+    # The watch goes on after the run until every probe is visible (or 60 s pass): the lag at the end.
+    deadline = time.monotonic() + 60
+    while len(watches[0].seen) < len(both.committed) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    watches[0].close()
+    missing = len(both.committed) - len(watches[0].seen)
+    say(
+        f"COMMIT -> VISIBLE IN BIGQUERY at {args.rate:,} events/s: {describe(watches[0].latencies, 'probes')}"
+        + (f", {missing} not visible 60 s after the run" if missing else "")
+    )
+    p99_alone, p99_both = percentile(alone.latencies, 99), percentile(both.latencies, 99)
+    say(
+        f"LEADERBOARD p99 with BigQuery {p99_both:,.0f} ms, without {p99_alone:,.0f} ms:"
+        f" ratio {p99_both / p99_alone:.2f};"
+        f" p50 {percentile(both.latencies, 50):,.0f} vs {percentile(alone.latencies, 50):,.0f} ms"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    insert = commands.add_parser("insert")
+    insert.add_argument("--batches", default="100,500,1000,2000")
+    insert.add_argument("--rows", type=int, default=20_000, help="rows per request size")
+    drain = commands.add_parser("drain")
+    drain.add_argument("--events", type=int, default=100_000)
+    latency = commands.add_parser("latency")
+    latency.add_argument("--rate", type=int, default=3333)
+    latency.add_argument("--duration", type=float, default=120)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    stack = LocalStack(settings)
+    say(f"machine: {machine()}")
+    {"insert": cmd_insert, "drain": cmd_drain, "latency": cmd_latency}[args.command](settings, stack, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
