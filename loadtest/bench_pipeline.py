@@ -144,9 +144,14 @@ def latency_phase(
     during: Callable[[float], None] | None = None,
     sampler: ProcessSampler | None = None,
     with_prober: Callable[[Prober], None] | None = None,
+    linger: Callable[[], bool] | None = None,
+    linger_timeout_s: float = 180.0,
+    before_load: Callable[[], None] | None = None,
 ) -> Prober:
     """Probes at ``rate`` for ``duration`` s; ``during(elapsed_s)`` is called about 5 times a second,
-    ``with_prober(prober)`` once the probes start (to watch them reach another sink too)."""
+    ``with_prober(prober)`` once the probes start (to watch them reach another sink too), and
+    ``linger()`` after the load, until it returns True, while the pipeline still runs;
+    ``before_load()`` once the leaderboards have caught up, before the load starts."""
     client = settings.redis.client()
     sampler = sampler or stack_sampler(stack)
     with streaming_pipeline(extra_env) as supervisor:
@@ -154,6 +159,8 @@ def latency_phase(
         for name, pid in children(supervisor.pid).items():
             sampler.add(name, pid)
         wait_until_caught_up(settings, client, 600)
+        if before_load is not None:
+            before_load()
         gen = generator("--rate", str(rate * 60), "--duration", str(duration))
         sampler.add("generator", gen.pid)
         began = time.monotonic()
@@ -169,6 +176,9 @@ def latency_phase(
                     say(f"    t={time.monotonic() - began:5.0f} s  consumer lag {lag(settings, client):,} records")
                     next_lag += 10
                 time.sleep(0.2)
+        deadline = time.monotonic() + linger_timeout_s
+        while linger is not None and not linger() and time.monotonic() < deadline:
+            time.sleep(1.0)
         output = gen.stdout.read() if gen.stdout else ""
     summary = [line for line in output.splitlines() if line.startswith("continuous:")]
     say(f"  {summary[-1] if summary else output[-500:]}")

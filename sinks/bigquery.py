@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import requests
 from google.api_core import exceptions as api
 from google.auth import exceptions as auth_exceptions
@@ -45,7 +46,15 @@ from sinks.bigquery_rows import (
     is_retryable_row,
     timestamp,
 )
-from sinks.bigquery_tables import changes_table_id, period_of
+from sinks.bigquery_storage_write import (
+    StorageWriter,
+    StreamAppender,
+    arrow_schema,
+    convertible,
+    make_write_client,
+    record_batch,
+)
+from sinks.bigquery_tables import AUDIT_SCHEMA, CHANGES_SCHEMA, CONTENT_SCHEMA, changes_table_id, period_of
 from sinks.contract import BatchLimits, Outcome, Retry, RetryPolicy, Sink, SinkUnavailable
 from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.positions import Position
@@ -107,12 +116,16 @@ class BigQuerySink(Sink[Any], abc.ABC):
         self._clock = clock
         self.retry_policy = RetryPolicy(initial_s=0.2, max_backoff_s=settings.max_backoff_s)
         self.limits = BatchLimits(max_records=settings.max_rows_per_request, max_bytes=settings.max_request_bytes)
+        self._appender: StreamAppender | None = None  # built in open() for BIGQUERY_WRITE_MODE=storage_write
 
     def open(self) -> None:
         self.client = make_client(self.settings)
         self.dataset = Dataset(self.client, self.settings, audit=self._with_audit, clock=self._clock)
         self._positions = KafkaPositions(self._kafka, self._group)
         self._retry = bigquery.DEFAULT_RETRY.with_timeout(self.settings.call_retry_deadline_s)
+        if self.settings.write_mode == "storage_write":
+            writer = StorageWriter(make_write_client(self.settings), self.settings.request_timeout_s)
+            self._appender = StreamAppender(writer)
 
     def close(self) -> None:
         positions = getattr(self, "_positions", None)
@@ -123,10 +136,20 @@ class BigQuerySink(Sink[Any], abc.ABC):
             client.close()
 
     def positions(self, topics: Sequence[str]) -> dict[str, Position]:
-        return self._positions.load(topics)
+        appender = self._appender
+        if appender is None:
+            return self._positions.load(topics)
+        loaded = self._positions.load_with_extras(topics)
+        with self._available("finalize write streams"):
+            appender.resume({key: extra for key, (_, extra) in loaded.items() if extra})
+        return {key: position for key, (position, _) in loaded.items()}
 
     def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
-        self._positions.store(positions)
+        appender = self._appender
+        extras = None if appender is None else {key: appender.stored_form(key) for key in positions}
+        self._positions.store(positions, extras)
+        if appender is not None:
+            appender.committed(list(positions))
 
     @abc.abstractmethod
     def rows_for(self, record: Any, written_at: str, now: datetime) -> list[tuple[str, dict[str, Any]]]:
@@ -137,7 +160,10 @@ class BigQuerySink(Sink[Any], abc.ABC):
         now = self._clock()
         written_at = timestamp(now) or ""
         outcome = Outcome()
-        by_table: dict[str, tuple[list[int], list[dict[str, Any]], list[str]]] = {}
+        # insertAll: one request per table. Storage Write: one append per (partition, table), so
+        # that each stream holds one partition's rows in their order.
+        by_table: dict[tuple[str, str], tuple[list[int], list[dict[str, Any]], list[str]]] = {}
+        per_partition = self._appender is not None
         with self._available("create tables"):
             self.dataset.ensure()
             for index, record in enumerate(records):
@@ -146,12 +172,16 @@ class BigQuerySink(Sink[Any], abc.ABC):
                 except ValueError as exc:
                     outcome.rejected[index] = str(exc)
                     continue
+                partition = record.position.partition_key if per_partition else ""
                 for table_id, row in pairs:
-                    indexes, rows, ids = by_table.setdefault(table_id, ([], [], []))
+                    indexes, rows, ids = by_table.setdefault((partition, table_id), ([], [], []))
                     indexes.append(index)
                     rows.append(row)
                     ids.append(insert_id(record.position))
-        for table_id, (indexes, rows, ids) in by_table.items():
+        for (partition, table_id), (indexes, rows, ids) in by_table.items():
+            if per_partition:
+                self._append(partition, table_id, rows, indexes, batch, outcome)
+                continue
             try:
                 with self._available(f"insert into {table_id}"):
                     self._insert(table_id, rows, ids, indexes, outcome)
@@ -162,6 +192,61 @@ class BigQuerySink(Sink[Any], abc.ABC):
         for index in outcome.rejected:  # a record refused by one table is refused
             outcome.retry.pop(index, None)
         return outcome
+
+    def _schema(self, table_id: str) -> list[bigquery.SchemaField]:
+        s = self.settings
+        if table_id.endswith(f".{s.audit_table}"):
+            return AUDIT_SCHEMA
+        return CONTENT_SCHEMA if table_id.endswith(f".{s.content_table}") else CHANGES_SCHEMA
+
+    def _append(
+        self,
+        partition: str,
+        table_id: str,
+        rows: list[dict[str, Any]],
+        indexes: list[int],
+        batch: Any,
+        outcome: Outcome,
+    ) -> None:
+        """Storage Write: refuse rows that cannot be converted, skip what a crashed run appended,
+        append the rest at the stream's offset (``sinks.bigquery_storage_write``)."""
+        appender = self._appender
+        if appender is None:
+            raise RuntimeError("Storage Write append without an appender")
+        schema = self._schema(table_id)
+        arrow = arrow_schema(schema)
+        try:
+            record_batch(rows, arrow)  # the common case: the whole group converts
+            convertible_all = True
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            convertible_all = False
+        keep_rows, keep = rows, indexes
+        if not convertible_all:
+            keep_rows, keep = [], []
+            for row, index in zip(rows, indexes, strict=True):
+                why = convertible(row, arrow)
+                if why is None:
+                    keep_rows.append(row)
+                    keep.append(index)
+                else:
+                    outcome.rejected[index] = why
+        skipped = appender.take_skip(partition, table_id, len(keep_rows))
+        pending_rows, pending = keep_rows[skipped:], keep[skipped:]
+        if not pending_rows:
+            return
+
+        def record_stream(key: str) -> None:
+            first = min(r.position.offset for r in batch.records if r.position.partition_key == key)
+            stored = batch.expected.get(key) or Position(first)
+            self._positions.store({key: stored}, {key: appender.stored_form(key, committed_only=True)})
+
+        try:
+            with self._available(f"append to {table_id}"):
+                appender.append(partition, table_id, schema, pending_rows, record_stream)
+        except SinkUnavailable as exc:
+            why = Retry(exc.reason, exc.retry_after_s)
+            for index in pending:
+                outcome.retry.setdefault(index, why)
 
     def _insert(self, table_id: str, rows: list[dict], ids: list[str], indexes: list[int], outcome: Outcome) -> None:
         """One insertAll; a request refused as a whole is split until the bad row is alone."""

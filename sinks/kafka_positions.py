@@ -38,25 +38,32 @@ METADATA_MAX_BYTES: Final = 4_000
 _TIMEOUT_S: Final = 10.0
 
 
-def stored_form(position: Position) -> str:
-    """The metadata string for ``position``: digests dropped if they would pass the broker's cap."""
-    text = encode(position)
+def stored_form(position: Position, extra: str = "") -> str:
+    """The metadata string for ``position`` (and a sink's ``extra`` state after a ``|``): digests
+    dropped if they would pass the broker's cap."""
+    suffix = f"|{extra}" if extra else ""
+    text = encode(position) + suffix
     if len(text) <= METADATA_MAX_BYTES or position.mark is None:
         return text
     mark = position.mark
-    return encode(Position(position.next_offset, Mark(mark.commit_lsn, mark.lsn)))
+    return encode(Position(position.next_offset, Mark(mark.commit_lsn, mark.lsn))) + suffix
 
 
 def read_form(offset: int, metadata: str | None) -> Position:
     """The position a committed offset stands for; the offset wins over stale metadata."""
+    return read_extra(offset, metadata)[0]
+
+
+def read_extra(offset: int, metadata: str | None) -> tuple[Position, str]:
     if metadata:
+        text, _, extra = metadata.partition("|")
         try:
-            position = decode(metadata)
+            position = decode(text)
         except ValueError:
-            return Position(offset)
+            return Position(offset), ""
         if position.next_offset == offset:
-            return position
-    return Position(offset)
+            return position, extra
+    return Position(offset), ""
 
 
 def group_id(consumer_group: str, sink_name: str) -> str:
@@ -79,6 +86,10 @@ class KafkaPositions:
         )
 
     def load(self, topics: Sequence[str]) -> dict[str, Position]:
+        return {key: position for key, (position, _) in self.load_with_extras(topics).items()}
+
+    def load_with_extras(self, topics: Sequence[str]) -> dict[str, tuple[Position, str]]:
+        """Positions with the sink's extra state stored next to each (``store(..., extras)``)."""
         with _available("read positions"):
             partitions = []
             for topic in topics:
@@ -87,13 +98,14 @@ class KafkaPositions:
                     raise KafkaException(meta.error)
                 partitions += [TopicPartition(topic, p) for p in sorted(meta.partitions)]
             committed = self._consumer.committed(partitions, timeout=_TIMEOUT_S) if partitions else []
-        return {f"{tp.topic}:{tp.partition}": read_form(tp.offset, tp.metadata) for tp in committed if tp.offset >= 0}
+        return {f"{tp.topic}:{tp.partition}": read_extra(tp.offset, tp.metadata) for tp in committed if tp.offset >= 0}
 
-    def store(self, positions: Mapping[str, Position]) -> None:
+    def store(self, positions: Mapping[str, Position], extras: Mapping[str, str] | None = None) -> None:
         offsets = []
         for key, position in positions.items():
             topic, _, partition = key.rpartition(":")
-            offsets.append(TopicPartition(topic, int(partition), position.next_offset, metadata=stored_form(position)))
+            metadata = stored_form(position, (extras or {}).get(key, ""))
+            offsets.append(TopicPartition(topic, int(partition), position.next_offset, metadata=metadata))
         if offsets:
             with _available("store positions"):
                 self._consumer.commit(offsets=offsets, asynchronous=False)

@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import msgspec
+import orjson
 import pytest
 
 from infra.settings import Settings
@@ -17,15 +19,17 @@ from sinks.bigquery import BigQueryChangesSink
 from sinks.bigquery_admin import run_query
 from sinks.bigquery_dataset import make_client
 from sinks.bigquery_tables import Quarter
+from sinks.contract import Batch
 from sinks.dead_letter import DeadLetterProducer
 from sinks.flush import Flusher
 from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.positions import Position
 from sinks.records import ContentRow, EngagementRow, EnrichedChange, SourcePosition
 
-from .bigquery_helpers import assert_view_matches_sql, view_rows, wait_bigquery_caught_up
+from .bigquery_helpers import HAND_MADE_IDS, assert_view_matches_sql, view_rows, wait_bigquery_caught_up
 from .pipeline_helpers import assert_redis_matches_sql, flush_redis, run_bounded, streaming, wait_caught_up
 from .test_pipeline import generate, read_dead_letters
+from .test_sink_family import read_to_the_end
 
 pytestmark = pytest.mark.integration
 BOTH = {"PIPELINE_SINKS": "redis,bigquery"}
@@ -138,3 +142,68 @@ def test_a_30_s_emulator_outage_is_waited_out_and_the_board_is_unaffected(
         wait_bigquery_caught_up(settings, timeout=240)
         assert pipeline.alive()
     assert_view_matches_sql(settings)
+
+
+def test_the_audit_table_keeps_every_envelope_as_it_arrived(stack: LocalStack, settings: Settings):
+    ensure_topics(admin_client(settings.kafka), [TopicSpec(TEST_TOPIC, 1)])
+    audited = settings.bigquery.model_copy(update={"audit": True})
+    sink = BigQueryChangesSink(audited, settings.kafka, f"audit-{time.time_ns()}")
+    sink.open()
+    envelope = b'{"before": null, "after": {"id": 800000100}, "source": {"lsn": 42}, "op": "c"}'
+    change = msgspec.structs.replace(_change(100, 5000), value=envelope)
+    try:
+        assert sink.write(Batch([change], {}, {})).complete
+    finally:
+        sink.close()
+    bq = settings.bigquery
+    [row] = run_query(
+        make_client(bq),
+        f"SELECT op, `before`, `after`, source, envelope, key FROM {bq.dataset}.{bq.audit_table}"
+        f" WHERE source_topic = '{TEST_TOPIC}' AND source_offset = 100",
+    )
+    assert (row["op"], row["before"], row["envelope"], row["key"]) == ("c", None, None, '{"id": 800000100}')
+    assert (orjson.loads(row["after"]), orjson.loads(row["source"])) == ({"id": 800000100}, {"lsn": 42})
+
+
+def test_storage_write_appends_each_change_exactly_once_after_three_kill_9(
+    stack: LocalStack, settings: Settings, tmp_path
+):
+    # Its own dataset and consumer group: the changelog starts empty and the sink from offset 0.
+    bq = settings.bigquery.model_copy(update={"dataset": "analytics_storage_write"})
+    extra = {
+        "PIPELINE_SINKS": "bigquery",
+        "BIGQUERY_WRITE_MODE": "storage_write",
+        "BIGQUERY_DATASET": bq.dataset,
+        "PIPELINE_CONSUMER_GROUP": f"{settings.pipeline.consumer_group}-sw",
+    }
+    own = settings.model_copy(
+        update={
+            "bigquery": bq,
+            "pipeline": settings.pipeline.model_copy(update={"consumer_group": extra["PIPELINE_CONSUMER_GROUP"]}),
+        }
+    )
+    rng = random.Random(13)
+    with streaming(settings, tmp_path / "pipeline.log", **extra) as pipeline:
+        generator = generate(settings, "--rate", "60000", "--duration", "20")  # 1,000 events/s
+        for _ in range(3):
+            time.sleep(rng.uniform(3.0, 6.0))
+            pipeline.kill9()
+            pipeline.start()
+        assert generator.wait(120) == 0, generator.stdout.read() if generator.stdout else ""
+        wait_bigquery_caught_up(own, timeout=240)
+        assert pipeline.alive()
+    client = make_client(bq)
+    table = f"{bq.dataset}.{bq.changes_table}_{Quarter.of(datetime.now(UTC)).suffix}"
+    [counts] = run_query(
+        client,
+        f"SELECT COUNT(*) AS n, COUNT(DISTINCT FORMAT('%d/%d', source_partition, source_offset)) AS distinct_n"
+        f" FROM {table} WHERE id < {HAND_MADE_IDS}",
+    )
+
+    def event_id(value: object) -> int:
+        row = (value.get("after") or value.get("before") or {}) if isinstance(value, dict) else {}
+        return row.get("id", HAND_MADE_IDS)
+
+    records = [r for r in read_to_the_end(settings) if event_id(r.value) < HAND_MADE_IDS]
+    assert (counts["n"], counts["distinct_n"]) == (len(records), len(records))  # every change, once
+    assert_view_matches_sql(own)

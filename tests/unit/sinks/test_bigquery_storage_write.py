@@ -1,0 +1,113 @@
+"""Storage Write mode: streams per partition, write-ahead of new streams, and skipping after a crash."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from sinks.bigquery_storage_write import (
+    Stream,
+    StreamAppender,
+    arrow_schema,
+    convertible,
+    decode_streams,
+    encode_streams,
+    record_batch,
+)
+from sinks.bigquery_tables import CHANGES_SCHEMA
+
+T = "p.analytics.engagement_changes_2026q4"
+
+
+class FakeWriter:
+    """A stream service: rows per stream, offsets enforced like BigQuery."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[dict]] = {}
+        self.log: list[str] = []
+
+    def create(self, table_id: str) -> Stream:
+        name = f"{table_id}/streams/{len(self.rows)}"
+        self.rows[name] = []
+        self.log.append(f"create {name}")
+        return Stream(name, 0)
+
+    def finalize(self, stream: Stream) -> int | None:
+        return len(self.rows[stream.name]) if stream.name in self.rows else None
+
+    def append(self, stream: Stream, table_id: str, schema, rows) -> None:
+        existing = self.rows[stream.name]
+        assert stream.rows == len(existing), "append at an offset that is not the stream's end"
+        existing.extend(rows)
+        stream.rows += len(rows)
+        self.log.append(f"append {len(rows)}")
+
+
+def rows(*ids: int) -> list[dict]:
+    return [{"id": i} for i in ids]
+
+
+def test_streams_round_trip_through_their_stored_form():
+    streams = {T: Stream("projects/p/streams/a", 12), "p.analytics.cdc_audit": Stream("projects/p/streams/b", 0)}
+    assert decode_streams(encode_streams(streams)) == streams
+    assert decode_streams("") == {}
+
+
+def test_a_new_stream_is_recorded_before_its_first_append():
+    writer, recorded = FakeWriter(), []
+    appender = StreamAppender(writer)
+
+    def record(key: str) -> None:
+        recorded.append((key, appender.stored_form(key, committed_only=True)))
+        writer.log.append("record")
+
+    appender.append("t:0", T, CHANGES_SCHEMA, rows(1, 2), record)
+    assert writer.log == [f"create {T}/streams/0", "record", "append 2"]
+    assert recorded == [("t:0", f"{T}={T}/streams/0@0")]  # the committed count, not the rows to come
+    appender.committed(["t:0"])
+    assert appender.stored_form("t:0") == f"{T}={T}/streams/0@2"
+
+
+def test_after_a_crash_the_rows_appended_past_the_stored_count_are_skipped_once():
+    writer = FakeWriter()
+    first = StreamAppender(writer)
+    first.append("t:0", T, CHANGES_SCHEMA, rows(1, 2), lambda key: None)
+    first.committed(["t:0"])
+    stored = first.stored_form("t:0")  # 2 rows covered by the positions
+    first.append("t:0", T, CHANGES_SCHEMA, rows(3, 4, 5), lambda key: None)  # then kill -9 before commit
+
+    again = StreamAppender(writer)
+    again.resume({"t:0": stored})
+    # The re-read brings rows 3, 4, 5 again, then 6: three were appended by the crashed run.
+    assert again.take_skip("t:0", T, 2) == 2
+    assert again.take_skip("t:0", T, 2) == 1
+    again.append("t:0", T, CHANGES_SCHEMA, rows(6), lambda key: None)
+    assert again.take_skip("t:0", T, 5) == 0
+    assert [r["id"] for stream in writer.rows.values() for r in stream] == [1, 2, 3, 4, 5, 6]  # each once
+
+
+def test_a_stream_that_could_not_be_recorded_is_forgotten():
+    writer = FakeWriter()
+    appender = StreamAppender(writer)
+
+    def kafka_down(key: str) -> None:
+        raise ConnectionError("Kafka is down")
+
+    with pytest.raises(ConnectionError):
+        appender.append("t:0", T, CHANGES_SCHEMA, rows(1), kafka_down)
+    assert appender.stored_form("t:0") == ""
+    appender.append("t:0", T, CHANGES_SCHEMA, rows(1), lambda key: None)
+    assert writer.log == [f"create {T}/streams/0", f"create {T}/streams/1", "append 1"]
+
+
+def test_rows_become_arrow_and_a_wrong_typed_one_says_why():
+    schema = arrow_schema(CHANGES_SCHEMA)
+    good = {"op": "c", "id": 1, "event_ts": "2026-12-02T10:00:00.000000Z", "event_slot": 997_892}
+    good |= {"source_topic": "t", "source_partition": 0, "source_offset": 1, "written_at": "2026-12-02T10:00:01Z"}
+    batch = record_batch([good], schema)
+    assert batch.num_rows == 1
+    assert batch.column("event_ts")[0].as_py() == datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+    assert convertible(good, schema) is None
+    bad = dict(good, duration_ms="not a number")
+    assert convertible(bad, schema).startswith("BigQuery Storage Write: ")
