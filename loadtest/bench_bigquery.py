@@ -1,6 +1,6 @@
 """The BigQuery sink against the emulator: insert rate, drain rate, commit -> visible, and its cost.
 
-    make bench-bigquery                          # all three, about 8 minutes
+    make bench-bigquery                          # all three, both write modes, about 15 minutes
     python -m loadtest.bench_bigquery insert --batches 100,500,1000,2000
     python -m loadtest.bench_bigquery drain --events 100000
     python -m loadtest.bench_bigquery latency --rate 3333 --duration 120
@@ -102,9 +102,15 @@ def lag(settings: Settings) -> int:
 
 
 def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    for mode in args.modes.split(","):
+        say(f"--- BIGQUERY_WRITE_MODE={mode}")
+        drain_once(settings, stack, args.events, mode)
+
+
+def drain_once(settings: Settings, stack: LocalStack, events: int, mode: str) -> None:
     if lag(settings):
         say(f"  (the BigQuery sink is {lag(settings):,} records behind before the burst; they count too)")
-    gen = generator("--burst", str(args.events))
+    gen = generator("--burst", str(events))
     assert gen.wait(600) == 0, gen.stdout.read() if gen.stdout else ""
     total, previous = lag(settings), -1
     while total != previous:  # until Debezium has published the whole burst
@@ -116,7 +122,7 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--bounded"],
         cwd=REPO_ROOT,
-        env={**os.environ, "PIPELINE_SINKS": "bigquery"},
+        env={**os.environ, "PIPELINE_SINKS": "bigquery", "BIGQUERY_WRITE_MODE": mode},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -138,7 +144,7 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     if proc.returncode != 0 or first is None or left:
         raise SystemExit(f"bounded run failed (exit {proc.returncode}, {left:,} records left)")
     rate = first[1] / (time.monotonic() - first[0])
-    say(f"BIGQUERY DRAIN: {total:,} records at {rate:,.0f} rows/s (bounded run, BigQuery lanes only)")
+    say(f"BIGQUERY DRAIN ({mode}): {total:,} records at {rate:,.0f} rows/s (bounded run, BigQuery lanes only)")
     for line in sampler.report():
         say(f"  {line}")
 
@@ -186,9 +192,20 @@ class ChangelogWatch:
 
 
 def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
-    say(f"--- 1/2 PIPELINE_SINKS=redis at {args.rate:,} events/s for {args.duration:g} s")
+    modes = args.modes.split(",")
+    say(f"--- 1/{len(modes) + 1} PIPELINE_SINKS=redis at {args.rate:,} events/s for {args.duration:g} s")
     alone = latency_phase(settings, stack, args.rate, args.duration, extra_env={"PIPELINE_SINKS": "redis"})
-    say(f"--- 2/2 PIPELINE_SINKS=redis,bigquery at {args.rate:,} events/s for {args.duration:g} s")
+    for n, mode in enumerate(modes, start=2):
+        say(
+            f"--- {n}/{len(modes) + 1} PIPELINE_SINKS=redis,bigquery BIGQUERY_WRITE_MODE={mode}"
+            f" at {args.rate:,} events/s for {args.duration:g} s"
+        )
+        latency_with_bigquery(settings, stack, args, mode, alone)
+
+
+def latency_with_bigquery(
+    settings: Settings, stack: LocalStack, args: argparse.Namespace, mode: str, alone: Prober
+) -> None:
     watches: list[ChangelogWatch] = []
     sampler = stack_sampler(stack)
     probers: list[Prober] = []
@@ -213,7 +230,7 @@ def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace)
         stack,
         args.rate,
         args.duration,
-        extra_env={"PIPELINE_SINKS": "redis,bigquery"},
+        extra_env={"PIPELINE_SINKS": "redis,bigquery", "BIGQUERY_WRITE_MODE": mode},
         sampler=sampler,
         with_prober=start_watch,
         linger=all_visible,
@@ -224,7 +241,7 @@ def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace)
     watch.close()
     missing = len(both.committed) - len(watch.seen)
     say(
-        f"COMMIT -> VISIBLE IN BIGQUERY at {args.rate:,} events/s: {describe(watch.latencies, 'probes')}"
+        f"COMMIT -> VISIBLE IN BIGQUERY ({mode}) at {args.rate:,} events/s: {describe(watch.latencies, 'probes')}"
         + (f", {missing} not visible {args.linger:g} s after the load" if missing else "")
         + (f"; {len(watch.errors)} watch queries failed ({watch.errors[0]})" if watch.errors else "")
     )
@@ -232,7 +249,7 @@ def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace)
         say(f"  the last probe to appear took {watch.latencies[-1]:,.0f} ms (this grows while BigQuery falls behind)")
     p99_alone, p99_both = percentile(alone.latencies, 99), percentile(both.latencies, 99)
     say(
-        f"LEADERBOARD p99 with BigQuery {p99_both:,.0f} ms, without {p99_alone:,.0f} ms:"
+        f"LEADERBOARD p99 with BigQuery ({mode}) {p99_both:,.0f} ms, without {p99_alone:,.0f} ms:"
         f" ratio {p99_both / p99_alone:.2f};"
         f" p50 {percentile(both.latencies, 50):,.0f} vs {percentile(alone.latencies, 50):,.0f} ms"
     )
@@ -246,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     insert.add_argument("--rows", type=int, default=20_000, help="rows per request size")
     drain = commands.add_parser("drain")
     drain.add_argument("--events", type=int, default=100_000)
+    drain.add_argument("--modes", default="insert_all,storage_write", help="BIGQUERY_WRITE_MODE values, in turn")
     latency = commands.add_parser("latency")
     latency.add_argument("--rate", type=int, default=3333)
     latency.add_argument("--duration", type=float, default=120)
+    latency.add_argument("--modes", default="insert_all,storage_write", help="BIGQUERY_WRITE_MODE values, in turn")
     latency.add_argument("--linger", type=float, default=180, help="seconds to wait for BigQuery after the load")
     args = parser.parse_args(argv)
     settings = Settings()

@@ -35,6 +35,10 @@ BOTH = {"PIPELINE_SINKS": "redis,bigquery"}
 TEST_TOPIC = "bqtest"
 
 
+def own_letters(settings: Settings) -> Settings:
+    return settings.model_copy(update={"cdc": settings.cdc.model_copy(update={"topic_prefix": TEST_TOPIC})})
+
+
 def HAND_MADE(settings: Settings) -> BigQuerySettings:  # noqa: N802 - reads as a constant
     """A dataset of its own for rows made by hand, so they never meet the Postgres comparisons."""
     return settings.bigquery.model_copy(update={"dataset": "analytics_hand_made"})
@@ -92,10 +96,13 @@ def test_a_replay_from_earlier_positions_leaves_the_view_unchanged(stack: LocalS
 @pytest.fixture
 def bigquery_flusher(stack: LocalStack, settings: Settings) -> Iterator[Flusher]:
     # A topic of its own: the sink's positions are committed offsets, which need a topic to exist.
-    ensure_topics(admin_client(settings.kafka), [TopicSpec(TEST_TOPIC, 1)])
+    # And a dead-letter topic of its own, which the other tests' letter checks never see.
+    ensure_topics(
+        admin_client(settings.kafka), [TopicSpec(TEST_TOPIC, 1), TopicSpec(own_letters(settings).cdc.dlq_topic, 1)]
+    )
     sink = BigQueryChangesSink(HAND_MADE(settings), settings.kafka, f"flusher-{time.time_ns()}")
     sink.open()
-    letters = DeadLetterProducer(settings.kafka.client_config(), settings.cdc.dlq_topic, 1_000_000)
+    letters = DeadLetterProducer(settings.kafka.client_config(), own_letters(settings).cdc.dlq_topic, 1_000_000)
     flusher = Flusher(sink, letters, [TEST_TOPIC], owns_upstream_letters=True)
     flusher.load()
     try:
@@ -120,7 +127,7 @@ def test_a_wrong_typed_row_is_dead_lettered_and_the_rest_is_written(bigquery_flu
     report = bigquery_flusher.flush([_change(1, 1000), _change(2, "not a number"), _change(3, 3000)])
     assert time.monotonic() - started < 30  # one bad row does not make the client retry for minutes
     assert (report.written, dict(report.letters)) == (2, {"bigquery": 1})
-    [letter] = read_dead_letters(settings, expected=1, timeout=30, stage="bigquery")
+    [letter] = read_dead_letters(own_letters(settings), expected=1, timeout=30, stage="bigquery")
     assert letter["offset_key"] == "0:2"
     # The emulator names the first column, not the wrong one (docs/bigquery.md); BigQuery names it.
     assert letter["reason"] == "BigQuery insertErrors: invalid at op: Cannot convert value to string (bad value): c"
