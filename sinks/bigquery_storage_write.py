@@ -49,20 +49,23 @@ _ARROW_TYPES: Final = {
 @dataclass
 class Stream:
     name: str
-    rows: int  # rows appended to it so far (the next append's offset)
+    rows: int  # rows of it accounted for: appended (the next append's offset), or skipped as already there
+    committed: int = 0  # rows of it the stored positions cover
+    real: int | None = None  # a finalized stream of a crashed run: its real row count
 
 
-def encode_streams(streams: Mapping[str, Stream]) -> str:
-    return ",".join(f"{table}={s.name}@{s.rows}" for table, s in sorted(streams.items()))
+def encode_streams(entries: Sequence[tuple[str, str, int]]) -> str:
+    """``table=stream@rows`` entries, in append order (a table can have an old and a live stream)."""
+    return ",".join(f"{table}={name}@{rows}" for table, name, rows in entries)
 
 
-def decode_streams(text: str) -> dict[str, Stream]:
-    found = {}
+def decode_streams(text: str) -> list[tuple[str, str, int]]:
+    entries = []
     for part in filter(None, text.split(",")):
         table, _, rest = part.partition("=")
         name, _, rows = rest.rpartition("@")
-        found[table] = Stream(name, int(rows))
-    return found
+        entries.append((table, name, int(rows)))
+    return entries
 
 
 def arrow_schema(schema: Sequence[Any]) -> pa.Schema:
@@ -166,44 +169,56 @@ class StorageWriter:
 
 class StreamAppender:
     """Which stream each (partition, table) appends to, what to skip after a crash, and what to
-    store with the positions (see the module docstring)."""
+    store with the positions (see the module docstring).
+
+    Per partition and table: the finalized streams of crashed runs whose tail is not yet covered by
+    the stored positions, oldest first, then at most one live stream. An old stream stays in the
+    stored form until the positions cover its tail, so a second crash before that still knows it.
+    """
 
     def __init__(self, writer: StorageWriter) -> None:
         self._writer = writer
-        self.streams: dict[str, dict[str, Stream]] = {}  # partition key -> table id -> stream
-        self._committed: dict[str, dict[str, int]] = {}  # rows of each stream the stored positions cover
-        self._skip: dict[tuple[str, str], int] = {}
+        self._streams: dict[str, dict[str, list[Stream]]] = {}  # partition key -> table id -> streams
 
     def resume(self, extras: Mapping[str, str]) -> None:
-        """From the stored streams: finalize each, and skip what the crashed run appended past them."""
-        self.streams.clear()
-        self._committed.clear()
-        self._skip.clear()
+        """From the stored streams: finalize each, to learn what the crashed runs appended past them."""
+        self._streams.clear()
         for key, text in extras.items():
-            for table_id, stream in decode_streams(text).items():
-                real = self._writer.finalize(stream)
-                if real is not None and real > stream.rows:
-                    self._skip[(key, table_id)] = real - stream.rows
+            tables = self._streams.setdefault(key, {})
+            for table_id, name, covered in decode_streams(text):
+                real = self._writer.finalize(Stream(name, covered))
+                # Gone (an emulator restart): nothing known past what the positions cover.
+                stream = Stream(name, covered, covered, covered if real is None else max(real, covered))
+                tables.setdefault(table_id, []).append(stream)
 
     def stored_form(self, key: str, *, committed_only: bool = False) -> str:
-        streams = self.streams.get(key, {})
-        if committed_only:
-            counts = self._committed.get(key, {})
-            return encode_streams({t: Stream(s.name, counts.get(t, 0)) for t, s in streams.items()})
-        return encode_streams(streams)
+        entries = []
+        for table_id, streams in sorted(self._streams.get(key, {}).items()):
+            for stream in streams:
+                count = stream.committed if committed_only else stream.rows
+                if stream.real is None or count < stream.real:
+                    entries.append((table_id, stream.name, count))
+        return encode_streams(entries)
 
     def committed(self, keys: Sequence[str]) -> None:
         for key in keys:
-            self._committed[key] = {t: s.rows for t, s in self.streams.get(key, {}).items()}
+            for table_id, streams in self._streams.get(key, {}).items():
+                for stream in streams:
+                    stream.committed = stream.rows
+                # An old stream whose tail the positions now cover is done with.
+                self._streams[key][table_id] = [s for s in streams if s.real is None or s.committed < s.real]
 
     def take_skip(self, key: str, table_id: str, available: int) -> int:
-        """How many of the next ``available`` rows of this partition and table the crashed run
+        """How many of the next ``available`` rows of this partition and table a crashed run
         appended already: they count as applied."""
-        skip = self._skip.pop((key, table_id), 0)
-        if skip > available:
-            self._skip[(key, table_id)] = skip - available
-            return available
-        return skip
+        taken = 0
+        for stream in self._streams.get(key, {}).get(table_id, []):
+            if stream.real is None or taken == available:
+                break
+            step = min(stream.real - stream.rows, available - taken)
+            stream.rows += step
+            taken += step
+        return taken
 
     def append(
         self,
@@ -214,13 +229,14 @@ class StreamAppender:
         record_stream: Callable[[str], None],
     ) -> None:
         """Append ``rows`` (without refused or skipped ones) of one partition to ``table_id``."""
-        streams = self.streams.setdefault(key, {})
-        stream = streams.get(table_id)
-        if stream is None:
-            stream = streams[table_id] = self._writer.create(table_id)
+        streams = self._streams.setdefault(key, {}).setdefault(table_id, [])
+        live = streams[-1] if streams and streams[-1].real is None else None
+        if live is None:
+            live = self._writer.create(table_id)
+            streams.append(live)
             try:
                 record_stream(key)  # stored before its first append: no stream is ever unknown
             except BaseException:
-                del streams[table_id]
+                streams.pop()
                 raise
-        self._writer.append(stream, table_id, schema, rows)
+        self._writer.append(live, table_id, schema, rows)

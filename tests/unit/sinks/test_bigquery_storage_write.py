@@ -49,9 +49,9 @@ def rows(*ids: int) -> list[dict]:
 
 
 def test_streams_round_trip_through_their_stored_form():
-    streams = {T: Stream("projects/p/streams/a", 12), "p.analytics.cdc_audit": Stream("projects/p/streams/b", 0)}
-    assert decode_streams(encode_streams(streams)) == streams
-    assert decode_streams("") == {}
+    entries = [(T, "projects/p/streams/a", 12), (T, "projects/p/streams/b", 0), ("p.analytics.cdc_audit", "s/c", 3)]
+    assert decode_streams(encode_streams(entries)) == entries
+    assert decode_streams("") == []
 
 
 def test_a_new_stream_is_recorded_before_its_first_append():
@@ -111,3 +111,29 @@ def test_rows_become_arrow_and_a_wrong_typed_one_says_why():
     assert convertible(good, schema) is None
     bad = dict(good, duration_ms="not a number")
     assert convertible(bad, schema).startswith("BigQuery Storage Write: ")
+
+
+def test_a_second_crash_before_the_first_crash_s_tail_is_covered_still_skips_it():
+    writer = FakeWriter()
+    run0 = StreamAppender(writer)
+    run0.append("t:0", T, CHANGES_SCHEMA, rows(1, 2), lambda key: None)
+    run0.committed(["t:0"])
+    stored = [run0.stored_form("t:0")]
+    run0.append("t:0", T, CHANGES_SCHEMA, rows(3, 4, 5), lambda key: None)  # crash: 3, 4, 5 uncovered
+
+    run1 = StreamAppender(writer)
+    run1.resume({"t:0": stored[-1]})
+    assert run1.take_skip("t:0", T, 1) == 1  # row 3 is already there
+    # Row 6 is new: a live stream is recorded first (with the old one, whose tail is not covered yet).
+    run1.append("t:0", T, CHANGES_SCHEMA, [], lambda key: stored.append(run1.stored_form(key, committed_only=True)))
+    assert stored[-1] == f"{T}={T}/streams/0@2,{T}={T}/streams/1@0"
+    # ... and the job is killed again before any commit.
+
+    run2 = StreamAppender(writer)
+    run2.resume({"t:0": stored[-1]})
+    assert run2.take_skip("t:0", T, 10) == 3  # rows 3, 4, 5 from the first stream; the second is empty
+    run2.append("t:0", T, CHANGES_SCHEMA, rows(6), lambda key: None)
+    run2.committed(["t:0"])
+    assert [r["id"] for stream in writer.rows.values() for r in stream] == [1, 2, 3, 4, 5, 6]
+    # Once the positions cover its tail, the old stream leaves the stored form.
+    assert run2.stored_form("t:0") == f"{T}={T}/streams/2@1"
