@@ -85,17 +85,30 @@ def seed_query_rows(settings: Settings) -> dict[str | None, float | None]:
 
 
 def seed_query_in_sql(settings: Settings) -> dict[str | None, float | None]:
+    """Seed 004's query over Postgres, plus the hand-made rows other tests put on the topic (they
+    are in BigQuery, never in Postgres): what the query on BigQuery must return."""
+    sums: dict[str | None, float] = {}
+    counts: dict[str | None, int] = {}
     with psycopg.connect(settings.postgres.conninfo()) as conn:
-        return {
-            row[0]: None if row[1] is None else float(row[1])
-            for row in conn.execute(
-                "SELECT c.content_type,"
-                " AVG(CASE WHEN c.length_seconds > 0 THEN e.duration_ms / 1000.0 / c.length_seconds * 100 END)"
-                " FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id"
-                " WHERE (e.event_ts AT TIME ZONE 'UTC')::date = (now() AT TIME ZONE 'UTC')::date"
-                " GROUP BY c.content_type"
-            )
-        }
+        for content_type, pct_sum, pct_count in conn.execute(
+            "SELECT c.content_type,"
+            " SUM(CASE WHEN c.length_seconds > 0 THEN e.duration_ms / 1000.0 / c.length_seconds * 100 END),"
+            " COUNT(CASE WHEN c.length_seconds > 0 THEN e.duration_ms END)"
+            " FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id"
+            " WHERE (e.event_ts AT TIME ZONE 'UTC')::date = (now() AT TIME ZONE 'UTC')::date"
+            " GROUP BY c.content_type"
+        ):
+            sums[content_type] = float(pct_sum or 0)
+            counts[content_type] = pct_count
+    bq = settings.bigquery
+    for row in run_query(
+        make_client(bq),
+        f"SELECT content_type, engagement_pct FROM {bq.dataset}.{bq.view}"
+        f" WHERE id >= {HAND_MADE_IDS} AND DATE(event_ts) = CURRENT_DATE()",
+    ):
+        sums[row["content_type"]] = sums.get(row["content_type"], 0.0) + (row["engagement_pct"] or 0.0)
+        counts[row["content_type"]] = counts.get(row["content_type"], 0) + (row["engagement_pct"] is not None)
+    return {t: (sums[t] / counts[t] if counts[t] else None) for t in counts}
 
 
 def assert_view_matches_sql(settings: Settings) -> int:
