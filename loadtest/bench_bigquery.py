@@ -161,7 +161,6 @@ class ChangelogWatch:
         self.latencies: list[float] = []
         self.seen: set[int] = set()
         self.errors: list[str] = []
-        self.queries = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -178,7 +177,6 @@ class ChangelogWatch:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             now = time.monotonic()
-            self.queries += 1
             for row in rows:
                 committed = self._prober.committed.get(row["id"])
                 if row["id"] not in self.seen and committed is not None:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -36,7 +36,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import bigquery
 
 from infra.settings import BigQuerySettings, KafkaSettings
-from sinks.bigquery_dataset import Dataset, make_client
+from sinks.bigquery_dataset import Clock, Dataset, make_client, utcnow
 from sinks.bigquery_rows import (
     audit_row,
     change_row,
@@ -61,7 +61,6 @@ from sinks.positions import Position
 from sinks.records import ContentChange, EnrichedChange
 
 _log = logging.getLogger(__name__)
-Clock = Callable[[], datetime]
 _TRANSIENT = (
     api.TooManyRequests,
     api.ServerError,
@@ -76,10 +75,6 @@ _TRANSIENT = (
 _QUOTA_REASONS = frozenset({"quotaExceeded", "rateLimitExceeded"})
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _reason(exc: api.GoogleAPICallError) -> str | None:
     errors = getattr(exc, "errors", None) or []
     first = errors[0] if errors else None
@@ -89,7 +84,7 @@ def _reason(exc: api.GoogleAPICallError) -> str | None:
 def classify(exc: Exception) -> str:
     """``split`` (the request as a whole was refused: find the bad row), ``missing`` (a table or
     the dataset is gone), or ``retry`` (everything else: transient, or a person must act)."""
-    if isinstance(exc, api.BadRequest | api.RequestRangeNotSatisfiable) or getattr(exc, "code", None) == 413:
+    if isinstance(exc, api.BadRequest) or getattr(exc, "code", None) == 413:
         return "split"
     if isinstance(exc, api.NotFound):
         return "missing"
@@ -107,7 +102,7 @@ class BigQuerySink(Sink[Any], abc.ABC):
         kafka: KafkaSettings,
         consumer_group: str,
         *,
-        clock: Clock = _utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
         self._kafka = kafka.client_config()
@@ -117,6 +112,7 @@ class BigQuerySink(Sink[Any], abc.ABC):
         self.retry_policy = RetryPolicy(initial_s=0.2, max_backoff_s=settings.max_backoff_s)
         self.limits = BatchLimits(max_records=settings.max_rows_per_request, max_bytes=settings.max_request_bytes)
         self._appender: StreamAppender | None = None  # built in open() for BIGQUERY_WRITE_MODE=storage_write
+        self._arrow: dict[str, pa.Schema] = {}  # table id -> its Arrow schema (Storage Write)
 
     def open(self) -> None:
         self.client = make_client(self.settings)
@@ -186,9 +182,7 @@ class BigQuerySink(Sink[Any], abc.ABC):
                 with self._available(f"insert into {table_id}"):
                     self._insert(table_id, rows, ids, indexes, outcome)
             except SinkUnavailable as exc:
-                why = Retry(exc.reason, exc.retry_after_s)
-                for index in indexes:
-                    outcome.retry.setdefault(index, why)
+                _retry_all(outcome, indexes, exc)
         for index in outcome.rejected:  # a record refused by one table is refused
             outcome.retry.pop(index, None)
         return outcome
@@ -213,15 +207,14 @@ class BigQuerySink(Sink[Any], abc.ABC):
         appender = self._appender
         if appender is None:
             raise RuntimeError("Storage Write append without an appender")
-        schema = self._schema(table_id)
-        arrow = arrow_schema(schema)
-        try:
-            record_batch(rows, arrow)  # the common case: the whole group converts
-            convertible_all = True
-        except (pa.ArrowException, ValueError, TypeError, OverflowError):
-            convertible_all = False
+        arrow = self._arrow.get(table_id)
+        if arrow is None:
+            arrow = self._arrow[table_id] = arrow_schema(self._schema(table_id))
         keep_rows, keep = rows, indexes
-        if not convertible_all:
+        try:
+            converted: pa.RecordBatch | None = record_batch(rows, arrow)  # the common case: all convert
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            converted = None
             keep_rows, keep = [], []
             for row, index in zip(rows, indexes, strict=True):
                 why = convertible(row, arrow)
@@ -231,9 +224,12 @@ class BigQuerySink(Sink[Any], abc.ABC):
                 else:
                     outcome.rejected[index] = why
         skipped = appender.take_skip(partition, table_id, len(keep_rows))
-        pending_rows, pending = keep_rows[skipped:], keep[skipped:]
-        if not pending_rows:
+        pending = keep[skipped:]
+        if not pending:
             return
+        if converted is None:
+            converted = record_batch(keep_rows, arrow)
+        pending_batch = converted.slice(skipped)
 
         def record_stream(key: str) -> None:
             first = min(r.position.offset for r in batch.records if r.position.partition_key == key)
@@ -242,11 +238,9 @@ class BigQuerySink(Sink[Any], abc.ABC):
 
         try:
             with self._available(f"append to {table_id}"):
-                appender.append(partition, table_id, schema, pending_rows, record_stream)
+                appender.append(partition, table_id, pending_batch, record_stream)
         except SinkUnavailable as exc:
-            why = Retry(exc.reason, exc.retry_after_s)
-            for index in pending:
-                outcome.retry.setdefault(index, why)
+            _retry_all(outcome, pending, exc)
 
     def _insert(self, table_id: str, rows: list[dict], ids: list[str], indexes: list[int], outcome: Outcome) -> None:
         """One insertAll; a request refused as a whole is split until the bad row is alone."""
@@ -295,6 +289,12 @@ class BigQuerySink(Sink[Any], abc.ABC):
             raise SinkUnavailable(f"BigQuery, {what}: {exc.code} {exc.message}{hint}") from exc
         except _TRANSIENT as exc:
             raise SinkUnavailable(f"BigQuery, {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _retry_all(outcome: Outcome, indexes: list[int], exc: SinkUnavailable) -> None:
+    why = Retry(exc.reason, exc.retry_after_s)
+    for index in indexes:
+        outcome.retry.setdefault(index, why)
 
 
 class BigQueryChangesSink(BigQuerySink):

@@ -38,7 +38,7 @@ _log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
@@ -57,7 +57,7 @@ def make_client(settings: BigQuerySettings) -> bigquery.Client:
 
 class Dataset:
     def __init__(
-        self, client: bigquery.Client, settings: BigQuerySettings, *, audit: bool = False, clock: Clock = _utcnow
+        self, client: bigquery.Client, settings: BigQuerySettings, *, audit: bool = False, clock: Clock = utcnow
     ) -> None:
         self.client = client
         self.settings = settings

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import grpc
 import pyarrow as pa
@@ -82,14 +84,8 @@ def record_batch(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Record
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def _parse_ts(text: str) -> Any:
-    from datetime import datetime
-
+def _parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _serialize_schema(schema: pa.Schema) -> bytes:
-    return schema.serialize().to_pybytes()
 
 
 def convertible(row: dict[str, Any], schema: pa.Schema) -> str | None:
@@ -103,8 +99,6 @@ def convertible(row: dict[str, Any], schema: pa.Schema) -> str | None:
 
 def make_write_client(settings: BigQuerySettings) -> bigquery_storage_v1.BigQueryWriteClient:
     if settings.emulated:
-        from urllib.parse import urlsplit
-
         url = urlsplit(settings.emulator_host)
         channel = grpc.insecure_channel(f"{url.hostname}:{(url.port or 0) + GRPC_OFFSET}")
         return bigquery_storage_v1.BigQueryWriteClient(transport=BigQueryWriteGrpcTransport(channel=channel))
@@ -117,7 +111,6 @@ class StorageWriter:
     def __init__(self, client: bigquery_storage_v1.BigQueryWriteClient, timeout_s: float) -> None:
         self._client = client
         self._timeout = timeout_s
-        self._schemas: dict[str, tuple[pa.Schema, bytes]] = {}
 
     @staticmethod
     def table_path(table_id: str) -> str:
@@ -139,17 +132,13 @@ class StorageWriter:
         except api.NotFound:
             return None
 
-    def append(self, stream: Stream, table_id: str, schema: Sequence[Any], rows: Sequence[dict[str, Any]]) -> None:
-        if table_id not in self._schemas:
-            arrow = arrow_schema(schema)
-            self._schemas[table_id] = (arrow, _serialize_schema(arrow))
-        arrow, serialized = self._schemas[table_id]
-        batch = record_batch(rows, arrow)
+    def append(self, stream: Stream, batch: pa.RecordBatch) -> None:
+        """Append ``batch`` at the stream's offset."""
         request = types.AppendRowsRequest(
             write_stream=stream.name,
             offset=stream.rows,
             arrow_rows=types.AppendRowsRequest.ArrowData(
-                writer_schema=types.ArrowSchema(serialized_schema=serialized),
+                writer_schema=types.ArrowSchema(serialized_schema=batch.schema.serialize().to_pybytes()),
                 rows=types.ArrowRecordBatch(serialized_record_batch=batch.serialize().to_pybytes()),
             ),
         )
@@ -164,7 +153,7 @@ class StorageWriter:
                 raise api.from_grpc_status(status, response.error.message)
         # ALREADY_EXISTS: an earlier try of this same append landed (its reply was lost). The rows
         # at this offset are these rows (a retry sends the same ones, in order): it is applied.
-        stream.rows += len(rows)
+        stream.rows += batch.num_rows
 
 
 class StreamAppender:
@@ -224,11 +213,10 @@ class StreamAppender:
         self,
         key: str,
         table_id: str,
-        schema: Sequence[Any],
-        rows: list[dict[str, Any]],
+        batch: pa.RecordBatch,
         record_stream: Callable[[str], None],
     ) -> None:
-        """Append ``rows`` (without refused or skipped ones) of one partition to ``table_id``."""
+        """Append ``batch`` (without refused or skipped rows) of one partition to ``table_id``."""
         streams = self._streams.setdefault(key, {}).setdefault(table_id, [])
         live = streams[-1] if streams and streams[-1].real is None else None
         if live is None:
@@ -239,4 +227,4 @@ class StreamAppender:
             except BaseException:
                 streams.pop()
                 raise
-        self._writer.append(live, table_id, schema, rows)
+        self._writer.append(live, batch)

@@ -36,7 +36,7 @@ class FakeWriter:
     def finalize(self, stream: Stream) -> int | None:
         return len(self.rows[stream.name]) if stream.name in self.rows else None
 
-    def append(self, stream: Stream, table_id: str, schema, rows) -> None:
+    def append(self, stream: Stream, rows) -> None:
         existing = self.rows[stream.name]
         assert stream.rows == len(existing), "append at an offset that is not the stream's end"
         existing.extend(rows)
@@ -62,7 +62,7 @@ def test_a_new_stream_is_recorded_before_its_first_append():
         recorded.append((key, appender.stored_form(key, committed_only=True)))
         writer.log.append("record")
 
-    appender.append("t:0", T, CHANGES_SCHEMA, rows(1, 2), record)
+    appender.append("t:0", T, rows(1, 2), record)
     assert writer.log == [f"create {T}/streams/0", "record", "append 2"]
     assert recorded == [("t:0", f"{T}={T}/streams/0@0")]  # the committed count, not the rows to come
     appender.committed(["t:0"])
@@ -72,17 +72,17 @@ def test_a_new_stream_is_recorded_before_its_first_append():
 def test_after_a_crash_the_rows_appended_past_the_stored_count_are_skipped_once():
     writer = FakeWriter()
     first = StreamAppender(writer)
-    first.append("t:0", T, CHANGES_SCHEMA, rows(1, 2), lambda key: None)
+    first.append("t:0", T, rows(1, 2), lambda key: None)
     first.committed(["t:0"])
     stored = first.stored_form("t:0")  # 2 rows covered by the positions
-    first.append("t:0", T, CHANGES_SCHEMA, rows(3, 4, 5), lambda key: None)  # then kill -9 before commit
+    first.append("t:0", T, rows(3, 4, 5), lambda key: None)  # then kill -9 before commit
 
     again = StreamAppender(writer)
     again.resume({"t:0": stored})
     # The re-read brings rows 3, 4, 5 again, then 6: three were appended by the crashed run.
     assert again.take_skip("t:0", T, 2) == 2
     assert again.take_skip("t:0", T, 2) == 1
-    again.append("t:0", T, CHANGES_SCHEMA, rows(6), lambda key: None)
+    again.append("t:0", T, rows(6), lambda key: None)
     assert again.take_skip("t:0", T, 5) == 0
     assert [r["id"] for stream in writer.rows.values() for r in stream] == [1, 2, 3, 4, 5, 6]  # each once
 
@@ -95,9 +95,9 @@ def test_a_stream_that_could_not_be_recorded_is_forgotten():
         raise ConnectionError("Kafka is down")
 
     with pytest.raises(ConnectionError):
-        appender.append("t:0", T, CHANGES_SCHEMA, rows(1), kafka_down)
+        appender.append("t:0", T, rows(1), kafka_down)
     assert appender.stored_form("t:0") == ""
-    appender.append("t:0", T, CHANGES_SCHEMA, rows(1), lambda key: None)
+    appender.append("t:0", T, rows(1), lambda key: None)
     assert writer.log == [f"create {T}/streams/0", f"create {T}/streams/1", "append 1"]
 
 
@@ -116,23 +116,23 @@ def test_rows_become_arrow_and_a_wrong_typed_one_says_why():
 def test_a_second_crash_before_the_first_crash_s_tail_is_covered_still_skips_it():
     writer = FakeWriter()
     run0 = StreamAppender(writer)
-    run0.append("t:0", T, CHANGES_SCHEMA, rows(1, 2), lambda key: None)
+    run0.append("t:0", T, rows(1, 2), lambda key: None)
     run0.committed(["t:0"])
     stored = [run0.stored_form("t:0")]
-    run0.append("t:0", T, CHANGES_SCHEMA, rows(3, 4, 5), lambda key: None)  # crash: 3, 4, 5 uncovered
+    run0.append("t:0", T, rows(3, 4, 5), lambda key: None)  # crash: 3, 4, 5 uncovered
 
     run1 = StreamAppender(writer)
     run1.resume({"t:0": stored[-1]})
     assert run1.take_skip("t:0", T, 1) == 1  # row 3 is already there
     # Row 6 is new: a live stream is recorded first (with the old one, whose tail is not covered yet).
-    run1.append("t:0", T, CHANGES_SCHEMA, [], lambda key: stored.append(run1.stored_form(key, committed_only=True)))
+    run1.append("t:0", T, [], lambda key: stored.append(run1.stored_form(key, committed_only=True)))
     assert stored[-1] == f"{T}={T}/streams/0@2,{T}={T}/streams/1@0"
     # ... and the job is killed again before any commit.
 
     run2 = StreamAppender(writer)
     run2.resume({"t:0": stored[-1]})
     assert run2.take_skip("t:0", T, 10) == 3  # rows 3, 4, 5 from the first stream; the second is empty
-    run2.append("t:0", T, CHANGES_SCHEMA, rows(6), lambda key: None)
+    run2.append("t:0", T, rows(6), lambda key: None)
     run2.committed(["t:0"])
     assert [r["id"] for stream in writer.rows.values() for r in stream] == [1, 2, 3, 4, 5, 6]
     # Once the positions cover its tail, the old stream leaves the stored form.
