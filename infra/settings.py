@@ -2,7 +2,8 @@
 
 Every service address, credential, topic name and knob lives here, grouped per part of the system.
 Each group is a frozen pydantic-settings model with its own environment prefix (``POSTGRES_``,
-``KAFKA_``, ``CONNECT_``, ``REDIS_``, ``BIGQUERY_``, ``CDC_``, ``GENERATOR_``; ``GENERATION_RATE``, ``BURST_MODE``
+``KAFKA_``, ``CONNECT_``, ``REDIS_``, ``BIGQUERY_``, ``HTTP_SINK_``, ``HTTP_RECEIVER_``, ``CDC_``, ``GENERATOR_``;
+``GENERATION_RATE``, ``BURST_MODE``
 and ``BURST_COUNT`` keep the names seed 004 gave them). Defaults are safe for a laptop: every
 service listens on 127.0.0.1 only, on ports away from the usual ones so that a system Postgres or
 Redis never collides with ours. Passwords are ``SecretStr`` so they never appear in logs or reprs.
@@ -102,16 +103,17 @@ class RedisSettings(BaseSettings):
     password: SecretStr = SecretStr("redis-local")
     maxmemory: str = "512mb"
 
-    def client(self, *, decode_responses: bool = False) -> redis.Redis:
-        """The one way the project opens a Redis client (sinks, supervisor, tools, the stack's probes)."""
+    def client(self, *, decode_responses: bool = False, timeout_s: float | None = None) -> redis.Redis:
+        """The one way the project opens a Redis client (sinks, supervisor, tools, the stack's probes);
+        ``timeout_s`` for callers that must never wait on Redis long (best-effort status)."""
         import redis
 
         return redis.Redis(
             host=self.host,
             port=self.port,
             password=self.password.get_secret_value(),
-            socket_connect_timeout=2,
-            socket_timeout=10,
+            socket_connect_timeout=timeout_s or 2,
+            socket_timeout=timeout_s or 10,
             health_check_interval=10,
             decode_responses=decode_responses,
         )
@@ -162,6 +164,107 @@ class BigQuerySettings(BaseSettings):
         return f"{self.project_id}.{self.dataset}"
 
 
+def parse_statuses(text: str) -> frozenset[int]:
+    """``"408,429,500-599"`` -> the set of those HTTP statuses; a bad part raises ``ValueError``."""
+    statuses: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a status or a range like 500-599") from None
+        if not 100 <= first <= last <= 599:
+            raise ValueError(f"{part!r}: statuses are 100-599, low to high")
+        statuses.update(range(first, last + 1))
+    return frozenset(statuses)
+
+
+class HttpSinkSettings(BaseSettings):
+    """The HTTP sink (docs/http.md): where it posts, how it batches, retries and trips its breaker.
+
+    Off unless ``HTTP_SINK_URL`` (one endpoint, named ``default``, gets every change) or
+    ``HTTP_SINK_ROUTES_FILE`` (YAML routing rules, ``infra/http/routes.example.yaml``) is set. The
+    numbers below apply to every endpoint; a routes file sets each endpoint's URL and headers.
+    """
+
+    model_config = _config("HTTP_SINK_")
+
+    url: str = ""
+    routes_file: Path | None = None
+    # Changes per POST and bytes of JSON per POST; one flush sends up to `concurrency` POSTs at once.
+    batch_max_records: int = Field(default=500, ge=1, le=50_000)
+    batch_max_bytes: int = Field(default=1_000_000, ge=1_024)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    # How long a change may wait for more to fill its batch.
+    linger_ms: int = Field(default=50, gt=0)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    # A batch retries for this long at most (backoff with jitter, Retry-After honoured), then its
+    # changes go to the HTTP dead-letter topic.
+    budget_s: float = Field(default=30.0, gt=0)
+    initial_backoff_s: float = Field(default=0.2, gt=0)
+    max_backoff_s: float = Field(default=5.0, gt=0)
+    # Statuses retried (commas, ranges): any other status below 200 or from 300 on is final.
+    retryable_statuses: str = "408,425,429,500-599"
+    # A refused batch with one of these is split in halves until the refused change is alone.
+    split_statuses: str = "400,413,422"
+    # Extra headers on every request, as JSON ({"X-Tenant": "newsroom"}); a token goes in auth_token.
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth_token: SecretStr | None = None
+    # The breaker opens after breaker_fail_max failed requests in a row, or when at least
+    # breaker_min_calls requests in breaker_window_s failed at breaker_failure_rate or more. Open,
+    # it dead-letters at once; after breaker_reset_timeout_s one trial request may close it.
+    breaker_fail_max: int = Field(default=5, ge=1)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_window_s: float = Field(default=30.0, gt=0)
+    breaker_min_calls: int = Field(default=20, ge=1)
+    breaker_reset_timeout_s: float = Field(default=10.0, gt=0)
+    # Bytes of a refusing response's body kept in the dead letter.
+    body_excerpt_bytes: int = Field(default=512, ge=0, le=65_536)
+
+    @field_validator("retryable_statuses", "split_statuses")
+    @classmethod
+    def _statuses(cls, value: str) -> str:
+        parse_statuses(value)
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url or self.routes_file)
+
+    @property
+    def retryable(self) -> frozenset[int]:
+        return parse_statuses(self.retryable_statuses)
+
+    @property
+    def split(self) -> frozenset[int]:
+        return parse_statuses(self.split_statuses)
+
+
+class HttpReceiverSettings(BaseSettings):
+    """The local HTTP receiver (``infra/http_receiver``): the demo's and the tests' endpoint.
+
+    Changes are posted to ``http://HOST:PORT/ingest/<endpoint>``; counts, received changes and fault
+    injection are on the control port, which stays up while the ingest port is "down".
+    """
+
+    model_config = _config("HTTP_RECEIVER_")
+
+    host: str = "127.0.0.1"
+    port: int = 58088
+    control_port: int = 58089
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.host}:{self.control_port}"
+
+
 class CdcSettings(BaseSettings):
     """Names and knobs of the capture: connector, slot, publication, topics."""
 
@@ -204,6 +307,11 @@ class CdcSettings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}.dlq"
+
+    @property
+    def http_dlq_topic(self) -> str:
+        """What the HTTP sink could not deliver, kept apart so ``make http-replay`` can re-send it."""
+        return f"{self.topic_prefix}.dlq.http"
 
 
 class StackSettings(BaseSettings):
@@ -295,8 +403,9 @@ class PipelineSettings(BaseSettings):
     # Which sinks run, in lanes: "," separates lanes (each reads the topics at its own positions, so
     # an outage of one never delays another), "+" puts sinks in one lane (one read, one stage).
     # Names: redis (leaderboards and content metadata), bigquery (changelogs and the current view);
+    # http (one sink per endpoint; off unless HTTP_SINK_URL or HTTP_SINK_ROUTES_FILE is set);
     # faulty (tests and benchmarks only).
-    sinks: str = "redis,bigquery"
+    sinks: str = "redis,bigquery,http"
     # Dead letters larger than this are truncated (with a header saying so), not refused.
     dead_letter_max_bytes: int = Field(default=1_000_000, ge=16_384)
     restart_backoff_initial_s: float = Field(default=1.0, gt=0)
@@ -314,6 +423,8 @@ class Settings(BaseSettings):
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     bigquery: BigQuerySettings = Field(default_factory=BigQuerySettings)
+    http_sink: HttpSinkSettings = Field(default_factory=HttpSinkSettings)
+    http_receiver: HttpReceiverSettings = Field(default_factory=HttpReceiverSettings)
     cdc: CdcSettings = Field(default_factory=CdcSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[name] = str(value)
     try:
         settings = Settings()
-        lanes(settings.pipeline.sinks)  # a typo in PIPELINE_SINKS fails here, not in a restart loop
+        lanes(settings.pipeline.sinks, settings)  # a typo in PIPELINE_SINKS fails here, not in a restart loop
     except (ValidationError, ValueError) as exc:
         print(f"error: invalid configuration in the environment:\n{exc}", file=sys.stderr)
         return 2

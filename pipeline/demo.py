@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + render(client, settings.leaderboard), flush=True)
             for content_type in ("podcast", "newsletter", "video"):
                 print("\n" + render(client, settings.leaderboard, 3, content_type), flush=True)
-            if any(spec.name == "bigquery" for lane in lanes(settings.pipeline.sinks) for spec in lane.sinks):
+            if any(spec.name == "bigquery" for lane in lanes(settings.pipeline.sinks, settings) for spec in lane.sinks):
                 show_bigquery(settings)
             return generator.returncode or 0
         finally:

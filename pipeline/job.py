@@ -48,7 +48,7 @@ def stored_positions(settings: Settings, lane: Lane) -> list[dict[str, Position]
 def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
     """Each lane starts every partition at the lowest next offset over its sinks."""
     plans = []
-    for lane in lanes(settings.pipeline.sinks):
+    for lane in lanes(settings.pipeline.sinks, settings):
         topic = topic_name(settings, lane)
         resume = resume_offsets(topic, stored_positions(settings, lane))
         plans.append(LanePlan(lane, discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)))

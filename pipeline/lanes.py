@@ -69,7 +69,11 @@ class WriteLane(beam.PTransform):
     def expand(self, stream: beam.PCollection) -> beam.PCollection:
         lane, s = self._plan.lane, self._settings
         letters = functools.partial(
-            DeadLetterProducer, s.kafka.client_config(), s.cdc.dlq_topic, s.pipeline.dead_letter_max_bytes
+            DeadLetterProducer,
+            s.kafka.client_config(),
+            s.cdc.dlq_topic,
+            s.pipeline.dead_letter_max_bytes,
+            stage_topics={spec.name: spec.dead_letter_topic for spec in lane.sinks if spec.dead_letter_topic},
         )
         written = []
         for index, spec in enumerate(lane.sinks):
@@ -82,7 +86,7 @@ class WriteLane(beam.PTransform):
                         letters,
                         [topic_name(s, lane)],
                         owns_upstream_letters=lane.owns_upstream_letters and index == 0,
-                        max_latency_ms=s.pipeline.sink_flush_ms,
+                        max_latency_ms=spec.max_latency_ms or s.pipeline.sink_flush_ms,
                     )
                 )
             )

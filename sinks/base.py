@@ -124,6 +124,8 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._retries.inc(report.retries)
         self._conflicts.inc(report.conflicts)
         self._flush_ms.update(report.took_ms)
+        for gauge, value in self._flusher.sink.gauges().items():
+            Metrics.gauge(self._flusher.sink.name, gauge).set(value)
         for stage, count in report.letters.items():
             Metrics.counter("dead_letters", stage).inc(count)
         if report.took_ms >= SLOW_FLUSH_MS:

@@ -158,6 +158,15 @@ class Sink(abc.ABC, Generic[T]):
         """Store ``positions``. Non-atomic sinks: after their records are settled. Atomic sinks: only
         called when a batch had nothing left to write (all skipped or dead-lettered)."""
 
+    def letter_headers(self, record: Any) -> tuple[tuple[str, bytes], ...]:
+        """Headers this sink adds to a record's dead letter after its last write (the HTTP sink: the
+        endpoint, the status, and the change as it was sent, which its replay re-sends)."""
+        return ()
+
+    def gauges(self) -> Mapping[str, int]:
+        """Current values the driver reports as Beam gauges after each flush (a breaker's state)."""
+        return {}
+
     def size_of(self, record: Any) -> int:
         """Bytes a record counts against ``limits.max_bytes``: its original value by default."""
         value = getattr(record, "value", None)

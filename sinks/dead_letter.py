@@ -2,8 +2,10 @@
 
 Each letter is produced with the record's original key and value and headers that say where it came
 from and why: ``dlq.stage`` (decode_engagement, join_content, or the sink's name), ``dlq.reason``,
-``dlq.source.topic`` / ``.partition`` / ``.offset``. A value too large for the topic is cut to
-``max_bytes`` and gets a ``dlq.truncated`` header with its original length, rather than failing.
+``dlq.source.topic`` / ``.partition`` / ``.offset``, and any the sink adds (``Sink.letter_headers``).
+A sink may have a topic of its own for the letters it gives up on (``stage_topics``). A value too
+large for the topic is cut to ``max_bytes`` and gets a ``dlq.truncated`` header with its original
+length, rather than failing.
 
 Delivery is confirmed: ``send`` returns only when the broker has acknowledged every letter (the
 delivery callback reported no error). A letter that fails (a timeout inside librdkafka, the broker
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -37,6 +39,7 @@ def headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
         ("dlq.source.topic", p.topic.encode()),
         ("dlq.source.partition", str(p.partition).encode()),
         ("dlq.source.offset", str(p.offset).encode()),
+        *letter.headers,
     ]
 
 
@@ -61,8 +64,11 @@ class DeadLetterProducer:
         retry_backoff_s: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
         producer_factory: Callable[[dict[str, Any]], Any] = Producer,
+        stage_topics: Mapping[str, str] | None = None,
     ) -> None:
         self.topic = topic
+        # A sink's own letters may go to a topic of its own (the HTTP sink's, for its replay).
+        self._stage_topics = dict(stage_topics or {})
         self._max_bytes = max_bytes
         self._backoff = retry_backoff_s
         self._sleep = sleep
@@ -109,7 +115,8 @@ class DeadLetterProducer:
         key, value, hdrs = message(letter, self._max_bytes)
         while True:
             try:
-                self._producer.produce(self.topic, key=key, value=value, headers=hdrs, on_delivery=delivered)
+                topic = self._stage_topics.get(letter.stage, self.topic)
+                self._producer.produce(topic, key=key, value=value, headers=hdrs, on_delivery=delivered)
                 return
             except BufferError:
                 self._producer.poll(0.5)  # the local queue is full: let deliveries drain

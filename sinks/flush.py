@@ -176,7 +176,15 @@ class Flusher(Generic[T]):
 
     def _letter(self, record: Any, reason: str) -> DeadLetter:
         sequence = None if record.op == "r" else record.sequence  # snapshot reads never set a mark
-        return DeadLetter(record.position, self.sink.name, reason, record.key, record.value, sequence)
+        return DeadLetter(
+            record.position,
+            self.sink.name,
+            reason,
+            record.key,
+            record.value,
+            sequence,
+            headers=self.sink.letter_headers(record),
+        )
 
     def _send(self, letters: list[DeadLetter], report: FlushReport) -> None:
         if letters:

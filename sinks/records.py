@@ -146,6 +146,8 @@ class DeadLetter(msgspec.Struct, gc=False):
     value: bytes | None
     sequence: Sequence | None = None
     deterministic: bool = True
+    # More headers for the letter's record, from the sink that gave up on it (``Sink.letter_headers``).
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     op = "dead_letter"
 

@@ -12,6 +12,7 @@ whatever this module returns and needs no change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,6 +47,37 @@ def _bigquery_content(settings: Settings) -> Sink[Any]:
     return BigQueryContentSink(settings.bigquery, settings.kafka, settings.pipeline.consumer_group)
 
 
+def _http_sink(route: Any, settings: Settings) -> Sink[Any]:
+    from sinks.http import HttpSink
+
+    return HttpSink(route, settings.http_sink, settings.kafka, settings.pipeline.consumer_group, settings.redis)
+
+
+def http_routes(settings: Settings) -> list[Any]:
+    """The endpoints the HTTP sink posts to: the routing file's, or ``HTTP_SINK_URL`` alone, or none
+    (the sink is off). Loading checks the file: a mistake fails the start, naming rule and field."""
+    from sinks import http_routes as routes
+
+    hs = settings.http_sink
+    if hs.routes_file is not None:
+        return routes.load(hs.routes_file)
+    return routes.everything(hs.url) if hs.url else []
+
+
+def _http_specs(settings: Settings) -> tuple[SinkSpec, ...]:
+    return tuple(
+        SinkSpec(
+            f"http_{route.endpoint}",
+            "engagement",
+            "Http" + "".join(part.capitalize() for part in route.endpoint.split("_")),
+            functools.partial(_http_sink, route),
+            dead_letter_topic=settings.cdc.http_dlq_topic,
+            max_latency_ms=settings.http_sink.linger_ms,
+        )
+        for route in http_routes(settings)
+    )
+
+
 def _fault_injection(settings: Settings) -> Sink[Any]:
     from sinks.fault_injection import FaultInjectionSink
 
@@ -58,9 +90,11 @@ class SinkSpec:
     topic: Topic
     label: str  # the Beam step
     build: Callable[[Settings], Sink[Any]]
+    dead_letter_topic: str | None = None  # the sink's own letters go here (default: the DLQ topic)
+    max_latency_ms: int | None = None  # how long a record waits for its batch (PIPELINE_SINK_FLUSH_MS)
 
 
-SINKS: dict[str, tuple[SinkSpec, ...]] = {
+SINKS: dict[str, tuple[SinkSpec, ...] | Callable[[Settings], tuple[SinkSpec, ...]]] = {
     "redis": (
         SinkSpec("redis_leaderboard", "engagement", "Leaderboards", _leaderboards),
         SinkSpec("redis_content", "content", "ContentMetadata", _content_metadata),
@@ -69,8 +103,19 @@ SINKS: dict[str, tuple[SinkSpec, ...]] = {
         SinkSpec("bigquery", "engagement", "BigQuery", _bigquery_changes),
         SinkSpec("bigquery_content", "content", "BigQueryContent", _bigquery_content),
     ),
+    # One sink per endpoint, from the settings (none when the HTTP sink is not configured).
+    "http": _http_specs,
     "faulty": (SinkSpec("faulty", "engagement", "FaultInjection", _fault_injection),),
 }
+
+
+def specs(name: str, settings: Settings | None) -> tuple[SinkSpec, ...]:
+    entry = SINKS[name]
+    if callable(entry):
+        if settings is None:
+            raise ValueError(f"sink {name!r} is configured by the settings: pass them to lanes()")
+        return entry(settings)
+    return entry
 
 
 @dataclass(frozen=True)
@@ -86,8 +131,9 @@ class Lane:
         return "+".join(spec.label for spec in self.sinks)
 
 
-def lanes(setting: str) -> list[Lane]:
-    """The lanes ``PIPELINE_SINKS`` asks for, in order; the first lane of each topic owns its letters."""
+def lanes(setting: str, settings: Settings | None = None) -> list[Lane]:
+    """The lanes ``PIPELINE_SINKS`` asks for, in order; the first lane of each topic owns its letters.
+    A sink with no endpoint configured (``http`` without a URL or routes) has no lane."""
     result: list[Lane] = []
     seen: set[str] = set()
     for group in (part.strip() for part in setting.split(",")):
@@ -102,8 +148,8 @@ def lanes(setting: str) -> list[Lane]:
             raise ValueError(f"PIPELINE_SINKS={setting!r}: {', '.join(sorted(repeated))} named twice")
         seen.update(names)
         for topic in ("engagement", "content"):
-            specs = tuple(spec for name in names for spec in SINKS[name] if spec.topic == topic)
-            if specs:
+            chosen = tuple(spec for name in names for spec in specs(name, settings) if spec.topic == topic)
+            if chosen:
                 first = not any(lane.topic == topic for lane in result)
-                result.append(Lane(topic, specs, owns_upstream_letters=first))
+                result.append(Lane(topic, chosen, owns_upstream_letters=first))
     return result

@@ -64,6 +64,11 @@ def topic_specs(cdc: CdcSettings) -> list[TopicSpec]:
         TopicSpec(
             cdc.dlq_topic, cdc.dlq_partitions, {"cleanup.policy": "delete", "retention.ms": str(cdc.dlq_retention_ms)}
         ),
+        TopicSpec(
+            cdc.http_dlq_topic,
+            cdc.dlq_partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(cdc.dlq_retention_ms)},
+        ),
     ]
 
 

@@ -67,3 +67,27 @@ def test_a_letter_that_times_out_is_produced_again_until_acknowledged():
     assert made[0].acknowledged == [b'{"id": 7}', b"k2"]
     assert made[0].attempts == {b'{"id": 7}': 2, b"k2": 2} and slept == [1.0]
     assert made[0].config["enable.idempotence"] is True
+
+
+class TopicProducer:
+    def __init__(self, config):
+        self.produced: list[tuple[str, list]] = []
+
+    def produce(self, topic, key, value, headers, on_delivery):
+        self.produced.append((topic, headers))
+        on_delivery(None, None)
+
+    def __len__(self):
+        return 0
+
+    def flush(self, timeout):
+        pass
+
+
+def test_a_sinks_own_letters_go_to_its_topic_with_its_headers():
+    producer = DeadLetterProducer({}, "dlq", producer_factory=TopicProducer, stage_topics={"http_a": "dlq.http"})
+    http = DeadLetter(LETTER.position, "http_a", "HTTP 403", b"k", b"v", headers=(("dlq.http.status", b"403"),))
+    producer.send([LETTER, http])
+    [(first, _), (second, headers)] = producer._producer.produced
+    assert (first, second) == ("dlq", "dlq.http")
+    assert dict(headers)["dlq.http.status"] == b"403"

@@ -32,3 +32,25 @@ def test_commas_make_lanes_and_plus_shares_one():
 def test_mistakes_are_refused_with_a_reason(setting, message):
     with pytest.raises(ValueError, match=message):
         lanes(setting)
+
+
+def test_the_http_sink_is_one_sink_per_endpoint_and_off_when_not_configured():
+    from infra.settings import REPO_ROOT, HttpSinkSettings, Settings
+
+    assert [lane.topic for lane in lanes("redis,http", Settings(http_sink=HttpSinkSettings()))] == [
+        "engagement",
+        "content",
+    ]
+    one = lanes("http", Settings(http_sink=HttpSinkSettings(url="http://h/x", linger_ms=80)))
+    [spec] = one[0].sinks
+    assert (spec.name, spec.label, spec.topic, spec.max_latency_ms) == ("http_default", "HttpDefault", "engagement", 80)
+    assert spec.dead_letter_topic == "engagement.dlq.http"
+    routed = Settings(http_sink=HttpSinkSettings(routes_file=REPO_ROOT / "infra/http/routes.example.yaml"))
+    [lane] = lanes("redis,http", routed)[2:]
+    assert [s.name for s in lane.sinks] == ["http_analytics", "http_completions"]
+    assert lane.owns_upstream_letters is False
+
+
+def test_sinks_configured_by_the_settings_need_them():
+    with pytest.raises(ValueError, match="configured by the settings"):
+        lanes("http")

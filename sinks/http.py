@@ -1,0 +1,223 @@
+"""The HTTP sink: one per endpoint, posting the changes its routing rules select, as JSON batches.
+
+Built on the contract (``sinks.contract``) as a non-atomic sink: positions are Kafka committed
+offsets of its own group, ``<PIPELINE_CONSUMER_GROUP>.sink.http_<endpoint>``, stored once every
+change of a flush is delivered or dead-lettered; a crash in between sends those changes again,
+with the same idempotency keys (``sinks.http_payload``). Changes its rules do not select count as
+applied: they only move its positions.
+
+One flush is split into POSTs of ``HTTP_SINK_BATCH_MAX_RECORDS`` changes (and at most
+``HTTP_SINK_BATCH_MAX_BYTES`` of JSON), up to ``HTTP_SINK_CONCURRENCY`` in flight at once. What each
+reply means is ``sinks.http_client``; retries, backoff with jitter (never shorter than a
+``Retry-After``) and the per-batch budget (``HTTP_SINK_BUDGET_S``, then the HTTP dead-letter
+topic) are the driver's, as for every sink.
+
+The circuit breaker (``sinks.http_breaker``, one per endpoint per DoFn instance): while it is open,
+every change goes to the dead-letter topic at once, with no request. Past its reset timeout, the
+first POST of the next flush is the one trial (pybreaker holds its lock for that call, so no other
+request of this instance runs with it); the rest of the flush goes out only if the trial closed
+the breaker. Requests sent while it is closed run concurrently and report to it when they end.
+
+Each dead letter carries ``dlq.http.endpoint``, ``dlq.http.url``, ``dlq.http.status`` (a status
+code, ``timeout``, ``connection`` or ``circuit_open``) and ``dlq.http.change``, the change exactly
+as it was sent, which ``make http-replay`` (``sinks.http_replay``) sends again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pybreaker
+
+from infra.settings import HttpSinkSettings, KafkaSettings, RedisSettings
+from sinks.contract import APPLIED, Batch, BatchLimits, Outcome, Retry, RetryPolicy, Sink
+from sinks.http_breaker import STATES, BreakerBoard, BreakerConfig, EndpointFailure, Publisher, make_breaker
+from sinks.http_client import ClientPolicy, EndpointClient, Sent, make_client
+from sinks.http_payload import change_json, idempotency_key
+from sinks.http_routes import Route
+from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.positions import Position
+from sinks.records import EnrichedChange
+
+CIRCUIT_OPEN = "circuit_open"
+
+
+def breaker_config(settings: HttpSinkSettings) -> BreakerConfig:
+    return BreakerConfig(
+        fail_max=settings.breaker_fail_max,
+        reset_timeout_s=settings.breaker_reset_timeout_s,
+        failure_rate=settings.breaker_failure_rate,
+        window_s=settings.breaker_window_s,
+        min_calls=settings.breaker_min_calls,
+    )
+
+
+def client_policy(settings: HttpSinkSettings) -> ClientPolicy:
+    return ClientPolicy(settings.retryable, settings.split, settings.body_excerpt_bytes, settings.budget_s)
+
+
+def request_headers(settings: HttpSinkSettings, route: Route) -> dict[str, str]:
+    """``HTTP_SINK_HEADERS``, then the endpoint's own, then ``HTTP_SINK_AUTH_TOKEN`` as a bearer token
+    unless the endpoint sets ``Authorization`` itself."""
+    headers = {**settings.headers, **route.headers}
+    if settings.auth_token is not None and not any(k.lower() == "authorization" for k in headers):
+        headers["Authorization"] = f"Bearer {settings.auth_token.get_secret_value()}"
+    return headers
+
+
+class HttpSink(Sink[EnrichedChange]):
+    atomic = False
+
+    def __init__(
+        self,
+        route: Route,
+        settings: HttpSinkSettings,
+        kafka: KafkaSettings,
+        consumer_group: str,
+        redis: RedisSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        client_factory: Callable[[], Any] | None = None,
+        positions_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.name = f"http_{route.endpoint}"  # type: ignore[misc] - per instance: one sink per endpoint
+        self.route = route
+        self._settings = settings
+        self._kafka = kafka
+        self._group = group_id(consumer_group, self.name)
+        self._redis = redis
+        self._clock = clock
+        self._client_factory = client_factory
+        self._positions_factory = positions_factory
+        self.retry_policy = RetryPolicy(settings.initial_backoff_s, settings.max_backoff_s, settings.budget_s)
+        self.limits = BatchLimits(
+            max_records=settings.batch_max_records * settings.concurrency,
+            max_bytes=settings.batch_max_bytes * settings.concurrency,
+        )
+
+    def open(self) -> None:
+        s = self._settings
+        http = (
+            self._client_factory or (lambda: make_client(s.connect_timeout_s, s.request_timeout_s, s.concurrency))
+        )()
+        self._http = http
+        self.client = EndpointClient(
+            self.route.endpoint, self.route.url, request_headers(s, self.route), http, client_policy(s)
+        )
+        self._pool = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix=f"{self.name}-post")
+        self._positions = (
+            self._positions_factory or (lambda: KafkaPositions(self._kafka.client_config(), self._group))
+        )()
+        board = BreakerBoard(self._redis.client(timeout_s=0.5)) if self._redis is not None else None
+        self._publisher = Publisher(board, self.route.endpoint, self._clock)
+        self.breaker = make_breaker(self.name, breaker_config(s), self._clock, (self._publisher,))
+        self._letter_info: dict[str, tuple[str, bytes]] = {}
+
+    def close(self) -> None:
+        for part in ("_pool",):
+            pool = getattr(self, part, None)
+            if pool is not None:
+                pool.shutdown(wait=True)
+        for part in ("_http", "_positions"):
+            resource = getattr(self, part, None)
+            if resource is not None:
+                resource.close()
+
+    def positions(self, topics: Sequence[str]) -> dict[str, Position]:
+        return self._positions.load(topics)
+
+    def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
+        self._positions.store(positions)
+
+    def gauges(self) -> Mapping[str, int]:
+        return {"breaker_state": STATES[self.breaker.current_state]}
+
+    def letter_headers(self, record: Any) -> tuple[tuple[str, bytes], ...]:
+        status, change = self._letter_info.get(record.position.record_id, ("", b""))
+        return (
+            ("dlq.http.endpoint", self.route.endpoint.encode()),
+            ("dlq.http.url", self.route.url.encode()),
+            ("dlq.http.status", status.encode()),
+            ("dlq.http.change", change),
+        )
+
+    def write(self, batch: Batch[EnrichedChange]) -> Outcome:
+        self._letter_info = {}
+        wanted = [i for i, record in enumerate(batch.records) if self.route.wants(record)]
+        if not wanted:
+            return APPLIED
+        keys = [idempotency_key(batch.records[i]) for i in wanted]
+        changes = [change_json(batch.records[i]) for i in wanted]
+        groups = self._groups(changes)
+        sent: list[tuple[int, int, Sent | None]] = []  # [start, end) in `wanted`; None: not sent
+        if self.breaker.current_state != pybreaker.STATE_CLOSED:
+            (start, end), groups = groups[0], groups[1:]
+            sent.append((start, end, self._trial(keys[start:end], changes[start:end])))
+            if self.breaker.current_state != pybreaker.STATE_CLOSED:
+                sent += [(start, end, None) for start, end in groups]
+                groups = []
+        futures = [
+            (start, end, self._pool.submit(self._send, keys[start:end], changes[start:end])) for start, end in groups
+        ]
+        sent += [(start, end, future.result()) for start, end, future in futures]
+        self._publisher.touch(self.breaker)
+        return self._outcome(wanted, keys, changes, sent)
+
+    def _groups(self, changes: Sequence[bytes]) -> list[tuple[int, int]]:
+        """``[start, end)`` of each POST: at most batch_max_records changes and batch_max_bytes."""
+        s = self._settings
+        groups, start, size = [], 0, 0
+        for i, change in enumerate(changes):
+            if i > start and (i - start >= s.batch_max_records or size + len(change) > s.batch_max_bytes):
+                groups.append((start, i))
+                start, size = i, 0
+            size += len(change) + 1
+        groups.append((start, len(changes)))
+        return groups
+
+    def _send(self, keys: Sequence[str], changes: Sequence[bytes]) -> Sent:
+        sent = self.client.post(keys, changes)
+        with contextlib.suppress(pybreaker.CircuitBreakerError, EndpointFailure):
+            self.breaker.call(_count, sent)  # counted; if it tripped, the next write finds it open
+        return sent
+
+    def _trial(self, keys: Sequence[str], changes: Sequence[bytes]) -> Sent | None:
+        """Through the breaker, holding its lock: the half-open trial, or nothing while it is open."""
+        result: list[Sent] = []
+
+        def post() -> None:
+            result.append(self.client.post(keys, changes))
+            _count(result[0])
+
+        with contextlib.suppress(pybreaker.CircuitBreakerError, EndpointFailure):
+            self.breaker.call(post)
+        return result[0] if result else None
+
+    def _outcome(
+        self, wanted: list[int], keys: list[str], changes: list[bytes], sent: list[tuple[int, int, Sent | None]]
+    ) -> Outcome:
+        outcome = Outcome()
+        for start, end, result in sent:
+            if result is None:
+                why = f"circuit breaker open for {self.route.endpoint}: {self._publisher.last_failure or 'failing'}"
+                for j in range(start, end):
+                    outcome.rejected[wanted[j]] = why
+                    self._letter_info[keys[j]] = (CIRCUIT_OPEN, changes[j])
+                continue
+            for i, (status, reason) in result.rejected.items():
+                outcome.rejected[wanted[start + i]] = reason
+                self._letter_info[keys[start + i]] = (status, changes[start + i])
+            for i, (status, reason, wait) in result.retry.items():
+                outcome.retry[wanted[start + i]] = Retry(reason, wait)
+                self._letter_info[keys[start + i]] = (status, changes[start + i])
+        return outcome
+
+
+def _count(sent: Sent) -> None:
+    """Called inside ``breaker.call``: raising is how pybreaker counts a failure."""
+    if sent.endpoint_failed:
+        raise EndpointFailure(sent.failure)
