@@ -102,7 +102,7 @@ def test_endpoint_errors_name_the_endpoint(tmp_path, text, message):
 
 
 def test_a_missing_file_is_named():
-    with pytest.raises(RoutesError, match="routing file /nope.yaml: No such file"):
+    with pytest.raises(RoutesError, match=r"routing file /nope\.yaml: No such file"):
         load(Path("/nope.yaml"))
 
 
