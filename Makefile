@@ -3,8 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 STACK := $(PY) -m infra.stack
+# The demo turns the HTTP sink on against the local receiver, unless it is configured already.
+DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
-.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bigquery-roll bigquery-query clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http http-replay bigquery-roll bigquery-query clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,7 +34,7 @@ demo: up ## the main job: stack, CDC, the Beam pipeline, a live leaderboard, and
 	@$(PY) -m generator --seed-only
 	@echo "==> CDC envelopes on Kafka"
 	@$(STACK) tail --count 4
-	@$(PY) -m pipeline.demo --duration $${DEMO_SECONDS:-30}
+	@$(DEMO_HTTP) $(PY) -m pipeline.demo --duration $${DEMO_SECONDS:-30}
 	@echo "The stack keeps running: 'make pipeline' runs the pipeline again, 'make down' stops the stack, 'make reset' removes its data."
 
 pipeline: up ## run the streaming pipeline in the foreground (Ctrl-C stops it)
@@ -73,13 +75,21 @@ bench-bigquery: up ## BigQuery: insertAll rate per request size, drain rate, com
 	@$(PY) -m loadtest.bench_bigquery drain --events $${BENCH_BQ_EVENTS:-100000}
 	@$(PY) -m loadtest.bench_bigquery latency --rate $${BENCH_BQ_RATE:-3333} --duration $${BENCH_BQ_SECONDS:-120}
 
+http-replay: up ## send the HTTP dead-letter topic again (ENDPOINT=name for one; FROM_BEGINNING=1 for all)
+	@$(DEMO_HTTP) $(PY) -m sinks.http_replay $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(if $(FROM_BEGINNING),--from-beginning)
+
+bench-http: up ## HTTP: throughput to the receiver, commit -> received, Redis p99 with the receiver down 60 s
+	@$(DEMO_HTTP) $(PY) -m loadtest.bench_http throughput --events $${BENCH_HTTP_EVENTS:-200000}
+	@$(DEMO_HTTP) $(PY) -m loadtest.bench_http latency --rate 3333 --duration $${BENCH_HTTP_SECONDS:-120}
+	@$(DEMO_HTTP) $(PY) -m loadtest.bench_http outage --rate 3333 --duration $${BENCH_HTTP_SECONDS:-120} --outage 60
+
 bigquery-roll: up ## create the coming quarters' changelog tables; RETAIN=N drops quarters older than the last N
 	@$(PY) -m sinks.bigquery_admin roll $(if $(RETAIN),--retain $(RETAIN))
 
 bigquery-query: up ## run seed 004's query on BigQuery (SQL="..." for another)
 	@$(PY) -m sinks.bigquery_admin query $(if $(SQL),"$(SQL)")
 
-bench: bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery ## all benchmarks
+bench: bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http ## all benchmarks
 
 clean: reset ## reset, and remove the venv and downloaded jars
 	rm -rf .venv .stack .stack-test

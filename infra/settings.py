@@ -224,6 +224,11 @@ class HttpSinkSettings(BaseSettings):
     # Bytes of a refusing response's body kept in the dead letter.
     body_excerpt_bytes: int = Field(default=512, ge=0, le=65_536)
 
+    @field_validator("routes_file", mode="before")
+    @classmethod
+    def _unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # HTTP_SINK_ROUTES_FILE= turns routing off
+
     @field_validator("retryable_statuses", "split_statuses")
     @classmethod
     def _statuses(cls, value: str) -> str:

@@ -2,7 +2,8 @@
 
 Starts the pipeline (under its supervisor) and the generator at seed 004's rate, prints the
 leaderboard every few seconds, then (when the BigQuery sink runs) waits for BigQuery to catch up
-and prints seed 004's query with its result, then stops both. ``make demo`` runs it after ``make up``.
+and prints seed 004's query with its result, then (when the HTTP sink runs) what the local
+receiver got per endpoint, then stops both. ``make demo`` runs it after ``make up``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ from sinks.leaderboard_view import render
 from sinks.registry import lanes
 
 
-def show_bigquery(settings: Settings, timeout_s: float = 120.0) -> None:
-    """Wait until the BigQuery sinks have stored the topics' end, then run seed 004's query."""
-    from sinks.bigquery_admin import run_query, seed_query
-    from sinks.bigquery_dataset import make_client
+def wait_caught_up(settings: Settings, topics: dict[str, str], what: str, timeout_s: float = 120.0) -> None:
+    """Until the non-atomic sinks in ``topics`` (sink -> topic) have stored their topics' end."""
     from sinks.kafka_positions import KafkaPositions, group_id
 
-    topics = {"bigquery": settings.cdc.engagement_topic, "bigquery_content": settings.cdc.content_topic}
     stores = {
         sink: KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, sink))
         for sink in topics
@@ -36,13 +34,22 @@ def show_bigquery(settings: Settings, timeout_s: float = 120.0) -> None:
             if behind == 0:
                 break
             if time.monotonic() > deadline:
-                print(f"==> BigQuery is still {behind:,} changes behind; querying what it has", flush=True)
+                print(f"==> {what} is still {behind:,} changes behind; showing what it has", flush=True)
                 break
-            print(f"==> BigQuery: {behind:,} changes to go", flush=True)
+            print(f"==> {what}: {behind:,} changes to go", flush=True)
             time.sleep(3)
     finally:
         for store in stores.values():
             store.close()
+
+
+def show_bigquery(settings: Settings) -> None:
+    """Wait until the BigQuery sinks have stored the topics' end, then run seed 004's query."""
+    from sinks.bigquery_admin import run_query, seed_query
+    from sinks.bigquery_dataset import make_client
+
+    topics = {"bigquery": settings.cdc.engagement_topic, "bigquery_content": settings.cdc.content_topic}
+    wait_caught_up(settings, topics, "BigQuery")
     bq = settings.bigquery
     client = make_client(bq)
     sql = seed_query(bq)
@@ -52,6 +59,31 @@ def show_bigquery(settings: Settings, timeout_s: float = 120.0) -> None:
     for row in run_query(client, sql):
         pct = row["avg_engagement_pct"]
         print(f"    {row['content_type'] or '(none)':<11} {'-' if pct is None else f'{pct:6.2f} %'}")
+
+
+def show_http(settings: Settings, sinks: list[str]) -> None:
+    """Wait until the HTTP sinks have stored the topic's end, then show what the receiver got."""
+    from infra.http_receiver.client import ReceiverClient
+
+    wait_caught_up(settings, dict.fromkeys(sinks, settings.cdc.engagement_topic), "HTTP")
+    receiver = ReceiverClient(settings.http_receiver.control_url)
+    try:
+        stats = receiver.stats()
+        print(f"\n==> HTTP receiver ({settings.http_receiver.url}): {stats['requests']:,} requests", flush=True)
+        for endpoint, counts in sorted(stats["by_endpoint"].items()):
+            print(
+                f"    {endpoint:<12} {counts['unique']:>8,} changes  {counts['duplicates']:>6,} duplicates"
+                f"  {counts['rejected']:>4,} refused  ({counts['requests']:,} requests)"
+            )
+        lag = stats["lag_ms"]
+        if lag["count"]:
+            print(
+                f"    commit -> received: p50 {lag['p50']:.0f} ms, p99 {lag['p99']:.0f} ms, {lag['count']:,} changes"
+            )
+        for change in receiver.changes()[-2:]:
+            print(f"    e.g. {change}")
+    finally:
+        receiver.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + render(client, settings.leaderboard), flush=True)
             for content_type in ("podcast", "newsletter", "video"):
                 print("\n" + render(client, settings.leaderboard, 3, content_type), flush=True)
-            if any(spec.name == "bigquery" for lane in lanes(settings.pipeline.sinks, settings) for spec in lane.sinks):
+            running = [spec.name for lane in lanes(settings.pipeline.sinks, settings) for spec in lane.sinks]
+            if "bigquery" in running:
                 show_bigquery(settings)
+            http = [name for name in running if name.startswith("http_")]
+            if http:
+                show_http(settings, http)
             return generator.returncode or 0
         finally:
             stop_group(pipeline)

@@ -38,6 +38,9 @@ def make_test_settings() -> Settings:
         connect=base.connect.model_copy(update={"port": base.connect.port + 100, "group_id": f"connect-{run}"}),
         redis=base.redis.model_copy(update={"port": base.redis.port + 100}),
         bigquery=base.bigquery.model_copy(update={"emulator_host": "http://127.0.0.1:59150"}),
+        http_receiver=base.http_receiver.model_copy(
+            update={"port": base.http_receiver.port + 100, "control_port": base.http_receiver.control_port + 100}
+        ),
         cdc=base.cdc.model_copy(
             update={
                 "topic_prefix": f"t{run}",
@@ -69,6 +72,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
         "PIPELINE_SINKS": settings.pipeline.sinks,
         "BIGQUERY_EMULATOR_HOST": settings.bigquery.emulator_host,
+        "HTTP_RECEIVER_PORT": str(settings.http_receiver.port),
+        "HTTP_RECEIVER_CONTROL_PORT": str(settings.http_receiver.control_port),
+        "HTTP_RECEIVER_URL": settings.http_receiver.url,
+        # The HTTP sink is off unless a test turns it on.
+        "HTTP_SINK_URL": "",
+        "HTTP_SINK_ROUTES_FILE": "",
     }
 
 

@@ -1,0 +1,229 @@
+"""The HTTP sink on the real stack and the local receiver: with 30 % of requests failing and the
+receiver down for 30 s, every change reaches the receiver or the HTTP dead-letter topic; replay
+delivers the rest once by key, refuses while the breaker is open, and a second replay sends nothing.
+The receiver's latest change per event equals Postgres, and the Redis board stays equal to SQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.http_receiver.client import ReceiverClient
+from infra.settings import REPO_ROOT, Settings
+from infra.stack.kafka import end_offsets
+from infra.stack.local import LocalStack
+from sinks.http_breaker import BreakerBoard
+from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.positions import Position
+
+from .pipeline_helpers import assert_redis_matches_sql, env, flush_redis, streaming, wait_caught_up
+from .test_pipeline import generate
+from .test_sink_family import read_to_the_end
+
+pytestmark = pytest.mark.integration
+ENDPOINTS = ("everything", "finishes")
+ROUTES = """
+endpoints:
+  everything: {url: "${HTTP_RECEIVER_URL}/ingest/everything"}
+  finishes:
+    url: "${HTTP_RECEIVER_URL}/ingest/finishes"
+    headers: {Authorization: "Bearer ${FINISHES_TOKEN:-test-token}"}
+routes:
+  - {name: all, endpoint: everything}
+  - {name: finishes, endpoint: finishes, match: {event_type: [finish]}}
+"""
+
+
+def sink_env(settings: Settings, routes: Path) -> dict[str, str]:
+    return {
+        "PIPELINE_SINKS": "redis,http",
+        "HTTP_SINK_ROUTES_FILE": str(routes),
+        "HTTP_SINK_BUDGET_S": "8",
+        "HTTP_SINK_BREAKER_RESET_TIMEOUT_S": "5",
+    }
+
+
+def start_http_sinks_at_the_end(settings: Settings) -> dict[int, int]:
+    """The HTTP sinks' first positions: the topic's end, so they see this test's changes only."""
+    topic = settings.cdc.engagement_topic
+    ends = end_offsets(settings.kafka, topic)
+    for endpoint in ENDPOINTS:
+        positions = KafkaPositions(
+            settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, f"http_{endpoint}")
+        )
+        positions.store({f"{topic}:{p}": Position(end) for p, end in ends.items()})
+        positions.close()
+    return ends
+
+
+def wanted(record_value: dict[str, Any], endpoint: str) -> bool:
+    """The test's two rules, as the sink applies them (either image of an update)."""
+    if endpoint == "everything":
+        return True
+    images = [record_value.get("before"), record_value.get("after")]
+    if record_value["op"] == "d":
+        images = images[:1]
+    elif record_value["op"] != "u":
+        images = images[1:]
+    return any(image is not None and image["event_type"] == "finish" for image in images)
+
+
+def expected_keys(settings: Settings, since: dict[int, int]) -> dict[str, set[str]]:
+    topic = settings.cdc.engagement_topic
+    expected: dict[str, set[str]] = {endpoint: set() for endpoint in ENDPOINTS}
+    for r in read_to_the_end(settings):
+        if r.value is not None and r.offset >= since.get(r.partition, 0):
+            for endpoint in ENDPOINTS:
+                if wanted(r.value, endpoint):
+                    expected[endpoint].add(f"{topic}/{r.partition}/{r.offset}")
+    return expected
+
+
+def http_letters(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every letter on the HTTP dead-letter topic, by endpoint, with its headers."""
+    topic = settings.cdc.http_dlq_topic
+    ends = end_offsets(settings.kafka, topic)
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tests-http"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+    letters: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    read = dict.fromkeys(ends, 0)
+    deadline = time.monotonic() + 60
+    try:
+        while any(read[p] < end for p, end in ends.items()):
+            assert time.monotonic() < deadline, f"read {read} of {ends}"
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error():
+                    continue
+                read[message.partition()] = message.offset() + 1
+                headers = {k: v for k, v in message.headers() or []}
+                change = orjson.loads(headers["dlq.http.change"])
+                letters[headers["dlq.http.endpoint"].decode()].append(
+                    {
+                        "key": change["idempotency_key"],
+                        "status": headers["dlq.http.status"].decode(),
+                        "value": message.value(),
+                    }
+                )
+    finally:
+        consumer.close()
+    return letters
+
+
+def wait_http_caught_up(settings: Settings, timeout: float = 120) -> None:
+    topic = settings.cdc.engagement_topic
+    deadline = time.monotonic() + timeout
+    for endpoint in ENDPOINTS:
+        positions = KafkaPositions(
+            settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, f"http_{endpoint}")
+        )
+        try:
+            while behind := {p: n for p, n in positions.lag(topic).items() if n}:
+                assert time.monotonic() < deadline, f"http_{endpoint} is behind: {behind}"
+                time.sleep(0.5)
+        finally:
+            positions.close()
+
+
+def replay(settings: Settings, routes: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sinks.http_replay", "--json"],
+        cwd=REPO_ROOT,
+        env=env(settings, **sink_env(settings, routes)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def latest_by_event(changes: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    latest: dict[int, dict[str, Any]] = {}
+    for change in changes:
+        order = (tuple(change["sequence"] or (-1, -1)), change["offset"])
+        held = latest.get(change["id"])
+        if held is None or order > (tuple(held["sequence"] or (-1, -1)), held["offset"]):
+            latest[change["id"]] = change
+    return latest
+
+
+def wait_breaker_open(settings: Settings, timeout: float = 20) -> None:
+    board = BreakerBoard(settings.redis.client())
+    deadline = time.monotonic() + timeout
+    while not any(e["state"] == "open" for e in board.read().get("everything", [])):
+        assert time.monotonic() < deadline, f"no open breaker published: {board.read()}"
+        time.sleep(0.2)
+
+
+def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_completes_it(
+    stack: LocalStack, settings: Settings, tmp_path: Path
+):
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES)
+    receiver = ReceiverClient(settings.http_receiver.control_url)
+    receiver.clear_faults()
+    receiver.reset()
+    receiver.set_faults(error_rate=0.3, seed=7)
+    flush_redis(settings)
+    since = start_http_sinks_at_the_end(settings)
+    with streaming(settings, tmp_path / "pipeline.log", **sink_env(settings, routes)) as pipeline:
+        generator = generate(settings, "--rate", "90000", "--duration", "40")  # 1,500 events/s
+        time.sleep(10)
+        receiver.down(30)
+        wait_breaker_open(settings)
+        refused = replay(settings, routes)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "refusing to replay" in refused.stderr
+        assert generator.wait(120) == 0, generator.stdout.read() if generator.stdout else ""
+        wait_caught_up(settings, timeout=180)
+        wait_http_caught_up(settings)
+        assert pipeline.alive()
+    assert_redis_matches_sql(settings)
+
+    expected = expected_keys(settings, since)
+    letters = http_letters(settings)
+    for endpoint in ENDPOINTS:
+        received = {c["idempotency_key"] for c in receiver.changes(endpoint)}
+        lettered = {letter["key"] for letter in letters[endpoint]}
+        assert letters[endpoint], f"the outage sent nothing of {endpoint} to the dead-letter topic"
+        assert received | lettered == expected[endpoint]
+        assert {letter["status"] for letter in letters[endpoint]} <= {"circuit_open", "connection", "503"}
+
+    receiver.clear_faults()
+    first = replay(settings, routes)
+    assert first.returncode == 0, first.stdout + first.stderr
+    reports = {r["endpoint"]: r for r in orjson.loads(first.stdout)}
+    second = replay(settings, routes)
+    assert second.returncode == 0, second.stdout + second.stderr
+    again = {r["endpoint"]: r for r in orjson.loads(second.stdout)}
+
+    stats = receiver.stats()
+    for endpoint in ENDPOINTS:
+        received = receiver.changes(endpoint)
+        keys = [c["idempotency_key"] for c in received]
+        assert sorted(keys) == sorted(expected[endpoint])  # every change, once by key
+        assert stats["by_endpoint"][endpoint]["unique"] == len(expected[endpoint])
+        report = reports[endpoint]
+        assert report["letters"] == len(letters[endpoint])
+        assert report["delivered"] == len(letters[endpoint]) and report["refused_again"] == 0
+        assert (again[endpoint]["letters"], again[endpoint]["delivered"], again[endpoint]["requests"]) == (0, 0, 0)
+
+    # The latest change per event, as a receiver ordering by Debezium's sequence sees it, is Postgres.
+    latest = latest_by_event(receiver.changes("everything"))
+    with psycopg.connect(settings.postgres.conninfo()) as conn:
+        rows = dict(
+            conn.execute("SELECT id, duration_ms FROM engagement_events WHERE id = ANY(%s)", (list(latest),)).fetchall()
+        )
+    alive = {i: c for i, c in latest.items() if c["op"] != "d"}
+    assert set(alive) == set(rows)
+    assert {i: c["engagement_seconds"] for i, c in alive.items()} == {
+        i: (None if d is None else d / 1000) for i, d in rows.items()
+    }
