@@ -7,7 +7,7 @@ the endpoint's URL in the current configuration (so a moved endpoint is followed
 headers, timeouts, retries and backoff as the sink.
 
 What has been replayed is tracked per endpoint in Kafka, as committed offsets of the group
-``<PIPELINE_CONSUMER_GROUP>.http-replay.<endpoint>``, committed after each batch is settled. A
+``<PIPELINE_CONSUMER_GROUP>.sink.http-replay.<endpoint>``, committed after each batch is settled. A
 second run starts where the first stopped and delivers nothing twice. A letter the endpoint refuses
 again (a 4xx) is counted as refused and passed: it stays on the topic, and ``--from-beginning``
 sends everything again (the receiver's idempotency keys absorb what it already has).

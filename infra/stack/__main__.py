@@ -41,7 +41,7 @@ def cmd_status(stack: LocalStack) -> int:
     _print("services:")
     for name, info in report["services"].items():
         pid = info["pid"] or "-"
-        _print(f"  {name:<9} {info['state']:<10} {info['address']:<20} pid {pid}")
+        _print(f"  {name:<13} {info['state']:<10} {info['address']:<20} pid {pid}")
     if "topics" in report:
         _print("topics:")
         for name, info in report["topics"].items():
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="health, topics, connector state and replication slot lag")
     logs = sub.add_parser("logs", help="last lines of each service's log")
     logs.add_argument("--lines", type=int, default=40)
-    logs.add_argument("--service", choices=["postgres", "redis", "bigquery", "kafka", "connect"])
+    logs.add_argument("--service", choices=["postgres", "redis", "bigquery", "http_receiver", "kafka", "connect"])
     sub.add_parser("reset", help="delete connector and slot, stop everything, remove all data")
     sub.add_parser("register", help="(re)register the Debezium connector from infra/connectors/")
     sub.add_parser("provision", help="roles, schema, topics and connector on services already running (Docker Compose)")

@@ -1,10 +1,12 @@
 """The whole local stack: start in dependency order, stop in reverse, report health.
 
 Order: Postgres (then roles, schema, publication) -> Redis -> the BigQuery emulator (then the
-dataset, tables and view; skipped when ``BIGQUERY_EMULATOR_HOST`` is empty) -> Kafka (then topics)
--> Connect (then the Debezium connector, waited on until RUNNING). Stopping goes the other way, Connect before Kafka,
-because Connect hangs on shutdown while Kafka is gone. ``reset`` also deletes the connector before
-dropping its replication slot, and removes all data, so nothing keeps pinning WAL.
+dataset, tables and view; skipped when ``BIGQUERY_EMULATOR_HOST`` is empty) -> the HTTP receiver
+(the HTTP sink's local endpoint) -> Kafka (then topics) -> Connect (then the Debezium connector,
+waited on until RUNNING). Stopping goes the other way, Connect before Kafka, because Connect hangs
+on shutdown while Kafka is gone. ``reset`` also deletes the connector before dropping its
+replication slot, and removes all data, so nothing keeps pinning WAL (the HTTP receiver keeps its
+records in memory only, so it has no folder to remove).
 
 The same class backs ``make up/down/status`` and the pytest fixtures, so there is one way to start
 a service.
@@ -21,6 +23,7 @@ from infra.process import ServiceProcess, StackError
 from infra.settings import Settings
 from infra.stack.bigquery_emulator import BigQueryEmulator
 from infra.stack.connect import Connect
+from infra.stack.http_receiver import HttpReceiver
 from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_specs
 from infra.stack.postgres import Postgres
 from infra.stack.redis_server import RedisServer
@@ -44,13 +47,21 @@ class LocalStack:
             if settings.bigquery.emulated
             else None
         )
+        self.http_receiver = HttpReceiver(settings.http_receiver, stack_dir)
         self.kafka = Kafka(settings.kafka, stack_dir, settings.stack.lib_dir)
         self.connect = Connect(settings)
 
     @property
     def processes(self) -> list[ServiceProcess]:
         emulator = [] if self.bigquery is None else [self.bigquery.process]
-        return [self.postgres.process, self.redis.process, *emulator, self.kafka.process, self.connect.process]
+        return [
+            self.postgres.process,
+            self.redis.process,
+            *emulator,
+            self.http_receiver.process,
+            self.kafka.process,
+            self.connect.process,
+        ]
 
     def _start(self, process: ServiceProcess) -> None:
         began = time.monotonic()
@@ -71,6 +82,7 @@ class LocalStack:
             self.bigquery.prepare()
             self._start(self.bigquery.process)
             self._ensure_dataset()
+        self._start(self.http_receiver.process)
         self.kafka.write_config()
         if self.kafka.ensure_formatted():
             self.log("  kafka     formatted KRaft storage")

@@ -1,0 +1,205 @@
+"""The HTTP sink against the local receiver: throughput, commit -> received, and the board's cost.
+
+    make bench-http                                        # all three, about 12 minutes
+    python -m loadtest.bench_http throughput --events 200000
+    python -m loadtest.bench_http latency --rate 3333 --duration 120
+    python -m loadtest.bench_http outage --rate 3333 --duration 120 --outage 60
+
+Every phase posts to one endpoint, ``bench``, that takes every change (``HTTP_SINK_URL``), with
+the sink's default batching (500 changes per POST, 4 POSTs in flight) unless ``HTTP_SINK_*`` says
+otherwise; the HTTP sink starts each phase at the topic's end.
+
+- ``throughput``: a burst of ``--events`` rows, then a bounded run with the HTTP lane only:
+  changes/s and requests/s through the sink, and the CPU of the job against the receiver's.
+- ``latency``: a streaming run of ``PIPELINE_SINKS=redis,http`` at ``--rate`` events/s with the
+  board's probes: commit -> received at the receiver, for every change (the receiver subtracts
+  Debezium's commit timestamp from its arrival time; same clock), and commit -> on the board.
+- ``outage``: two streaming runs of ``redis,http`` at ``--rate``, the receiver up in the first and
+  down (connection refused) from t=``--outage-start`` for ``--outage`` s in the second: the board's
+  p99 over that window in both. The breaker opens, the changes go to the HTTP dead-letter topic.
+
+Run on a quiet machine with the stack up (``make up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from infra.http_receiver.client import ReceiverClient
+from infra.process import stop_group
+from infra.settings import REPO_ROOT, Settings
+from infra.stack.kafka import end_offsets
+from infra.stack.local import LocalStack
+from loadtest.bench_pipeline import children, generator, latency_phase, say, stack_sampler
+from loadtest.procstats import describe, machine, percentile
+from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.positions import Position
+
+SINK = "http_bench"
+
+
+def sink_env(settings: Settings, sinks: str) -> dict[str, str]:
+    return {
+        "PIPELINE_SINKS": sinks,
+        "HTTP_SINK_URL": f"{settings.http_receiver.url}/ingest/bench",
+        "HTTP_SINK_ROUTES_FILE": "",
+    }
+
+
+def positions(settings: Settings) -> KafkaPositions:
+    return KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, SINK))
+
+
+def start_at_the_end(settings: Settings) -> dict[int, int]:
+    topic = settings.cdc.engagement_topic
+    ends = end_offsets(settings.kafka, topic)
+    store = positions(settings)
+    try:
+        store.store({f"{topic}:{p}": Position(end) for p, end in ends.items()})
+    finally:
+        store.close()
+    return ends
+
+
+def lag(settings: Settings) -> int:
+    store = positions(settings)
+    try:
+        return sum(store.lag(settings.cdc.engagement_topic).values())
+    finally:
+        store.close()
+
+
+def cmd_throughput(settings: Settings, stack: LocalStack, receiver: ReceiverClient, args: argparse.Namespace) -> None:
+    start_at_the_end(settings)
+    gen = generator("--burst", str(args.events))
+    assert gen.wait(900) == 0, gen.stdout.read() if gen.stdout else ""
+    total, previous = lag(settings), -1
+    while total != previous:  # until Debezium has published the whole burst
+        time.sleep(3)
+        previous, total = total, lag(settings)
+    say(f"{total:,} changes for the HTTP sink")
+    receiver.reset()
+    sampler = stack_sampler(stack)
+    log = open(REPO_ROOT / ".stack" / "logs" / "bench-http.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--bounded"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **sink_env(settings, "http")},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    first: tuple[float, int, int] | None = None  # (time, changes left, requests so far)
+    try:
+        while proc.poll() is None:
+            left = lag(settings)
+            if first is None and left < total:
+                first = (time.monotonic(), left, receiver.stats()["requests"])
+                for name, pid in children(proc.pid).items():
+                    sampler.add(name, pid)
+            sampler.sample()
+            time.sleep(0.5)
+    finally:
+        stop_group(proc)
+        log.close()
+    elapsed = time.monotonic() - first[0] if first else 0.0
+    left = lag(settings)
+    if proc.returncode != 0 or first is None or left:
+        raise SystemExit(f"bounded run failed (exit {proc.returncode}, {left:,} changes left)")
+    stats = receiver.stats()
+    requests = stats["requests"] - first[2]
+    say(
+        f"HTTP THROUGHPUT: {first[1] / elapsed:,.0f} changes/s, {requests / elapsed:,.1f} requests/s "
+        f"({stats['unique']:,} changes received, {stats['duplicates']:,} duplicates, {stats['requests']:,} requests)"
+    )
+    for line in sampler.report():
+        say(f"  {line}")
+
+
+def cmd_latency(settings: Settings, stack: LocalStack, receiver: ReceiverClient, args: argparse.Namespace) -> None:
+    window: dict[str, int] = {}
+
+    def before_load() -> None:
+        receiver.reset()
+        window["since_ms"] = int(time.time() * 1000)
+
+    start_at_the_end(settings)
+    prober = latency_phase(
+        settings,
+        stack,
+        args.rate,
+        args.duration,
+        extra_env=sink_env(settings, "redis,http"),
+        before_load=before_load,
+        linger=lambda: lag(settings) == 0,
+    )
+    stats = receiver.stats(since_ms=window["since_ms"])
+    received = stats["lag_ms"]
+    say(
+        f"  COMMIT -> RECEIVED at {args.rate:,} events/s: p50 {received['p50']:.0f} ms, p90 {received['p90']:.0f} ms, "
+        f"p99 {received['p99']:.0f} ms, max {received['max']:.0f} ms over {received['count']:,} changes "
+        f"({stats['requests']:,} requests, {stats['duplicates']:,} duplicates)"
+    )
+    say(f"  commit -> on the board in the same run: {describe(prober.latencies, 'probes')}")
+
+
+def cmd_outage(settings: Settings, stack: LocalStack, receiver: ReceiverClient, args: argparse.Namespace) -> None:
+    start, end = args.outage_start, args.outage_start + args.outage
+    results = {}
+    for phase, down in (("receiver up", False), (f"receiver down t={start:g}-{end:g} s", True)):
+        say(f"phase: {phase}")
+        receiver.clear_faults()
+        start_at_the_end(settings)
+        state = {"down": False}
+
+        def outage(elapsed: float, down: bool = down, state: dict[str, bool] = state) -> None:
+            if down and not state["down"] and elapsed >= start:
+                receiver.down(args.outage)
+                state["down"] = True
+
+        prober = latency_phase(
+            settings, stack, args.rate, args.duration, extra_env=sink_env(settings, "redis,http"), during=outage
+        )
+        results[phase] = [ms for t, ms in prober.timed if start <= t < end]
+    receiver.clear_faults()
+    say("")
+    say(f"RESULTS (commit -> top_engagement:10min, t={start:g}-{end:g} s of each run)")
+    p99 = {}
+    for phase, latencies in results.items():
+        p99[phase] = percentile(latencies, 99) if latencies else float("nan")
+        say(f"  {phase:<28} {describe(latencies, 'probes')}")
+    up, down = p99.values()
+    say(f"  p99 down / up: {down / up:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    throughput = sub.add_parser("throughput")
+    throughput.add_argument("--events", type=int, default=200_000)
+    for name in ("latency", "outage"):
+        p = sub.add_parser(name)
+        p.add_argument("--rate", type=int, default=3333)
+        p.add_argument("--duration", type=float, default=120)
+        if name == "outage":
+            p.add_argument("--outage", type=float, default=60)
+            p.add_argument("--outage-start", type=float, default=20)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    stack = LocalStack(settings)
+    receiver = ReceiverClient(settings.http_receiver.control_url)
+    say(machine())
+    command = {"throughput": cmd_throughput, "latency": cmd_latency, "outage": cmd_outage}[args.command]
+    try:
+        command(settings, stack, receiver, args)
+    finally:
+        receiver.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
