@@ -79,9 +79,9 @@ http-replay: up ## send the HTTP dead-letter topic again (ENDPOINT=name for one;
 	@$(DEMO_HTTP) $(PY) -m sinks.http_replay $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(if $(FROM_BEGINNING),--from-beginning)
 
 bench-http: up ## HTTP: throughput to the receiver, commit -> received, Redis p99 with the receiver down 60 s
-	@$(DEMO_HTTP) $(PY) -m loadtest.bench_http throughput --events $${BENCH_HTTP_EVENTS:-200000}
-	@$(DEMO_HTTP) $(PY) -m loadtest.bench_http latency --rate 3333 --duration $${BENCH_HTTP_SECONDS:-120}
-	@$(DEMO_HTTP) $(PY) -m loadtest.bench_http outage --rate 3333 --duration $${BENCH_HTTP_SECONDS:-120} --outage 60
+	@$(PY) -m loadtest.bench_http throughput --events $${BENCH_HTTP_EVENTS:-200000}
+	@$(PY) -m loadtest.bench_http latency --rate 3333 --duration $${BENCH_HTTP_SECONDS:-120}
+	@$(PY) -m loadtest.bench_http outage --rate 3333 --duration $${BENCH_HTTP_SECONDS:-120} --outage 60
 
 bigquery-roll: up ## create the coming quarters' changelog tables; RETAIN=N drops quarters older than the last N
 	@$(PY) -m sinks.bigquery_admin roll $(if $(RETAIN),--retain $(RETAIN))

@@ -118,10 +118,12 @@ class HttpSink(Sink[EnrichedChange]):
         self._letter_info: dict[str, tuple[str, bytes]] = {}
 
     def close(self) -> None:
-        for part in ("_pool",):
-            pool = getattr(self, part, None)
-            if pool is not None:
-                pool.shutdown(wait=True)
+        publisher = getattr(self, "_publisher", None)
+        if publisher is not None:
+            publisher.withdraw()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
         for part in ("_http", "_positions"):
             resource = getattr(self, part, None)
             if resource is not None:

@@ -16,8 +16,9 @@ A failure is what says the endpoint is unwell: a timeout, a connection error, a 
 4xx is an answer from a healthy endpoint and counts as a success.
 
 State is published to Redis (``BreakerBoard``) for ``make status`` and for ``make http-replay``,
-which refuses to run while a pipeline's breaker for the endpoint is open. Entries expire, so a
-stopped pipeline leaves nothing stale; publishing is best effort and never delays a write.
+which refuses to run while a pipeline's breaker for the endpoint is open. Entries expire
+``BOARD_TTL_S`` after the last write that refreshed them, and a closing sink withdraws its own, so
+a stopped pipeline leaves nothing stale for long; publishing is best effort and never delays a write.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ import pybreaker
 
 _log = logging.getLogger(__name__)
 STATES: Final = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
-BOARD_TTL_S: Final = 60
+# An entry says "recently": a sink refreshes it every few seconds while it writes, so one that is
+# stopped, or idle (where an open breaker holds nothing back), is gone from the board soon after.
+BOARD_TTL_S: Final = 15
 _PUBLISH_EVERY_S: Final = 5.0
 
 
@@ -143,6 +146,13 @@ class BreakerBoard:
         except Exception as exc:  # noqa: BLE001 - status is best effort; a write never waits on it
             _log.debug("breaker state not published: %s", exc)
 
+    def withdraw(self, endpoint: str) -> None:
+        """A sink that closes takes its entry off the board."""
+        try:
+            self._redis.hdel(self.PREFIX + endpoint, self.instance)
+        except Exception as exc:  # noqa: BLE001 - best effort, as publish
+            _log.debug("breaker state not withdrawn: %s", exc)
+
     def read(self) -> dict[str, list[dict[str, Any]]]:
         """Fresh entries (published in the last ``BOARD_TTL_S``) by endpoint."""
         now = self._clock()
@@ -179,6 +189,10 @@ class Publisher(pybreaker.CircuitBreakerListener):
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
         self.last_failure = str(exc)
+
+    def withdraw(self) -> None:
+        if self._board is not None:
+            self._board.withdraw(self._endpoint)
 
     def touch(self, cb: pybreaker.CircuitBreaker, *, force: bool = False, state: str | None = None) -> None:
         now = self._clock()

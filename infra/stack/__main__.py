@@ -58,6 +58,15 @@ def cmd_status(stack: LocalStack) -> int:
             f"replication slot: {slot['slot']} active={slot['active']} wal_status={slot['wal_status']} "
             f"lag={_human_bytes(slot['lag_bytes'])} retained={_human_bytes(slot['retained_bytes'])}"
         )
+    breakers = report.get("http_breakers")
+    if breakers:
+        _print("http sink circuit breakers (running pipelines, per sink instance):")
+        for endpoint, entries in sorted(breakers.items()):
+            for entry in sorted(entries, key=lambda e: e["instance"]):
+                detail = f" last failure: {entry['detail']}" if entry["state"] != "closed" and entry["detail"] else ""
+                _print(f"  {endpoint:<20} {entry['state']:<10} {entry['failures']} failure(s) in a row{detail}")
+    elif breakers is not None:
+        _print("http sink circuit breakers: none published (no pipeline runs the HTTP sink)")
     unhealthy = [n for n, i in report["services"].items() if i["state"] != "healthy"]
     return 1 if unhealthy else 0
 

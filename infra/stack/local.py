@@ -170,4 +170,8 @@ class LocalStack:
             report["connector"] = self.connect.status()
         if report["services"]["postgres"]["state"] == "healthy":
             report["slot"] = self.postgres.slot_status()
+        if report["services"]["redis"]["state"] == "healthy":
+            from sinks.http_breaker import BreakerBoard
+
+            report["http_breakers"] = BreakerBoard(self.settings.redis.client(timeout_s=2.0)).read()
         return report

@@ -163,6 +163,14 @@ def wait_breaker_open(settings: Settings, timeout: float = 20) -> None:
         time.sleep(0.2)
 
 
+def wait_board_clear(settings: Settings, timeout: float = 30) -> None:
+    board = BreakerBoard(settings.redis.client())
+    deadline = time.monotonic() + timeout
+    while any(e["state"] != "closed" for entries in board.read().values() for e in entries):
+        assert time.monotonic() < deadline, f"breaker entries still published: {board.read()}"
+        time.sleep(0.5)
+
+
 def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_completes_it(
     stack: LocalStack, settings: Settings, tmp_path: Path
 ):
@@ -198,6 +206,7 @@ def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_c
         assert {letter["status"] for letter in letters[endpoint]} <= {"circuit_open", "connection", "503"}
 
     receiver.clear_faults()
+    wait_board_clear(settings)  # the stopped pipeline's breaker entries: withdrawn, or expired
     first = replay(settings, routes)
     assert first.returncode == 0, first.stdout + first.stderr
     reports = {r["endpoint"]: r for r in orjson.loads(first.stdout)}

@@ -117,11 +117,11 @@ def test_the_board_keeps_fresh_states_by_endpoint_and_instance():
     redis = FakeRedis()
     one, two = BreakerBoard(redis, lambda: now[0]), BreakerBoard(redis, lambda: now[0])
     one.publish("analytics", "open", 5, "HTTP 503")
-    now[0] += 50
+    now[0] += 10
     two.publish("analytics", "closed", 0)
     board = one.read()
     assert sorted(e["state"] for e in board["analytics"]) == ["closed", "open"]
-    now[0] += 20  # the first entry is 70 s old now
+    now[0] += 6  # the first entry is 16 s old now
     assert [e["state"] for e in one.read()["analytics"]] == ["closed"]
 
 
@@ -130,3 +130,12 @@ def test_states_have_gauge_values(state):
     from sinks.http_breaker import STATES
 
     assert STATES[state] == {"closed": 0, "half-open": 1, "open": 2}[state]
+
+
+def test_a_closing_sink_withdraws_its_entry():
+    redis = FakeRedis()
+    redis.hdel = lambda key, field: redis.hashes[key].pop(field)
+    board = BreakerBoard(redis, lambda: 100.0)
+    board.publish("analytics", "open", 5)
+    board.withdraw("analytics")
+    assert board.read() == {}
