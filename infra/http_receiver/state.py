@@ -246,7 +246,9 @@ class Receiver:
 
     def reset(self) -> None:
         """Forget every change and count; the faults stay."""
-        self.records: dict[str, Record] = {}
+        # By (endpoint, key): each endpoint is a receiver of its own, and one change routed to two
+        # endpoints carries the same key to both.
+        self.records: dict[tuple[str, str], Record] = {}
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.by_endpoint: dict[str, dict[str, int]] = {}
         self._names: dict[str, str] = {}
@@ -325,11 +327,11 @@ class Receiver:
                 outcome = "rejected"
             else:
                 key = change["idempotency_key"]
-                if key in records:
+                if (endpoint, key) in records:
                     results.append({"idempotency_key": key, "status": 200})
                     outcome = "duplicates"
                 else:
-                    records[key] = Record(endpoint, change, received_at_ms)
+                    records[(endpoint, key)] = Record(endpoint, change, received_at_ms)
                     results.append({"idempotency_key": key, "status": 201})
                     outcome = "unique"
             counts[outcome] += 1
@@ -365,6 +367,6 @@ class Receiver:
         """First-seen changes in arrival order, of one endpoint or of all."""
         return [
             record.as_dict(key)
-            for key, record in self.records.items()
+            for (_, key), record in self.records.items()
             if endpoint is None or record.endpoint == endpoint
         ]

@@ -230,7 +230,8 @@ def test_changes_lists_first_receipts_per_endpoint(rx, monkeypatch):
     monkeypatch.setattr(app_module, "now_ms", lambda: 1764644400500)
     rx.post([change("k1")], endpoint="board")
     rx.post([change("k2", id=9, op="d", engagement_seconds=None, source={"partition": 0, "offset": 5})], endpoint="crm")
-    rx.post([change("k1")], endpoint="crm")  # seen already: stays board's
+    rx.post([change("k1")], endpoint="crm")  # new for crm: each endpoint dedupes on its own
+    rx.post([change("k1")], endpoint="crm")  # seen by crm already
     board = {
         "idempotency_key": "k1",
         "endpoint": "board",
@@ -253,12 +254,13 @@ def test_changes_lists_first_receipts_per_endpoint(rx, monkeypatch):
         "engagement_seconds": None,
         "received_at_ms": 1764644400500,
     }
-    assert rx.control.get("/changes").json() == {"changes": [board, crm]}
-    assert rx.control.get("/changes", params={"endpoint": "crm"}).json() == {"changes": [crm]}
+    crm_k1 = {**board, "endpoint": "crm"}
+    assert rx.control.get("/changes").json() == {"changes": [board, crm, crm_k1]}
+    assert rx.control.get("/changes", params={"endpoint": "crm"}).json() == {"changes": [crm, crm_k1]}
     assert rx.control.get("/changes", params={"endpoint": "none"}).json() == {"changes": []}
     assert stats(rx)["by_endpoint"] == {
         "board": {"requests": 1, "unique": 1, "duplicates": 0, "rejected": 0},
-        "crm": {"requests": 2, "unique": 1, "duplicates": 1, "rejected": 0},
+        "crm": {"requests": 3, "unique": 2, "duplicates": 1, "rejected": 0},
     }
 
 
@@ -363,3 +365,12 @@ def test_down_refuses_connections_while_control_answers(tmp_path):
     assert not receiver.process.running()
     with ReceiverClient(settings.control_url) as gone:
         assert gone.health() is False
+
+
+def test_each_endpoint_dedupes_on_its_own():
+    receiver = Receiver()
+    change = {"idempotency_key": "t/0/1", "op": "c", "id": 1, "event_type": "finish", "source": {"commit_ts_ms": 1}}
+    assert receiver.receive("everything", [change], 10)[0]["status"] == 201
+    assert receiver.receive("finishes", [change], 11)[0]["status"] == 201
+    assert receiver.receive("finishes", [change], 12)[0]["status"] == 200
+    assert [c["endpoint"] for c in receiver.changes()] == ["everything", "finishes"]
