@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     reports = [Replayer(settings, routes[name], from_beginning=args.from_beginning).run() for name in chosen]
     if args.json:
-        print(orjson.dumps([asdict(r) for r in reports], option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps([asdict(r) for r in reports], option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     else:
         for r in reports:
             print(
