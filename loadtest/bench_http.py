@@ -5,7 +5,7 @@
     python -m loadtest.bench_http latency --rate 3333 --duration 120
     python -m loadtest.bench_http outage --rate 3333 --duration 120 --outage 60
 
-Every phase posts to one endpoint, ``bench``, that takes every change (``HTTP_SINK_URL``), with
+Every phase posts to one endpoint that takes every change (``HTTP_SINK_URL``: ``default``), with
 the sink's default batching (500 changes per POST, 4 POSTs in flight) unless ``HTTP_SINK_*`` says
 otherwise; the HTTP sink starts each phase at the topic's end.
 
@@ -39,7 +39,7 @@ from loadtest.procstats import describe, machine, percentile
 from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.positions import Position
 
-SINK = "http_bench"
+SINK = "http_default"  # HTTP_SINK_URL alone: one endpoint, "default"
 
 
 def sink_env(settings: Settings, sinks: str) -> dict[str, str]:

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: dozens a second from the HTTP sink.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     if args.runner == "prism":
         tune_loopback_worker()
