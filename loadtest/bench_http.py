@@ -144,7 +144,14 @@ def cmd_latency(settings: Settings, stack: LocalStack, receiver: ReceiverClient,
         f"p99 {received['p99']:.0f} ms, max {received['max']:.0f} ms over {received['count']:,} changes "
         f"({stats['requests']:,} requests, {stats['duplicates']:,} duplicates)"
     )
+    steady = receiver.stats(since_ms=window["since_ms"] + 15_000)["lag_ms"]
+    say(
+        f"  of which after the first 15 s: p50 {steady['p50']:.0f} ms, p99 {steady['p99']:.0f} ms, "
+        f"max {steady['max']:.0f} ms over {steady['count']:,} changes (a fresh stack's capture warms up first)"
+    )
     say(f"  commit -> on the board in the same run: {describe(prober.latencies, 'probes')}")
+    late = [ms for t, ms in prober.timed if t >= 15]
+    say(f"    of which after the first 15 s: {describe(late, 'probes')}")
 
 
 def cmd_outage(settings: Settings, stack: LocalStack, receiver: ReceiverClient, args: argparse.Namespace) -> None:
