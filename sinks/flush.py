@@ -157,14 +157,24 @@ class Flusher(Generic[T]):
             attempt += 1
             report.retries += 1
             first = next(iter(retry.values()))
-            if policy.exhausted(self._clock() - started):
+            elapsed = self._clock() - started
+            wait = max((r.retry_after_s or 0.0) for r in retry.values())
+            reason = None
+            if policy.exhausted(elapsed):
                 reason = f"gave up after {policy.budget_s:g} s of retries: {first.reason}"
+            elif policy.budget_s is not None and wait > policy.budget_s - elapsed:
+                # The target asks for more time than the budget has left: give up now, not after it.
+                reason = f"gave up: asked to wait {wait:g} s, past the {policy.budget_s:g} s budget: {first.reason}"
+            if reason is not None:
                 gave_up = [self._letter(r, reason) for r in pending if id(r) in retry]
                 self._send(gave_up, report)
                 pending = [r for r in pending if id(r) not in retry]
                 continue
             self._log_retry(attempt, len(retry), first)
-            self._sleep(policy.delay(attempt, max((r.retry_after_s or 0.0) for r in retry.values())))
+            delay = policy.delay(attempt, wait)
+            if policy.budget_s is not None:
+                delay = min(delay, max(0.0, policy.budget_s - elapsed))  # the last try at the budget's end
+            self._sleep(delay)
         return False
 
     def _attempt(self, batch: Batch[T]) -> Outcome:

@@ -183,8 +183,11 @@ class HttpSink(Sink[EnrichedChange]):
 
     def _send(self, keys: Sequence[str], changes: Sequence[bytes]) -> Sent:
         sent = self.client.post(keys, changes)
-        with contextlib.suppress(pybreaker.CircuitBreakerError, EndpointFailure):
-            self.breaker.call(_count, sent)  # counted; if it tripped, the next write finds it open
+        # Only a closed breaker counts concurrent replies: a reply that arrives after another
+        # request opened it must not be taken for the half-open trial (only _trial is).
+        if self.breaker.current_state == pybreaker.STATE_CLOSED:
+            with contextlib.suppress(pybreaker.CircuitBreakerError, EndpointFailure):
+                self.breaker.call(_count, sent)  # counted; if it tripped, the next write finds it open
         return sent
 
     def _trial(self, keys: Sequence[str], changes: Sequence[bytes]) -> Sent | None:

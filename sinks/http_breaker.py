@@ -120,7 +120,8 @@ def make_breaker(
         fail_max=config.fail_max,
         reset_timeout=config.reset_timeout_s,
         state_storage=MonotonicStorage(clock),
-        listeners=[FailureRate(config.failure_rate, config.window_s, config.min_calls, clock), *listeners],
+        # The caller's listeners first: a publisher must hear of a failure before the rate opens on it.
+        listeners=[*listeners, FailureRate(config.failure_rate, config.window_s, config.min_calls, clock)],
         name=name,
     )
 

@@ -8,7 +8,11 @@ Shared by the HTTP sink and its replay, so that both classify replies the same w
   the endpoint, a 429 or 425 does not (the endpoint answered: it is alive, only busy);
 - a status in ``HTTP_SINK_SPLIT_STATUSES`` (400, 413, 422) for more than one change: the batch is
   split in halves and each half sent again, until the refused change is alone, so one bad change
-  does not take 499 good ones to the dead-letter topic;
+  does not take 499 good ones to the dead-letter topic (at most ``MAX_SPLITS`` splits per group:
+  an endpoint that refuses every change alike gets 65 requests, not 999);
+- a 2xx whose per-change ``results`` cannot be read: retried (it may say which changes it refused);
+- a reply that cannot be read at all (a broken ``Content-Encoding``): retried, and the endpoint
+  failed;
 - any other status outside 2xx: every change is refused, with the status and the body's start;
 - a 2xx: every change is delivered, unless the reply gives per-change results
   (``sinks.http_payload``).
@@ -21,7 +25,17 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from sinks.http_payload import batch_key, excerpt, record_results, request_body, retry_after_s, verdict
+from sinks.http_payload import (
+    UnreadableResultsError,
+    batch_key,
+    excerpt,
+    record_results,
+    request_body,
+    retry_after_s,
+    verdict,
+)
+
+MAX_SPLITS = 32
 
 
 @dataclass
@@ -64,7 +78,10 @@ class EndpointClient:
         self._client = client
         self._policy = policy
 
-    def post(self, keys: Sequence[str], changes: Sequence[bytes]) -> Sent:
+    def post(self, keys: Sequence[str], changes: Sequence[bytes], splits: list[int] | None = None) -> Sent:
+        # Splits left for this group: enough to isolate a few bad changes among 500 (18 requests
+        # each), not the 999 requests a group takes when the endpoint refuses everything alike.
+        splits = [MAX_SPLITS] if splits is None else splits
         body = request_body(self.endpoint, changes)
         headers = {**self._headers, "Idempotency-Key": batch_key(keys)}
         everything = range(len(changes))
@@ -75,20 +92,28 @@ class EndpointClient:
         except httpx.TransportError as exc:
             why = f"connection error: {type(exc).__name__}: {exc}"
             return self._all_retry(everything, "connection", why, None, failed=True)
+        except httpx.HTTPError as exc:  # a reply we cannot read (a bad Content-Encoding...): never fail the job
+            why = f"unreadable reply: {type(exc).__name__}: {exc}"
+            return self._all_retry(everything, "unreadable", why, None, failed=True)
         status = reply.status_code
         if 200 <= status < 300:
-            return self._per_change(keys, reply.content)
+            try:
+                return self._per_change(keys, reply.content)
+            except UnreadableResultsError as exc:
+                why = f"HTTP {status} from {self.endpoint} with unreadable per-change results: {exc}"
+                return self._all_retry(everything, "unreadable", why, None, failed=False)
         reason = f"HTTP {status} from {self.endpoint}: {excerpt(reply.content, self._policy.body_excerpt_bytes)}"
         if status in self._policy.retryable:
             wait = retry_after_s(reply.headers.get("Retry-After"))
             if wait is not None:
                 wait = min(wait, self._policy.max_retry_after_s)
             return self._all_retry(everything, str(status), reason, wait, failed=status >= 500 or status == 408)
-        if status in self._policy.split and len(changes) > 1:
+        if status in self._policy.split and len(changes) > 1 and splits[0] > 0:
+            splits[0] -= 1
             half = len(changes) // 2
             sent = Sent(requests=1)
-            sent.merge(self.post(keys[:half], changes[:half]), 0)
-            sent.merge(self.post(keys[half:], changes[half:]), half)
+            sent.merge(self.post(keys[:half], changes[:half], splits), 0)
+            sent.merge(self.post(keys[half:], changes[half:], splits), half)
             return sent
         return Sent(rejected=dict.fromkeys(everything, (str(status), reason)), requests=1)
 

@@ -108,25 +108,40 @@ def batch_key(keys: Sequence[str]) -> str:
     return '"' + base64.urlsafe_b64encode(digest[:24]).decode() + '"'
 
 
-class _Result(msgspec.Struct):
-    idempotency_key: str
-    status: int
-    error: str | None = None
-
-
-class _Results(msgspec.Struct):
-    results: list[_Result] | None = None
+class UnreadableResultsError(ValueError):
+    """A 2xx reply has ``results`` we cannot read: nobody can say which changes it took."""
 
 
 def record_results(body: bytes) -> dict[str, tuple[int, str]]:
-    """Per-change outcomes a 2xx reply gives, by key; ``{}`` when it gives none or is not JSON."""
-    if not body or body[:1] not in (b"{", b" ", b"\n"):
+    """Per-change outcomes a 2xx reply gives, by key; ``{}`` when it gives none (no body, not JSON,
+    no ``results``). ``results`` that are there but unreadable raise :class:`UnreadableResultsError`:
+    treating them as "all delivered" would drop the refusals they hold."""
+    text = body.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if not text.startswith(b"{"):
         return {}
     try:
-        parsed = msgspec.json.decode(body, type=_Results)
+        parsed = msgspec.json.decode(text)
     except msgspec.DecodeError:
         return {}
-    return {r.idempotency_key: (r.status, r.error or "") for r in parsed.results or ()}
+    if not isinstance(parsed, dict) or parsed.get("results") is None:
+        return {}
+    results = parsed["results"]
+    if not isinstance(results, list):
+        raise UnreadableResultsError(f"results is a {type(results).__name__}, not a list")
+    outcomes: dict[str, tuple[int, str]] = {}
+    for i, result in enumerate(results):
+        key = result.get("idempotency_key") if isinstance(result, dict) else None
+        status = result.get("status") if isinstance(result, dict) else None
+        if isinstance(status, str) and status.isascii() and status.isdigit():
+            status = int(status)
+        if not isinstance(key, str) or not isinstance(status, int) or isinstance(status, bool):
+            raise UnreadableResultsError(f"results[{i}] has no string idempotency_key and integer status")
+        error = result.get("error")
+        outcomes[key] = (
+            status,
+            error if isinstance(error, str) else "" if error is None else _encoder.encode(error).decode(),
+        )
+    return outcomes
 
 
 @dataclass(frozen=True)
@@ -148,11 +163,11 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -10,7 +10,9 @@ What has been replayed is tracked per endpoint in Kafka, as committed offsets of
 ``<PIPELINE_CONSUMER_GROUP>.sink.http-replay.<endpoint>``, committed after each batch is settled. A
 second run starts where the first stopped and delivers nothing twice. A letter the endpoint refuses
 again (a 4xx) is counted as refused and passed: it stays on the topic, and ``--from-beginning``
-sends everything again (the receiver's idempotency keys absorb what it already has).
+sends everything again (the receiver's idempotency keys absorb what it already has). A run stopped
+in the middle of a batch sends that batch's delivered letters again next time: at least once, by
+key. Letters for an endpoint that is no longer configured stay on the topic until it is again.
 
 It refuses to start while a running pipeline's breaker for the endpoint is open (published in
 Redis, ``sinks.http_breaker``), and stops as soon as its own breaker, with the sink's thresholds,
@@ -30,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 import orjson
 import pybreaker
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from pydantic import ValidationError
 
 from infra.settings import Settings
 from sinks.contract import RetryPolicy
@@ -143,6 +146,7 @@ class Replayer:
                 if not report.stopped:
                     self._commit(consumer, partition, offset, report)  # everything up to here is settled
         if report.stopped:
+            report.not_delivered += len(batch)  # read, never sent: the stall came first
             report.unread += end - offset
         elif report.partitions[partition] != offset:
             self._commit(consumer, partition, offset, report)  # a tail of other endpoints' letters
@@ -225,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from-beginning", action="store_true", help="send every letter again, replayed or not")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    settings = Settings()
     try:
+        settings = Settings()
         routes = {route.endpoint: route for route in http_routes(settings)}
-    except RoutesError as exc:
+    except (ValidationError, RoutesError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if not routes:
@@ -246,7 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {line}", file=sys.stderr)
         print("Wait until the endpoint is back and the breaker has closed, then run it again.", file=sys.stderr)
         return EXIT_REFUSED
-    reports = [Replayer(settings, routes[name], from_beginning=args.from_beginning).run() for name in chosen]
+    try:
+        reports = [Replayer(settings, routes[name], from_beginning=args.from_beginning).run() for name in chosen]
+    except KafkaException as exc:
+        print(f"error: Kafka: {exc}; nothing more was replayed (what was is tracked)", file=sys.stderr)
+        return EXIT_STOPPED
     if args.json:
         print(orjson.dumps([asdict(r) for r in reports], option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     else:

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sinks.records import EngagementRow, EnrichedChange
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_NAME = re.compile(r"^(?=.{1,40}$)[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")  # one name, one Beam label
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Op = Literal["c", "r", "u", "d"]
 
@@ -72,8 +72,9 @@ class Threshold(_Strict):
             raise ValueError("give at least one of gt, gte, lt, lte")
         if (self.gt is not None and self.gte is not None) or (self.lt is not None and self.lte is not None):
             raise ValueError("give gt or gte, and lt or lte, not both")
-        if lows and highs and lows[0] >= highs[0]:
-            raise ValueError(f"the lower bound {lows[0]:g} is not below the upper bound {highs[0]:g}")
+        inclusive = self.gte is not None and self.lte is not None
+        if lows and highs and (lows[0] > highs[0] or (lows[0] == highs[0] and not inclusive)):
+            raise ValueError(f"the bounds {lows[0]:g} and {highs[0]:g} admit nothing")
         return self
 
     def admits(self, value: float | None) -> bool:
@@ -123,7 +124,9 @@ class RoutesFile(_Strict):
     def _references(self) -> RoutesFile:
         for name in self.endpoints:
             if not _NAME.match(name):
-                raise ValueError(f"endpoint {name!r}: names are lower case letters, digits and _, up to 40")
+                raise ValueError(
+                    f"endpoint {name!r}: names are lower case letters and digits, words joined by single _, up to 40"
+                )
         seen: set[str] = set()
         for index, rule in enumerate(self.routes):
             where = f"rule {rule.name!r} (routes[{index}])"
@@ -154,17 +157,17 @@ class Route:
 def _matches(rule: Match, change: EnrichedChange) -> bool:
     if rule.op is not None and change.op not in rule.op:
         return False
+    content_type = change.content.content_type if change.content is not None else None
     if change.op == "d":
-        return _image_matches(rule, change, change.before, change.engagement_pct)
-    if _image_matches(rule, change, change.after, change.engagement_pct):
+        return _image_matches(rule, change.before, content_type, change.engagement_pct)
+    if _image_matches(rule, change.after, content_type, change.engagement_pct):
         return True
-    return change.op == "u" and _image_matches(rule, change, change.before, _before_pct(change))
+    return change.op == "u" and _image_matches(rule, change.before, *_before_view(change, content_type))
 
 
-def _image_matches(rule: Match, change: EnrichedChange, row: EngagementRow | None, pct: float | None) -> bool:
+def _image_matches(rule: Match, row: EngagementRow | None, content_type: str | None, pct: float | None) -> bool:
     if row is None:
         return False
-    content_type = change.content.content_type if change.content is not None else None
     return (
         (rule.event_type is None or row.event_type in rule.event_type)
         and (rule.content_type is None or content_type in rule.content_type)
@@ -173,9 +176,18 @@ def _image_matches(rule: Match, change: EnrichedChange, row: EngagementRow | Non
     )
 
 
-def _before_pct(change: EnrichedChange) -> float | None:
-    """The before-image's percentage: the aggregates already computed it, as the -1 contribution."""
-    return next((c.pct for c in change.contributions if c.sign < 0), None)
+def _before_view(change: EnrichedChange, after_content_type: str | None) -> tuple[str | None, float | None]:
+    """An update's before-image content type and percentage. The join computed them as its -1
+    contribution; an update whose sides net to zero has none, and then the before-image has the
+    after-image's content and seconds (``pipeline.metrics.contributions``), so theirs apply."""
+    minus = next((c for c in change.contributions if c.sign < 0), None)
+    if minus is not None:
+        return minus.content_type, minus.pct
+    before, after = change.before, change.after
+    same_content = before is not None and after is not None and before.content_id == after.content_id
+    if same_content and before is not None and before.content_id is not None:
+        return after_content_type, change.engagement_pct
+    return None, None
 
 
 def everything(url: str, headers: Mapping[str, str] | None = None) -> list[Route]:

@@ -139,3 +139,19 @@ def test_retried_records_keep_their_offset_order():
     sink = FakeSink([lambda b: Outcome(retry={2: Retry("x"), 0: Retry("x")}), lambda b: Outcome()])
     flusher(sink).flush([change(0), change(1), change(2)])
     assert sink.log[:2] == ["write 0,1,2", "write 0,2"]
+
+
+def test_a_retry_after_past_the_budget_gives_up_at_once_and_backoff_never_passes_the_budget():
+    slow = lambda b: Outcome(retry={0: Retry("429", retry_after_s=30.0)})  # noqa: E731
+    sink = FakeSink([slow], policy=RetryPolicy(initial_s=1.0, max_backoff_s=4.0, budget_s=10.0))
+    letters = Letters(sink.log)
+    clock = Clock()
+    flusher(sink, letters, clock).flush([change(0)])
+    assert [letter.reason for letter in letters.sent] == ["gave up: asked to wait 30 s, past the 10 s budget: 429"]
+    assert clock.slept == []
+
+    down = lambda b: Outcome(retry={0: Retry("503")})  # noqa: E731
+    sink = FakeSink([down] * 100, policy=RetryPolicy(initial_s=1.0, max_backoff_s=4.0, budget_s=10.0))
+    clock = Clock()
+    flusher(sink, Letters(sink.log), clock).flush([change(0)])
+    assert clock.now == 10.0  # the last sleep was cut to end at the budget

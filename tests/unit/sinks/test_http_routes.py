@@ -49,7 +49,7 @@ routes:
         ),
         (
             "  - {name: deep, endpoint: a, match: {engagement_pct: {gte: 80, lt: 50}}}",
-            "rule 'deep' (routes[0]): match.engagement_pct: the lower bound 80 is not below the upper bound 50",
+            "rule 'deep' (routes[0]): match.engagement_pct: the bounds 80 and 50 admit nothing",
         ),
         (
             "  - {name: all, endpoint: a}\n  - {name: typo, endpoint: a, match: {devices: [ios]}}",
@@ -148,3 +148,27 @@ def test_thresholds_never_match_an_unknown_percentage():
 
 def test_a_rule_without_match_takes_everything():
     assert route().wants(enriched(1, "d", before=row(1)))
+
+
+def test_an_update_that_nets_to_zero_is_matched_on_its_before_image_too():
+    # Only the device changed: the join gives no contributions, the before-image keeps the pct.
+    r = route(device=["ios"], engagement_pct=Threshold(gte=50))
+    leaving = enriched(1, "u", before=row(1, device="ios"), after=row(1, device="web"), pct=60.0)
+    leaving = leaving.__class__(**{**{f: getattr(leaving, f) for f in leaving.__struct_fields__}, "contributions": ()})
+    assert r.wants(leaving)
+
+
+def test_the_before_image_is_tested_with_its_own_content_type():
+    r = route(content_type=["video"])
+    moved = enriched(1, "u", before=row(1), after=row(1), before_pct=10.0, content=None)
+    assert r.wants(moved)  # the -1 contribution says the before-image's content was a video
+
+
+def test_equal_inclusive_bounds_are_one_value():
+    assert route(engagement_pct=Threshold(gte=50, lte=50)).wants(enriched(1, pct=50.0))
+
+
+def test_endpoint_names_cannot_make_the_same_label(tmp_path):
+    text = "endpoints:\n  a__b: {url: 'http://h/a'}\nroutes:\n  - {name: r, endpoint: a__b}\n"
+    with pytest.raises(RoutesError, match="words joined by single _"):
+        load(write(tmp_path, text), environ={})

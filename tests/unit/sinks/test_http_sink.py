@@ -285,3 +285,67 @@ def test_pct_thresholds_route_on_the_rows_percentage():
     endpoint = Endpoint(ok)
     http_sink(endpoint, route=route).write(batch(enriched(1, pct=49.9), enriched(2, pct=50.0), enriched(3, pct=None)))
     assert endpoint.keys() == ["events/1/2"]
+
+
+def keys_of(request):
+    return [c["idempotency_key"] for c in orjson.loads(request.content)["changes"]]
+
+
+def test_elasticsearch_style_error_objects_and_string_statuses_are_read():
+    def bulk(request):
+        k = keys_of(request)
+        return httpx.Response(
+            200,
+            content=b"\xef\xbb\xbf\r\n"
+            + orjson.dumps(
+                {
+                    "results": [
+                        {"idempotency_key": k[0], "status": 400, "error": {"reason": "bad field"}},
+                        {"idempotency_key": k[1], "status": "503"},
+                    ]
+                }
+            ),
+        )
+
+    outcome = http_sink(Endpoint(bulk)).write(batch(enriched(0), enriched(1)))
+    assert outcome.rejected == {0: 'HTTP 400 for this change from default: {"reason":"bad field"}'}
+    assert outcome.retry == {1: Retry("HTTP 503 for this change from default: ")}
+
+
+def test_unreadable_per_change_results_are_retried_never_taken_as_delivered():
+    broken = lambda r: httpx.Response(200, json={"results": [{"status": 422}]})  # noqa: E731
+    outcome = http_sink(Endpoint(broken)).write(batch(enriched(0)))
+    assert outcome.retry[0].reason == (
+        "HTTP 200 from default with unreadable per-change results: "
+        "results[0] has no string idempotency_key and integer status"
+    )
+
+
+def test_a_reply_that_cannot_be_decoded_is_retried_not_raised():
+    gzip_lie = lambda r: httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")  # noqa: E731
+    outcome = http_sink(Endpoint(gzip_lie)).write(batch(enriched(0)))
+    assert outcome.retry[0].reason.startswith("unreadable reply: DecodingError")
+
+
+def test_a_retry_after_that_is_not_ascii_digits_is_ignored():
+    assert retry_after_s("²") is None
+    assert retry_after_s("١٢") is None  # Arabic-Indic digits: isdigit() says yes, float() agrees, HTTP says no
+
+
+def test_an_endpoint_refusing_everything_alike_gets_a_bounded_number_of_split_requests():
+    endpoint = Endpoint(status(400))
+    settings = HttpSinkSettings(url="http://x/y", concurrency=1)
+    outcome = http_sink(endpoint, settings).write(batch(*(enriched(i) for i in range(500))))
+    assert len(outcome.rejected) == 500
+    assert len(endpoint.requests) == 65  # the first, and two for each of 32 splits
+
+
+def test_a_late_reply_does_not_close_an_open_breaker():
+    clock = Clock()
+    settings = HttpSinkSettings(url="http://x/y", breaker_fail_max=1, breaker_reset_timeout_s=10, concurrency=1)
+    sink = http_sink(Endpoint(status(503), ok), settings, clock=clock)
+    sink.write(batch(enriched(0)))
+    assert sink.gauges() == {"breaker_state": 2}
+    clock.now += 11
+    sink._send(["events/1/1"], [b"{}"])  # a reply to a request sent before the breaker opened
+    assert sink.gauges() == {"breaker_state": 2}
