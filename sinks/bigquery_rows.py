@@ -74,7 +74,7 @@ def change_row(change: EnrichedChange, written_at: str) -> dict[str, Any]:
         "event_slot": event_slot(row.event_ts),
         "duration_ms": row.duration_ms,
         "device": row.device,
-        "raw_payload": row.raw_payload,  # the column's JSON text, as Postgres gave it
+        "raw_payload": None if row.raw_payload is None else orjson.dumps(row.raw_payload).decode(),
         "engagement_seconds": change.engagement_seconds,
         "engagement_pct": pct,
         "over_100": pct is not None and pct > 100,

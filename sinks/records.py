@@ -17,6 +17,7 @@ reference cycle. Treat them as immutable; ``msgspec.structs.replace`` copies one
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -52,7 +53,7 @@ class EngagementRow(msgspec.Struct, gc=False):
     event_ts: datetime  # timezone-aware, UTC
     duration_ms: int | None
     device: str | None
-    raw_payload: str | None  # the JSONB column's text, verbatim (pipeline.decode._raw_payload)
+    raw_payload: dict[str, Any] | None
 
 
 class ContentRow(msgspec.Struct, gc=False):

@@ -23,7 +23,7 @@ CONTENT = ContentRow("c-1", "slug-1", "Title", "podcast", 1200, NOW)
 
 
 def event(id_: int, *, ts: datetime = NOW, duration: int | None = 60_000, device: str = "ios") -> EngagementRow:
-    return EngagementRow(id_, "c-1", "u-1", "play", ts, duration, device, '{"k":[1,2]}')
+    return EngagementRow(id_, "c-1", "u-1", "play", ts, duration, device, {"k": [1, 2]})
 
 
 def enriched(offset: int, op: str = "c", row: EngagementRow | None = None, sequence=(100, 200)) -> EnrichedChange:
