@@ -23,8 +23,6 @@ Run on a quiet machine with the stack up (``make up``).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -33,10 +31,9 @@ from datetime import UTC, datetime
 
 from google.cloud import bigquery
 
-from infra.process import stop_group
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import Settings
 from infra.stack.local import LocalStack
-from loadtest.bench_pipeline import children, generator, latency_phase, say, stack_sampler
+from loadtest.bench_pipeline import burst_then_drain, latency_phase, say, stack_sampler
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, describe, machine, percentile
 from sinks.bigquery_dataset import make_client
@@ -110,40 +107,9 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
 def drain_once(settings: Settings, stack: LocalStack, events: int, mode: str) -> None:
     if lag(settings):
         say(f"  (the BigQuery sink is {lag(settings):,} records behind before the burst; they count too)")
-    gen = generator("--burst", str(events))
-    assert gen.wait(600) == 0, gen.stdout.read() if gen.stdout else ""
-    total, previous = lag(settings), -1
-    while total != previous:  # until Debezium has published the whole burst
-        time.sleep(3)
-        previous, total = total, lag(settings)
-    say(f"{total:,} records for the BigQuery sink")
-    sampler = stack_sampler(stack)
-    log = open(REPO_ROOT / ".stack" / "logs" / "bench-bigquery.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--bounded"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PIPELINE_SINKS": "bigquery", "BIGQUERY_WRITE_MODE": mode},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    first: tuple[float, int] | None = None
-    try:
-        while proc.poll() is None:
-            left = lag(settings)
-            if first is None and left < total:
-                first = (time.monotonic(), left)
-                for name, pid in children(proc.pid).items():
-                    sampler.add(name, pid)
-            sampler.sample()
-            time.sleep(0.5)
-    finally:
-        stop_group(proc)
-        log.close()
-    left = lag(settings)
-    if proc.returncode != 0 or first is None or left:
-        raise SystemExit(f"bounded run failed (exit {proc.returncode}, {left:,} records left)")
-    rate = first[1] / (time.monotonic() - first[0])
+    env = {"PIPELINE_SINKS": "bigquery", "BIGQUERY_WRITE_MODE": mode}
+    total, seconds, sampler = burst_then_drain(stack, events, lambda: lag(settings), env, "bench-bigquery.log")
+    rate = total / seconds
     say(f"BIGQUERY DRAIN ({mode}): {total:,} records at {rate:,.0f} rows/s (bounded run, BigQuery lanes only)")
     for line in sampler.report():
         say(f"  {line}")

@@ -24,20 +24,14 @@ Run on a quiet machine with the stack up (``make up``).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 
 from infra.http_receiver.client import ReceiverClient
-from infra.process import stop_group
-from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import end_offsets
+from infra.settings import Settings
 from infra.stack.local import LocalStack
-from loadtest.bench_pipeline import children, generator, latency_phase, say, stack_sampler
+from loadtest.bench_pipeline import burst_then_drain, latency_phase, say
 from loadtest.procstats import describe, machine, percentile
 from sinks.kafka_positions import KafkaPositions, group_id
-from sinks.positions import Position
 
 SINK = "http_default"  # HTTP_SINK_URL alone: one endpoint, "default"
 
@@ -55,14 +49,11 @@ def positions(settings: Settings) -> KafkaPositions:
 
 
 def start_at_the_end(settings: Settings) -> dict[int, int]:
-    topic = settings.cdc.engagement_topic
-    ends = end_offsets(settings.kafka, topic)
     store = positions(settings)
     try:
-        store.store({f"{topic}:{p}": Position(end) for p, end in ends.items()})
+        return store.start_at_end(settings.cdc.engagement_topic)
     finally:
         store.close()
-    return ends
 
 
 def lag(settings: Settings) -> int:
@@ -75,45 +66,20 @@ def lag(settings: Settings) -> int:
 
 def cmd_throughput(settings: Settings, stack: LocalStack, receiver: ReceiverClient, args: argparse.Namespace) -> None:
     start_at_the_end(settings)
-    gen = generator("--burst", str(args.events))
-    assert gen.wait(900) == 0, gen.stdout.read() if gen.stdout else ""
-    total, previous = lag(settings), -1
-    while total != previous:  # until Debezium has published the whole burst
-        time.sleep(3)
-        previous, total = total, lag(settings)
-    say(f"{total:,} changes for the HTTP sink")
     receiver.reset()
-    sampler = stack_sampler(stack)
-    log = open(REPO_ROOT / ".stack" / "logs" / "bench-http.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--bounded"],
-        cwd=REPO_ROOT,
-        env={**os.environ, **sink_env(settings, "http")},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    started: list[int] = []  # requests the receiver had when the sink started moving
+    total, elapsed, sampler = burst_then_drain(
+        stack,
+        args.events,
+        lambda: lag(settings),
+        sink_env(settings, "http"),
+        "bench-http.log",
+        on_start=lambda: started.append(receiver.stats()["requests"]),
     )
-    first: tuple[float, int, int] | None = None  # (time, changes left, requests so far)
-    try:
-        while proc.poll() is None:
-            left = lag(settings)
-            if first is None and left < total:
-                first = (time.monotonic(), left, receiver.stats()["requests"])
-                for name, pid in children(proc.pid).items():
-                    sampler.add(name, pid)
-            sampler.sample()
-            time.sleep(0.5)
-    finally:
-        stop_group(proc)
-        log.close()
-    elapsed = time.monotonic() - first[0] if first else 0.0
-    left = lag(settings)
-    if proc.returncode != 0 or first is None or left:
-        raise SystemExit(f"bounded run failed (exit {proc.returncode}, {left:,} changes left)")
     stats = receiver.stats()
-    requests = stats["requests"] - first[2]
+    requests = stats["requests"] - started[0]
     say(
-        f"HTTP THROUGHPUT: {first[1] / elapsed:,.0f} changes/s, {requests / elapsed:,.1f} requests/s "
+        f"HTTP THROUGHPUT: {total / elapsed:,.0f} changes/s, {requests / elapsed:,.1f} requests/s "
         f"({stats['unique']:,} changes received, {stats['duplicates']:,} duplicates, {stats['requests']:,} requests)"
     )
     for line in sampler.report():

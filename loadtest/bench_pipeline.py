@@ -121,6 +121,55 @@ def children(pid: int) -> dict[str, int]:
     return found
 
 
+def burst_then_drain(
+    stack: LocalStack,
+    events: int,
+    left: Callable[[], int],
+    extra_env: dict[str, str],
+    log_name: str,
+    on_start: Callable[[], None] | None = None,
+) -> tuple[int, float, ProcessSampler]:
+    """A burst of ``events`` rows, then ``pipeline --bounded`` with ``extra_env`` until it exits;
+    ``left()`` is what the measured sink still has to write. Returns the records it had when it
+    started moving, the seconds from then to the end, and the CPU samples (``on_start`` runs then)."""
+    gen = generator("--burst", str(events))
+    assert gen.wait(900) == 0, gen.stdout.read() if gen.stdout else ""
+    total, previous = left(), -1
+    while total != previous:  # until Debezium has published the whole burst
+        time.sleep(3)
+        previous, total = total, left()
+    say(f"{total:,} records for the sink")
+    sampler = stack_sampler(stack)
+    log = open(REPO_ROOT / ".stack" / "logs" / log_name, "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--bounded"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **extra_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    first: tuple[float, int] | None = None
+    try:
+        while proc.poll() is None:
+            remaining = left()
+            if first is None and remaining < total:
+                first = (time.monotonic(), remaining)
+                for name, pid in children(proc.pid).items():
+                    sampler.add(name, pid)
+                if on_start is not None:
+                    on_start()
+            sampler.sample()
+            time.sleep(0.5)
+    finally:
+        stop_group(proc)
+        log.close()
+    remaining = left()
+    if proc.returncode != 0 or first is None or remaining:
+        raise SystemExit(f"bounded run failed (exit {proc.returncode}, {remaining:,} records left)")
+    return first[1], time.monotonic() - first[0], sampler
+
+
 def wait_until_caught_up(settings: Settings, client: redis.Redis, timeout: float) -> float:
     """Seconds until the stored positions reach today's topic ends."""
     topic = settings.cdc.engagement_topic

@@ -35,7 +35,7 @@ import pybreaker
 
 from infra.settings import HttpSinkSettings, KafkaSettings, RedisSettings
 from sinks.contract import APPLIED, Batch, BatchLimits, Outcome, Retry, RetryPolicy, Sink
-from sinks.http_breaker import STATES, BreakerBoard, BreakerConfig, EndpointFailure, Publisher, make_breaker
+from sinks.http_breaker import STATES, BreakerBoard, BreakerConfig, EndpointFailure, Publisher, make_breaker, report
 from sinks.http_client import ClientPolicy, EndpointClient, Sent, make_client
 from sinks.http_payload import change_json, idempotency_key
 from sinks.http_routes import Route
@@ -186,8 +186,7 @@ class HttpSink(Sink[EnrichedChange]):
         # Only a closed breaker counts concurrent replies: a reply that arrives after another
         # request opened it must not be taken for the half-open trial (only _trial is).
         if self.breaker.current_state == pybreaker.STATE_CLOSED:
-            with contextlib.suppress(pybreaker.CircuitBreakerError, EndpointFailure):
-                self.breaker.call(_count, sent)  # counted; if it tripped, the next write finds it open
+            report(self.breaker, sent.failure if sent.endpoint_failed else None)  # a trip shows next write
         return sent
 
     def _trial(self, keys: Sequence[str], changes: Sequence[bytes]) -> Sent | None:

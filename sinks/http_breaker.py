@@ -23,6 +23,7 @@ a stopped pipeline leaves nothing stale for long; publishing is best effort and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -46,6 +47,18 @@ _PUBLISH_EVERY_S: Final = 5.0
 
 class EndpointFailure(Exception):  # noqa: N818 - what the breaker counts
     """Raised inside ``breaker.call`` to count a failed request."""
+
+
+def report(breaker: pybreaker.CircuitBreaker, failure: str | None) -> None:
+    """Count one request that has ended (``failure`` None: it succeeded), from outside the call:
+    pybreaker counts a failure when the guarded function raises, so this one raises for it."""
+
+    def ended() -> None:
+        if failure is not None:
+            raise EndpointFailure(failure)
+
+    with contextlib.suppress(pybreaker.CircuitBreakerError, EndpointFailure):
+        breaker.call(ended)
 
 
 class MonotonicStorage(pybreaker.CircuitMemoryStorage):

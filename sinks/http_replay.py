@@ -23,7 +23,6 @@ opens: the endpoint is not back yet. Exit status: 0 done, 1 stopped by failures,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ from pydantic import ValidationError
 from infra.settings import Settings
 from sinks.contract import RetryPolicy
 from sinks.http import breaker_config, client_policy, request_headers
-from sinks.http_breaker import BreakerBoard, EndpointFailure, make_breaker
+from sinks.http_breaker import BreakerBoard, make_breaker, report
 from sinks.http_client import EndpointClient, Sent, make_client
 from sinks.http_routes import Route, RoutesError
 from sinks.kafka_positions import group_id
@@ -193,18 +192,12 @@ class Replayer:
 
     def _post(self, letters: Sequence[Letter]) -> Sent:
         sent = self._client.post([letter.key for letter in letters], [letter.change for letter in letters])
-        with contextlib.suppress(pybreaker.CircuitBreakerError, EndpointFailure):
-            self._breaker.call(_count, sent)
+        report(self._breaker, sent.failure if sent.endpoint_failed else None)
         return sent
 
     def _commit(self, consumer: Consumer, partition: int, offset: int, report: Report) -> None:
         consumer.commit(offsets=[TopicPartition(self._topic, partition, offset)], asynchronous=False)
         report.partitions[partition] = offset
-
-
-def _count(sent: Sent) -> None:
-    if sent.endpoint_failed:
-        raise EndpointFailure(sent.failure)
 
 
 def open_breakers(settings: Settings, endpoints: Sequence[str]) -> list[str]:

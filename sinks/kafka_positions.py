@@ -110,6 +110,17 @@ class KafkaPositions:
             with _available("store positions"):
                 self._consumer.commit(offsets=offsets, asynchronous=False)
 
+    def start_at_end(self, topic: str) -> dict[int, int]:
+        """Store ``topic``'s end offsets of now as the positions (tests, benchmarks, a sink added to
+        a running system that should see only what comes next); returns them by partition."""
+        meta = self._consumer.list_topics(topic, timeout=_TIMEOUT_S).topics[topic]
+        ends = {
+            p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=_TIMEOUT_S)[1]
+            for p in sorted(meta.partitions)
+        }
+        self.store({f"{topic}:{p}": Position(end) for p, end in ends.items()})
+        return ends
+
     def lag(self, topic: str) -> dict[int, int]:
         """Records per partition of ``topic`` past what the sink has stored (tools, status, demo)."""
         stored = self.load([topic])

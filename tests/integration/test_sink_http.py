@@ -23,7 +23,6 @@ from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
 from sinks.http_breaker import BreakerBoard
 from sinks.kafka_positions import KafkaPositions, group_id
-from sinks.positions import Position
 
 from .pipeline_helpers import assert_redis_matches_sql, env, flush_redis, streaming, wait_caught_up
 from .test_pipeline import generate
@@ -54,13 +53,12 @@ def sink_env(settings: Settings, routes: Path) -> dict[str, str]:
 
 def start_http_sinks_at_the_end(settings: Settings) -> dict[int, int]:
     """The HTTP sinks' first positions: the topic's end, so they see this test's changes only."""
-    topic = settings.cdc.engagement_topic
-    ends = end_offsets(settings.kafka, topic)
+    ends: dict[int, int] = {}
     for endpoint in ENDPOINTS:
         positions = KafkaPositions(
             settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, f"http_{endpoint}")
         )
-        positions.store({f"{topic}:{p}": Position(end) for p, end in ends.items()})
+        ends = positions.start_at_end(settings.cdc.engagement_topic)
         positions.close()
     return ends
 
