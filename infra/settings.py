@@ -5,9 +5,9 @@ Each group is a frozen pydantic-settings model with its own environment prefix (
 ``KAFKA_``, ``CONNECT_``, ``REDIS_``, ``BIGQUERY_``, ``HTTP_SINK_``, ``HTTP_RECEIVER_``, ``CDC_``,
 ``GENERATOR_``; ``GENERATION_RATE``, ``BURST_MODE`` and ``BURST_COUNT`` keep the names seed 004
 gave them). The HTTP groups live in ``infra.settings_http`` and are re-exported here. Defaults are
-safe for a laptop: every
-service listens on 127.0.0.1 only, on ports away from the usual ones so that a system Postgres or
-Redis never collides with ours. Passwords are ``SecretStr`` so they never appear in logs or reprs.
+safe for a laptop: every service listens on 127.0.0.1 only, on ports away from the usual ones so
+that a system Postgres or Redis never collides with ours. Passwords are ``SecretStr`` so they never
+appear in logs or reprs.
 
 Read it once at the entry point (``Settings()``) and pass the sub-models down; nothing else in the
 code base reads ``os.environ``. ``.env.example`` lists every variable.
