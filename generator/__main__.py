@@ -4,6 +4,11 @@ Continuous mode writes ``--rate`` rows a minute (``GENERATION_RATE``; seed 004's
 minute is 3,333 a second) until ``--duration`` seconds pass or Ctrl-C; burst mode (``--burst N``,
 or ``BURST_MODE=true`` with ``BURST_COUNT``) writes N rows as fast as the database takes them.
 Every flag has an environment variable (see .env.example); flags win.
+
+A Postgres restart does not end a run: the write is retried with backoff on a new connection and
+the outage reported (``generator.retry``). Exit status: 0 done, 1 an error (Postgres unreachable at
+the start or for longer than ``GENERATOR_RETRY_GIVE_UP_S``, a write refused in burst mode, any
+non-transient error), 2 bad configuration, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import psycopg
 from pydantic import ValidationError
 
 from generator.events import EventFactory
+from generator.retry import BatchRefusedError, OutageTooLongError, RetryingWriter, RetryPolicy
 from generator.runner import ensure_catalogue, run_burst, run_continuous
-from generator.writer import PostgresWriter, UnreachableDatabaseError, connect
+from generator.writer import PostgresWriter, UnreachableDatabaseError, connect, open_connection
 from infra.settings import GeneratorSettings, Settings
 
 
@@ -107,36 +113,44 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     rng = random.Random(gen.seed)
+    conninfo = settings.postgres.conninfo()
+    writer: PostgresWriter | None = None
     try:
-        with connect(settings.postgres.conninfo()) as conn:
-            writer = PostgresWriter(conn, gen, rng)
-            catalogue = ensure_catalogue(writer, gen, rng, report)
-            report(f"catalogue: {len(catalogue)} content items")
-            if args.seed_only:
-                return 0
-            factory = EventFactory(catalogue, gen, rng)
-            if gen.burst_mode:
-                report(f"burst: writing {gen.burst_count:,} events in transactions of {gen.burst_batch_size:,}")
-                stats = run_burst(writer, factory, catalogue, gen.burst_count, gen.burst_batch_size, report)
-            else:
-                until = f"for {gen.duration_s:g} s" if gen.duration_s else "until Ctrl-C"
-                report(f"continuous: {gen.generation_rate:,} rows/min ({gen.rate_per_second:,.0f}/s) {until}")
-                try:
-                    stats = run_continuous(writer, factory, catalogue, gen, report)
-                except KeyboardInterrupt:
-                    report("interrupted: the open batch was rolled back")
-                    return 130
-            report(stats.summary())
+        writer = PostgresWriter(connect(conninfo), gen, rng)
+        catalogue = ensure_catalogue(writer, gen, rng, report)
+        report(f"catalogue: {len(catalogue)} content items")
+        if args.seed_only:
             return 0
-    except UnreachableDatabaseError as exc:
+        factory = EventFactory(catalogue, gen, rng)
+        retrying = RetryingWriter(writer, lambda: open_connection(conninfo), RetryPolicy.from_settings(gen), report)
+        if gen.burst_mode:
+            report(f"burst: writing {gen.burst_count:,} events in transactions of {gen.burst_batch_size:,}")
+            stats = run_burst(retrying, factory, catalogue, gen.burst_count, gen.burst_batch_size, report)
+        else:
+            until = f"for {gen.duration_s:g} s" if gen.duration_s else "until Ctrl-C"
+            report(f"continuous: {gen.generation_rate:,} rows/min ({gen.rate_per_second:,.0f}/s) {until}")
+            try:
+                stats = run_continuous(retrying, factory, catalogue, gen, report)
+            except KeyboardInterrupt:
+                report("interrupted: the open batch was rolled back")
+                return 130
+        report(stats.summary())
+        return 0
+    except (UnreachableDatabaseError, OutageTooLongError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BatchRefusedError as exc:
+        print(f"error: {exc}; not retried", file=sys.stderr)
+        return 1
     except psycopg.Error as exc:
-        print(f"error: Postgres refused a write: {exc}", file=sys.stderr)
+        print(f"error: Postgres refused a write ({type(exc).__name__}, not retried): {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the open batch was rolled back", file=sys.stderr)
         return 130
+    finally:
+        if writer is not None:
+            writer.conn.close()
 
 
 if __name__ == "__main__":

@@ -1,26 +1,37 @@
 """The two modes of seed 004: continuous at ``GENERATION_RATE`` rows a minute, or one burst.
 
 Both report the achieved rate; continuous mode also reports how far it is behind its target, so a
-database that cannot keep up is visible rather than silently slowing the run.
+database that cannot keep up is visible rather than silently slowing the run. Writes lost to a
+Postgres outage are retried by the writer (``generator.retry``) and counted here; a batch whose
+rows Postgres refuses (``BatchRefusedError``) is counted and skipped in continuous mode and ends a
+burst, which promises an exact count.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from faker import Faker
 
 from generator.catalogue import Content, make_catalogue
-from generator.events import EventFactory
+from generator.events import EventFactory, EventRow
 from generator.pacing import RatePacer
+from generator.retry import MAX_CONSECUTIVE_REFUSED, BatchRefusedError
 from generator.writer import BatchResult, PostgresWriter
 from infra.settings import GeneratorSettings
 
 Report = Callable[[str], None]
+
+
+class BatchWriter(Protocol):
+    """A ``PostgresWriter``, or the ``RetryingWriter`` around one."""
+
+    def write_batch(self, rows: Sequence[EventRow], catalogue: list[Content]) -> BatchResult: ...
 
 
 @dataclass
@@ -32,6 +43,13 @@ class RunStats:
     deleted: int = 0
     content_updated: int = 0
     batches: int = 0
+    # Writes repeated after a Postgres outage, the outages, and their total length.
+    retried: int = 0
+    outages: int = 0
+    outage_s: float = 0.0
+    # Events in batches Postgres refused (continuous mode skips them).
+    refused: int = 0
+    refused_batches: int = 0
     finished: float | None = None
 
     def add(self, result: BatchResult) -> None:
@@ -40,6 +58,10 @@ class RunStats:
         self.deleted += result.deleted
         self.content_updated += result.content_updated
         self.batches += 1
+        if result.retries:
+            self.retried += result.retries
+            self.outages += 1
+            self.outage_s += result.outage_s
 
     @property
     def elapsed(self) -> float:
@@ -53,7 +75,8 @@ class RunStats:
         return (
             f"{self.mode}: {self.inserted:,} events in {self.elapsed:.1f} s = {self.rate:,.0f} rows/s "
             f"({self.batches} transactions; {self.updated} event updates, {self.deleted} deletes, "
-            f"{self.content_updated} content updates)"
+            f"{self.content_updated} content updates; {self.retried} retried writes in {self.outages} outages "
+            f"lasting {self.outage_s:.1f} s; {self.refused:,} events refused in {self.refused_batches} batches)"
         )
 
 
@@ -73,7 +96,7 @@ def ensure_catalogue(
 
 
 def run_burst(
-    writer: PostgresWriter, factory: EventFactory, catalogue: list[Content], count: int, batch_size: int, report: Report
+    writer: BatchWriter, factory: EventFactory, catalogue: list[Content], count: int, batch_size: int, report: Report
 ) -> RunStats:
     stats = RunStats(mode="burst")
     remaining = count
@@ -86,7 +109,7 @@ def run_burst(
 
 
 def run_continuous(
-    writer: PostgresWriter,
+    writer: BatchWriter,
     factory: EventFactory,
     catalogue: list[Content],
     settings: GeneratorSettings,
@@ -98,16 +121,27 @@ def run_continuous(
     pacer = RatePacer(settings.rate_per_second, settings.tick_ms / 1000.0, settings.burst_batch_size, clock, sleep)
     stats = RunStats(mode="continuous", started=clock())
     next_report = stats.started + settings.report_interval_s
+    refused_in_a_row = 0
     try:
         while settings.duration_s is None or clock() - stats.started < settings.duration_s:
             n = pacer.next_batch()
-            stats.add(writer.write_batch(factory.batch(n, datetime.now(UTC)), catalogue))
+            try:
+                stats.add(writer.write_batch(factory.batch(n, datetime.now(UTC)), catalogue))
+                refused_in_a_row = 0
+            except BatchRefusedError as exc:
+                stats.refused += exc.events
+                stats.refused_batches += 1
+                refused_in_a_row += 1
+                report(f"{exc}: skipped, not retried")
+                if refused_in_a_row >= MAX_CONSECUTIVE_REFUSED:
+                    raise
             now = clock()
             if now >= next_report:
                 achieved = stats.inserted / (now - stats.started)
                 report(
                     f"{now - stats.started:6.1f} s  {stats.inserted:>10,} events  {achieved:8,.0f}/s "
-                    f"(target {settings.rate_per_second:,.0f}/s, backlog {pacer.backlog:,})"
+                    f"(target {settings.rate_per_second:,.0f}/s, backlog {pacer.backlog:,}, "
+                    f"retried {stats.retried}, refused {stats.refused:,})"
                 )
                 next_report = now + settings.report_interval_s
     finally:

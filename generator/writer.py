@@ -4,13 +4,18 @@ Each batch -- its COPY of new events and the updates and deletes that go with it
 transaction, so Debezium sees it as one commit and an interrupted run never leaves a half-written
 batch or an open transaction behind (the ``transaction()`` block rolls back on any exception,
 including Ctrl-C).
+
+The writer does not retry (``generator.retry`` does), but it tells the retry what it needs to know:
+a connection lost *during* COMMIT leaves the outcome unknown, so it raises ``CommitOutcomeUnknown``
+carrying the transaction id it read at the start of the transaction, and ``xact_status`` asks the
+server what became of it.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -29,15 +34,43 @@ class BatchResult:
     updated: int = 0
     deleted: int = 0
     content_updated: int = 0
+    # Filled in by the retry (generator.retry): attempts repeated, and how long the outage lasted.
+    retries: int = 0
+    outage_s: float = 0.0
 
 
 class UnreachableDatabaseError(RuntimeError):
     pass
 
 
+@dataclass
+class PendingCommit:
+    """A batch whose statements all ran: what it did, and what to change in memory once it is in."""
+
+    xid: str
+    result: BatchResult
+    last_id: int = 0
+    edits: list[tuple[int, Content]] = field(default_factory=list)
+
+
+class CommitOutcomeUnknown(Exception):  # noqa: N818 - a state, not a failure: the commit may have happened
+    """The connection failed while COMMIT was in flight: the batch may or may not be in the database."""
+
+    def __init__(self, pending: PendingCommit, cause: psycopg.Error) -> None:
+        super().__init__(f"connection lost during COMMIT of transaction {pending.xid}: {cause}")
+        self.pending = pending
+        self.cause = cause
+
+
+def open_connection(conninfo: str) -> psycopg.Connection:
+    """A new autocommit connection (transactions are explicit); errors are psycopg's own."""
+    return psycopg.connect(conninfo, autocommit=True)
+
+
 def connect(conninfo: str) -> psycopg.Connection:
+    """The first connection of a run: an unreachable database is a clear error at once."""
     try:
-        return psycopg.connect(conninfo, autocommit=True)
+        return open_connection(conninfo)
     except psycopg.OperationalError as exc:
         raise UnreachableDatabaseError(f"cannot connect to Postgres ({exc}). Is the stack up? Run `make up`.") from exc
 
@@ -67,41 +100,68 @@ class PostgresWriter:
             return cur.rowcount
 
     def write_batch(self, rows: Sequence[EventRow], catalogue: list[Content]) -> BatchResult:
-        """COPY the events plus this batch's share of updates and deletes, in one transaction."""
-        result = BatchResult()
-        s, rng = self.settings, self.rng
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            with cur.copy(_COPY) as copy:
-                for row in rows:
-                    copy.write_row(row)
-            result.inserted = len(rows)
-            cur.execute("SELECT currval(pg_get_serial_sequence('engagement_events', 'id'))")
-            self.last_id = cur.fetchone()[0]
-            window_low = max(1, self.last_id - UPDATE_WINDOW_BATCHES * max(len(rows), 1))
+        """COPY the events plus this batch's share of updates and deletes, in one transaction.
 
-            n_update = share_count(rng, len(rows), s.event_update_share)
-            if n_update:
-                ids = [rng.randint(window_low, self.last_id) for _ in range(n_update)]
-                deltas = [rng.randint(-30_000, 60_000) for _ in ids]
-                cur.execute(
-                    "UPDATE engagement_events e SET duration_ms = GREATEST(0, COALESCE(e.duration_ms, 0) + d.delta) "
-                    "FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta) WHERE e.id = d.id",
-                    (ids, deltas),
-                )
-                result.updated = cur.rowcount
-            n_delete = share_count(rng, len(rows), s.event_delete_share)
-            if n_delete:
-                ids = [rng.randint(window_low, self.last_id) for _ in range(n_delete)]
-                cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (ids,))
-                result.deleted = cur.rowcount
-            n_content = share_count(rng, len(rows), s.content_update_share)
-            for _ in range(n_content):
-                index = rng.randrange(len(catalogue))
-                edited = edit_content(rng, catalogue[index])
-                cur.execute(
-                    "UPDATE content SET title = %s, length_seconds = %s WHERE id = %s",
-                    (edited.title, edited.length_seconds, edited.id),
-                )
-                result.content_updated += cur.rowcount
-                catalogue[index] = edited
+        Content edits reach ``catalogue`` only once the transaction has committed, so a batch that
+        is rolled back (and written again) leaves the in-memory catalogue as the database has it.
+        """
+        s, rng = self.settings, self.rng
+        committing = False
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                # The id of this transaction, to ask pg_xact_status about it if COMMIT's reply is lost.
+                pending = PendingCommit(cur.execute("SELECT pg_current_xact_id()::text").fetchone()[0], BatchResult())
+                result = pending.result
+                with cur.copy(_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                result.inserted = len(rows)
+                cur.execute("SELECT currval(pg_get_serial_sequence('engagement_events', 'id'))")
+                last_id = pending.last_id = cur.fetchone()[0]
+                window_low = max(1, last_id - UPDATE_WINDOW_BATCHES * max(len(rows), 1))
+
+                n_update = share_count(rng, len(rows), s.event_update_share)
+                if n_update:
+                    ids = [rng.randint(window_low, last_id) for _ in range(n_update)]
+                    deltas = [rng.randint(-30_000, 60_000) for _ in ids]
+                    cur.execute(
+                        "UPDATE engagement_events e "
+                        "SET duration_ms = GREATEST(0, COALESCE(e.duration_ms, 0) + d.delta) "
+                        "FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta) WHERE e.id = d.id",
+                        (ids, deltas),
+                    )
+                    result.updated = cur.rowcount
+                n_delete = share_count(rng, len(rows), s.event_delete_share)
+                if n_delete:
+                    ids = [rng.randint(window_low, last_id) for _ in range(n_delete)]
+                    cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (ids,))
+                    result.deleted = cur.rowcount
+                n_content = share_count(rng, len(rows), s.content_update_share)
+                for _ in range(n_content):
+                    index = rng.randrange(len(catalogue))
+                    edited = edit_content(rng, catalogue[index])
+                    cur.execute(
+                        "UPDATE content SET title = %s, length_seconds = %s WHERE id = %s",
+                        (edited.title, edited.length_seconds, edited.id),
+                    )
+                    result.content_updated += cur.rowcount
+                    pending.edits.append((index, edited))
+                # Everything below this line is the COMMIT, sent when the block exits.
+                committing = True
+        except psycopg.OperationalError as exc:
+            # Lost (or shut down) while COMMIT was in flight: the server may have committed.
+            if committing:
+                raise CommitOutcomeUnknown(pending, exc) from exc
+            raise
+        self.committed(pending, catalogue)
         return result
+
+    def committed(self, pending: PendingCommit, catalogue: list[Content]) -> None:
+        """What a committed batch changes in memory: the update window and the edited catalogue."""
+        self.last_id = pending.last_id
+        for index, edited in pending.edits:
+            catalogue[index] = edited
+
+    def xact_status(self, xid: str) -> str | None:
+        """``committed``, ``aborted`` or ``in progress`` (None once the server no longer knows)."""
+        return self.conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()[0]

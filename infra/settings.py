@@ -260,6 +260,11 @@ class GeneratorSettings(BaseSettings):
     event_delete_share: float = Field(default=0.002, ge=0, le=1)
     content_update_share: float = Field(default=0.0005, ge=0, le=1)
     report_interval_s: float = Field(default=5.0, gt=0)
+    # A write lost to a Postgres outage is retried after retry_initial_s, doubling up to
+    # retry_max_backoff_s, until the outage has lasted retry_give_up_s (generator/retry.py).
+    retry_initial_s: float = Field(default=0.1, gt=0)
+    retry_max_backoff_s: float = Field(default=5.0, gt=0)
+    retry_give_up_s: float = Field(default=300.0, gt=0)
 
     @property
     def rate_per_second(self) -> float:
