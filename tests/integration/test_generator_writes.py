@@ -1,4 +1,8 @@
-"""The generator against the real database: counts, CDC operations, rollback, CLI."""
+"""The generator against the real database: counts, CDC operations, rollback, CLI, outages.
+
+The outage tests count exactly: every event the generator reports as written is in Postgres once
+(each event's random ``session_id`` in ``raw_payload`` tells a row written twice from two rows).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -13,13 +18,15 @@ import psycopg
 import pytest
 
 from generator.events import EventFactory
+from generator.retry import RetryingWriter, RetryPolicy
 from generator.runner import run_burst
-from generator.writer import PostgresWriter
+from generator.writer import PostgresWriter, open_connection
 from infra.settings import REPO_ROOT, GeneratorSettings, Settings
 from infra.stack.local import LocalStack
 
 from .conftest import settings_env
 from .kafka_reader import read_topic
+from .pg_fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +91,125 @@ def test_cli_continuous_mode_holds_its_rate(stack: LocalStack, settings: Setting
     summary = result.stdout.strip().splitlines()[-1]
     inserted = int(summary.split(": ")[1].split(" events")[0].replace(",", ""))
     assert 1300 <= inserted <= 1700  # 3 s at 500/s; a functional check, not a benchmark
+
+
+# Inserts only: with no updates or deletes, every event written is a row that stays.
+INSERTS_ONLY = {
+    "GENERATOR_EVENT_UPDATE_SHARE": "0",
+    "GENERATOR_EVENT_DELETE_SHARE": "0",
+    "GENERATOR_CONTENT_UPDATE_SHARE": "0",
+}
+
+
+def rows_and_distinct_events(conninfo: str, after_id: int) -> tuple[int, int]:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(
+            "SELECT count(*), count(DISTINCT raw_payload->>'session_id') FROM engagement_events WHERE id > %s",
+            (after_id,),
+        ).fetchone()
+
+
+def test_generator_keeps_writing_through_a_postgres_restart(stack: LocalStack, settings: Settings):
+    conninfo = settings.postgres.conninfo()
+    with psycopg.connect(conninfo) as conn:
+        first_id = conn.execute("SELECT coalesce(max(id), 0) FROM engagement_events").fetchone()[0]
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        **INSERTS_ONLY,
+        "GENERATION_RATE": "12000",  # 200 events/s, 20 a transaction
+        "GENERATOR_REPORT_INTERVAL_S": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "generator", "--duration", "20", "--seed", "11"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    writing = threading.Event()
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if "events" in line and "target" in line:
+                writing.set()
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
+    try:
+        assert writing.wait(60), f"the generator never reported writing: {lines}"
+        # `pg_ctl restart -m fast`, through the stack's process object: SIGINT is the fast shutdown.
+        stack.postgres.process.stop(settings.stack.stop_timeout_s)
+        stack.postgres.process.start(settings.stack.start_timeout_s)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    assert proc.returncode == 0, f"{stderr}\n" + "\n".join(lines)
+
+    outage_started = [line for line in lines if line.startswith("postgres outage: a write of")]
+    outage_over = [line for line in lines if line.startswith("postgres outage over after")]
+    assert len(outage_started) == 1 and len(outage_over) == 1, lines
+    summary = lines[-1]
+    inserted = int(summary.split(": ")[1].split(" events")[0].replace(",", ""))
+    retried = int(summary.split("; ")[-2].split(" retried writes")[0])
+    assert retried >= 1 and "in 1 outages" in summary, summary
+    assert " 0 events refused" in summary
+    assert inserted > 2000  # it went on writing after the restart (about 4,000 in 20 s)
+    assert rows_and_distinct_events(conninfo, first_id) == (inserted, inserted)
+
+
+@pytest.fixture
+def proxy(stack: LocalStack, settings: Settings):
+    fault_proxy = FaultProxy(settings.postgres.host, settings.postgres.port)
+    yield fault_proxy
+    fault_proxy.close()
+
+
+def proxied_writer(settings: Settings, proxy: FaultProxy, lines: list[str]) -> tuple[RetryingWriter, list]:
+    conninfo = settings.postgres.model_copy(update={"port": proxy.port}).conninfo()
+    gen = GeneratorSettings(event_update_share=0, event_delete_share=0, content_update_share=0)
+    writer = PostgresWriter(open_connection(conninfo), gen, random.Random(5))
+    catalogue = writer.load_catalogue()
+    policy = RetryPolicy(initial_s=0.05, max_backoff_s=0.5, jitter_s=0.0, give_up_s=60.0)
+    return RetryingWriter(writer, lambda: open_connection(conninfo), policy, lines.append), catalogue
+
+
+def write_counted(
+    settings: Settings, retrying: RetryingWriter, catalogue: list, rows: list
+) -> tuple[int, tuple[int, int]]:
+    conninfo = settings.postgres.conninfo()
+    with psycopg.connect(conninfo) as conn:
+        first_id = conn.execute("SELECT coalesce(max(id), 0) FROM engagement_events").fetchone()[0]
+    result = retrying.write_batch(rows, catalogue)
+    return result.inserted, rows_and_distinct_events(conninfo, first_id)
+
+
+def test_a_commit_lost_after_the_server_committed_is_not_written_again(stack, settings, proxy):
+    lines: list[str] = []
+    retrying, catalogue = proxied_writer(settings, proxy, lines)
+    rows = EventFactory(catalogue, retrying.writer.settings, random.Random(6)).batch(100, datetime.now(UTC))
+    proxy.lose_commit("after_server")
+    inserted, in_db = write_counted(settings, retrying, catalogue, rows)
+    assert proxy.fired == ["after_server"]
+    assert (inserted, in_db) == (100, (100, 100))
+    assert lines[-1].endswith("the batch of 100 events had committed before the connection dropped, not written again")
+    retrying.writer.conn.close()
+
+
+def test_a_commit_lost_before_the_server_saw_it_is_written_again_once(stack, settings, proxy):
+    lines: list[str] = []
+    retrying, catalogue = proxied_writer(settings, proxy, lines)
+    rows = EventFactory(catalogue, retrying.writer.settings, random.Random(7)).batch(100, datetime.now(UTC))
+    proxy.lose_commit("before_server")
+    inserted, in_db = write_counted(settings, retrying, catalogue, rows)
+    assert proxy.fired == ["before_server"]
+    assert (inserted, in_db) == (100, (100, 100))
+    assert lines[-1].endswith("the batch of 100 events written")
+    retrying.writer.conn.close()
