@@ -10,15 +10,21 @@ is a pid file per service, the readiness checks are plain callables (TCP port, H
 and stopping escalates from SIGTERM to SIGKILL after a timeout, because Kafka Connect can ignore
 SIGTERM for over a minute. Every child runs in its own session (``start_new_session``), so Ctrl-C in
 the launching shell never reaches the JVMs.
+
+A process that must not outlive the one that started it (the pipeline's Prism and job, owned by its
+supervisor) asks the kernel for a parent-death signal (``die_with_parent``): see
+``parent_death_signal``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +57,36 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def parent_death_signal(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies (Linux only; None
+    elsewhere).
+
+    Why: a supervisor killed with ``kill -9`` alone (not its process group) cannot stop its children,
+    and an orphaned job kept writing beside the one a new supervisor started (issue 14). With
+    ``prctl(PR_SET_PDEATHSIG)`` the kernel kills them the moment the parent exits, however it exits;
+    a watcher thread polling ``os.getppid()`` would leave them running for a poll interval and could
+    itself be stuck. The signal fires when the *thread* that forked the child ends, so call
+    ``Popen`` from a thread that lives as long as the parent (the supervisor's main thread). It is
+    cleared when the child changes credentials (``setpriv``) or execs a set-user-ID binary, so it is
+    no use with ``ServiceProcess.user``. The function is looked up before the fork: the child only
+    calls it, and checks that the parent did not die before the call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -95,6 +131,9 @@ class ServiceProcess:
     stop_signal: signal.Signals = signal.SIGTERM
     # Own session by default, so a Ctrl-C in the launching shell never reaches the service.
     new_session: bool = True
+    # SIGKILL when the process that started it dies (parent_death_signal): for services owned by a
+    # long-running parent (the supervisor's Prism), never for the stack's, whose launcher exits.
+    die_with_parent: bool = False
 
     @classmethod
     def in_stack(cls, stack_dir: Path, name: str, **kwargs: Any) -> ServiceProcess:
@@ -143,6 +182,7 @@ class ServiceProcess:
                 cwd=self.cwd,
                 env={**os.environ, **self.env},
                 start_new_session=self.new_session,
+                preexec_fn=parent_death_signal() if self.die_with_parent else None,
             )
         except FileNotFoundError as exc:
             raise StackError(f"{self.name}: cannot run {command[0]!r}: {exc}. Run `make bootstrap`.") from exc

@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
+from infra.row_bound import required_max_message_bytes
 from infra.settings_base import config as _config
 from infra.settings_http import HttpReceiverSettings as HttpReceiverSettings
 from infra.settings_http import HttpSinkSettings as HttpSinkSettings
@@ -66,6 +67,11 @@ class KafkaSettings(BaseSettings):
     port: int = 59092
     controller_port: int = 59093
     heap: str = "512m"
+    # The one size limit of the stack (docs/delivery.md, "Row size bound"): the broker's
+    # message.max.bytes, every topic's max.message.bytes, Connect's producer max.request.size, the
+    # clients' message.max.bytes and the dead-letter cap all follow it. 5 MiB carries the largest
+    # change the schema allows (an update of a row at the bound, worst-case escaped) and its letter.
+    max_message_bytes: int = Field(default=5_242_880, ge=required_max_message_bytes())
 
     @property
     def bootstrap_servers(self) -> str:
@@ -73,7 +79,10 @@ class KafkaSettings(BaseSettings):
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka settings for a producer or consumer of this cluster."""
-        return {"bootstrap.servers": self.bootstrap_servers, **extra}
+        # message.max.bytes is global in librdkafka: a producer's largest message, and a consumer
+        # keeps fetch.max.bytes at least this (and receive.message.max.bytes above that), so it reads
+        # any record a topic accepts; max.partition.fetch.bytes is only its first try per partition.
+        return {"bootstrap.servers": self.bootstrap_servers, "message.max.bytes": self.max_message_bytes, **extra}
 
 
 class ConnectSettings(BaseSettings):
@@ -104,6 +113,9 @@ class RedisSettings(BaseSettings):
     port: int = 56379
     password: SecretStr = SecretStr("redis-local")
     maxmemory: str = "512mb"
+    # How long the Redis sinks remember the id of an event they parked (sinks/parking.py): at least
+    # the parking topic's retention (CDC_ENGAGEMENT_RETENTION_MS), after which it cannot come back.
+    parked_keep_ms: int = Field(default=7 * 24 * 3600 * 1000, gt=0)
 
     def client(self, *, decode_responses: bool = False, timeout_s: float | None = None) -> redis.Redis:
         """The one way the project opens a Redis client (sinks, supervisor, tools, the stack's probes);
@@ -182,8 +194,13 @@ class CdcSettings(BaseSettings):
     engagement_partitions: int = Field(default=16, ge=1)
     content_partitions: int = Field(default=1, ge=1)
     dlq_partitions: int = Field(default=4, ge=1)
+    parked_partitions: int = Field(default=4, ge=1)
     engagement_retention_ms: int = 7 * 24 * 3600 * 1000
     dlq_retention_ms: int = 14 * 24 * 3600 * 1000
+    # `make status` exits 1 when the slot lags more than this (WAL bytes since the position Debezium
+    # confirmed; it confirms every second while it runs), or its flush_lag exceeds the seconds.
+    status_max_slot_lag_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    status_max_slot_lag_s: float = Field(default=300.0, gt=0)
 
     @field_validator("topic_prefix", "slot_name", "publication_name")
     @classmethod
@@ -213,6 +230,11 @@ class CdcSettings(BaseSettings):
     def http_dlq_topic(self) -> str:
         """What the HTTP sink could not deliver, kept apart so ``make http-replay`` can re-send it."""
         return f"{self.topic_prefix}.dlq.http"
+
+    @property
+    def parked_topic(self) -> str:
+        """Events waiting for their content (sinks.parking); read back by the parked lanes."""
+        return f"{self.topic_prefix}.parked"
 
 
 class StackSettings(BaseSettings):
@@ -312,11 +334,17 @@ class PipelineSettings(BaseSettings):
     # http (one sink per endpoint; off unless HTTP_SINK_URL or HTTP_SINK_ROUTES_FILE is set);
     # faulty (tests and benchmarks only).
     sinks: str = "redis,bigquery,http"
-    # Dead letters larger than this are truncated (with a header saying so), not refused.
-    dead_letter_max_bytes: int = Field(default=1_000_000, ge=16_384)
+    # Dead letters larger than this are truncated (with a header saying so), not refused. At most
+    # KAFKA_MAX_MESSAGE_BYTES (the topic would refuse a larger letter); at it by default, so the
+    # letter of any change the schema allows is kept whole (docs/delivery.md, "Row size bound").
+    dead_letter_max_bytes: int = Field(default=5_242_880, ge=16_384)
     restart_backoff_initial_s: float = Field(default=1.0, gt=0)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
     lock_ttl_s: float = Field(default=10.0, gt=0)
+    # The generation of the instance lock the job runs under (sinks/fencing.py). Set by the
+    # supervisor for its worker; never set by hand. None: unfenced (tests and benchmarks that drive
+    # sinks directly).
+    fence_token: int | None = Field(default=None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -336,3 +364,13 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     leaderboard: LeaderboardSettings = Field(default_factory=LeaderboardSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @model_validator(mode="after")
+    def _letters_fit_the_topic(self) -> Settings:
+        # A letter the topic refuses would be produced again without end, stalling its lane.
+        if self.pipeline.dead_letter_max_bytes > self.kafka.max_message_bytes:
+            raise ValueError(
+                f"PIPELINE_DEAD_LETTER_MAX_BYTES ({self.pipeline.dead_letter_max_bytes}) must not exceed "
+                f"KAFKA_MAX_MESSAGE_BYTES ({self.kafka.max_message_bytes})"
+            )
+        return self

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+import redis
 from pydantic import ValidationError
 
 from infra.process import StackError
@@ -31,6 +32,8 @@ def settings_help() -> str:
     for model in (PipelineSettings, LeaderboardSettings):
         prefix = model.model_config.get("env_prefix", "")
         for name, field in model.model_fields.items():
+            if name == "fence_token":
+                continue  # set by the supervisor for the job it starts, never by hand
             lines.append(f"  {prefix}{name.upper()}={field.get_default(call_default_factory=True)}")
     lines.append("Kafka, Redis and topic names: KAFKA_*, REDIS_*, CDC_* (see .env.example).")
     return "\n".join(lines)
@@ -94,17 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"error: invalid configuration in the environment:\n{exc}", file=sys.stderr)
         return 2
-    ps = settings.pipeline
-    worker_args = ["--runner", ps.runner]
-    if ps.runner == "prism":
-        worker_args += ["--job-endpoint", f"localhost:{ps.prism_port}"]
-    if args.bounded:
-        worker_args.append("--bounded")
+    # The supervisor adds the runner and, for Prism, the endpoint of the Prism it starts itself.
+    worker_args = ["--bounded"] if args.bounded else []
     worker_args += beam_args
     try:
         return Supervisor(settings, worker_args).run()
     except (LockHeld, StackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:
+        print(
+            f"error: cannot reach Redis for the instance lock ({settings.redis.host}:{settings.redis.port}): {exc}",
+            file=sys.stderr,
+        )
         return 1
 
 

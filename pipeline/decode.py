@@ -104,16 +104,17 @@ def _optional_int(side: str, name: str, value: Any) -> int | None:
     raise _field_error(side, name, "an integer or null", value)
 
 
-def _raw_payload(side: str, value: Any) -> dict[str, Any] | None:
-    if type(value) is str:
-        try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise DecodeError(f"{side}.raw_payload is not valid JSON") from None
-    # A converter configured to embed JSON columns hands the object over already decoded.
-    if value is None or type(value) is dict:
+def _raw_payload(side: str, value: Any) -> str | None:
+    """The JSONB column's text as Debezium sends it, not parsed. No metric reads it, and any JSONB
+    value Postgres accepts (an array, a string, 1,025 levels deep) is valid data that no JSON parser
+    here should get to refuse. The sinks that keep it write it verbatim (BigQuery's JSON column)."""
+    if value is None or type(value) is str:
         return value
-    raise DecodeError(f"{side}.raw_payload must be a JSON object or null, got {shown(value)}")
+    # A converter configured to embed JSON columns hands the value over decoded: encode it back.
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        raise DecodeError(f"{side}.raw_payload cannot be encoded as JSON again, got {shown(value)}") from None
 
 
 def _engagement_row(row: Any, side: str) -> EngagementRow:
@@ -247,7 +248,7 @@ class _EventRowWire(msgspec.Struct, gc=False):
     event_type: str | None = None
     duration_ms: int | None = None
     device: str | None = None
-    raw_payload: str | dict | None = None
+    raw_payload: Any = None  # normally the column's JSON text (str); see _raw_payload
 
 
 class _SourceWire(msgspec.Struct, gc=False):

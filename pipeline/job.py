@@ -31,9 +31,8 @@ from sinks.registry import Lane, lanes
 _log = logging.getLogger(__name__)
 
 
-def stored_positions(settings: Settings, lane: Lane) -> list[dict[str, Position]]:
-    """What each sink of ``lane`` has stored for the lane's topic."""
-    topic = topic_name(settings, lane)
+def stored_positions(settings: Settings, lane: Lane, topic: str) -> list[dict[str, Position]]:
+    """What each sink of ``lane`` has stored for ``topic``."""
     stored = []
     for spec in lane.sinks:
         sink = spec.build(settings)
@@ -46,12 +45,15 @@ def stored_positions(settings: Settings, lane: Lane) -> list[dict[str, Position]
 
 
 def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
-    """Each lane starts every partition at the lowest next offset over its sinks."""
+    """Each lane starts every partition at the lowest next offset over its sinks; an event lane
+    also gets its parked twin, on the parking topic (``pipeline.lanes``)."""
     plans = []
     for lane in lanes(settings.pipeline.sinks, settings):
-        topic = topic_name(settings, lane)
-        resume = resume_offsets(topic, stored_positions(settings, lane))
-        plans.append(LanePlan(lane, discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)))
+        for parked in (False, True) if lane.topic == "engagement" else (False,):
+            topic = topic_name(settings, lane, parked=parked)
+            resume = resume_offsets(topic, stored_positions(settings, lane, topic))
+            specs = discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)
+            plans.append(LanePlan(lane, specs, parked))
     return plans
 
 
@@ -59,7 +61,7 @@ def build(p: beam.Pipeline, settings: Settings, lane_plans: list[LanePlan]) -> N
     """Add one composite step per lane to ``p``; reads like the diagram in the module docstring."""
     written = []
     for lane_plan in lane_plans:
-        written.append(p | lane_plan.lane.label >> RunLane(lane_plan, settings))
+        written.append(p | lane_plan.label >> RunLane(lane_plan, settings))
     # Why a step that receives nothing: on Prism 2.77, when no stage has a consumer of its output,
     # Prism itself used 0.8-0.9 of a core at 3,333 events/s and the board's p50 doubled (88-138 ms
     # against 53 ms); with the sinks' empty outputs flattened into one step, Prism used 0.11 cores
@@ -77,7 +79,7 @@ def run(settings: Settings, options: PipelineOptions, *, bounded: bool = False) 
         for spec in lane_plan.partitions:
             _log.info(
                 "%s: %s[%d] from offset %d%s",
-                lane_plan.lane.label,
+                lane_plan.label,
                 spec.topic,
                 spec.partition,
                 spec.start,

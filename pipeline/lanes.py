@@ -3,7 +3,12 @@
 ```
 a lane of the event topic:    Read ─> Decode ─> JoinContent ─> Write<Sink> (one per sink in the lane)
 a lane of the content topic:  Read ─> Decode ──────────────────> Write<Sink>
+its parked twin (events):     ReadParked ─> Unpark ───────────> Write<Sink> (the same sinks)
 ```
+
+An event whose content is not known yet is parked by the lane's sinks (``sinks.parking``); the
+twin lane reads the parking topic and brings it back (``pipeline.transforms.unpark``), so waiting
+for content never holds the event lane.
 
 Each lane is fused into one stage on Prism (and on Flink), without keyed state or shuffles: the
 join is a lookup in the worker's content view, shared by all lanes of a process. Dead letters from
@@ -20,8 +25,11 @@ import apache_beam as beam
 from infra.settings import Settings
 from pipeline.sources.kafka_partitions import PartitionSpec, ReadKafkaPartitions, SourceTuning
 from pipeline.transforms.enrich import DecodeFn, JoinContentFn
+from pipeline.transforms.unpark import UnparkFn
 from sinks.base import SinkWriteFn
 from sinks.dead_letter import DeadLetterProducer
+from sinks.fencing import Fence
+from sinks.parking import PARK_STAGE
 from sinks.registry import Lane
 
 
@@ -31,6 +39,11 @@ class LanePlan:
 
     lane: Lane
     partitions: list[PartitionSpec]
+    parked: bool = False  # the lane's twin on the parking topic
+
+    @property
+    def label(self) -> str:
+        return f"{self.lane.label}Parked" if self.parked else self.lane.label
 
 
 def consumer_config(settings: Settings, lane: Lane | None = None) -> dict[str, str]:
@@ -54,7 +67,9 @@ def tuning(settings: Settings) -> SourceTuning:
     )
 
 
-def topic_name(settings: Settings, lane: Lane) -> str:
+def topic_name(settings: Settings, lane: Lane, *, parked: bool = False) -> str:
+    if parked:
+        return settings.cdc.parked_topic
     return settings.cdc.engagement_topic if lane.topic == "engagement" else settings.cdc.content_topic
 
 
@@ -73,7 +88,10 @@ class WriteLane(beam.PTransform):
             s.kafka.client_config(),
             s.cdc.dlq_topic,
             s.pipeline.dead_letter_max_bytes,
-            stage_topics={spec.name: spec.dead_letter_topic for spec in lane.sinks if spec.dead_letter_topic},
+            stage_topics={
+                PARK_STAGE: s.cdc.parked_topic,
+                **{spec.name: spec.dead_letter_topic for spec in lane.sinks if spec.dead_letter_topic},
+            },
         )
         written = []
         for index, spec in enumerate(lane.sinks):
@@ -84,9 +102,10 @@ class WriteLane(beam.PTransform):
                     SinkWriteFn(
                         functools.partial(spec.build, s),
                         letters,
-                        [topic_name(s, lane)],
+                        [topic_name(s, lane, parked=self._plan.parked)],
                         owns_upstream_letters=lane.owns_upstream_letters and index == 0,
                         max_latency_ms=spec.max_latency_ms or s.pipeline.sink_flush_ms,
+                        fence=Fence.of(s),
                     )
                 )
             )
@@ -104,6 +123,16 @@ class RunLane(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         s, ps, lane = self._settings, self._settings.pipeline, self._plan.lane
+        if self._plan.parked:
+            unpark = UnparkFn(
+                consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
+            )
+            return (
+                pbegin
+                | "ReadParked" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, lane), tuning(s))
+                | "Unpark" >> beam.ParDo(unpark)
+                | "Write" >> WriteLane(self._plan, s)
+            )
         changes = (
             pbegin
             | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, lane), tuning(s))

@@ -1,13 +1,24 @@
 """Keeps one instance of the job running: owns Prism, restarts the job after failures, holds a lock.
 
-- **One instance per consumer position.** A lock in Redis (``engagement:pipeline:lock:<group>``,
-  value ``host:pid``, a TTL refreshed every third of it) is taken before anything starts; a second
-  instance refuses to start and says who holds it. A holder on this host whose pid is gone (``kill
-  -9``) is taken over at once instead of waiting for the TTL.
+- **One instance per consumer position.** The instance lock (``pipeline.instance_lock``) is taken
+  before anything starts; a second instance refuses to start and says who holds it (host:pid, and
+  when the lock expires). A dead holder on this host (``kill -9``) is taken over at once. Each
+  acquisition is a new generation, passed to the job as its fencing token
+  (``PIPELINE_FENCE_TOKEN``): the sinks refuse the writes of a job whose generation is not the
+  newest (``sinks.fencing``), so even a job that somehow outlived its supervisor cannot write.
+- **Losing the lock.** If the lock turns out to be someone else's, the job is killed at once and the
+  supervisor exits with ``LOCK_LOST_EXIT``. If Redis could not be reached for most of a TTL, the job
+  is killed too (the lock may be passing to another instance), and the lock is taken again once
+  Redis answers; refused if another instance has it by then.
 - **Prism is ours.** For the local runner the supervisor starts the Prism binary itself and stops it
-  by pid on exit, so no Prism is left orphaned on its port (Beam's own PrismRunner leaves it running
-  when the launcher is killed). The supervisor, Prism and the job share one process group: killing
-  the group kills all three.
+  by pid on exit; the job is given that Prism's endpoint, and nothing else: if the Prism port is
+  already taken when it starts (by any process, including a Prism an older supervisor left behind),
+  it refuses to start rather than submit a second job into a Prism it does not own. Beam's own
+  PrismRunner leaves Prism running when the launcher is killed.
+- **Children die with it.** Prism and the job get a parent-death signal (``infra.process.
+  parent_death_signal``): a ``kill -9`` of the supervisor alone kills them too, so a new supervisor
+  never finds an orphaned job still writing. They also share its process group: killing the group
+  kills all three.
 - **Restarts.** The job runs in a child process (``python -m pipeline.worker``). If it exits with
   an error, the supervisor logs why (the child's last lines), waits with exponential backoff (1 s
   doubling to 60 s; reset after 5 minutes of health) and starts it again; the new run resumes from
@@ -20,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,59 +41,16 @@ from types import FrameType
 
 import redis
 
-from infra.process import ServiceProcess, StackError, pid_alive, port_open
+from infra.process import ServiceProcess, StackError, parent_death_signal, port_open
 from infra.settings import REPO_ROOT, Settings
+from pipeline.instance_lock import LOST, InstanceLock, LockHeld, Loss
+from sinks.fencing import quick_client
+
+__all__ = ["LOCK_LOST_EXIT", "LockHeld", "Supervisor", "prism_process"]
 
 _log = logging.getLogger("pipeline.supervisor")
 HEALTHY_AFTER_S = 300.0
-
-
-class LockHeld(RuntimeError):  # noqa: N818 - a state, reported to the user as it is
-    pass
-
-
-class InstanceLock:
-    def __init__(self, client: redis.Redis, group: str, ttl_s: float) -> None:
-        self._client = client
-        self.key = f"engagement:pipeline:lock:{group}"
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._ttl_ms = int(ttl_s * 1000)
-        self._stop = threading.Event()
-
-    def acquire(self) -> None:
-        if self._client.set(self.key, self.owner, nx=True, px=self._ttl_ms):
-            return self._start_refresh()
-        holder = (self._client.get(self.key) or b"").decode()
-        host, _, pid = holder.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
-            # A dead instance on this machine (kill -9): its lock would only expire later.
-            self._client.set(self.key, self.owner, px=self._ttl_ms)
-            _log.info("took over the lock of dead instance %s", holder)
-            return self._start_refresh()
-        ttl = self._client.pttl(self.key)
-        raise LockHeld(
-            f"another pipeline instance ({holder}) holds the consumer position of group "
-            f"{self.key.rsplit(':', 1)[1]!r} (lock {self.key}, expires in {max(ttl, 0) / 1000:.1f} s unless "
-            f"refreshed). Stop it first, or use another PIPELINE_CONSUMER_GROUP."
-        )
-
-    def _start_refresh(self) -> None:
-        threading.Thread(target=self._refresh, name="instance-lock", daemon=True).start()
-
-    def _refresh(self) -> None:
-        while not self._stop.wait(self._ttl_ms / 3000):
-            try:
-                self._client.set(self.key, self.owner, px=self._ttl_ms)
-            except redis.RedisError as exc:
-                _log.warning("could not refresh the instance lock: %s", exc)
-
-    def release(self) -> None:
-        self._stop.set()
-        try:
-            if (self._client.get(self.key) or b"").decode() == self.owner:
-                self._client.delete(self.key)
-        except redis.RedisError:
-            pass
+LOCK_LOST_EXIT = 3
 
 
 def prism_process(settings: Settings) -> ServiceProcess:
@@ -107,49 +74,84 @@ def prism_process(settings: Settings) -> ServiceProcess:
         stop_signal=signal.SIGINT,
         # Same process group as the supervisor: `kill -9 -<pgid>` must take Prism down too.
         new_session=False,
+        # And `kill -9 <supervisor>` alone: an orphaned Prism would keep the orphaned job running.
+        die_with_parent=True,
     )
     return process
 
 
+def start_own_prism(prism: ServiceProcess, timeout: float = 60) -> None:
+    """Start Prism, refusing if anything already listens on its port or its pid file names a live
+    process: the job must run in the Prism this supervisor started, never beside another job."""
+    pid = prism.pid()
+    if pid is not None or port_open(prism.host, prism.port):
+        holder = f"pid {pid} (from {prism.pid_file})" if pid is not None else "another process"
+        raise StackError(
+            f"Prism's port {prism.host}:{prism.port} is already in use by {holder}, which this supervisor did "
+            f"not start: a Prism left behind by an older pipeline, or another instance (another "
+            f"PIPELINE_CONSUMER_GROUP) on the same PIPELINE_PRISM_PORT. Submitting into it could run a second "
+            f"job, so this supervisor will not. Stop that process, or set another PIPELINE_PRISM_PORT."
+        )
+    prism.start(timeout)
+
+
 class Supervisor:
-    def __init__(self, settings: Settings, worker_args: Sequence[str]) -> None:
+    def __init__(self, settings: Settings, worker_args: Sequence[str], *, client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.worker_args = list(worker_args)
+        self._client = client
         self._stopping = False
         self._child: subprocess.Popen[str] | None = None
+        self._child_lock = threading.Lock()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
         if self._child and self._child.poll() is None:
             self._child.terminate()
 
+    def _on_lock_lost(self, how: Loss) -> None:
+        """From the lock's refresh thread: nothing may write under a lock we may no longer hold."""
+        _log.error("the instance lock is %s: killing the job now", "lost" if how == LOST else "unconfirmed")
+        with self._child_lock:
+            if self._child is not None and self._child.poll() is None:
+                self._child.kill()
+
     def run(self) -> int:
         ps = self.settings.pipeline
-        lock = InstanceLock(self.settings.redis.client(), ps.consumer_group, ps.lock_ttl_s)
-        lock.acquire()
+        # Each call answers within a tenth of the TTL, so a loss is noticed before the lock expires.
+        client = self._client or quick_client(self.settings.redis, min(2.0, ps.lock_ttl_s / 10))
+        lock = InstanceLock(client, ps.consumer_group, ps.lock_ttl_s)
+        generation = lock.acquire()
+        lock.start_refresh(self._on_lock_lost)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         prism = prism_process(self.settings) if ps.runner == "prism" else None
         backoff = ps.restart_backoff_initial_s
         try:
             while not self._stopping:
+                if lock.lost == LOST:
+                    _log.error("another instance holds the lock now: this supervisor exits")
+                    return LOCK_LOST_EXIT
+                if lock.lost is not None:
+                    generation = self._acquire_again(lock)
+                    if generation is None:
+                        return 0
                 if prism is not None and not prism.running():
                     _log.info("starting Prism on port %d", ps.prism_port)
-                    prism.stop(5)  # a stale pid file or an orphan of an earlier instance
-                    prism.start(60)
+                    start_own_prism(prism)
                 started = time.monotonic()
-                code, tail = self._run_worker()
+                code, tail = self._run_worker(generation, lock)
                 if self._stopping:
                     return 0
+                if lock.lost is not None:
+                    continue
                 if code == 0:
                     _log.info("job finished")
                     return 0
                 healthy = time.monotonic() - started > HEALTHY_AFTER_S
                 backoff = ps.restart_backoff_initial_s if healthy else backoff
                 _log.error("job failed with exit code %s; restarting in %.0f s. Last output:\n%s", code, backoff, tail)
-                deadline = time.monotonic() + backoff
-                while not self._stopping and time.monotonic() < deadline:
-                    time.sleep(0.2)
+                self._sleep(backoff)
                 backoff = min(backoff * 2, ps.restart_backoff_max_s)
             return 0
         finally:
@@ -157,15 +159,52 @@ class Supervisor:
                 prism.stop(10)
             lock.release()
 
-    def _run_worker(self) -> tuple[int, str]:
+    def _acquire_again(self, lock: InstanceLock) -> int | None:
+        """After losing touch with Redis: the lock again, as a new generation, once Redis answers
+        (``LockHeld`` if another instance took it meanwhile); None if stopped while waiting."""
+        delay = 0.5
+        while not self._stopping:
+            try:
+                generation = lock.acquire()
+            except redis.RedisError as exc:
+                _log.warning("waiting for Redis to take the instance lock again: %s", exc)
+                self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            lock.start_refresh(self._on_lock_lost)
+            return generation
+        return None
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def worker_command(self) -> list[str]:
+        """The job's command line: for Prism, the endpoint of the Prism this supervisor started."""
+        ps = self.settings.pipeline
+        command = [sys.executable, "-m", "pipeline.worker", "--runner", ps.runner]
+        if ps.runner == "prism":
+            command += ["--job-endpoint", f"localhost:{ps.prism_port}"]
+        return command + self.worker_args
+
+    def _run_worker(self, generation: int, lock: InstanceLock) -> tuple[int, str]:
         tail: deque[str] = deque(maxlen=30)
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.worker", *self.worker_args],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with self._child_lock:
+            # Under the same lock as _on_lock_lost: a loss is either seen here or kills this child.
+            if lock.lost is not None:
+                return -1, "(not started: the instance lock was lost)"
+            self._child = subprocess.Popen(
+                self.worker_command(),
+                cwd=REPO_ROOT,
+                env={**os.environ, "PIPELINE_FENCE_TOKEN": str(generation)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                # From this (the main) thread, which lives as long as the supervisor: see
+                # parent_death_signal for why the job must not outlive it.
+                preexec_fn=parent_death_signal(),
+            )
         assert self._child.stdout is not None
         for line in self._child.stdout:
             tail.append(line.rstrip())

@@ -30,6 +30,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from sinks.contract import Sink
+from sinks.fencing import Fence, guard
 from sinks.flush import Flusher, FlushReport, LetterSender
 
 T = TypeVar("T")
@@ -51,8 +52,10 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         max_latency_ms: int = 50,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        fence: Fence | None = None,
     ) -> None:
         self._factory = sink_factory
+        self._fence = fence  # the job's fencing token (sinks.fencing); a refused write is never retried
         self._letters_factory = letters_factory
         self._topics = list(topics)
         self._owns_upstream = owns_upstream_letters
@@ -62,7 +65,7 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._clock = clock
 
     def setup(self) -> None:
-        sink = self._factory()
+        sink = guard(self._factory(), self._fence)
         sink.open()
         self._letters = self._letters_factory()
         self._flusher = Flusher(
@@ -81,6 +84,7 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._flushes = Metrics.counter(name, "flushes")
         self._retries = Metrics.counter(name, "retries")
         self._conflicts = Metrics.counter(name, "position_conflicts")
+        self._parked_duplicates = Metrics.counter(name, "parked_duplicates_skipped")
         self._flush_ms = Metrics.distribution(name, "flush_ms")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-writer")
         self._in_flight: Future[FlushReport] | None = None
@@ -123,6 +127,7 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._flushes.inc()
         self._retries.inc(report.retries)
         self._conflicts.inc(report.conflicts)
+        self._parked_duplicates.inc(report.parked_duplicates)
         self._flush_ms.update(report.took_ms)
         for gauge, value in self._flusher.sink.gauges().items():
             Metrics.gauge(self._flusher.sink.name, gauge).set(value)

@@ -173,7 +173,7 @@ class BigQuerySink(Sink[Any], abc.ABC):
                     indexes, rows, ids = by_table.setdefault((partition, table_id), ([], [], []))
                     indexes.append(index)
                     rows.append(row)
-                    ids.append(insert_id(record.position))
+                    ids.append(insert_id(getattr(record, "origin", None) or record.position))
         for (partition, table_id), (indexes, rows, ids) in by_table.items():
             if per_partition:
                 self._append(partition, table_id, rows, indexes, batch, outcome)

@@ -8,6 +8,7 @@ as serialized JSON text (what insertAll expects for that type).
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -17,6 +18,10 @@ from sinks.bigquery_tables import event_slot
 from sinks.records import ContentChange, EnrichedChange, SourcePosition
 
 MAX_INSERT_ID: Final = 128
+# BigQuery refuses a JSON value nested deeper than 500 levels; Postgres's JSONB allows more.
+MAX_JSON_DEPTH: Final = 500
+_JSON_STRINGS: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS: Final = re.compile(rb"[\[\]{}]")
 # Per-row insertErrors reasons that say "this row was fine, send it again": the request stopped
 # because of another row (skipInvalidRows=false), or the backend failed for this row.
 RETRYABLE_ROW_REASONS: Final = frozenset(
@@ -31,6 +36,25 @@ def insert_id(position: SourcePosition) -> str:
     if len(record_id) <= MAX_INSERT_ID:
         return record_id
     return hashlib.blake2b(record_id.encode(), digest_size=32).hexdigest()
+
+
+def json_depth(text: str) -> int:
+    """How deep a valid JSON text nests arrays and objects (strings do not count)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRINGS.sub(b"", text.encode())):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def json_column(text: str | None) -> str | None:
+    """A JSONB column's text for a BigQuery ``JSON`` column: verbatim, unless it nests deeper than
+    BigQuery accepts; then it is stored as a JSON string holding the original text (valid data is
+    never refused). Docs: docs/bigquery.md, "raw_payload"."""
+    # A text of n characters nests at most n / 2 levels: the scan only runs on long ones.
+    if text is None or len(text) <= 2 * MAX_JSON_DEPTH or json_depth(text) <= MAX_JSON_DEPTH:
+        return text
+    return orjson.dumps(text).decode()
 
 
 def timestamp(ts: datetime | None) -> str | None:
@@ -74,7 +98,7 @@ def change_row(change: EnrichedChange, written_at: str) -> dict[str, Any]:
         "event_slot": event_slot(row.event_ts),
         "duration_ms": row.duration_ms,
         "device": row.device,
-        "raw_payload": None if row.raw_payload is None else orjson.dumps(row.raw_payload).decode(),
+        "raw_payload": json_column(row.raw_payload),
         "engagement_seconds": change.engagement_seconds,
         "engagement_pct": pct,
         "over_100": pct is not None and pct > 100,
@@ -82,7 +106,7 @@ def change_row(change: EnrichedChange, written_at: str) -> dict[str, Any]:
         "title": None if content is None else content.title,
         "content_type": None if content is None else content.content_type,
         "length_seconds": None if content is None else content.length_seconds,
-        **_source(change.position, change.sequence, change.commit_ts_ms, written_at),
+        **_source(change.identity, change.sequence, change.commit_ts_ms, written_at),
     }
 
 
@@ -118,7 +142,8 @@ def audit_row(change: EnrichedChange | ContentChange, written_at: str) -> dict[s
     else:
         row["envelope"] = value.decode("utf-8", errors="replace")
     row["key"] = None if change.key is None else change.key.decode("utf-8", errors="replace")
-    return {**row, **_source(change.position, change.sequence, change.commit_ts_ms, written_at)}
+    position = getattr(change, "origin", None) or change.position  # where a parked change was captured
+    return {**row, **_source(position, change.sequence, change.commit_ts_ms, written_at)}
 
 
 def describe(errors: list[dict[str, Any]]) -> str:

@@ -30,11 +30,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from tenacity import wait_exponential_jitter
 
 from sinks.positions import Position
+
+if TYPE_CHECKING:
+    from sinks.fencing import Fence
 
 T = TypeVar("T")
 
@@ -48,9 +51,24 @@ class SinkUnavailable(Exception):  # noqa: N818 - reads as a state, like Connect
         self.retry_after_s = retry_after_s
 
 
+class ClaimGone(Exception):  # noqa: N818 - a state
+    """An atomic write found some of ``Batch.claims`` no longer parked (``sinks.parking``): those
+    events were applied already. Nothing was applied; the driver drops them and writes the rest."""
+
+    def __init__(self, record_ids: Sequence[str]) -> None:
+        super().__init__(", ".join(record_ids))
+        self.record_ids = tuple(record_ids)
+
+
 class PositionConflict(Exception):  # noqa: N818 - a state
     """An atomic write found other positions stored than it expected (a write whose reply was lost
     landed after all, or a second writer): nothing was applied; the driver reloads and re-admits."""
+
+
+class Fenced(Exception):  # noqa: N818 - a state
+    """The write carried an older fencing token than the instance lock's current generation: a newer
+    instance has taken over (``sinks.fencing``). Nothing was written. Never retried: it fails the
+    bundle, so the stale job stops instead of writing beside the new one."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +98,18 @@ class Batch(Generic[T]):
 
     ``positions`` covers every record the driver has handled up to the end of this batch, including
     ones that were skipped or dead-lettered; ``expected`` is what the sink is believed to hold now
-    (``None`` where nothing is stored). Only atomic sinks look at either.
+    (``None`` where nothing is stored). Only atomic sinks look at either, and at the parking ids
+    (``sinks.parking``): ``parks``, the origin ids this batch parked, to record with the positions;
+    ``claims``, the origin ids of returning parked records in ``records``, each of which must still
+    be recorded as parked (and is then removed), or the write applies nothing and raises
+    :class:`ClaimGone`.
     """
 
     records: Sequence[T]
     positions: Mapping[str, Position]
     expected: Mapping[str, Position | None]
+    claims: Sequence[str] = ()
+    parks: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +162,9 @@ class Sink(abc.ABC, Generic[T]):
     atomic: ClassVar[bool]
     retry_policy: RetryPolicy = RetryPolicy.forever()
     limits: BatchLimits = BatchLimits()
+    # Set by the driver (``sinks.fencing.guard``) before ``open``; an atomic sink checks it inside its
+    # write, and raises ``Fenced`` when refused.
+    fence: Fence | None = None
 
     def open(self) -> None:
         """Build clients here, not in ``__init__``: sinks are pickled to the workers."""
@@ -156,7 +183,8 @@ class Sink(abc.ABC, Generic[T]):
     @abc.abstractmethod
     def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
         """Store ``positions``. Non-atomic sinks: after their records are settled. Atomic sinks: only
-        called when a batch had nothing left to write (all skipped or dead-lettered)."""
+        called when a batch had nothing left to write (all skipped or dead-lettered), and with a
+        keyword ``parks`` (see :class:`Batch`) when the batch parked events."""
 
     def letter_headers(self, record: Any) -> tuple[tuple[str, bytes], ...]:
         """Headers this sink adds to a record's dead letter after its last write (the HTTP sink: the

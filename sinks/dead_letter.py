@@ -32,7 +32,8 @@ HEADROOM_BYTES = 4_096  # for the key, the headers and the record's framing
 
 
 def headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    p = letter.position
+    # A parked event's letter names where it was captured, not where it was parked.
+    p = letter.origin or letter.position
     return [
         ("dlq.reason", letter.reason.encode()),
         ("dlq.stage", letter.stage.encode()),
@@ -77,6 +78,9 @@ class DeadLetterProducer:
                 **config,
                 "enable.idempotence": True,
                 "linger.ms": 0,
+                # A letter is cut to fit this, which Settings holds at or below the topics' limit
+                # (KAFKA_MAX_MESSAGE_BYTES, the default): a letter the topic refused would be
+                # produced again without end (docs/delivery.md, "Row size bound").
                 "message.max.bytes": max_bytes,
                 # Fail a delivery after 30 s instead of librdkafka's 5 minutes, and produce it again:
                 # the caller keeps waiting either way, but the log says why every 30 s.

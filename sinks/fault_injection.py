@@ -56,7 +56,7 @@ class FaultInjectionSink(RedisSink):
             if row is not None and row.device == REJECTED_DEVICE:
                 outcome.rejected[i] = f"device {REJECTED_DEVICE!r} is refused (fault injection)"
                 continue
-            args += [change.position.record_id, f"{change.op}:{None if row is None else row.id}"]
+            args += [change.identity.record_id, f"{change.op}:{None if row is None else row.id}"]
         if args:
             # One script per batch: the sink should cost about what a remote sink's client does,
             # not a Redis round trip per record (docs/benchmarks.md measures a lane with it).

@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from sinks.contract import Batch, Outcome, PositionConflict, Retry, Sink, SinkUnavailable
+from sinks.contract import Batch, ClaimGone, Outcome, PositionConflict, Retry, Sink, SinkUnavailable
+from sinks.parking import park_letter
 from sinks.positions import Position, admit
-from sinks.records import DeadLetter, Skipped
+from sinks.records import DeadLetter, EnrichedChange, Parked, Skipped
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class FlushReport:
     resends: int = 0
     retries: int = 0
     conflicts: int = 0
+    parked_duplicates: int = 0  # returning parked events found applied already (sinks.parking)
     letters: Counter[str] = field(default_factory=Counter)  # by stage
     took_ms: int = 0
 
@@ -109,19 +111,42 @@ class Flusher(Generic[T]):
         report.resends += admitted.resends
         upstream: list[DeadLetter] = []
         records: list[T] = []
+        parks: list[str] = []
+        claims: dict[int, str] = {}  # id(record) -> origin id, for returning parked records
+        claimed: set[str] = set()
+        name = self.sink.name
         for item in admitted.fresh:
             kind = type(item)
             if kind is DeadLetter:
-                if self._owns_upstream or not item.deterministic:
+                if item.for_sink is not None:
+                    if item.for_sink == name:
+                        upstream.append(item)
+                elif self._owns_upstream or not item.deterministic:
                     upstream.append(item)
+            elif kind is Parked:
+                upstream.append(park_letter(item, name))
+                parks.append(item.position.record_id)
+            elif kind is EnrichedChange and item.for_sink is not None:
+                # Back from the parking topic: only the sink that parked it applies it.
+                if item.for_sink == name:
+                    claim = item.identity.record_id
+                    if claim in claimed:  # parked twice (a crash): one copy per chunk may claim it
+                        report.parked_duplicates += 1
+                        continue
+                    claimed.add(claim)
+                    records.append(item)
+                    claims[id(item)] = claim
             elif kind is not Skipped:
                 records.append(item)
         self._send(upstream, report)
         positions = admitted.positions
         expected = {key: self.stored.get(key) for key in positions}
-        stored_by_write = self._write(records, positions, expected, report) if records else False
+        stored_by_write = self._write(records, positions, expected, report, claims, parks) if records else False
         if not stored_by_write:
-            self._until_available("store positions", lambda: self.sink.commit(positions, expected))
+            if parks and self.sink.atomic:
+                self._until_available("store positions", lambda: self.sink.commit(positions, expected, parks=parks))
+            else:
+                self._until_available("store positions", lambda: self.sink.commit(positions, expected))
         self.stored.update(positions)
 
     def _write(
@@ -130,6 +155,8 @@ class Flusher(Generic[T]):
         positions: dict[str, Position],
         expected: dict[str, Position | None],
         report: FlushReport,
+        claims: dict[int, str] | None = None,
+        parks: Sequence[str] = (),
     ) -> bool:
         """Write until every record is applied or dead-lettered; True if an atomic write stored the
         positions with the data."""
@@ -138,7 +165,18 @@ class Flusher(Generic[T]):
         started = self._clock()
         attempt = 0
         while pending:
-            outcome = self._attempt(Batch(pending, positions, expected))
+            claimed = [claims[id(r)] for r in pending if id(r) in claims] if claims else []
+            try:
+                outcome = self._attempt(Batch(pending, positions, expected, claimed, parks))
+            except ClaimGone as gone:
+                # Applied already (parked twice after a crash, or applied on a replay): drop them.
+                done = set(gone.record_ids)
+                before = len(pending)
+                pending = [r for r in pending if claims.get(id(r)) not in done]  # type: ignore[union-attr]
+                report.parked_duplicates += before - len(pending)
+                if not pending:
+                    return False
+                continue
             rejected = [self._letter(pending[i], reason) for i, reason in outcome.rejected.items()]
             self._send(rejected, report)
             if outcome.complete:
@@ -194,6 +232,7 @@ class Flusher(Generic[T]):
             record.value,
             sequence,
             headers=self.sink.letter_headers(record),
+            origin=getattr(record, "origin", None),
         )
 
     def _send(self, letters: list[DeadLetter], report: FlushReport) -> None:

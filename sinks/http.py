@@ -139,7 +139,7 @@ class HttpSink(Sink[EnrichedChange]):
         return {"breaker_state": STATES[self.breaker.current_state]}
 
     def letter_headers(self, record: Any) -> tuple[tuple[str, bytes], ...]:
-        status, change = self._letter_info.get(record.position.record_id, ("", b""))
+        status, change = self._letter_info.get(idempotency_key(record), ("", b""))
         return (
             ("dlq.http.endpoint", self.route.endpoint.encode()),
             ("dlq.http.url", self.route.url.encode()),

@@ -70,14 +70,14 @@ _encoder = msgspec.json.Encoder()
 
 
 def idempotency_key(change: EnrichedChange) -> str:
-    return change.position.record_id
+    return change.identity.record_id
 
 
 def change_json(change: EnrichedChange) -> bytes:
     """One change as the body carries it (see the module docstring)."""
     row = change.row
     content = change.content
-    p = change.position
+    p = change.identity
     return _encoder.encode(
         Change(
             idempotency_key=p.record_id,

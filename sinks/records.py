@@ -17,7 +17,6 @@ reference cycle. Treat them as immutable; ``msgspec.structs.replace`` copies one
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import msgspec
 
@@ -53,7 +52,7 @@ class EngagementRow(msgspec.Struct, gc=False):
     event_ts: datetime  # timezone-aware, UTC
     duration_ms: int | None
     device: str | None
-    raw_payload: dict[str, Any] | None
+    raw_payload: str | None  # the JSONB column's text, verbatim (pipeline.decode._raw_payload)
 
 
 class ContentRow(msgspec.Struct, gc=False):
@@ -99,11 +98,22 @@ class EnrichedChange(msgspec.Struct, gc=False):
     # BigQuery and HTTP deliver them; the aggregates use ``contributions``.
     engagement_seconds: float | None = None
     engagement_pct: float | None = None
+    # A change that was parked (its content was not known yet) and comes back from the parking
+    # topic: ``position`` is where it was read there, ``origin`` where Debezium put it, and only
+    # ``for_sink``, the sink that parked it, applies it (``sinks.parking``).
+    origin: SourcePosition | None = None
+    for_sink: str | None = None
 
     @property
     def row(self) -> EngagementRow | None:
         """The row a change is about: the after-image, or the before-image of a delete."""
         return self.before if self.op == "d" else self.after
+
+    @property
+    def identity(self) -> SourcePosition:
+        """Where the change was captured: the id sinks deduplicate on (insertIds, idempotency
+        keys), the same whether it was applied at once or after a stay in the parking topic."""
+        return self.origin or self.position
 
 
 class ContentChange(msgspec.Struct, gc=False):
@@ -148,9 +158,27 @@ class DeadLetter(msgspec.Struct, gc=False):
     deterministic: bool = True
     # More headers for the letter's record, from the sink that gave up on it (``Sink.letter_headers``).
     headers: tuple[tuple[str, bytes], ...] = ()
+    # A parked change that timed out: where it was captured, and the one sink that parked it.
+    origin: SourcePosition | None = None
+    for_sink: str | None = None
 
     op = "dead_letter"
 
 
-Positioned = EnrichedChange | ContentChange | Skipped | DeadLetter
+class Parked(msgspec.Struct, gc=False):
+    """An event whose content is not known yet: each sink that admits it writes it to the parking
+    topic (``sinks.parking``) instead of applying it, and the lane reads on. The parked lane brings
+    it back when the content arrives, or dead-letters it at ``deadline_ms`` (wall clock)."""
+
+    position: SourcePosition
+    key: bytes | None
+    value: bytes | None
+    op: str
+    sequence: Sequence | None
+    content_id: str
+    deadline_ms: int
+    commit_ts_ms: int
+
+
+Positioned = EnrichedChange | ContentChange | Skipped | DeadLetter | Parked
 """Anything that travels down a lane to a sink."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from sinks.contract import APPLIED, Batch, Outcome
 from sinks.records import ContentChange
-from sinks.redis_store import RedisSink, lua, position_args
+from sinks.redis_store import RedisSink, lua
 
 
 class RedisContentSink(RedisSink):
@@ -25,7 +25,8 @@ class RedisContentSink(RedisSink):
 
     def write(self, batch: Batch[ContentChange]) -> Outcome:
         self.run(
-            self._apply, [self.positions_key, *position_args(batch.positions, batch.expected), *_changes(batch.records)]
+            self._apply,
+            [self.positions_key, *self.batch_position_args(batch), *_changes(batch.records)],
         )
         return APPLIED
 

@@ -37,7 +37,7 @@ from infra.settings import LeaderboardSettings, RedisSettings
 from sinks.contract import APPLIED, Batch, Outcome, SinkUnavailable
 from sinks.leaderboard_deltas import Deltas, aggregate
 from sinks.records import EnrichedChange
-from sinks.redis_store import RedisSink, lua, position_args
+from sinks.redis_store import RedisSink, lua
 
 _log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class RedisLeaderboardSink(RedisSink):
             b.window_minutes + b.allowed_lateness_minutes,
             self.key,
             self.positions_key,
-            *position_args(batch.positions, batch.expected),
+            *self.batch_position_args(batch),
             len(deltas.content),
         ]
         for content_id, delta in deltas.content.items():

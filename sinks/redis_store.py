@@ -16,7 +16,8 @@ from typing import Any
 import redis
 
 from infra.settings import RedisSettings
-from sinks.contract import PositionConflict, Sink, SinkUnavailable
+from sinks import fencing
+from sinks.contract import Batch, ClaimGone, PositionConflict, Sink, SinkUnavailable
 from sinks.positions import Position, decode, encode
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -61,12 +62,21 @@ def lua(*names: str) -> str:
     return "\n".join((LUA_DIR / name).read_text() for name in names)
 
 
-def position_args(positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> list[Any]:
-    """The ``positions.lua`` block: n, then field, expected, new for each partition."""
-    args: list[Any] = [len(positions)]
+def position_args(
+    positions: Mapping[str, Position],
+    expected: Mapping[str, Position | None],
+    fence: fencing.Fence | None = None,
+    claims: Sequence[str] = (),
+    parks: Sequence[str] = (),
+    parked_keep_ms: int = 0,
+) -> list[Any]:
+    """The ``positions.lua`` block: the fence (``sinks.fencing``), n, then field, expected, new for
+    each partition; then the parking ids (``sinks.parking``): claims, parks, how long to keep them."""
+    args: list[Any] = [*fencing.lua_args(fence), len(positions)]
     for key, position in positions.items():
         before = expected.get(key)
         args += [key, "" if before is None else encode(before), encode(position)]
+    args += [len(claims), *claims, len(parks), *parks, parked_keep_ms]
     return args
 
 
@@ -120,15 +130,30 @@ class RedisSink(Sink[Any]):
             self.client.hsetnx(self.positions_key, field, offset)
         return self.client.hgetall(self.positions_key) if legacy else {}
 
-    def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
-        self.run(self._commit, [self.positions_key, *position_args(positions, expected)])
+    def commit(
+        self, positions: Mapping[str, Position], expected: Mapping[str, Position | None], parks: Sequence[str] = ()
+    ) -> None:
+        args = position_args(positions, expected, self.fence, (), parks, self._settings.parked_keep_ms)
+        self.run(self._commit, [self.positions_key, *args])
+
+    def batch_position_args(self, batch: Batch[Any]) -> list[Any]:
+        """``position_args`` for a write of ``batch``, with its fence and parking ids."""
+        return position_args(
+            batch.positions, batch.expected, self.fence, batch.claims, batch.parks, self._settings.parked_keep_ms
+        )
 
     def run(self, script: Any, args: list[Any]) -> Any:
-        """Run a script; a refused compare-and-set of positions raises ``PositionConflict``."""
+        """Run a script; a refused compare-and-set of positions raises ``PositionConflict``, a refused
+        fence ``Fenced``."""
         with self.available():
             result = script(args=args, client=self.client)
-        if isinstance(result, list) and result and int(result[0]) == -1:
-            raise PositionConflict(f"{self.name}: {result[1].decode()} is stored as {result[2].decode()!r}")
+        if isinstance(result, list) and result:
+            if int(result[0]) == -1:
+                raise PositionConflict(f"{self.name}: {result[1].decode()} is stored as {result[2].decode()!r}")
+            if int(result[0]) == -2 and self.fence is not None:
+                raise self.fence.error(self.name, int(result[1]))
+            if int(result[0]) == -3:
+                raise ClaimGone([r.decode() for r in result[1:]])
         return result
 
     def close(self) -> None:

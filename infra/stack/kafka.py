@@ -4,9 +4,11 @@ Topic auto-creation is off, so every topic the system uses is created here, expl
 idempotently, with the settings the design depends on: the engagement topic has 16 partitions and
 ``cleanup.policy=delete`` (its delete tombstones carry a key, so it must never be compacted); the
 content topic is compacted (it is the catalogue's changelog, read from the beginning); Debezium's
-heartbeat topic and the dead-letter topic exist before anything writes to them. An existing topic
-with fewer partitions is grown; one with more, or that cannot be brought to the wanted config, is
-reported instead of silently used.
+heartbeat topic and the dead-letter topic exist before anything writes to them. Every topic takes
+the stack's one size limit as ``max.message.bytes``. An existing topic with fewer partitions is
+grown, and any config that drifted is set again (an incremental alter: `make up` on an older dev
+stack raises the size limit in place); one with more partitions, or that cannot be brought to the
+wanted config, is reported instead of silently used.
 """
 
 from __future__ import annotations
@@ -40,9 +42,15 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(cdc: CdcSettings) -> list[TopicSpec]:
-    """Every topic the system needs, with the settings that matter to correctness."""
-    return [
+def topic_specs(cdc: CdcSettings, *, max_message_bytes: int) -> list[TopicSpec]:
+    """Every topic the system needs, with the settings that matter to correctness.
+
+    Each takes ``max.message.bytes`` explicitly (KAFKA_MAX_MESSAGE_BYTES, docs/delivery.md "Row size
+    bound"): a topic created before the limit was raised keeps its old value otherwise, and the
+    compacted topic's cleaner sizes its buffers from it.
+    """
+    size = {"max.message.bytes": str(max_message_bytes)}
+    specs = [
         TopicSpec(
             cdc.engagement_topic,
             cdc.engagement_partitions,
@@ -69,7 +77,15 @@ def topic_specs(cdc: CdcSettings) -> list[TopicSpec]:
             cdc.dlq_partitions,
             {"cleanup.policy": "delete", "retention.ms": str(cdc.dlq_retention_ms)},
         ),
+        # Keyed by content id, like the events; kept as long as the events, so a replay of the
+        # event topic still finds what was parked from it.
+        TopicSpec(
+            cdc.parked_topic,
+            cdc.parked_partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(cdc.engagement_retention_ms)},
+        ),
     ]
+    return [TopicSpec(spec.name, spec.partitions, {**spec.config, **size}) for spec in specs]
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
@@ -171,7 +187,13 @@ class Kafka:
         self.root.mkdir(parents=True, exist_ok=True)
         template = (CONF_DIR / "server.properties").read_text()
         self.properties.write_text(
-            template.format(host=s.host, port=s.port, controller_port=s.controller_port, log_dirs=self.data)
+            template.format(
+                host=s.host,
+                port=s.port,
+                controller_port=s.controller_port,
+                log_dirs=self.data,
+                max_message_bytes=s.max_message_bytes,
+            )
         )
 
     def ensure_formatted(self) -> bool:

@@ -11,8 +11,9 @@ shuffle. The catalogue is small next to the event stream (thousands of rows, not
 - ``wait_until_current`` blocks until the view has applied everything the topic held when it was
   called: a worker calls it before its first event, so a restart never joins against a half-loaded
   catalogue.
-- ``wait_for`` lets a caller hold an event whose content is not in the view yet, bounded by a
-  timeout, instead of dropping it.
+- ``deadline_for`` gives each missing content id one deadline, from its first miss in this
+  process, so that every event of that content shares one bounded wait (``pipeline.transforms``);
+  ``wait_for`` lets the parked lane wait for a row until then.
 
 One view per (bootstrap servers, topic) per process, shared by all DoFn instances via ``shared()``.
 """
@@ -30,6 +31,7 @@ from pipeline.decode import DecodeError, decode_content
 from pipeline.model import ContentChange, ContentRow, KafkaRecord, Skipped, SourcePosition
 
 _log = logging.getLogger(__name__)
+MAX_MISSING_IDS = 100_000
 
 
 class ContentTable:
@@ -47,6 +49,30 @@ class ContentTable:
                 self.rows.pop(change.before.id, None)
 
 
+class FirstMisses:
+    """One deadline per missing content id: its first miss plus the timeout (pure, no clock)."""
+
+    def __init__(self, max_ids: int = MAX_MISSING_IDS) -> None:
+        self._deadlines: dict[str, int] = {}  # content id -> deadline, ms since the epoch
+        self._max_ids = max_ids
+
+    def deadline_for(self, content_id: str, now_ms: int, timeout_ms: int) -> int:
+        """When events of ``content_id``, missed at ``now_ms``, stop waiting for it. Bounded to
+        ``max_ids`` ids: the oldest are forgotten first (they then wait once more)."""
+        deadline = self._deadlines.get(content_id)
+        if deadline is None:
+            deadline = self._deadlines[content_id] = now_ms + timeout_ms
+            if len(self._deadlines) > self._max_ids:
+                # Dict order is insertion order; a race between bundle threads only forgets early.
+                self._deadlines.pop(next(iter(self._deadlines)), None)
+        return deadline
+
+    def arrived(self, content_id: str) -> None:
+        """The content is in the view now: a later miss (after a delete) waits afresh."""
+        if self._deadlines:
+            self._deadlines.pop(content_id, None)
+
+
 class ContentView:
     _registry: ClassVar[dict[tuple[str, str], ContentView]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -60,6 +86,7 @@ class ContentView:
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self.malformed = 0
+        self.misses = FirstMisses()
         self._loaded = False
         self._thread = threading.Thread(target=self._run, name=f"content-view-{topic}", daemon=True)
         self._thread.start()
@@ -79,6 +106,9 @@ class ContentView:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def deadline_for(self, content_id: str, now_ms: int, timeout_ms: int) -> int:
+        return self.misses.deadline_for(content_id, now_ms, timeout_ms)
 
     def wait_for(self, content_id: str, timeout: float) -> ContentRow | None:
         """The row, waiting up to ``timeout`` seconds for it to arrive on the topic."""
@@ -160,3 +190,5 @@ class ContentView:
             self.malformed += 1
             return
         self._table.apply(change)
+        if type(change) is ContentChange and change.after is not None:
+            self.misses.arrived(change.after.id)

@@ -2,7 +2,10 @@
 
 Each step is a ``DoFn`` over the pure functions of ``pipeline.decode`` and ``pipeline.metrics``.
 Bad input never raises out of a step: it is replaced, in place in the stream, by a ``DeadLetter``
-with its reason and original bytes (malformed envelope, unknown content after the wait). Letters
+with its reason and original bytes (malformed envelope, content still unknown at its deadline). An
+event whose content is not known yet is handed on as ``Parked``, and the lane reads on: its sinks
+write it to the parking topic, and the parked lane (``pipeline.transforms.unpark``) brings it back.
+Letters
 travel on with the records to the lane's sink, which produces them to the dead-letter topic and
 waits for the broker before it stores a position past them (``sinks.flush``): a separate
 dead-letter step could lose a letter on ``kill -9`` after the sink had moved on. Tombstones go on
@@ -11,6 +14,7 @@ as ``Skipped`` position markers and are counted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +23,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.decode import DecodeError, decode_content, decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError, contributions, engagement_pct, engagement_seconds
-from pipeline.model import DeadLetter, EngagementChange, EnrichedChange, Skipped
+from pipeline.model import ContentRow, DeadLetter, EngagementChange, EnrichedChange, Parked, Skipped
 from pipeline.sources.content_view import ContentView
 from pipeline.sources.kafka_partitions import RecordBatch, records
 
@@ -62,17 +66,45 @@ class DecodeFn(beam.DoFn):
             yield changes
 
 
-class _Unknown(Exception):  # noqa: N818 - internal control flow
-    pass
+def enrich(change: EngagementChange, lookup: Callable[[str], ContentRow | None]) -> EnrichedChange:
+    """The change joined to its content; raises ``MissingContentError`` for the first unknown id."""
+    parts = contributions(change, lookup)
+    row = change.after or change.before
+    content = None if row is None or row.content_id is None else lookup(row.content_id)
+    seconds = None if row is None else engagement_seconds(row.duration_ms)
+    length = None if content is None else content.length_seconds
+    return EnrichedChange(
+        change.position,
+        change.key,
+        change.value,
+        change.op,
+        change.sequence,
+        change.commit_ts_ms,
+        change.before,
+        change.after,
+        content,
+        parts,
+        seconds,
+        engagement_pct(seconds, length),
+    )
+
+
+def missing_letter(change: EngagementChange, content_id: str, timeout_s: float, view_rows: int) -> DeadLetter:
+    """The letter for an event whose content did not arrive within ``timeout_s`` of its first miss."""
+    reason = f"content {content_id} not found within {timeout_s:g} s (content view has {view_rows} rows)"
+    # A snapshot read's sequence is the snapshot's LSN for every row: it must not set a mark.
+    sequence = None if change.op == "r" else change.sequence
+    return DeadLetter(change.position, "join_content", reason, change.key, change.value, sequence, deterministic=False)
 
 
 class JoinContentFn(beam.DoFn):
-    """``list[EngagementChange] -> list[EnrichedChange]`` against this worker's content view.
+    """``list[EngagementChange] -> list[EnrichedChange | Parked | DeadLetter]`` against this worker's
+    content view; never waits.
 
-    An event whose content is not in the view waits up to ``late_content_timeout_s`` for it (the
-    content row is committed before the event that references it, but travels on another topic),
-    then goes to the dead-letter topic. The wait holds this bundle, which is acceptable because the
-    foreign key makes it rare in practice; the timeout bounds it.
+    An event whose content is not in the view is handed on as ``Parked`` with a deadline: one per
+    content id (``ContentView.deadline_for``, the first miss plus ``late_content_timeout_s``), so
+    all events of one missing content share one bounded wait, and other content is not held up.
+    Past the deadline, further events of that content go to the dead-letter topic at once.
     """
 
     def __init__(
@@ -82,13 +114,15 @@ class JoinContentFn(beam.DoFn):
         late_content_timeout_s: float,
         startup_timeout_s: float,
         view_factory: Callable[[], ContentView] | None = None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._view_factory = view_factory
         self._config = consumer_config
         self._topic = content_topic
         self._late_timeout = late_content_timeout_s
         self._startup_timeout = startup_timeout_s
-        self._waited = Metrics.counter("join", "waited_for_content")
+        self._clock_ms = clock_ms
+        self._parked = Metrics.counter("join", "parked")
         self._missing = Metrics.counter("join", "content_missing")
 
     def setup(self) -> None:
@@ -99,51 +133,32 @@ class JoinContentFn(beam.DoFn):
 
     def process(self, changes: list[EngagementChange | Skipped | DeadLetter]) -> Iterator[list[Any]]:
         enriched: list[Any] = []
+        lookup = self._view.get
+        parked = missing = 0
         for change in changes:
             if type(change) is not EngagementChange:
                 enriched.append(change)  # position markers and letters go on as they are
                 continue
             try:
-                enriched.append(self._join(change))
-            except _Unknown as unknown:
-                self._missing.inc()
-                enriched.append(self._letter(change, str(unknown)))
+                enriched.append(enrich(change, lookup))
+            except MissingContentError as unknown:
+                item = self._park(change, unknown.content_id)
+                parked += type(item) is Parked
+                missing += type(item) is DeadLetter
+                enriched.append(item)
+        if parked:
+            self._parked.inc(parked)
+        if missing:
+            self._missing.inc(missing)
         if enriched:
             yield enriched
 
-    def _join(self, change: EngagementChange) -> EnrichedChange:
-        lookup = self._view.get
-        for _ in range(3):  # an update can name two contents, both unknown
-            try:
-                parts = contributions(change, lookup)
-                row = change.after or change.before
-                content = None if row is None or row.content_id is None else lookup(row.content_id)
-                seconds = None if row is None else engagement_seconds(row.duration_ms)
-                length = None if content is None else content.length_seconds
-                return EnrichedChange(
-                    change.position,
-                    change.key,
-                    change.value,
-                    change.op,
-                    change.sequence,
-                    change.commit_ts_ms,
-                    change.before,
-                    change.after,
-                    content,
-                    parts,
-                    seconds,
-                    engagement_pct(seconds, length),
-                )
-            except MissingContentError as missing:
-                self._waited.inc()
-                if self._view.wait_for(missing.content_id, self._late_timeout) is None:
-                    raise _Unknown(str(missing)) from None
-        raise _Unknown("content not found")
-
-    def _letter(self, change: EngagementChange, why: str) -> DeadLetter:
-        reason = f"{why} within {self._late_timeout:g} s (content view has {len(self._view)} rows)"
-        # A snapshot read's sequence is the snapshot's LSN for every row: it must not set a mark.
+    def _park(self, change: EngagementChange, content_id: str) -> Parked | DeadLetter:
+        now = self._clock_ms()
+        deadline = self._view.deadline_for(content_id, now, int(self._late_timeout * 1000))
+        if deadline <= now:
+            return missing_letter(change, content_id, self._late_timeout, len(self._view))
         sequence = None if change.op == "r" else change.sequence
-        return DeadLetter(
-            change.position, "join_content", reason, change.key, change.value, sequence, deterministic=False
+        return Parked(
+            change.position, change.key, change.value, change.op, sequence, content_id, deadline, change.commit_ts_ms
         )

@@ -10,8 +10,9 @@ import pytest
 from infra.settings import LeaderboardSettings, Settings
 from infra.stack.local import LocalStack
 from sinks.flush import Flusher
+from sinks.parking import PARK_STAGE
 from sinks.positions import decode
-from sinks.records import Contribution, EnrichedChange, SourcePosition
+from sinks.records import Contribution, EnrichedChange, Parked, SourcePosition
 from sinks.redis_leaderboard import RedisLeaderboardSink
 
 pytestmark = pytest.mark.integration
@@ -130,3 +131,39 @@ def test_offsets_of_the_previous_version_are_taken_over(sink, settings):
     assert writer.write([change(o, "a", MINUTE, 1.0) for o in range(3, 7)]) == (2, 2)
     assert decode(client.hget("engagement:positions:redis_leaderboard", "sinktest:0")).next_offset == 7
     assert client.hget("engagement:positions:redis_leaderboard", "elsewhere:0") is None
+
+
+class KeptLetters:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, letters):
+        self.sent += letters
+
+
+def test_a_parked_event_is_applied_once_whichever_way_it_comes_back(sink):
+    s, _, client = sink
+    letters = KeptLetters()
+    main = Flusher(s.sink, letters, ["sinktest"], owns_upstream_letters=True)
+    main.load()
+    parked = [Parked(SourcePosition("sinktest", 0, o), b"k", b"v", "c", None, "a", 0, 0) for o in (0, 1)]
+    main.flush([*parked, change(2, "b", MINUTE, 1.0)])
+    assert [(letter.stage, letter.position.offset) for letter in letters.sent] == [(PARK_STAGE, 0), (PARK_STAGE, 1)]
+    assert client.zrange("engagement:positions:redis_leaderboard:parked", 0, -1) == [b"sinktest/0/0", b"sinktest/0/1"]
+
+    def back(parking_offset: int, origin_offset: int) -> EnrichedChange:
+        return msgspec.structs.replace(
+            change(origin_offset, "a", MINUTE, 2.0),
+            position=SourcePosition("sinkparked", 0, parking_offset),
+            origin=SourcePosition("sinktest", 0, origin_offset),
+            for_sink=s.sink.name,
+        )
+
+    returning = Flusher(s.sink, letters, ["sinkparked"], owns_upstream_letters=True)
+    returning.load()
+    # Event 0 comes back twice (parked again after a crash): the second copy finds its id claimed.
+    report = returning.flush([back(0, 0), back(1, 1), back(2, 0)])
+    assert (report.written, report.parked_duplicates) == (2, 1)
+    assert client.zscore("top_engagement:10min", "a") == 4.0
+    assert client.zrange("engagement:positions:redis_leaderboard:parked", 0, -1) == []
+    assert decode(client.hget("engagement:positions:redis_leaderboard", "sinkparked:0")).next_offset == 3

@@ -7,7 +7,8 @@ import orjson
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.model import ContentRow, DeadLetter, EnrichedChange, Skipped
+from pipeline.model import ContentRow, DeadLetter, EnrichedChange, Parked, Skipped
+from pipeline.sources.content_view import FirstMisses
 from pipeline.transforms.enrich import DecodeFn, JoinContentFn
 
 KNOWN = "11111111-1111-4111-8111-111111111111"
@@ -19,6 +20,10 @@ ROWS = {KNOWN: ContentRow(KNOWN, "s", "t", "video", 100, datetime(2026, 1, 1, tz
 
 class FakeView:
     rows: dict[str, ContentRow] = ROWS
+
+    def __init__(self) -> None:
+        self.misses = FirstMisses()
+        self.deadline_for = self.misses.deadline_for
 
     def get(self, content_id):
         return self.rows.get(content_id)
@@ -81,6 +86,8 @@ def test_decode_and_join_keep_every_record_in_offset_order_with_letters_in_place
                     "enriched",
                     tuple((k.content_id, k.seconds, k.pct) for k in item.contributions),
                 )
+            if isinstance(item, Parked):
+                return (item.position.offset, "parked", (item.content_id, item.key, item.value[:7]))
             if isinstance(item, DeadLetter):
                 # Letters keep the record's original bytes, so the dead-letter topic gets them as they came.
                 return (item.position.offset, item.stage, (UNKNOWN in item.reason, item.key, item.value[:7]))
@@ -93,7 +100,7 @@ def test_decode_and_join_keep_every_record_in_offset_order_with_letters_in_place
                     (0, "enriched", ((KNOWN, 50.0, 50.0),)),
                     (1, "decode_engagement", (False, b'{"id": 1}', b"{broken")),
                     (2, "skipped", "tombstone"),
-                    (3, "join_content", (True, b'{"id": 1}', envelope(3, UNKNOWN, 1_000)[:7])),
+                    (3, "parked", (UNKNOWN, b'{"id": 1}', envelope(3, UNKNOWN, 1_000)[:7])),
                 ]
             ),
         )
@@ -120,3 +127,46 @@ def test_a_join_letter_of_a_snapshot_read_sets_no_mark():
     assert isinstance(letter, DeadLetter) and letter.stage == "join_content"
     # Every snapshot row carries the snapshot's LSN: a mark from it would drop later streamed changes.
     assert letter.sequence is None and letter.deterministic is False
+
+
+def join_at(clock: list[int], timeout_s: float = 10.0) -> JoinContentFn:
+    join = JoinContentFn(
+        {},
+        "content",
+        late_content_timeout_s=timeout_s,
+        startup_timeout_s=1,
+        view_factory=fake_view,
+        clock_ms=lambda: clock[0],
+    )
+    join.setup()
+    return join
+
+
+def decoded(offset: int, content_id: str):
+    decode = DecodeFn("engagement")
+    decode.setup()
+    ((change,),) = list(decode.process(("events", [record(offset, envelope(offset, content_id, 1_000))])))
+    return change
+
+
+def test_events_of_one_missing_content_share_one_deadline_and_then_go_to_the_dead_letter_topic():
+    clock = [1_000_000]
+    join = join_at(clock)
+    ((first,),) = list(join.process([decoded(0, UNKNOWN)]))
+    clock[0] += 4_000
+    ((second,),) = list(join.process([decoded(1, UNKNOWN)]))
+    assert isinstance(first, Parked) and isinstance(second, Parked)
+    # One bounded wait per content id, not per event: the second event waits 6 s, not 10.
+    assert first.deadline_ms == second.deadline_ms == 1_010_000
+    assert (first.content_id, first.sequence, first.commit_ts_ms) == (UNKNOWN, None, 5)
+    clock[0] = 1_010_000
+    ((late,),) = list(join.process([decoded(2, UNKNOWN)]))
+    assert isinstance(late, DeadLetter) and late.stage == "join_content"
+    assert late.reason == f"content {UNKNOWN} not found within 10 s (content view has 1 rows)"
+    assert (late.position.offset, late.value) == (2, envelope(2, UNKNOWN, 1_000))
+
+
+def test_a_known_content_is_joined_while_another_is_missing():
+    join = join_at([0])
+    (out,) = list(join.process([decoded(0, UNKNOWN), decoded(1, KNOWN)]))
+    assert [type(item) for item in out] == [Parked, EnrichedChange]

@@ -23,7 +23,7 @@ CONTENT = ContentRow("c-1", "slug-1", "Title", "podcast", 1200, NOW)
 
 
 def event(id_: int, *, ts: datetime = NOW, duration: int | None = 60_000, device: str = "ios") -> EngagementRow:
-    return EngagementRow(id_, "c-1", "u-1", "play", ts, duration, device, {"k": [1, 2]})
+    return EngagementRow(id_, "c-1", "u-1", "play", ts, duration, device, '{"k":[1,2]}')
 
 
 def enriched(offset: int, op: str = "c", row: EngagementRow | None = None, sequence=(100, 200)) -> EnrichedChange:
@@ -296,3 +296,15 @@ def test_unavailable_write_is_never_raised_for_a_partial_failure():
     outcome = sink(FakeClient(first_down)).write(batch(old, enriched(2)))
     assert list(outcome.retry) == [0]
     assert not isinstance(outcome, SinkUnavailable)
+
+
+def test_raw_payload_goes_to_bigquery_verbatim_unless_too_deep_for_its_json_type():
+    from sinks.bigquery_rows import MAX_JSON_DEPTH, json_column, json_depth
+
+    assert json_depth('[1, {"a": "[[[{"}, [[]]]') == 3  # brackets inside strings do not nest
+    assert json_depth('"\\"[["') == 0
+    for text in ('["x", 1]', '"text"', "3", "null", "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH):
+        assert json_column(text) == text
+    deep = "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)
+    # Too deep for BigQuery's JSON: kept whole, as a JSON string holding the original text.
+    assert json_column(deep) == f'"{deep}"' and json_column(None) is None

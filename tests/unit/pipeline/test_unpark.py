@@ -1,0 +1,108 @@
+"""The parked lane's step: back when the content is known, waits until the deadline, then a letter."""
+
+from __future__ import annotations
+
+from pipeline.model import ContentRow, DeadLetter, EnrichedChange, Parked, SourcePosition
+from pipeline.transforms.unpark import UnparkFn
+from sinks.parking import envelope as park_envelope
+
+from .test_enrich_steps import KNOWN, ROWS, UNKNOWN, envelope
+
+LATE = ContentRow(UNKNOWN, "s2", "t2", "podcast", 200, None)
+
+
+class WaitingView:
+    """A view whose ``wait_for`` advances the clock, and may see the content arrive at some time."""
+
+    def __init__(self, clock: list[int], arrives_at_ms: int | None = None) -> None:
+        self.rows = dict(ROWS)
+        self.clock = clock
+        self.arrives_at_ms = arrives_at_ms
+        self.waits: list[float] = []
+
+    def get(self, content_id):
+        return self.rows.get(content_id)
+
+    def wait_for(self, content_id, timeout):
+        self.waits.append(timeout)
+        if self.arrives_at_ms is not None and self.clock[0] + timeout * 1000 >= self.arrives_at_ms:
+            self.clock[0] = self.arrives_at_ms
+            self.rows[UNKNOWN] = LATE
+        else:
+            self.clock[0] += int(timeout * 1000)
+        return self.rows.get(content_id)
+
+    def wait_until_current(self, timeout):
+        pass
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def parking_record(offset: int, origin_offset: int, content_id: str, deadline_ms: int, sink: str = "redis") -> tuple:
+    parked = Parked(
+        SourcePosition("events", 3, origin_offset),
+        b'{"content_id": "x"}',
+        envelope(origin_offset, content_id, 20_000),
+        "c",
+        None,
+        content_id,
+        deadline_ms,
+        5,
+    )
+    return (1, offset, b"k", park_envelope(parked, sink), 0)
+
+
+def unpark(view: WaitingView, rows: list[tuple]) -> list:
+    fn = UnparkFn({}, "content", 10.0, 1, view_factory=lambda: view, clock_ms=lambda: view.clock[0])
+    fn.setup()
+    (out,) = list(fn.process(("parked", rows)))
+    return out
+
+
+def test_an_event_whose_content_has_arrived_comes_back_for_the_sink_that_parked_it():
+    view = WaitingView([1_000])
+    (back,) = unpark(view, [parking_record(7, 40, KNOWN, 9_000)])
+    assert isinstance(back, EnrichedChange)
+    assert (back.position, back.origin, back.for_sink, back.sequence) == (
+        SourcePosition("parked", 1, 7),
+        SourcePosition("events", 3, 40),
+        "redis",
+        None,
+    )
+    assert back.identity.record_id == "events/3/40" and back.engagement_seconds == 20.0
+    assert back.value == envelope(40, KNOWN, 20_000) and view.waits == []
+
+
+def test_it_waits_for_the_content_until_the_deadline_and_goes_on_when_it_arrives():
+    view = WaitingView([1_000], arrives_at_ms=3_500)
+    (back,) = unpark(view, [parking_record(0, 41, UNKNOWN, 9_000)])
+    assert isinstance(back, EnrichedChange) and back.content == LATE
+    assert view.waits == [8.0] and view.clock == [3_500]
+
+
+def test_past_its_deadline_it_is_dead_lettered_with_its_original_bytes_for_its_sink():
+    view = WaitingView([1_000])
+    first, second = unpark(view, [parking_record(0, 42, UNKNOWN, 9_000), parking_record(1, 43, UNKNOWN, 9_000)])
+    # One wait covers both events of the missing content: the second finds the deadline passed.
+    assert view.waits == [8.0]
+    for letter, origin in ((first, 42), (second, 43)):
+        assert isinstance(letter, DeadLetter)
+        assert (letter.stage, letter.for_sink, letter.origin) == (
+            "join_content",
+            "redis",
+            SourcePosition("events", 3, origin),
+        )
+        assert letter.reason == f"content {UNKNOWN} not found within 10 s (content view has 1 rows)"
+        assert (letter.key, letter.value) == (b'{"content_id": "x"}', envelope(origin, UNKNOWN, 20_000))
+        assert letter.sequence is None
+
+
+def test_a_record_that_is_not_an_envelope_is_dead_lettered_not_raised():
+    view = WaitingView([0])
+    (letter,) = unpark(view, [(0, 5, b"k", b"\xc1garbage", 0)])
+    assert isinstance(letter, DeadLetter) and letter.stage == "decode_parked"
+    assert letter.reason == (
+        "BadEnvelopeError: not a parking envelope: MessagePack data is malformed: invalid opcode '\\xc1' (byte 0)"
+    )
+    assert letter.value == b"\xc1garbage"
