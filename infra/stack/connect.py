@@ -2,10 +2,12 @@
 
 The connector's configuration is data: ``infra/connectors/engagement-postgres.json``. ``${NAME}``
 placeholders are filled from settings when it is registered (``PUT /connectors/{name}/config``,
-which creates or updates, so registering is idempotent). The password stays a ``${env:...}``
-reference that the worker resolves from its own environment, so it is never stored in the config
-topic. Readiness is the connector *and* its task reporting RUNNING over REST; Debezium's "Processing
-messages" log line only appears once a change arrives, so it is no readiness signal.
+which creates or updates, so registering is idempotent, and an update restarts the task with the
+new config, e.g. a raised ``producer.override.max.request.size``, without restarting the worker).
+The password stays a ``${env:...}`` reference that the worker resolves from its own environment,
+so it is never stored in the config topic. Readiness is the connector *and* its task reporting
+RUNNING over REST; Debezium's "Processing messages" log line only appears once a change arrives,
+so it is no readiness signal.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def connector_config(settings: Settings, template: Path = CONNECTOR_FILE) -> dic
         "CDC_PUBLICATION_NAME": settings.cdc.publication_name,
         "CDC_POLL_INTERVAL_MS": str(settings.cdc.poll_interval_ms),
         "CDC_HEARTBEAT_INTERVAL_MS": str(settings.cdc.heartbeat_interval_ms),
+        # The task's producer takes the stack's one size limit (docs/delivery.md, "Row size bound").
+        "KAFKA_MAX_MESSAGE_BYTES": str(settings.kafka.max_message_bytes),
     }
 
     def fill(match: re.Match[str]) -> str:

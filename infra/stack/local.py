@@ -87,7 +87,8 @@ class LocalStack:
         if self.kafka.ensure_formatted():
             self.log("  kafka     formatted KRaft storage")
         self._start(self.kafka.process)
-        for change in ensure_topics(admin_client(self.settings.kafka), topic_specs(self.settings.cdc)):
+        specs = topic_specs(self.settings.cdc, max_message_bytes=self.settings.kafka.max_message_bytes)
+        for change in ensure_topics(admin_client(self.settings.kafka), specs):
             self.log(f"  topics    {change}")
         self.connect.write_config()
         self._start(self.connect.process)
@@ -110,7 +111,8 @@ class LocalStack:
         self.log("  postgres  roles, schema, grants and publication in place")
         if self.settings.bigquery.emulated:
             self._ensure_dataset()
-        for change in ensure_topics(admin_client(self.settings.kafka), topic_specs(self.settings.cdc)):
+        specs = topic_specs(self.settings.cdc, max_message_bytes=self.settings.kafka.max_message_bytes)
+        for change in ensure_topics(admin_client(self.settings.kafka), specs):
             self.log(f"  topics    {change}")
         self.log("  topics    in place")
         self.connect.register()

@@ -4,14 +4,16 @@ The cluster is created once with ``initdb`` (password auth on TCP, peer auth on 
 ``trust`` anywhere), started in the foreground under our supervisor with the logical-replication
 settings on the command line, and provisioned idempotently: an application role that owns the
 tables, a CDC role with REPLICATION and SELECT on the two captured tables only (plus UPDATE on the
-one-row heartbeat table), the schema from ``infra/sql``, and a publication we create ourselves so
-the CDC role needs no table ownership.
+one-row heartbeat table), the schema from ``infra/sql`` (every script idempotent, applied in name
+order on every start: ``002_row_bound.sql`` adds the row size bound to an existing database), and a
+publication we create ourselves so the CDC role needs no table ownership.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import pwd
 import shutil
@@ -29,6 +31,12 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 CAPTURED_TABLES = ("content", "engagement_events")
 HEARTBEAT_TABLE = "cdc_heartbeat"
 OS_USER = "postgres"
+_log = logging.getLogger(__name__)
+
+
+def _log_warning(notice: psycopg.errors.Diagnostic) -> None:
+    if notice.severity_nonlocalized == "WARNING":
+        _log.warning("postgres: %s", notice.message_primary)
 
 
 def pg_bin(tool: str) -> str:
@@ -185,6 +193,8 @@ class Postgres:
                 )
         # The schema is created by the application role so that it owns the tables.
         with psycopg.connect(s.conninfo()) as conn:
+            # 002_row_bound.sql warns (and keeps going) when old rows break a new size bound.
+            conn.add_notice_handler(_log_warning)
             for script in sorted(SQL_DIR.glob("*.sql")):
                 conn.execute(script.read_text())
         with psycopg.connect(s.conninfo(superuser=True), autocommit=True) as conn:

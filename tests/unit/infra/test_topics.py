@@ -6,7 +6,7 @@ from infra.stack.kafka import new_cluster_id, topic_specs, uuid_to_kafka_id
 
 
 def test_topic_specs_encode_the_design():
-    specs = {s.name: s for s in topic_specs(CdcSettings())}
+    specs = {s.name: s for s in topic_specs(CdcSettings(), max_message_bytes=5_242_880)}
     events = specs["engagement.public.engagement_events"]
     assert events.partitions == 16
     # Delete tombstones carry a key on this topic: compaction would erase real history.
