@@ -1,4 +1,7 @@
-"""Compare BigQuery (the emulator) with Postgres, and wait for the BigQuery sinks' positions."""
+"""The BigQuery truth check: the emulator's view against Postgres, and waits for the BigQuery sinks' positions.
+
+Runtime-neutral (no pytest): the integration tests and the fault suite (``loadtest.faults``) use it.
+"""
 
 from __future__ import annotations
 

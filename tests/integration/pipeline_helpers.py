@@ -1,4 +1,5 @@
-"""Run the real pipeline (supervisor, Prism, job) against the test stack and check Redis against SQL."""
+"""Run the real pipeline (supervisor, Prism, job) against the test stack; the Redis == SQL check is
+``loadtest.truth``."""
 
 from __future__ import annotations
 
@@ -7,22 +8,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
-
 from infra.process import port_open, stop_group
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import end_offsets
-from sinks.redis_leaderboard import RedisLeaderboardSink, board_key
-from sinks.redis_store import next_offsets
+
+# The truth check lives with the fault suite, which must not import tests; re-exported for the tests.
+from loadtest.truth import (  # noqa: F401
+    TOLERANCE,
+    assert_redis_matches_sql,
+    hand_made_content,
+    wait_caught_up,
+    wait_topic_settled,
+)
 
 from .conftest import settings_env
-
-TOLERANCE = 1e-3  # seconds: sums of thousandths in floating point
 
 
 def env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -92,124 +94,5 @@ def streaming(settings: Settings, log: Path, **extra: str) -> Iterator[Streaming
         pipeline.stop()
 
 
-def wait_topic_settled(settings: Settings, quiet_s: float = 2.0, timeout: float = 120) -> None:
-    """Until Debezium has published every committed change: the topic's end offsets stop moving."""
-    deadline = time.monotonic() + timeout
-    previous = end_offsets(settings.kafka, settings.cdc.engagement_topic)
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s)
-        ends = end_offsets(settings.kafka, settings.cdc.engagement_topic)
-        if ends == previous:
-            return
-        previous = ends
-    raise AssertionError(f"the engagement topic kept growing for {timeout} s")
-
-
-def wait_caught_up(
-    settings: Settings, timeout: float = 120, settle: float = 3.0, sink: str = RedisLeaderboardSink.name
-) -> None:
-    """Until Debezium has published everything (the topic ends stop moving) and ``sink`` has applied it."""
-    client = settings.redis.client()
-    topic = settings.cdc.engagement_topic
-    deadline = time.monotonic() + timeout
-    previous: dict[int, int] = {}
-    while time.monotonic() < deadline:
-        ends = end_offsets(settings.kafka, topic)
-        stored = {f"{topic}:{p}": o for p, o in next_offsets(client, sink, topic).items()}
-        caught_up = all(stored.get(f"{topic}:{p}", 0) >= end for p, end in ends.items() if end > 0)
-        if caught_up and ends == previous:
-            return
-        previous = ends
-        time.sleep(settle if caught_up else 0.5)
-    behind = {p: (stored.get(f"{topic}:{p}", 0), end) for p, end in ends.items() if stored.get(f"{topic}:{p}", 0) < end}
-    raise AssertionError(f"{sink} did not catch up within {timeout} s; (stored, end) behind: {behind}")
-
-
 def flush_redis(settings: Settings) -> None:
     settings.redis.client().flushall()
-
-
-def _sql_state(settings: Settings) -> tuple[dict[str, dict[str, float]], dict[tuple[int, str], float]]:
-    with psycopg.connect(settings.postgres.conninfo()) as conn:
-        per_content = {
-            str(row[0]): {
-                "events": row[1],
-                "plays": row[2],
-                "pauses": row[3],
-                "finishes": row[4],
-                "clicks": row[5],
-                "total_seconds": float(row[6]),
-            }
-            for row in conn.execute(
-                "SELECT content_id, count(*), count(*) FILTER (WHERE event_type = 'play'),"
-                " count(*) FILTER (WHERE event_type = 'pause'), count(*) FILTER (WHERE event_type = 'finish'),"
-                " count(*) FILTER (WHERE event_type = 'click'), coalesce(sum(duration_ms), 0) / 1000.0"
-                " FROM engagement_events WHERE content_id IS NOT NULL GROUP BY content_id"
-            )
-        }
-        buckets = {
-            (int(row[0]), str(row[1])): float(row[2])
-            for row in conn.execute(
-                "SELECT floor(extract(epoch FROM event_ts) / 60)::bigint, content_id, sum(duration_ms) / 1000.0"
-                " FROM engagement_events WHERE content_id IS NOT NULL AND duration_ms IS NOT NULL"
-                " GROUP BY 1, 2"
-            )
-        }
-    return per_content, buckets
-
-
-def hand_made_content(settings: Settings) -> frozenset[str]:
-    """Content ids some test produced straight onto the topics (never in Postgres): SQL cannot know
-    their events, so the comparison leaves them out."""
-    client = settings.redis.client(decode_responses=True)
-    with psycopg.connect(settings.postgres.conninfo()) as conn:
-        in_sql = {str(row[0]) for row in conn.execute("SELECT id FROM content")}
-    on_boards = {m for m in client.zrange(board_key(settings.leaderboard.window_minutes), 0, -1)}
-    for key in client.scan_iter("engagement:minute:*", count=1000):
-        on_boards |= set(client.zrange(key, 0, -1))
-    return frozenset(on_boards - in_sql)
-
-
-def assert_redis_matches_sql(settings: Settings, ignore_content: frozenset[str] | None = None) -> dict[str, int]:
-    """Every content total, every live per-minute bucket and the window board equal SQL over the tables
-    (leaving out ``ignore_content``, by default the contents of hand-made envelopes)."""
-    client = settings.redis.client(decode_responses=True)
-    if ignore_content is None:
-        ignore_content = hand_made_content(settings)
-    per_content, buckets = _sql_state(settings)
-    mismatches: list[str] = []
-    for content_id, expected in per_content.items():
-        got = client.hgetall(f"engagement:content:{content_id}")
-        for field, value in expected.items():
-            if abs(float(got.get(field, 0)) - value) > TOLERANCE:
-                mismatches.append(f"{content_id} {field}: redis {got.get(field)} sql {value}")
-    board = board_key(settings.leaderboard.window_minutes)
-    first = int(client.get(f"{board}:from") or 0)
-    now_minute = int(time.time() // 60)
-    horizon = now_minute - settings.leaderboard.window_minutes - settings.leaderboard.allowed_lateness_minutes + 2
-    by_minute: dict[int, dict[str, float]] = defaultdict(dict)
-    for (minute, content_id), seconds in buckets.items():
-        by_minute[minute][content_id] = seconds
-    checked_buckets = 0
-    for minute in range(horizon, now_minute + 1):
-        redis_bucket = {
-            m: s
-            for m, s in client.zrange(f"engagement:minute:{minute}", 0, -1, withscores=True)
-            if m not in ignore_content
-        }
-        sql_bucket = {c: s for c, s in by_minute.get(minute, {}).items() if abs(s) > TOLERANCE}
-        if set(redis_bucket) != set(sql_bucket) or any(
-            abs(redis_bucket[c] - sql_bucket[c]) > TOLERANCE for c in sql_bucket
-        ):
-            mismatches.append(f"minute {minute}: redis {len(redis_bucket)} members, sql {len(sql_bucket)}")
-        checked_buckets += 1
-    expected_board: dict[str, float] = defaultdict(float)
-    for minute in range(first, first + settings.leaderboard.window_minutes):
-        for content_id, seconds in by_minute.get(minute, {}).items():
-            expected_board[content_id] += seconds
-    redis_board = {m: s for m, s in client.zrange(board, 0, -1, withscores=True) if m not in ignore_content}
-    for content_id, seconds in expected_board.items():
-        if abs(redis_board.get(content_id, 0.0) - seconds) > TOLERANCE:
-            mismatches.append(f"board {content_id}: redis {redis_board.get(content_id)} sql {seconds}")
-    assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:5]}"
-    return {"contents": len(per_content), "buckets": checked_buckets, "board": len(expected_board)}

@@ -14,6 +14,7 @@ import pytest
 from infra.settings import BigQuerySettings, Settings
 from infra.stack.kafka import TopicSpec, admin_client, end_offsets, ensure_topics
 from infra.stack.local import LocalStack
+from loadtest.bigquery_truth import HAND_MADE_IDS, assert_view_matches_sql, view_rows, wait_bigquery_caught_up
 from sinks.bigquery import BigQueryChangesSink
 from sinks.bigquery_admin import run_query
 from sinks.bigquery_dataset import make_client
@@ -25,7 +26,6 @@ from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.positions import Position
 from sinks.records import ContentRow, EngagementRow, EnrichedChange, SourcePosition
 
-from .bigquery_helpers import HAND_MADE_IDS, assert_view_matches_sql, view_rows, wait_bigquery_caught_up
 from .pipeline_helpers import assert_redis_matches_sql, flush_redis, run_bounded, streaming, wait_caught_up
 from .test_pipeline import generate, read_dead_letters
 from .test_sink_family import read_to_the_end

@@ -21,6 +21,7 @@ from infra.http_receiver.client import ReceiverClient
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
+from loadtest.http_truth import latest_by_event, wait_http_caught_up
 from sinks.http_breaker import BreakerBoard
 from sinks.kafka_positions import KafkaPositions, group_id
 
@@ -116,21 +117,6 @@ def http_letters(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     return letters
 
 
-def wait_http_caught_up(settings: Settings, timeout: float = 120) -> None:
-    topic = settings.cdc.engagement_topic
-    deadline = time.monotonic() + timeout
-    for endpoint in ENDPOINTS:
-        positions = KafkaPositions(
-            settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, f"http_{endpoint}")
-        )
-        try:
-            while behind := {p: n for p, n in positions.lag(topic).items() if n}:
-                assert time.monotonic() < deadline, f"http_{endpoint} is behind: {behind}"
-                time.sleep(0.5)
-        finally:
-            positions.close()
-
-
 def replay(settings: Settings, routes: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sinks.http_replay", "--json"],
@@ -141,16 +127,6 @@ def replay(settings: Settings, routes: Path) -> subprocess.CompletedProcess[str]
         timeout=300,
         check=False,
     )
-
-
-def latest_by_event(changes: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    latest: dict[int, dict[str, Any]] = {}
-    for change in changes:
-        order = (tuple(change["sequence"] or (-1, -1)), change["offset"])
-        held = latest.get(change["id"])
-        if held is None or order > (tuple(held["sequence"] or (-1, -1)), held["offset"]):
-            latest[change["id"]] = change
-    return latest
 
 
 def wait_breaker_open(settings: Settings, timeout: float = 20) -> None:
@@ -190,7 +166,7 @@ def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_c
         assert "refusing to replay" in refused.stderr
         assert generator.wait(120) == 0, generator.stdout.read() if generator.stdout else ""
         wait_caught_up(settings, timeout=180)
-        wait_http_caught_up(settings)
+        wait_http_caught_up(settings, ENDPOINTS)
         assert pipeline.alive()
     assert_redis_matches_sql(settings)
 
