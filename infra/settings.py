@@ -201,6 +201,10 @@ class CdcSettings(BaseSettings):
     # confirmed; it confirms every second while it runs), or its flush_lag exceeds the seconds.
     status_max_slot_lag_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     status_max_slot_lag_s: float = Field(default=300.0, gt=0)
+    # `make status` exits 1 when the slot lags more than this (WAL bytes since the position Debezium
+    # confirmed; it confirms every second while it runs), or its flush_lag exceeds the seconds.
+    status_max_slot_lag_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    status_max_slot_lag_s: float = Field(default=300.0, gt=0)
 
     @field_validator("topic_prefix", "slot_name", "publication_name")
     @classmethod

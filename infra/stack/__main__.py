@@ -37,6 +37,8 @@ def _human_bytes(value: object) -> str:
 
 
 def cmd_status(stack: LocalStack) -> int:
+    """Print the stack's health; 1 when a service is unhealthy or capture is stopped, failed or
+    lagging past its limits (the reasons are the last lines), else 0."""
     report = stack.status()
     _print("services:")
     for name, info in report["services"].items():
@@ -54,9 +56,10 @@ def cmd_status(stack: LocalStack) -> int:
         _print("connector: not registered")
     slot = report.get("slot")
     if slot:
+        lag_s = f" ({slot['lag_s']:.1f} s)" if slot.get("lag_s") is not None else ""
         _print(
             f"replication slot: {slot['slot']} active={slot['active']} wal_status={slot['wal_status']} "
-            f"lag={_human_bytes(slot['lag_bytes'])} retained={_human_bytes(slot['retained_bytes'])}"
+            f"lag={_human_bytes(slot['lag_bytes'])}{lag_s} retained={_human_bytes(slot['retained_bytes'])}"
         )
     breakers = report.get("http_breakers")
     if breakers:
@@ -67,8 +70,15 @@ def cmd_status(stack: LocalStack) -> int:
                 _print(f"  {endpoint:<20} {entry['state']:<10} {entry['failures']} failure(s) in a row{detail}")
     elif breakers is not None:
         _print("http sink circuit breakers: none published (no pipeline runs the HTTP sink)")
+    problems = report.get("capture_problems", [])
+    if problems:
+        _print("capture: STOPPED or FAILED")
+        for problem in problems:
+            _print(f"  - {problem}")
+    elif "capture_problems" in report:
+        _print("capture: ok (connector and tasks RUNNING, slot active, lag within limits)")
     unhealthy = [n for n, i in report["services"].items() if i["state"] != "healthy"]
-    return 1 if unhealthy else 0
+    return 1 if unhealthy or problems else 0
 
 
 def cmd_logs(stack: LocalStack, lines: int, service: str | None) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 from infra.process import ServiceProcess, StackError
 from infra.settings import Settings
 from infra.stack.bigquery_emulator import BigQueryEmulator
+from infra.stack.capture_health import capture_problems
 from infra.stack.connect import Connect
 from infra.stack.http_receiver import HttpReceiver
 from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_specs
@@ -147,7 +148,8 @@ class LocalStack:
         self.log(f"  removed state under {self.settings.stack.dir}")
 
     def status(self) -> dict[str, Any]:
-        """Health of every part, topics with partitions and policy, connector state, slot lag."""
+        """Health of every part, topics with partitions and policy, connector state, slot lag, and
+        what stops capture (``capture_problems``: infra/stack/capture_health.py)."""
         report: dict[str, Any] = {"services": {}}
         for process in self.processes:
             pid = process.pid()
@@ -176,4 +178,5 @@ class LocalStack:
             from sinks.http_breaker import BreakerBoard
 
             report["http_breakers"] = BreakerBoard(self.settings.redis.client(timeout_s=2.0)).read()
+        report["capture_problems"] = capture_problems(report, self.settings.cdc)
         return report

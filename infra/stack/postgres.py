@@ -231,19 +231,24 @@ class Postgres:
 
     # --- replication slot --------------------------------------------------------------------
     def slot_status(self) -> dict[str, object] | None:
+        """The slot's state and lag. ``lag_bytes``: WAL since the position Debezium confirmed;
+        ``lag_s``: its walsender's ``flush_lag`` (how long ago the WAL it last confirmed was
+        written), None when no consumer is connected or it has caught up."""
         with psycopg.connect(self.settings.conninfo(superuser=True)) as conn:
             row = conn.execute(
                 """
-                SELECT slot_name, active, wal_status,
-                       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes,
-                       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
-                FROM pg_replication_slots WHERE slot_name = %s
+                SELECT s.slot_name, s.active, s.wal_status,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
+                       extract(epoch FROM r.flush_lag)::float8 AS lag_s
+                FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+                WHERE s.slot_name = %s
                 """,
                 (self.cdc.slot_name,),
             ).fetchone()
         if row is None:
             return None
-        keys = ("slot", "active", "wal_status", "lag_bytes", "retained_bytes")
+        keys = ("slot", "active", "wal_status", "lag_bytes", "retained_bytes", "lag_s")
         return dict(zip(keys, row, strict=True))
 
     def drop_slot(self) -> bool:

@@ -41,3 +41,46 @@ def test_no_breakers_published_says_so(capsys):
     assert capsys.readouterr().out.splitlines()[-1] == (
         "http sink circuit breakers: none published (no pipeline runs the HTTP sink)"
     )
+
+
+def test_capture_problems_are_listed_and_make_status_exit_1(capsys):
+    report = {
+        "services": SERVICES,
+        "connector": {
+            "name": "engagement-postgres",
+            "connector": {"state": "RUNNING"},
+            "tasks": [{"id": 0, "state": "FAILED", "trace": "RecordTooLargeException: too large\n\tat x"}],
+        },
+        "capture_problems": [
+            "connector task 0 FAILED: RecordTooLargeException: too large",
+            "replication slot engagement_slot is inactive (no consumer connected)",
+        ],
+    }
+    assert cli.cmd_status(FakeStack(report)) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-4:] == [
+        "connector: engagement-postgres RUNNING (task 0 FAILED)",
+        "capture: STOPPED or FAILED",
+        "  - connector task 0 FAILED: RecordTooLargeException: too large",
+        "  - replication slot engagement_slot is inactive (no consumer connected)",
+    ]
+
+
+def test_healthy_capture_says_so_and_exits_0(capsys):
+    report = {
+        "services": SERVICES,
+        "slot": {
+            "slot": "engagement_slot",
+            "active": True,
+            "wal_status": "reserved",
+            "lag_bytes": 2048,
+            "retained_bytes": 4096,
+            "lag_s": 0.25,
+        },
+        "capture_problems": [],
+    }
+    assert cli.cmd_status(FakeStack(report)) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "replication slot: engagement_slot active=True wal_status=reserved lag=2 KiB (0.2 s) retained=4 KiB",
+        "capture: ok (connector and tasks RUNNING, slot active, lag within limits)",
+    ]
