@@ -1,0 +1,160 @@
+"""The fault suite's own stack and processes: settings, environment, the pipeline and the generator.
+
+The suite runs on a stack of its own, like the integration tests' (tests/integration/conftest.py),
+never on the development stack (``make up``): its own folder (``.stack-faults/``), ports 200 above
+the defaults (the tests use 100), and run-unique connector, slot, publication, topic and consumer
+group names. So a fault run never loses a developer's data, and a crashed run is cleaned up by the
+next one (``LocalStack.reset`` stops processes by their pid files). The machine still has one set of
+cores: run it alone (``flock /tmp/engagement-stack.lock make faults`` where several people share it).
+
+Every process started here runs in its own process group and is tracked, so ``stop_all`` can stop
+each group (SIGINT, then SIGKILL) even after a fault killed the process that led it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from infra.process import port_open, stop_group
+from infra.settings import REPO_ROOT, GeneratorSettings, Settings, StackSettings
+
+PORT_OFFSET = 200
+STACK_DIR = REPO_ROOT / ".stack-faults"
+ENDPOINT = "default"  # the endpoint HTTP_SINK_URL names (docs/http.md)
+
+# The integration tests' workload: inserts, and updates and deletes the sinks must net out.
+CHANGES = {
+    "GENERATOR_EVENT_UPDATE_SHARE": "0.02",
+    "GENERATOR_EVENT_DELETE_SHARE": "0.01",
+    "GENERATOR_CONTENT_UPDATE_SHARE": "0.001",
+}
+
+
+def fault_settings() -> Settings:
+    run = uuid.uuid4().hex[:8]
+    base = Settings()
+    return Settings(
+        postgres=base.postgres.model_copy(update={"port": base.postgres.port + PORT_OFFSET}),
+        kafka=base.kafka.model_copy(
+            update={"port": base.kafka.port + PORT_OFFSET, "controller_port": base.kafka.controller_port + PORT_OFFSET}
+        ),
+        connect=base.connect.model_copy(update={"port": base.connect.port + PORT_OFFSET, "group_id": f"connect-{run}"}),
+        redis=base.redis.model_copy(update={"port": base.redis.port + PORT_OFFSET}),
+        # Its gRPC port is ten above this one.
+        bigquery=base.bigquery.model_copy(update={"emulator_host": "http://127.0.0.1:59250"}),
+        http_receiver=base.http_receiver.model_copy(
+            update={
+                "port": base.http_receiver.port + PORT_OFFSET,
+                "control_port": base.http_receiver.control_port + PORT_OFFSET,
+            }
+        ),
+        cdc=base.cdc.model_copy(
+            update={
+                "topic_prefix": f"f{run}",
+                "slot_name": f"slot_f{run}",
+                "publication_name": f"pub_f{run}",
+                "connector_name": f"engagement-f{run}",
+            }
+        ),
+        stack=StackSettings(dir=STACK_DIR, stop_timeout_s=60.0),
+        generator=GeneratorSettings(),
+        pipeline=base.pipeline.model_copy(
+            update={
+                "prism_port": base.pipeline.prism_port + PORT_OFFSET,
+                "consumer_group": f"pipeline-f{run}",
+                "sinks": "redis,bigquery,http",
+            }
+        ),
+    )
+
+
+def stack_env(settings: Settings) -> dict[str, str]:
+    """The environment a child process needs to talk to the fault stack, with all three sinks on."""
+    return {
+        **os.environ,
+        "POSTGRES_PORT": str(settings.postgres.port),
+        "KAFKA_PORT": str(settings.kafka.port),
+        "CONNECT_PORT": str(settings.connect.port),
+        "REDIS_PORT": str(settings.redis.port),
+        "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
+        "STACK_DIR": str(settings.stack.dir),
+        "PIPELINE_PRISM_PORT": str(settings.pipeline.prism_port),
+        "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
+        "PIPELINE_SINKS": settings.pipeline.sinks,
+        "BIGQUERY_EMULATOR_HOST": settings.bigquery.emulator_host,
+        "HTTP_RECEIVER_PORT": str(settings.http_receiver.port),
+        "HTTP_RECEIVER_CONTROL_PORT": str(settings.http_receiver.control_port),
+        "HTTP_RECEIVER_URL": settings.http_receiver.url,
+        # One endpoint that takes every change, so the receiver can be compared with SQL row by row.
+        "HTTP_SINK_URL": f"{settings.http_receiver.url}/ingest/{ENDPOINT}",
+        "HTTP_SINK_ROUTES_FILE": "",
+        **CHANGES,
+    }
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (from /proc): what a kill left behind."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class Processes:
+    """The pipeline supervisors and generators of one fault, each in its own process group."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.started: list[subprocess.Popen[bytes]] = []
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        with (self.logs / log_name).open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO_ROOT,
+                env=stack_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.started.append(proc)
+        return proc
+
+    def pipeline(self) -> subprocess.Popen[bytes]:
+        return self._spawn(["-m", "pipeline"], "pipeline.log")
+
+    def generator(self, *args: str) -> subprocess.Popen[bytes]:
+        return self._spawn(["-m", "generator", *args], "generator.log")
+
+    def wait_prism_port_free(self, timeout: float = 20) -> bool:
+        deadline = time.monotonic() + timeout
+        while port_open("127.0.0.1", self.settings.pipeline.prism_port):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def stop_all(self) -> None:
+        """Every group started here, newest first; a group whose leader died is killed outright."""
+        for proc in reversed(self.started):
+            if proc.poll() is None:
+                stop_group(proc, timeout=60)
+            for pid in group_members(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
