@@ -201,10 +201,6 @@ class CdcSettings(BaseSettings):
     # confirmed; it confirms every second while it runs), or its flush_lag exceeds the seconds.
     status_max_slot_lag_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     status_max_slot_lag_s: float = Field(default=300.0, gt=0)
-    # `make status` exits 1 when the slot lags more than this (WAL bytes since the position Debezium
-    # confirmed; it confirms every second while it runs), or its flush_lag exceeds the seconds.
-    status_max_slot_lag_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
-    status_max_slot_lag_s: float = Field(default=300.0, gt=0)
 
     @field_validator("topic_prefix", "slot_name", "publication_name")
     @classmethod
@@ -305,7 +301,12 @@ class LeaderboardSettings(BaseSettings):
     window_minutes: int = Field(default=10, ge=1, le=1440)
     # Late events up to this much older than the window still update their minute bucket.
     allowed_lateness_minutes: int = Field(default=10, ge=0)
-    metrics_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # 0: the per-content totals never expire. A TTL would let totals of content idle that long
+    # vanish while the positions stay, and a later delete of an old event would drive them negative.
+    metrics_ttl_s: int = Field(default=0, ge=0)
+    # An event_ts further ahead of the sink's clock than this is counted in the totals but gets no
+    # per-minute bucket (whose TTL would outlive the window by the distance) and so no board entry.
+    max_clock_skew_minutes: int = Field(default=5, ge=0)
     roll_interval_s: float = Field(default=0.25, gt=0)
 
 

@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="how long an event waits for unknown content before it is dead-lettered "
-        "(PIPELINE_LATE_CONTENT_TIMEOUT_S, default 10)",
+        help="how long events of unknown content stay parked, from the content's first miss, before "
+        "they are dead-lettered (PIPELINE_LATE_CONTENT_TIMEOUT_S, default 10)",
     )
     parser.add_argument(
         "--consumer-group", default=None, help="the instance lock and consumer group name (PIPELINE_CONSUMER_GROUP)"

@@ -9,7 +9,13 @@ Layout (``W`` = window minutes, 10 by default; redis-cli examples in the README)
 - ``engagement:minute:{epoch minute}`` (and ``...:{type}``): the per-minute buckets the boards are
   built from; they expire W + allowed-lateness minutes after their minute.
 - ``engagement:content:{id}``: hash of events, plays, pauses, finishes, clicks, total_seconds,
-  pct_sum, pct_count, avg_pct, over_100; its TTL is refreshed on every write.
+  pct_sum, pct_count, avg_pct, over_100; no TTL by default (``LEADERBOARD_METRICS_TTL_S``): a
+  total that expired while the positions stay would go negative on a later delete.
+- Events from the future: an ``event_ts`` more than ``LEADERBOARD_MAX_CLOCK_SKEW_MINUTES`` ahead of
+  the sink's clock counts in the totals only; it gets no minute bucket, so no key lives longer than
+  the skew plus the window and lateness, and it never reaches the board. Taking such an event back
+  later (update, delete) skips its bucket too: a negative delta for a member the bucket does not
+  hold is not applied (``future_buckets_skipped`` counts the skipped bucket updates).
 - ``content:{id}``: metadata hash (title, slug, content_type, length_seconds), from the content topic.
 - ``engagement:positions:redis_leaderboard``: the sink's positions (``sinks.redis_store``).
 
@@ -42,6 +48,14 @@ from sinks.redis_store import RedisSink, lua
 _log = logging.getLogger(__name__)
 
 
+def within_skew(
+    buckets: dict[tuple[int, str, str], float], last_minute: int
+) -> tuple[dict[tuple[int, str, str], float], int]:
+    """The bucket deltas up to ``last_minute`` (now plus the clock skew), and how many were beyond."""
+    kept = {key: seconds for key, seconds in buckets.items() if key[0] <= last_minute}
+    return kept, len(buckets) - len(kept)
+
+
 def board_key(window_minutes: int) -> str:
     return f"top_engagement:{window_minutes}min"
 
@@ -64,6 +78,7 @@ class RedisLeaderboardSink(RedisSink):
         self._clock = clock
         self._roll_in_background = roll_in_background
         self._stop = threading.Event()
+        self.future_buckets_skipped = 0
 
     @property
     def key(self) -> str:
@@ -101,10 +116,15 @@ class RedisLeaderboardSink(RedisSink):
         for content_id, delta in deltas.content.items():
             args.append(content_id)
             args += [repr(v) if isinstance(v, float) else v for v in delta.values]
-        args.append(len(deltas.buckets))
-        for (minute, content_id, content_type), seconds in deltas.buckets.items():
+        buckets, future = within_skew(deltas.buckets, now + b.max_clock_skew_minutes)
+        self.future_buckets_skipped += future
+        args.append(len(buckets))
+        for (minute, content_id, content_type), seconds in buckets.items():
             args += [minute, content_id, content_type, repr(seconds)]
         return args
+
+    def gauges(self) -> dict[str, int]:
+        return {"future_buckets_skipped": self.future_buckets_skipped}
 
     def roll(self) -> bool:
         return bool(self.run(self._roll, [self.now_minute(), self._board.window_minutes, self.key]))

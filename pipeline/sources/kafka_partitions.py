@@ -122,6 +122,20 @@ def discover_partitions(
                     low,
                 )
                 start = low
+            elif start > high:
+                # Past the end: the topic was deleted and created again, or the positions belong to
+                # another cluster. Reading from its start would hand the sinks offsets they take
+                # for replays; start at the end, and say how to re-read it.
+                _log.error(
+                    "%s[%d]: resume offset %d is past the partition's end offset %d (topic recreated?); "
+                    "starting at the end. The sinks skip offsets below their stored positions: reset "
+                    "them (docs/delivery.md, 'Out-of-range positions') to read this partition again",
+                    topic,
+                    partition,
+                    start,
+                    high,
+                )
+                start = high
             specs.append(PartitionSpec(topic, partition, start, high if bounded else UNBOUNDED))
         return specs
     finally:
@@ -171,13 +185,17 @@ class ReadPartitionsFn(beam.DoFn):
         self._tuning = tuning
         self._records = Metrics.counter("source", "records")
         self._idle_calls = Metrics.counter("source", "idle_calls")
+        self._resets = Metrics.counter("source", "offset_out_of_range")
 
     def setup(self) -> None:
         self._consumer_config = {
             **self._config,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
+            # Never move silently: an out-of-range offset in the middle of a run (retention deleted
+            # records this lane had not read yet) comes back as an error, which _out_of_range logs,
+            # counts and resolves.
+            "auto.offset.reset": "error",
             # Long-poll: the broker answers as soon as a record arrives, so this only bounds idle
             # fetches (many consumers at 10 ms kept the broker at half a core doing nothing).
             "fetch.wait.max.ms": 500,
@@ -210,6 +228,40 @@ class ReadPartitionsFn(beam.DoFn):
                 offsets=[TopicPartition(topic, p, s) for p, s in wanted.items() if s > 0], asynchronous=True
             )
         return reader
+
+    def _out_of_range(
+        self, reader: _Reader, topic: str, partition: int, positions: dict[int, int], tracker: PartitionOffsetsTracker
+    ) -> bool:
+        """The broker no longer has ``positions[partition]``: log it, count it, and go on from the
+        earliest retained offset (claiming the gap, so the sinks' positions pass it). False if the
+        tracker was checkpointed meanwhile (the residual will meet the same error)."""
+        self._resets.inc()
+        position = positions[partition]
+        low, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+        target = _out_of_range_target(position, low, high)
+        if target is None:
+            _log.error(
+                "%s[%d]: offset %d is past the end offset %d (topic recreated?); this partition is not read "
+                "until the job restarts (docs/delivery.md, 'Out-of-range positions')",
+                topic,
+                partition,
+                position,
+                high,
+            )
+            return True
+        _log.error(
+            "%s[%d]: offsets %d to %d were deleted by retention before this lane read them; going on from %d",
+            topic,
+            partition,
+            position,
+            target - 1,
+            target,
+        )
+        if not tracker.try_claim((partition, target - 1)):
+            return False
+        positions[partition] = target
+        reader.consumer.seek(TopicPartition(topic, partition, target))
+        return True
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -260,6 +312,8 @@ class ReadPartitionsFn(beam.DoFn):
                         and message.offset() >= stops.get(partition, 0)
                     ):
                         reached.add(partition)
+                    elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+                        reseek |= not self._out_of_range(reader, topic, partition, positions, tracker)
                     elif error.code() != KafkaError._PARTITION_EOF:
                         # librdkafka retries transient broker errors itself; log the rest, go on.
                         _log.warning("%s[%d]: consumer error %s", topic, partition, error)
@@ -333,6 +387,12 @@ class ReadPartitionsFn(beam.DoFn):
 
 RecordBatch = tuple[str, list[tuple[int, int, bytes | None, bytes | None, int]]]
 """``(topic, [(partition, offset, key, value, timestamp_ms), ...])``: see ``records()``."""
+
+
+def _out_of_range_target(position: int, low: int, high: int) -> int | None:
+    """Where to go on from an out-of-range ``position``: the earliest retained offset when retention
+    deleted it, ``None`` when it is past the end (nothing sensible to read: stop and report)."""
+    return low if position < low else None
 
 
 def records(batch: RecordBatch) -> list[KafkaRecord]:

@@ -5,7 +5,7 @@
 -- compare-and-set (positions.lua): if the stored ones are not those the batch was computed against,
 -- nothing is applied and {-1, field, stored} is returned; the caller reloads and computes again.
 --
--- ARGV: now_minute, window, horizon_minute, metrics_ttl_s, bucket_ttl_minutes, board, positions_key,
+-- ARGV: now_minute, window, horizon_minute, metrics_ttl_s (0: no TTL), bucket_ttl_minutes, board, positions_key,
 --   the block of positions.lua;
 --   n_content, then per content 10 fields: id, events, total_seconds, plays, pauses, finishes, clicks,
 --     pct_sum, pct_count, over_100;
@@ -51,7 +51,7 @@ for _ = 1, n_content do
     local pct_count = tonumber(redis.call('HGET', key, 'pct_count') or '0')
     if pct_count > 0 then redis.call('HSET', key, 'avg_pct', pct_sum / pct_count) else redis.call('HDEL', key, 'avg_pct') end
   end
-  redis.call('EXPIRE', key, metrics_ttl)
+  if metrics_ttl > 0 then redis.call('EXPIRE', key, metrics_ttl) else redis.call('PERSIST', key) end
   i = i + 10
 end
 
@@ -59,8 +59,10 @@ local n_buckets = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, n_buckets do
   local minute, content_id, ctype, seconds = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  if minute >= horizon and seconds ~= 0 then
-    local bucket = 'engagement:minute:' .. minute
+  local bucket = 'engagement:minute:' .. minute
+  -- A negative delta for a member its bucket does not hold takes back an event that never got a
+  -- bucket (it was beyond the clock skew then, sinks/redis_leaderboard.py): skip it too.
+  if minute >= horizon and seconds ~= 0 and (seconds > 0 or redis.call('ZSCORE', bucket, content_id)) then
     zadd_delta(bucket, seconds, content_id)
     zadd_delta(bucket .. ':' .. ctype, seconds, content_id)
     redis.call('EXPIREAT', bucket, (minute + bucket_ttl_minutes) * 60)

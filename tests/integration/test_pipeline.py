@@ -331,3 +331,18 @@ def test_events_of_missing_content_are_parked_without_holding_the_board(
     reasons = {letter["reason"].split(" not found")[0] for letter in letters}
     assert reasons == {f"content {content}" for content in missing}
     assert_redis_matches_sql(settings)
+
+
+def test_a_stored_position_past_the_end_is_reported_not_a_crash_loop(stack: LocalStack, settings: Settings):
+    from sinks.positions import Position, encode
+
+    flush_redis(settings)
+    run_bounded(settings)
+    client = settings.redis.client()
+    field = f"{settings.cdc.engagement_topic}:0"
+    stored = client.hget("engagement:positions:redis_leaderboard", field)
+    assert stored is not None
+    client.hset("engagement:positions:redis_leaderboard", field, encode(Position(10_000_000)))
+    output = run_bounded(settings)
+    assert "resume offset 10000000 is past the partition's end offset" in output
+    flush_redis(settings)

@@ -167,3 +167,23 @@ def test_a_parked_event_is_applied_once_whichever_way_it_comes_back(sink):
     assert client.zscore("top_engagement:10min", "a") == 4.0
     assert client.zrange("engagement:positions:redis_leaderboard:parked", 0, -1) == []
     assert decode(client.hget("engagement:positions:redis_leaderboard", "sinkparked:0")).next_offset == 3
+
+
+def test_an_event_far_in_the_future_counts_in_the_totals_only(sink):
+    s, clock, client = sink
+    future = MINUTE + 73 * 365 * 24 * 60  # 2100-ish
+    soon = MINUTE + 30  # beyond the 5-minute skew now, within it once the clock has moved
+    assert s.write([change(0, "f", future, 4.0), change(1, "f", soon, 2.0), change(2, "n", MINUTE, 1.0)]) == (3, 0)
+    assert client.hget("engagement:content:f", "events") == b"2"
+    assert float(client.hget("engagement:content:f", "total_seconds")) == 6.0
+    # No bucket outlives the window by decades, and nothing from the future is on the board.
+    assert not client.exists(f"engagement:minute:{future}") and not client.exists(f"engagement:minute:{soon}")
+    assert client.zrange("top_engagement:10min", 0, -1, withscores=True) == [(b"n", 1.0)]
+    assert s.sink.gauges() == {"future_buckets_skipped": 2}
+    # 28 minutes later the "soon" event is within the skew; taking it back must not go negative.
+    clock.now += 28 * 60
+    s.write([change(3, "f", soon, 2.0, sign=-1)])
+    assert client.zscore(f"engagement:minute:{soon}", "f") is None
+    assert client.hget("engagement:content:f", "events") == b"1"
+    # Totals have no TTL: they must not vanish while the positions stay.
+    assert client.ttl("engagement:content:f") == -1 and client.ttl("engagement:content:n") == -1
