@@ -97,7 +97,10 @@ class _Partition:
 
     def is_resend(self, item: Any) -> bool:
         sequence = item.sequence
-        if sequence is None or item.op == "r":
+        # A change back from the parking topic keeps its Debezium sequence for the sinks (BigQuery's
+        # view and HTTP receivers order an event's changes by it), but in the parking topic's
+        # partitions sequences from many event partitions interleave: they must not set a mark.
+        if sequence is None or item.op == "r" or getattr(item, "origin", None) is not None:
             return False
         pair = self.pair
         if pair is not None:

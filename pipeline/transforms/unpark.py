@@ -104,6 +104,7 @@ class UnparkFn(beam.DoFn):
                     letter, position=record.position, sequence=None, origin=parked.origin, for_sink=parked.sink
                 )
             self._unparked.inc()
+            # The sequence stays: sinks order an event's changes by it (admit sets no mark from it).
             return msgspec.structs.replace(
-                enriched, position=record.position, sequence=None, origin=parked.origin, for_sink=parked.sink
+                enriched, position=record.position, origin=parked.origin, for_sink=parked.sink
             )

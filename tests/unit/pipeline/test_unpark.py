@@ -64,11 +64,10 @@ def test_an_event_whose_content_has_arrived_comes_back_for_the_sink_that_parked_
     view = WaitingView([1_000])
     (back,) = unpark(view, [parking_record(7, 40, KNOWN, 9_000)])
     assert isinstance(back, EnrichedChange)
-    assert (back.position, back.origin, back.for_sink, back.sequence) == (
+    assert (back.position, back.origin, back.for_sink) == (
         SourcePosition("parked", 1, 7),
         SourcePosition("events", 3, 40),
         "redis",
-        None,
     )
     assert back.identity.record_id == "events/3/40" and back.engagement_seconds == 20.0
     assert back.value == envelope(40, KNOWN, 20_000) and view.waits == []
@@ -106,3 +105,13 @@ def test_a_record_that_is_not_an_envelope_is_dead_lettered_not_raised():
         "BadEnvelopeError: not a parking envelope: MessagePack data is malformed: invalid opcode '\\xc1' (byte 0)"
     )
     assert letter.value == b"\xc1garbage"
+
+
+def test_a_returning_event_keeps_its_debezium_sequence():
+    import orjson
+
+    value = orjson.loads(envelope(44, KNOWN, 1_000))
+    value["source"]["sequence"] = '["100","200"]'
+    parked = Parked(SourcePosition("events", 0, 44), b"k", orjson.dumps(value), "c", (100, 200), KNOWN, 9_000, 5)
+    (back,) = unpark(WaitingView([0]), [(0, 0, b"k", park_envelope(parked, "bigquery"), 0)])
+    assert back.sequence == (100, 200) and back.for_sink == "bigquery"

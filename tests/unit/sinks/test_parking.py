@@ -46,12 +46,12 @@ def parked(offset: int, content_id: str = "c1") -> Parked:
     return Parked(SourcePosition("t", 0, offset), b"k", b"v%d" % offset, "c", (1, offset), content_id, 9_000, 5)
 
 
-def returning(parking_offset: int, origin_offset: int, sink: str = "fake") -> EnrichedChange:
+def returning(parking_offset: int, origin_offset: int, sink: str = "fake", sequence=None) -> EnrichedChange:
     back = change(origin_offset)
     return msgspec.structs.replace(
         back,
         position=SourcePosition(PARKING, 0, parking_offset),
-        sequence=None,
+        sequence=sequence,
         origin=SourcePosition("t", 0, origin_offset),
         for_sink=sink,
     )
@@ -136,3 +136,12 @@ def test_two_copies_of_one_parked_event_in_one_batch_claim_it_once():
     _, report = run(sink, [returning(0, 1), returning(1, 1)], topic=PARKING)
     assert sink.claims_seen == [("t/0/1",)] and sink.applied == [0]
     assert report.parked_duplicates == 1  # type: ignore[attr-defined]
+
+
+def test_a_returning_event_keeps_its_sequence_for_the_sink_but_sets_no_mark():
+    sink = ParkingSink()
+    sink.parked = {"t/0/1", "t/0/2"}
+    run(sink, [returning(0, 2, sequence=(9, 90)), returning(1, 1, sequence=(5, 50))], topic=PARKING)
+    # Sequences of many event partitions interleave in a parking partition: the older one is not a
+    # re-send, and the stored position has no mark.
+    assert sink.applied == [0, 1] and sink.stored == {"parked:0": Position(2)}
