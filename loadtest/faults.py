@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from infra.http_receiver.client import ReceiverClient
+from infra.process import StackError
 from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
@@ -193,6 +195,19 @@ def generator_summary(run: Run, row: Row) -> None:
         row.notes.append(f"generator retried {match.group(1)} writes in {match.group(2)} outage(s)")
 
 
+def start_stack(stack: LocalStack) -> None:
+    """A clean stack; started twice at most, because its ports are in the ephemeral range and a
+    client socket of the machine's other work can hold one for a moment (EADDRINUSE)."""
+    stack.reset()
+    try:
+        stack.up()
+    except StackError as exc:
+        say(f"  stack did not start ({str(exc).splitlines()[0]}); once more")
+        stack.reset()
+        time.sleep(5)
+        stack.up()
+
+
 def run_fault(name: str, rate: int, duration: float) -> Row:
     row = Row(name)
     settings = fault_settings()
@@ -200,8 +215,7 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
     run = Run(settings, stack, Processes(settings, STACK_DIR / "runs" / name))
     load_s = max(duration, INJECT_AT_S + REDIS_OUTAGE_S + 10) if name == "redis-down-60s" else duration
     try:
-        stack.reset()
-        stack.up()
+        start_stack(stack)
         seeded = run.procs.generator("--seed-only", "--seed", "14")
         if seeded.wait(120) != 0:
             raise RuntimeError("seeding the catalogue failed")
@@ -239,6 +253,9 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
         row.notes.append(f"suite error: {type(exc).__name__}: {str(exc)[:200]}")
     finally:
         run.procs.stop_all()
+        # The services' logs, kept for a failed row's post-mortem (reset removes the stack's folder).
+        if (settings.stack.dir / "logs").is_dir():
+            shutil.copytree(settings.stack.dir / "logs", run.procs.logs / "stack", dirs_exist_ok=True)
         stack.reset()
     row.notes = run.notes + row.notes
     return row
@@ -260,7 +277,7 @@ def table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         cells = (r.fault, r.events, r.catch_up, r.redis, r.bigquery, r.http, r.letters, "; ".join(r.notes) or "-")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(" ".join(c.replace("|", "/").split()) for c in cells) + " |")
     return "\n".join(lines)
 
 
