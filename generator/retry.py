@@ -124,6 +124,7 @@ class RetryPolicy:
         return cls(
             initial_s=settings.retry_initial_s,
             max_backoff_s=settings.retry_max_backoff_s,
+            # Up to one first step of jitter: generators restarted together do not retry in step.
             jitter_s=settings.retry_initial_s,
             give_up_s=settings.retry_give_up_s,
         )
