@@ -3,7 +3,8 @@
 ```
 for each lane of PIPELINE_SINKS (sinks.registry), e.g. "redis":
   Leaderboards:     ReadEngagement ─> Decode ─> JoinContent ─> WriteLeaderboards     (Redis, exactly once) ─┐
-  ContentMetadata:  ReadContent ────> Decode ─────────────────> WriteContentMetadata (Redis, exactly once) ─┴─> Done
+  ContentMetadata:  ReadContent ────> Decode ─────────────────> WriteContentMetadata (Redis, exactly once) ─┤
+  LeaderboardsParked: ReadParked ──> Unpark ─────────────────> WriteLeaderboards (events back from parking) ─┴─> Done
 dead letters (decode, join, sink) ─> the dead-letter topic, produced by the lane's sink, confirmed
 ```
 
