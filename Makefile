@@ -55,7 +55,7 @@ test-integration: bootstrap ## integration tests on a real native stack the fixt
 
 test: lint test-unit test-integration ## everything CI runs
 
-faults: bootstrap ## SLOW (~25 min), not in make test: each issue-14 fault under 1,500 events/s, sinks vs SQL, a table
+faults: bootstrap ## SLOW (~12 min), not in make test: each issue-14 fault under 1,500 events/s, sinks vs SQL, a table
 	@$(PY) -m loadtest.faults $(if $(ONLY),--only $(ONLY))
 
 bench-generator: up ## generator write rate into Postgres (prints figures)
