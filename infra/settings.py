@@ -321,6 +321,9 @@ class PipelineSettings(BaseSettings):
     consumer_group: str = "engagement-pipeline"
     # An event whose content is not in the view waits this long before it is dead-lettered.
     late_content_timeout_s: float = Field(default=10.0, ge=0)
+    # How long the parked lane waits, per batch, for missing content before it parks the events
+    # again (pipeline/transforms/unpark.py): each unresolved event goes round once per this.
+    park_poll_s: float = Field(default=1.0, gt=0)
     view_startup_timeout_s: float = Field(default=120.0, gt=0)
     # Partitions of a topic per reader element: 1 locally (one consumer reads them all), the
     # partition count on Flink or Dataflow to spread them over workers (pipeline/sources).

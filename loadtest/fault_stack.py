@@ -24,6 +24,7 @@ from pathlib import Path
 
 from infra.process import port_open, stop_group
 from infra.settings import REPO_ROOT, GeneratorSettings, Settings, StackSettings
+from infra.stack.local import child_environment
 
 PORT_OFFSET = 200
 STACK_DIR = REPO_ROOT / ".stack-faults"
@@ -79,22 +80,9 @@ def stack_env(settings: Settings) -> dict[str, str]:
     """The environment a child process needs to talk to the fault stack, with all three sinks on."""
     return {
         **os.environ,
-        "POSTGRES_PORT": str(settings.postgres.port),
-        "KAFKA_PORT": str(settings.kafka.port),
-        "CONNECT_PORT": str(settings.connect.port),
-        "REDIS_PORT": str(settings.redis.port),
-        "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
-        "STACK_DIR": str(settings.stack.dir),
-        "PIPELINE_PRISM_PORT": str(settings.pipeline.prism_port),
-        "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
-        "PIPELINE_SINKS": settings.pipeline.sinks,
-        "BIGQUERY_EMULATOR_HOST": settings.bigquery.emulator_host,
-        "HTTP_RECEIVER_PORT": str(settings.http_receiver.port),
-        "HTTP_RECEIVER_CONTROL_PORT": str(settings.http_receiver.control_port),
-        "HTTP_RECEIVER_URL": settings.http_receiver.url,
+        **child_environment(settings),
         # One endpoint that takes every change, so the receiver can be compared with SQL row by row.
         "HTTP_SINK_URL": f"{settings.http_receiver.url}/ingest/{ENDPOINT}",
-        "HTTP_SINK_ROUTES_FILE": "",
         **CHANGES,
     }
 

@@ -125,7 +125,11 @@ class RunLane(beam.PTransform):
         s, ps, lane = self._settings, self._settings.pipeline, self._plan.lane
         if self._plan.parked:
             unpark = UnparkFn(
-                consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
+                consumer_config(s),
+                s.cdc.content_topic,
+                ps.late_content_timeout_s,
+                ps.view_startup_timeout_s,
+                ps.park_poll_s,
             )
             return (
                 pbegin

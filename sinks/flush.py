@@ -124,8 +124,9 @@ class Flusher(Generic[T]):
                 elif self._owns_upstream or not item.deterministic:
                     upstream.append(item)
             elif kind is Parked:
-                upstream.append(park_letter(item, name))
-                parks.append(item.position.record_id)
+                if item.for_sink is None or item.for_sink == name:
+                    upstream.append(park_letter(item, name))
+                    parks.append((item.origin or item.position).record_id)
             elif kind is EnrichedChange and item.for_sink is not None:
                 # Back from the parking topic: only the sink that parked it applies it.
                 if item.for_sink == name:

@@ -54,7 +54,7 @@ class BadEnvelopeError(ValueError):
 
 
 def envelope(parked: Parked, sink: str) -> bytes:
-    p = parked.position
+    p = parked.origin or parked.position
     return _encoder.encode(
         ParkedEnvelope(
             sink,
@@ -88,6 +88,8 @@ def park_letter(parked: Parked, sink: str) -> DeadLetter:
         f"content {parked.content_id} not known yet",
         parked.key,
         envelope(parked, sink),
-        parked.sequence,
+        # An event parked again sets no mark in the parking topic (sinks.positions).
+        None if parked.origin is not None else parked.sequence,
         deterministic=False,
+        origin=parked.origin,
     )

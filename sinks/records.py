@@ -178,6 +178,10 @@ class Parked(msgspec.Struct, gc=False):
     content_id: str
     deadline_ms: int
     commit_ts_ms: int
+    # Parked again by the parked lane (its content still missing): where it was captured, and the
+    # one sink whose event it is.
+    origin: SourcePosition | None = None
+    for_sink: str | None = None
 
 
 Positioned = EnrichedChange | ContentChange | Skipped | DeadLetter | Parked

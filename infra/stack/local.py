@@ -32,6 +32,29 @@ from infra.stack.redis_server import RedisServer
 Log = Callable[[str], None]
 
 
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables a child process (the pipeline, the generator, a CLI) needs to use
+    the stack ``settings`` describe, when it is not the default one (the test and fault stacks).
+    The HTTP sink is off: a caller that wants it sets HTTP_SINK_URL or HTTP_SINK_ROUTES_FILE."""
+    return {
+        "POSTGRES_PORT": str(settings.postgres.port),
+        "KAFKA_PORT": str(settings.kafka.port),
+        "CONNECT_PORT": str(settings.connect.port),
+        "REDIS_PORT": str(settings.redis.port),
+        "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
+        "STACK_DIR": str(settings.stack.dir),
+        "PIPELINE_PRISM_PORT": str(settings.pipeline.prism_port),
+        "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
+        "PIPELINE_SINKS": settings.pipeline.sinks,
+        "BIGQUERY_EMULATOR_HOST": settings.bigquery.emulator_host,
+        "HTTP_RECEIVER_PORT": str(settings.http_receiver.port),
+        "HTTP_RECEIVER_CONTROL_PORT": str(settings.http_receiver.control_port),
+        "HTTP_RECEIVER_URL": settings.http_receiver.url,
+        "HTTP_SINK_URL": "",
+        "HTTP_SINK_ROUTES_FILE": "",
+    }
+
+
 def _quiet(_: str) -> None:
     pass
 

@@ -13,7 +13,7 @@ shuffle. The catalogue is small next to the event stream (thousands of rows, not
   catalogue.
 - ``deadline_for`` gives each missing content id one deadline, from its first miss in this
   process, so that every event of that content shares one bounded wait (``pipeline.transforms``);
-  ``wait_for`` lets the parked lane wait for a row until then.
+  ``wait_for_any`` lets the parked lane wait, briefly, for any of the rows it misses.
 
 One view per (bootstrap servers, topic) per process, shared by all DoFn instances via ``shared()``.
 """
@@ -110,16 +110,16 @@ class ContentView:
     def deadline_for(self, content_id: str, now_ms: int, timeout_ms: int) -> int:
         return self.misses.deadline_for(content_id, now_ms, timeout_ms)
 
-    def wait_for(self, content_id: str, timeout: float) -> ContentRow | None:
-        """The row, waiting up to ``timeout`` seconds for it to arrive on the topic."""
+    def wait_for_any(self, content_ids: set[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until any of ``content_ids`` is in the view."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while (row := self._rows.get(content_id)) is None:
+            while not any(content_id in self._rows for content_id in content_ids):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
+                    return False
                 self._changed.wait(min(remaining, 0.05))
-        return row
+        return True
 
     def wait_until_current(self, timeout: float) -> None:
         """Block until every record the topic held at the first call has been applied.

@@ -10,13 +10,16 @@ each envelope and the original Debezium record in it, joins it against the conte
 - content known: an ``EnrichedChange`` positioned in the parking topic, with ``origin`` (where it was
   captured, the id sinks deduplicate on) and ``for_sink`` (the sink that parked it: only that one
   applies it);
-- content still unknown: it waits for the content until the envelope's deadline (one per content
-  id, set when the content was first missed), then a dead letter ``join_content`` with the original
-  key and value, for that sink only.
+- content still unknown: the whole batch waits once, at most ``poll_s`` (and never past the nearest
+  deadline), for any of the missing contents; what is still missing is parked again (a new record
+  at the parking topic's end, same origin and deadline, for the same sink), so no event is held
+  behind another that waits for content that never comes;
+- past its deadline (one per content id, set when the content was first missed): a dead letter
+  ``join_content`` with the original key and value, for that sink only.
 
-The wait holds only this lane's bundle: the event lanes keep reading. The deadlines are ordered
-like the parking topic, so one wait covers every event of a missing content, and 1,000 such events
-cost about one timeout, not 1,000.
+The wait holds only this lane's bundle, never the event lanes. An unresolved event goes round the
+parking topic about once per ``poll_s`` until its deadline: 1,000 of them with the default 10 s
+cost about 10,000 small records, written and read again.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.decode import DecodeError, decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError
-from pipeline.model import EngagementChange, KafkaRecord, Skipped
+from pipeline.model import EngagementChange, KafkaRecord, Parked, Skipped
 from pipeline.sources.content_view import ContentView
 from pipeline.sources.kafka_partitions import RecordBatch, records
 from pipeline.transforms.enrich import enrich, missing_letter
@@ -53,6 +56,7 @@ class UnparkFn(beam.DoFn):
         content_topic: str,
         late_content_timeout_s: float,
         startup_timeout_s: float,
+        poll_s: float = 1.0,
         view_factory: Callable[[], ContentView] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
@@ -61,7 +65,9 @@ class UnparkFn(beam.DoFn):
         self._topic = content_topic
         self._startup_timeout = startup_timeout_s
         self._timeout_s = late_content_timeout_s  # for the letters' reason; deadlines are in the envelopes
+        self._poll_s = poll_s
         self._clock_ms = clock_ms
+        self._reparked = Metrics.counter("join", "reparked")
         self._unparked = Metrics.counter("join", "unparked")
         self._expired = Metrics.counter("join", "park_expired")
         self._malformed = Metrics.counter("decode", "parked_malformed")
@@ -73,6 +79,7 @@ class UnparkFn(beam.DoFn):
 
     def process(self, batch: RecordBatch) -> Iterator[list[Any]]:
         out: list[Any] = []
+        waiting: dict[int, tuple[KafkaRecord, ParkedEnvelope, EngagementChange, str]] = {}
         for record in records(batch):
             try:
                 parked = decode_envelope(record.value)
@@ -84,27 +91,55 @@ class UnparkFn(beam.DoFn):
             if type(change) is Skipped:  # a parked tombstone cannot happen; keep the position moving
                 out.append(Skipped(record.position, change.reason))
                 continue
-            out.append(self._resolve(record, parked, change))
+            item = self._resolve(record, parked, change)
+            if type(item) is str:  # still missing: this content id
+                waiting[len(out)] = (record, parked, change, item)
+            out.append(item)
+        if waiting:
+            # One short wait for the whole batch, never past the nearest deadline, for any of the
+            # contents to arrive; what is still missing after it goes round the parking topic again.
+            # A wait per event, in order, would hold every event behind one that waits for content
+            # that never comes (until its deadline).
+            now = self._clock_ms()
+            nearest_s = min(parked.deadline_ms for _, parked, _, _ in waiting.values()) - now
+            timeout_s = min(self._poll_s, max(0.0, nearest_s / 1000))
+            if timeout_s > 0:
+                self._view.wait_for_any({content_id for *_, content_id in waiting.values()}, timeout_s)
+            for index, (record, parked, change, _) in waiting.items():
+                item = self._resolve(record, parked, change)
+                if type(item) is str:
+                    self._reparked.inc()
+                    item = self._repark(record, parked, change, item)
+                out[index] = item
         if out:
             yield out
 
     def _resolve(self, record: KafkaRecord, parked: ParkedEnvelope, change: EngagementChange) -> Any:
-        lookup = self._view.get
-        while True:
-            try:
-                enriched = enrich(change, lookup)
-            except MissingContentError as missing:  # an update can name two contents: loop
-                remaining_s = (parked.deadline_ms - self._clock_ms()) / 1000
-                if remaining_s > 0:
-                    self._view.wait_for(missing.content_id, remaining_s)
-                    continue
-                self._expired.inc()
-                letter = missing_letter(change, missing.content_id, self._timeout_s, len(self._view))
-                return msgspec.structs.replace(
-                    letter, position=record.position, sequence=None, origin=parked.origin, for_sink=parked.sink
-                )
-            self._unparked.inc()
-            # The sequence stays: sinks order an event's changes by it (admit sets no mark from it).
+        """The change back for its sink, its dead letter past the deadline, or the missing content id."""
+        try:
+            enriched = enrich(change, self._view.get)
+        except MissingContentError as missing:  # an update can name two contents: the first missing
+            if self._clock_ms() < parked.deadline_ms:
+                return missing.content_id
+            self._expired.inc()
+            letter = missing_letter(change, missing.content_id, self._timeout_s, len(self._view))
             return msgspec.structs.replace(
-                enriched, position=record.position, origin=parked.origin, for_sink=parked.sink
+                letter, position=record.position, sequence=None, origin=parked.origin, for_sink=parked.sink
             )
+        self._unparked.inc()
+        # The sequence stays: sinks order an event's changes by it (admit sets no mark from it).
+        return msgspec.structs.replace(enriched, position=record.position, origin=parked.origin, for_sink=parked.sink)
+
+    def _repark(self, record: KafkaRecord, parked: ParkedEnvelope, change: EngagementChange, content_id: str) -> Parked:
+        return Parked(
+            record.position,
+            parked.key,
+            parked.value,
+            change.op,
+            change.sequence,
+            content_id,
+            parked.deadline_ms,
+            parked.commit_ts_ms,
+            origin=parked.origin,
+            for_sink=parked.sink,
+        )

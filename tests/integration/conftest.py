@@ -21,7 +21,7 @@ from generator.catalogue import make_catalogue
 from generator.events import EventFactory
 from generator.writer import PostgresWriter
 from infra.settings import REPO_ROOT, GeneratorSettings, Settings, StackSettings
-from infra.stack.local import LocalStack
+from infra.stack.local import LocalStack, child_environment
 
 SNAPSHOT_CONTENT = 20
 SNAPSHOT_EVENTS = 50
@@ -60,25 +60,8 @@ def make_test_settings() -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment a subprocess needs to talk to the test stack."""
-    return {
-        "POSTGRES_PORT": str(settings.postgres.port),
-        "KAFKA_PORT": str(settings.kafka.port),
-        "CONNECT_PORT": str(settings.connect.port),
-        "REDIS_PORT": str(settings.redis.port),
-        "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
-        "STACK_DIR": str(settings.stack.dir),
-        "PIPELINE_PRISM_PORT": str(settings.pipeline.prism_port),
-        "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
-        "PIPELINE_SINKS": settings.pipeline.sinks,
-        "BIGQUERY_EMULATOR_HOST": settings.bigquery.emulator_host,
-        "HTTP_RECEIVER_PORT": str(settings.http_receiver.port),
-        "HTTP_RECEIVER_CONTROL_PORT": str(settings.http_receiver.control_port),
-        "HTTP_RECEIVER_URL": settings.http_receiver.url,
-        # The HTTP sink is off unless a test turns it on.
-        "HTTP_SINK_URL": "",
-        "HTTP_SINK_ROUTES_FILE": "",
-    }
+    """The environment a subprocess needs to talk to the test stack (the HTTP sink off)."""
+    return child_environment(settings)
 
 
 def _log(message: str) -> None:

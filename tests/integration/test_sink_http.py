@@ -25,7 +25,14 @@ from loadtest.http_truth import latest_by_event, wait_http_caught_up
 from sinks.http_breaker import BreakerBoard
 from sinks.kafka_positions import KafkaPositions, group_id
 
-from .pipeline_helpers import assert_redis_matches_sql, env, flush_redis, streaming, wait_caught_up
+from .pipeline_helpers import (
+    assert_redis_matches_sql,
+    env,
+    flush_redis,
+    streaming,
+    wait_caught_up,
+    wait_topic_settled,
+)
 from .test_pipeline import generate
 from .test_sink_family import read_to_the_end
 
@@ -210,3 +217,85 @@ def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_c
     assert {i: c["engagement_seconds"] for i, c in alive.items()} == {
         i: (None if d is None else d / 1000) for i, d in rows.items()
     }
+
+
+def test_an_event_parked_for_its_content_reaches_the_receiver_once_under_its_own_key(
+    stack: LocalStack, settings: Settings, tmp_path: Path
+):
+    """An event put on the topic before its content: parked by each sink, back when the content
+    arrives, delivered once with the key, position and sequence it was captured with."""
+    import uuid
+
+    from confluent_kafka import Producer
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES)
+    receiver = ReceiverClient(settings.http_receiver.control_url)
+    receiver.clear_faults()
+    receiver.reset()
+    flush_redis(settings)
+    wait_topic_settled(settings)  # the snapshot is on the topic: the sinks start after it
+    start_http_sinks_at_the_end(settings)
+    content_id = str(uuid.uuid4())
+    now_ms = int(time.time() * 1000)
+    row = {
+        "id": 910_000_001,
+        "content_id": content_id,
+        "user_id": None,
+        "event_type": "play",
+        "event_ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_ms": 45_000,
+        "device": "web",
+        "raw_payload": '["any", "json"]',
+    }
+    source = {"ts_ms": now_ms, "sequence": '["900000000","900000100"]'}
+    value = orjson.dumps({"before": None, "after": row, "op": "c", "source": source})
+    content = {
+        "id": content_id,
+        "slug": f"late-{content_id}",
+        "title": "arrives late",
+        "content_type": "podcast",
+        "length_seconds": 90,
+        "publish_ts": "2026-01-01T00:00:00Z",
+    }
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    delivered: list[Any] = []
+
+    def ours(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [c for c in changes if c["id"] == row["id"]]
+
+    with streaming(
+        settings, tmp_path / "pipeline.log", **sink_env(settings, routes), PIPELINE_LATE_CONTENT_TIMEOUT_S="30"
+    ):
+        wait_caught_up(settings)
+        producer.produce(
+            settings.cdc.engagement_topic,
+            key=orjson.dumps({"id": row["id"]}),
+            value=value,
+            on_delivery=lambda err, msg: delivered.append(msg),
+        )
+        producer.flush(10)
+        time.sleep(3)  # parked by now: its content is not in any view
+        assert ours(receiver.changes("everything")) == []
+        producer.produce(
+            settings.cdc.content_topic,
+            key=orjson.dumps({"id": content_id}),
+            value=orjson.dumps({"before": None, "after": content, "op": "c", "source": {"ts_ms": now_ms}}),
+        )
+        producer.flush(10)
+        deadline = time.monotonic() + 60
+        while not ours(receiver.changes("everything")):
+            assert time.monotonic() < deadline, "the parked event never reached the receiver"
+            time.sleep(0.2)
+        time.sleep(3)  # a second delivery would show by now
+        [message] = delivered
+        [change] = ours(receiver.changes("everything"))
+    origin = f"{settings.cdc.engagement_topic}/{message.partition()}/{message.offset()}"
+    assert change["idempotency_key"] == origin
+    assert (change["op"], change["engagement_seconds"], change["sequence"]) == ("c", 45.0, [900_000_000, 900_000_100])
+    assert (change["partition"], change["offset"]) == (message.partition(), message.offset())
+    assert ours(receiver.changes("finishes")) == []
+    metrics = settings.redis.client(decode_responses=True).hgetall(f"engagement:content:{content_id}")
+    assert metrics["events"] == "1" and float(metrics["total_seconds"]) == 45.0
+    # Joined with the content that came late: on its type's board.
+    assert settings.redis.client().zscore("top_engagement:10min:podcast", content_id) == 45.0

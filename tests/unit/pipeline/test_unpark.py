@@ -23,14 +23,14 @@ class WaitingView:
     def get(self, content_id):
         return self.rows.get(content_id)
 
-    def wait_for(self, content_id, timeout):
+    def wait_for_any(self, content_ids, timeout):
         self.waits.append(timeout)
         if self.arrives_at_ms is not None and self.clock[0] + timeout * 1000 >= self.arrives_at_ms:
             self.clock[0] = self.arrives_at_ms
             self.rows[UNKNOWN] = LATE
         else:
             self.clock[0] += int(timeout * 1000)
-        return self.rows.get(content_id)
+        return any(c in self.rows for c in content_ids)
 
     def wait_until_current(self, timeout):
         pass
@@ -54,7 +54,7 @@ def parking_record(offset: int, origin_offset: int, content_id: str, deadline_ms
 
 
 def unpark(view: WaitingView, rows: list[tuple]) -> list:
-    fn = UnparkFn({}, "content", 10.0, 1, view_factory=lambda: view, clock_ms=lambda: view.clock[0])
+    fn = UnparkFn({}, "content", 10.0, 1, poll_s=1.0, view_factory=lambda: view, clock_ms=lambda: view.clock[0])
     fn.setup()
     (out,) = list(fn.process(("parked", rows)))
     return out
@@ -73,18 +73,45 @@ def test_an_event_whose_content_has_arrived_comes_back_for_the_sink_that_parked_
     assert back.value == envelope(40, KNOWN, 20_000) and view.waits == []
 
 
-def test_it_waits_for_the_content_until_the_deadline_and_goes_on_when_it_arrives():
-    view = WaitingView([1_000], arrives_at_ms=3_500)
-    (back,) = unpark(view, [parking_record(0, 41, UNKNOWN, 9_000)])
+def test_a_batch_waits_once_briefly_for_missing_content_and_goes_on_when_it_arrives():
+    view = WaitingView([1_000], arrives_at_ms=1_600)
+    back, known = unpark(view, [parking_record(0, 41, UNKNOWN, 9_000), parking_record(1, 45, KNOWN, 9_000)])
     assert isinstance(back, EnrichedChange) and back.content == LATE
-    assert view.waits == [8.0] and view.clock == [3_500]
+    assert isinstance(known, EnrichedChange) and view.waits == [1.0] and view.clock == [1_600]
+
+
+def test_what_is_still_missing_after_the_wait_is_parked_again_not_waited_for_in_order():
+    view = WaitingView([1_000])
+    first, second, known = unpark(
+        view,
+        [
+            parking_record(0, 42, UNKNOWN, 9_000),
+            parking_record(1, 43, UNKNOWN, 9_000),
+            parking_record(2, 46, KNOWN, 9_000),
+        ],
+    )
+    # One wait of at most poll_s for the batch, then both go round again; the known one is back.
+    assert view.waits == [1.0] and isinstance(known, EnrichedChange)
+    for again, (offset, origin) in ((first, (0, 42)), (second, (1, 43))):
+        assert isinstance(again, Parked)
+        assert (again.position, again.origin, again.for_sink) == (
+            SourcePosition("parked", 1, offset),
+            SourcePosition("events", 3, origin),
+            "redis",
+        )
+        assert (again.content_id, again.deadline_ms, again.value) == (UNKNOWN, 9_000, envelope(origin, UNKNOWN, 20_000))
+
+
+def test_it_never_waits_past_the_nearest_deadline():
+    view = WaitingView([8_700])
+    (again,) = unpark(view, [parking_record(0, 47, UNKNOWN, 9_000)])
+    assert view.waits == [0.3] and isinstance(again, DeadLetter)  # the deadline passed while waiting
 
 
 def test_past_its_deadline_it_is_dead_lettered_with_its_original_bytes_for_its_sink():
-    view = WaitingView([1_000])
+    view = WaitingView([9_000])
     first, second = unpark(view, [parking_record(0, 42, UNKNOWN, 9_000), parking_record(1, 43, UNKNOWN, 9_000)])
-    # One wait covers both events of the missing content: the second finds the deadline passed.
-    assert view.waits == [8.0]
+    assert view.waits == []  # nothing to wait for: both deadlines have passed
     for letter, origin in ((first, 42), (second, 43)):
         assert isinstance(letter, DeadLetter)
         assert (letter.stage, letter.for_sink, letter.origin) == (

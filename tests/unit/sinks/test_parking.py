@@ -145,3 +145,18 @@ def test_a_returning_event_keeps_its_sequence_for_the_sink_but_sets_no_mark():
     # Sequences of many event partitions interleave in a parking partition: the older one is not a
     # re-send, and the stored position has no mark.
     assert sink.applied == [0, 1] and sink.stored == {"parked:0": Position(2)}
+
+
+def test_an_event_parked_again_is_written_by_its_own_sink_under_its_origin():
+    again = msgspec.structs.replace(
+        parked(0), position=SourcePosition(PARKING, 2, 30), origin=SourcePosition("t", 0, 7), for_sink="fake"
+    )
+    mine, other = ParkingSink(), ParkingSink()
+    other.name = "other"  # type: ignore[misc]
+    sent, _ = run(mine, [again], topic=PARKING)
+    sent_other, _ = run(other, [again], topic=PARKING)
+    [letter] = sent.sent
+    envelope = decode_envelope(letter.value)
+    assert (envelope.sink, envelope.origin, envelope.deadline_ms) == ("fake", SourcePosition("t", 0, 7), 9_000)
+    assert letter.sequence is None and mine.parked == {"t/0/7"} and mine.stored == {"parked:2": Position(31)}
+    assert sent_other.sent == [] and other.parked == set() and other.stored == {"parked:2": Position(31)}
