@@ -129,7 +129,7 @@ class RunLane(beam.PTransform):
                 s.cdc.content_topic,
                 ps.late_content_timeout_s,
                 ps.view_startup_timeout_s,
-                ps.park_poll_s,
+                poll_s=ps.park_poll_s,
             )
             return (
                 pbegin

@@ -188,8 +188,9 @@ class ReadPartitionsFn(beam.DoFn):
         self._resets.inc()
         position = positions[partition]
         low, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
-        target = _out_of_range_target(position, low, high)
-        if target is None:
+        # Below the earliest retained offset: go on from there. Past the end: nothing sensible to read.
+        target = low
+        if position >= low:
             _log.error(
                 "%s[%d]: offset %d is past the end offset %d (topic recreated?); this partition is not read "
                 "until the job restarts (docs/delivery.md, 'Out-of-range positions')",
@@ -337,12 +338,6 @@ class ReadPartitionsFn(beam.DoFn):
 
 RecordBatch = tuple[str, list[tuple[int, int, bytes | None, bytes | None, int]]]
 """``(topic, [(partition, offset, key, value, timestamp_ms), ...])``: see ``records()``."""
-
-
-def _out_of_range_target(position: int, low: int, high: int) -> int | None:
-    """Where to go on from an out-of-range ``position``: the earliest retained offset when retention
-    deleted it, ``None`` when it is past the end (nothing sensible to read: stop and report)."""
-    return low if position < low else None
 
 
 def records(batch: RecordBatch) -> list[KafkaRecord]:

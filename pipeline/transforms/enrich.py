@@ -97,7 +97,38 @@ def missing_letter(change: EngagementChange, content_id: str, timeout_s: float, 
     return DeadLetter(change.position, "join_content", reason, change.key, change.value, sequence, deterministic=False)
 
 
-class JoinContentFn(beam.DoFn):
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ContentJoinFn(beam.DoFn):
+    """Base of the steps that join against this worker's content view (``JoinContentFn`` and the
+    parked lane's ``UnparkFn``): the view's settings, and ``setup`` waiting until it is current."""
+
+    def __init__(
+        self,
+        consumer_config: dict[str, Any],
+        content_topic: str,
+        late_content_timeout_s: float,
+        startup_timeout_s: float,
+        view_factory: Callable[[], ContentView] | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._view_factory = view_factory
+        self._config = consumer_config
+        self._topic = content_topic
+        self._late_timeout = late_content_timeout_s
+        self._startup_timeout = startup_timeout_s
+        self._clock_ms = clock_ms
+
+    def setup(self) -> None:
+        # Tests hand in a view of their own; workers share one per process.
+        factory = self._view_factory or (lambda: ContentView.shared(self._config, self._topic))
+        self._view = factory()
+        self._view.wait_until_current(self._startup_timeout)
+
+
+class JoinContentFn(ContentJoinFn):
     """``list[EngagementChange] -> list[EnrichedChange | Parked | DeadLetter]`` against this worker's
     content view; never waits.
 
@@ -107,29 +138,10 @@ class JoinContentFn(beam.DoFn):
     Past the deadline, further events of that content go to the dead-letter topic at once.
     """
 
-    def __init__(
-        self,
-        consumer_config: dict[str, Any],
-        content_topic: str,
-        late_content_timeout_s: float,
-        startup_timeout_s: float,
-        view_factory: Callable[[], ContentView] | None = None,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-    ) -> None:
-        self._view_factory = view_factory
-        self._config = consumer_config
-        self._topic = content_topic
-        self._late_timeout = late_content_timeout_s
-        self._startup_timeout = startup_timeout_s
-        self._clock_ms = clock_ms
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._parked = Metrics.counter("join", "parked")
         self._missing = Metrics.counter("join", "content_missing")
-
-    def setup(self) -> None:
-        # Tests hand in a view of their own; workers share one per process.
-        factory = self._view_factory or (lambda: ContentView.shared(self._config, self._topic))
-        self._view = factory()
-        self._view.wait_until_current(self._startup_timeout)
 
     def process(self, changes: list[EngagementChange | Skipped | DeadLetter]) -> Iterator[list[Any]]:
         enriched: list[Any] = []

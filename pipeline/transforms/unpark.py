@@ -24,20 +24,17 @@ cost about 10,000 small records, written and read again.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import apache_beam as beam
 import msgspec
 from apache_beam.metrics import Metrics
 
 from pipeline.decode import DecodeError, decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError
 from pipeline.model import EngagementChange, KafkaRecord, Parked, Skipped
-from pipeline.sources.content_view import ContentView
 from pipeline.sources.kafka_partitions import RecordBatch, records
-from pipeline.transforms.enrich import enrich, missing_letter
+from pipeline.transforms.enrich import ContentJoinFn, enrich, missing_letter
 from sinks.parking import BadEnvelopeError, ParkedEnvelope, decode_envelope
 
 
@@ -47,35 +44,17 @@ def unparked_change(record: KafkaRecord, parked: ParkedEnvelope) -> EngagementCh
     return decode_engagement(original)
 
 
-class UnparkFn(beam.DoFn):
+class UnparkFn(ContentJoinFn):
     """``RecordBatch`` of the parking topic ``-> list[EnrichedChange | DeadLetter | Skipped]``."""
 
-    def __init__(
-        self,
-        consumer_config: dict[str, Any],
-        content_topic: str,
-        late_content_timeout_s: float,
-        startup_timeout_s: float,
-        poll_s: float = 1.0,
-        view_factory: Callable[[], ContentView] | None = None,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-    ) -> None:
-        self._view_factory = view_factory
-        self._config = consumer_config
-        self._topic = content_topic
-        self._startup_timeout = startup_timeout_s
-        self._timeout_s = late_content_timeout_s  # for the letters' reason; deadlines are in the envelopes
+    def __init__(self, *args: Any, poll_s: float = 1.0, **kwargs: Any) -> None:
+        # late_content_timeout_s only names the timeout in the letters: deadlines are in the envelopes.
+        super().__init__(*args, **kwargs)
         self._poll_s = poll_s
-        self._clock_ms = clock_ms
         self._reparked = Metrics.counter("join", "reparked")
         self._unparked = Metrics.counter("join", "unparked")
         self._expired = Metrics.counter("join", "park_expired")
         self._malformed = Metrics.counter("decode", "parked_malformed")
-
-    def setup(self) -> None:
-        factory = self._view_factory or (lambda: ContentView.shared(self._config, self._topic))
-        self._view = factory()
-        self._view.wait_until_current(self._startup_timeout)
 
     def process(self, batch: RecordBatch) -> Iterator[list[Any]]:
         out: list[Any] = []
@@ -122,7 +101,7 @@ class UnparkFn(beam.DoFn):
             if self._clock_ms() < parked.deadline_ms:
                 return missing.content_id
             self._expired.inc()
-            letter = missing_letter(change, missing.content_id, self._timeout_s, len(self._view))
+            letter = missing_letter(change, missing.content_id, self._late_timeout, len(self._view))
             return msgspec.structs.replace(
                 letter, position=record.position, sequence=None, origin=parked.origin, for_sink=parked.sink
             )

@@ -200,25 +200,21 @@ def write_counted(
     return result.inserted, rows_and_distinct_events(conninfo, first_id)
 
 
-def test_a_commit_lost_after_the_server_committed_is_not_written_again(stack, settings, proxy):
+@pytest.mark.parametrize(
+    ("where", "seed", "last_line"),
+    [
+        ("after_server", 6, "the batch of 100 events had committed before the connection dropped, not written again"),
+        ("before_server", 7, "the batch of 100 events written"),
+    ],
+    ids=["after the server committed: not written again", "before the server saw it: written again once"],
+)
+def test_a_lost_commit_is_written_exactly_once(stack, settings, proxy, where: str, seed: int, last_line: str):
     lines: list[str] = []
     retrying, catalogue = proxied_writer(settings, proxy, lines)
-    rows = EventFactory(catalogue, retrying.writer.settings, random.Random(6)).batch(100, datetime.now(UTC))
-    proxy.lose_commit("after_server")
+    rows = EventFactory(catalogue, retrying.writer.settings, random.Random(seed)).batch(100, datetime.now(UTC))
+    proxy.lose_commit(where)
     inserted, in_db = write_counted(settings, retrying, catalogue, rows)
-    assert proxy.fired == ["after_server"]
+    assert proxy.fired == [where]
     assert (inserted, in_db) == (100, (100, 100))
-    assert lines[-1].endswith("the batch of 100 events had committed before the connection dropped, not written again")
-    retrying.writer.conn.close()
-
-
-def test_a_commit_lost_before_the_server_saw_it_is_written_again_once(stack, settings, proxy):
-    lines: list[str] = []
-    retrying, catalogue = proxied_writer(settings, proxy, lines)
-    rows = EventFactory(catalogue, retrying.writer.settings, random.Random(7)).batch(100, datetime.now(UTC))
-    proxy.lose_commit("before_server")
-    inserted, in_db = write_counted(settings, retrying, catalogue, rows)
-    assert proxy.fired == ["before_server"]
-    assert (inserted, in_db) == (100, (100, 100))
-    assert lines[-1].endswith("the batch of 100 events written")
+    assert lines[-1].endswith(last_line)
     retrying.writer.conn.close()

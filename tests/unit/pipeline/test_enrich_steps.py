@@ -28,9 +28,6 @@ class FakeView:
     def get(self, content_id):
         return self.rows.get(content_id)
 
-    def wait_for(self, content_id, timeout):
-        return self.rows.get(content_id)
-
     def wait_until_current(self, timeout):
         pass
 
