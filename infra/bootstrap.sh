@@ -23,6 +23,8 @@ fi
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v setpriv >/dev/null 2>&1 || packages+=(util-linux)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
+# The dashboard's browser test (Playwright drives the system browser; `playwright install` is never run).
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 if ((${#packages[@]})); then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo"; else
     die "missing Debian packages: ${packages[*]}. Install them with: sudo apt-get install -y ${packages[*]}"

@@ -3,11 +3,12 @@
 Every service address, credential, topic name and knob lives here, grouped per part of the system.
 Each group is a frozen pydantic-settings model with its own environment prefix (``POSTGRES_``,
 ``KAFKA_``, ``CONNECT_``, ``REDIS_``, ``BIGQUERY_``, ``HTTP_SINK_``, ``HTTP_RECEIVER_``, ``CDC_``,
-``GENERATOR_``; ``GENERATION_RATE``, ``BURST_MODE`` and ``BURST_COUNT`` keep the names seed 004
-gave them). The HTTP groups live in ``infra.settings_http`` and are re-exported here. Defaults are
-safe for a laptop: every service listens on 127.0.0.1 only, on ports away from the usual ones so
-that a system Postgres or Redis never collides with ours. Passwords are ``SecretStr`` so they never
-appear in logs or reprs.
+``GENERATOR_``, ``METRICS_``, ``STATUS_``, ``DASHBOARD_``; ``GENERATION_RATE``, ``BURST_MODE`` and
+``BURST_COUNT`` keep the names seed 004 gave them). The HTTP groups live in ``infra.settings_http``,
+those of the metrics endpoint, the status view and the live page in ``infra.settings_views``; both
+are re-exported here. Defaults are safe for a laptop: every service listens on 127.0.0.1 only, on
+ports away from the usual ones so that a system Postgres or Redis never collides with ours.
+Passwords are ``SecretStr`` so they never appear in logs or reprs.
 
 Read it once at the entry point (``Settings()``) and pass the sub-models down; nothing else in the
 code base reads ``os.environ``. ``.env.example`` lists every variable.
@@ -26,6 +27,9 @@ from infra.settings_base import config as _config
 from infra.settings_http import HttpReceiverSettings as HttpReceiverSettings
 from infra.settings_http import HttpSinkSettings as HttpSinkSettings
 from infra.settings_http import parse_statuses as parse_statuses
+from infra.settings_views import DashboardSettings as DashboardSettings
+from infra.settings_views import MetricsSettings as MetricsSettings
+from infra.settings_views import StatusSettings as StatusSettings
 
 if TYPE_CHECKING:
     import redis
@@ -372,6 +376,9 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     leaderboard: LeaderboardSettings = Field(default_factory=LeaderboardSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    status: StatusSettings = Field(default_factory=StatusSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="after")
     def _letters_fit_the_topic(self) -> Settings:

@@ -66,6 +66,8 @@ def fault_settings() -> Settings:
         ),
         stack=StackSettings(dir=STACK_DIR, stop_timeout_s=60.0),
         generator=GeneratorSettings(),
+        metrics=base.metrics.model_copy(update={"port": base.metrics.port + PORT_OFFSET}),
+        dashboard=base.dashboard.model_copy(update={"port": base.dashboard.port + PORT_OFFSET}),
         pipeline=base.pipeline.model_copy(
             update={
                 "prism_port": base.pipeline.prism_port + PORT_OFFSET,

@@ -16,6 +16,9 @@ Layout (``W`` = window minutes, 10 by default; redis-cli examples in the README)
   the skew plus the window and lateness, and it never reaches the board. Taking such an event back
   later (update, delete) skips its bucket too: a negative delta for a member the bucket does not
   hold is not applied (``future_buckets_skipped`` counts the skipped bucket updates).
+- ``top_engagement:{W}min:updated``: hash of ``applied_ms`` (when a flush last applied changes, by
+  the sink's clock), ``commit_ts_ms`` (the newest Postgres commit among the changes applied) and
+  ``changes`` (a running count): the freshness ``make status`` and the live page show.
 - ``content:{id}``: metadata hash (title, slug, content_type, length_seconds), from the content topic.
 - ``engagement:positions:redis_leaderboard``: the sink's positions (``sinks.redis_store``).
 
@@ -110,6 +113,9 @@ class RedisLeaderboardSink(RedisSink):
             b.window_minutes + b.allowed_lateness_minutes,
             self.key,
             self.positions_key,
+            int(self._clock() * 1000),
+            max((r.commit_ts_ms for r in batch.records), default=0),
+            len(batch.records),
             *self.batch_position_args(batch),
             len(deltas.content),
         ]

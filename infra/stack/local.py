@@ -52,6 +52,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
         "HTTP_RECEIVER_URL": settings.http_receiver.url,
         "HTTP_SINK_URL": "",
         "HTTP_SINK_ROUTES_FILE": "",
+        "METRICS_PORT": str(settings.metrics.port),
+        "DASHBOARD_PORT": str(settings.dashboard.port),
     }
 
 

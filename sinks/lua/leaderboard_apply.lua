@@ -6,6 +6,7 @@
 -- nothing is applied and {-1, field, stored} is returned; the caller reloads and computes again.
 --
 -- ARGV: now_minute, window, horizon_minute, metrics_ttl_s (0: no TTL), bucket_ttl_minutes, board, positions_key,
+--   now_ms, the newest commit_ts_ms of the batch, n_changes (the board's freshness, see below),
 --   the block of positions.lua;
 --   n_content, then per content 10 fields: id, events, total_seconds, plays, pauses, finishes, clicks,
 --     pct_sum, pct_count, over_100;
@@ -17,9 +18,10 @@ local metrics_ttl = tonumber(ARGV[4])
 local bucket_ttl_minutes = tonumber(ARGV[5])
 local board = ARGV[6]
 local positions_key = ARGV[7]
+local now_ms, newest_commit_ms, n_changes = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local EPSILON = 1e-6
 
-local i, parts = check_positions(positions_key, 8)
+local i, parts = check_positions(positions_key, 11)
 if i == nil then return parts end
 
 -- Move the window first (window.lua), so that "in the window" below means the same as for the board.
@@ -73,6 +75,15 @@ for _ = 1, n_buckets do
     end
   end
   i = i + 4
+end
+
+-- Freshness for the status view and the live page, in the same transaction as the data: when the
+-- board last took changes, the commit time of the newest one, and a running count (a rate over time).
+if n_changes > 0 then
+  local updated = board .. ':updated'
+  local held = tonumber(redis.call('HGET', updated, 'commit_ts_ms') or '0')
+  redis.call('HSET', updated, 'applied_ms', now_ms, 'commit_ts_ms', math.max(held, newest_commit_ms))
+  redis.call('HINCRBY', updated, 'changes', n_changes)
 end
 
 store_positions(positions_key, parts)

@@ -52,6 +52,8 @@ def make_test_settings() -> Settings:
         ),
         stack=StackSettings(dir=REPO_ROOT / ".stack-test", stop_timeout_s=60.0),
         generator=GeneratorSettings(),
+        metrics=base.metrics.model_copy(update={"port": base.metrics.port + 100}),
+        dashboard=base.dashboard.model_copy(update={"port": base.dashboard.port + 100}),
         pipeline=base.pipeline.model_copy(
             # The Redis tests run the Redis lanes only; the BigQuery tests add theirs.
             update={"prism_port": base.pipeline.prism_port + 100, "consumer_group": f"pipeline-{run}", "sinks": "redis"}
