@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 
+from infra import telemetry
 from infra.settings import Settings
 from pipeline import job
 from pipeline.runners import pipeline_options, tune_loopback_worker
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     if args.runner == "prism":
+        # LOOPBACK: the DoFns run in this process, so its registry holds the whole job's metrics.
+        telemetry.serve(settings.metrics)
         tune_loopback_worker()
     options = pipeline_options(args.runner, job_endpoint=args.job_endpoint, streaming=not args.bounded, extra=beam_args)
     result = job.run(settings, options, bounded=args.bounded)

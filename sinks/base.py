@@ -15,7 +15,8 @@ streaming job on Prism, and every lane with it.
 
 Clients (the sink's, the dead-letter producer) are built in ``setup()``: they hold sockets and
 locks that do not pickle. Beam metrics are reported on the bundle thread, from the flush's report:
-updates made on a writer thread are dropped by Beam.
+updates made on a writer thread are dropped by Beam. Each is also a Prometheus metric
+(``infra.telemetry``), among them the commit -> applied lag of the newest change of each flush.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
+from infra import telemetry
 from sinks.contract import Sink
 from sinks.fencing import Fence, guard
 from sinks.flush import Flusher, FlushReport, LetterSender
@@ -78,14 +79,24 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         )
         self._flusher.load()
         name = sink.name
-        self._written = Metrics.counter(name, "records_written")
-        self._replays = Metrics.counter(name, "replays_skipped")
-        self._resends = Metrics.counter(name, "resends_skipped")
-        self._flushes = Metrics.counter(name, "flushes")
-        self._retries = Metrics.counter(name, "retries")
-        self._conflicts = Metrics.counter(name, "position_conflicts")
-        self._parked_duplicates = Metrics.counter(name, "parked_duplicates_skipped")
-        self._flush_ms = Metrics.distribution(name, "flush_ms")
+        records = "engagement_sink_records"
+        self._written = telemetry.counter(records, (name, "records_written"), sink=name, outcome="written")
+        self._replays = telemetry.counter(records, (name, "replays_skipped"), sink=name, outcome="replays_skipped")
+        self._resends = telemetry.counter(records, (name, "resends_skipped"), sink=name, outcome="resends_skipped")
+        self._parked_duplicates = telemetry.counter(
+            records, (name, "parked_duplicates_skipped"), sink=name, outcome="parked_duplicates_skipped"
+        )
+        self._flushes = telemetry.counter("engagement_sink_flushes", (name, "flushes"), sink=name)
+        self._retries = telemetry.counter("engagement_sink_retries", (name, "retries"), sink=name)
+        self._conflicts = telemetry.counter(
+            "engagement_sink_position_conflicts", (name, "position_conflicts"), sink=name
+        )
+        self._flush_s = telemetry.histogram("engagement_sink_flush_seconds", (name, "flush_ms"), sink=name)
+        self._commit_lag_s = telemetry.histogram("engagement_sink_commit_lag_seconds", sink=name)
+        self._last_flush = telemetry.gauge("engagement_sink_last_flush_timestamp_seconds", sink=name)
+        self._states: dict[str, telemetry.Level] = {}
+        self._letter_counts: dict[str, telemetry.Count] = {}
+        self._newest_commit_ms: int | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-writer")
         self._in_flight: Future[FlushReport] | None = None
 
@@ -113,6 +124,9 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._wait()
         if self._buffer:
             batch, self._buffer = self._buffer, []
+            # The last item is the newest of its partition, close enough to the batch's newest for a lag
+            # figure, without a pass over the batch on the bundle thread.
+            self._newest_commit_ms = getattr(batch[-1], "commit_ts_ms", None)
             self._in_flight = self._writer.submit(self._flusher.flush, batch)
 
     def _wait(self) -> None:
@@ -128,11 +142,26 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._retries.inc(report.retries)
         self._conflicts.inc(report.conflicts)
         self._parked_duplicates.inc(report.parked_duplicates)
-        self._flush_ms.update(report.took_ms)
+        self._flush_s.observe(report.took_ms / 1000)
+        now = time.time()
+        self._last_flush.set(now)
+        if self._newest_commit_ms:
+            self._commit_lag_s.observe(max(0.0, now - self._newest_commit_ms / 1000))
+        name = self._flusher.sink.name
         for gauge, value in self._flusher.sink.gauges().items():
-            Metrics.gauge(self._flusher.sink.name, gauge).set(value)
+            level = self._states.get(gauge)
+            if level is None:
+                level = self._states[gauge] = telemetry.gauge(
+                    "engagement_sink_state", (name, gauge), sink=name, name=gauge
+                )
+            level.set(value)
         for stage, count in report.letters.items():
-            Metrics.counter("dead_letters", stage).inc(count)
+            letters = self._letter_counts.get(stage)
+            if letters is None:
+                letters = self._letter_counts[stage] = telemetry.counter(
+                    "engagement_dead_letters", ("dead_letters", stage), stage=stage
+                )
+            letters.inc(count)
         if report.took_ms >= SLOW_FLUSH_MS:
             # Rare multi-second stalls are the tail of the latency figures: say where they came from.
             _log.warning("%s: a flush took %d ms", self._flusher.sink.name, report.took_ms)

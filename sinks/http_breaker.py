@@ -37,6 +37,8 @@ from typing import Any, Final
 import orjson
 import pybreaker
 
+from infra import telemetry
+
 _log = logging.getLogger(__name__)
 STATES: Final = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 # An entry says "recently": a sink refreshes it every few seconds while it writes, so one that is
@@ -190,6 +192,8 @@ class Publisher(pybreaker.CircuitBreakerListener):
         self._clock = clock
         self._last = -1e9
         self.last_failure = ""
+        self._state = telemetry.gauge("engagement_http_breaker_state", endpoint=endpoint)
+        self._state.set(0)
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
         _log.warning(
@@ -199,6 +203,7 @@ class Publisher(pybreaker.CircuitBreakerListener):
             new.name,
             f" (last failure: {self.last_failure})" if new.name == pybreaker.STATE_OPEN else "",
         )
+        self._state.set(STATES.get(new.name, 2))
         self.touch(cb, force=True, state=new.name)
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:

@@ -47,11 +47,11 @@ from typing import Any, ClassVar
 
 import apache_beam as beam
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from infra import telemetry
 from pipeline.model import KafkaRecord, SourcePosition
 from pipeline.sources.discovery import discover_partitions
 from pipeline.sources.partition_offsets import (
@@ -133,9 +133,11 @@ class ReadPartitionsFn(beam.DoFn):
     def __init__(self, consumer_config: dict[str, Any], tuning: SourceTuning) -> None:
         self._config = consumer_config
         self._tuning = tuning
-        self._records = Metrics.counter("source", "records")
-        self._idle_calls = Metrics.counter("source", "idle_calls")
-        self._resets = Metrics.counter("source", "offset_out_of_range")
+        self._records = telemetry.counter("engagement_source_records", ("source", "records"))
+        self._idle_calls = telemetry.counter("engagement_source_idle_calls", ("source", "idle_calls"))
+        self._resets = telemetry.counter(
+            "engagement_source_offset_out_of_range", ("source", "offset_out_of_range")
+        )
 
     def setup(self) -> None:
         self._consumer_config = {
@@ -324,7 +326,12 @@ class ReadPartitionsFn(beam.DoFn):
             behind = 0 if high is None or high < 0 else max(0, high - position)
             gauge = self._lag.get((topic, partition))
             if gauge is None:
-                gauge = self._lag[(topic, partition)] = Metrics.gauge("source", f"lag_{topic}_{partition}")
+                gauge = self._lag[(topic, partition)] = telemetry.gauge(
+                    "engagement_source_lag_records",
+                    ("source", f"lag_{topic}_{partition}"),
+                    topic=topic,
+                    partition=str(partition),
+                )
             gauge.set(behind)
             newest = reader.newest_ms.get(partition)
             mark = idle if caught_up else (Timestamp(micros=newest * 1000) if newest is not None else None)

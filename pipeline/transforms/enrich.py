@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
+from infra import telemetry
 from pipeline.decode import DecodeError, decode_content, decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError, contributions, engagement_pct, engagement_seconds
 from pipeline.model import ContentRow, DeadLetter, EngagementChange, EnrichedChange, Parked, Skipped
@@ -37,9 +37,15 @@ class DecodeFn(beam.DoFn):
         if kind not in ("engagement", "content"):
             raise ValueError(kind)
         self._kind = kind
-        self._decoded = Metrics.counter("decode", f"{kind}_decoded")
-        self._tombstones = Metrics.counter("decode", f"{kind}_tombstones")
-        self._malformed = Metrics.counter("decode", f"{kind}_malformed")
+        self._decoded = telemetry.counter(
+            "engagement_decode", ("decode", f"{kind}_decoded"), kind=kind, outcome="decoded"
+        )
+        self._tombstones = telemetry.counter(
+            "engagement_decode", ("decode", f"{kind}_tombstones"), kind=kind, outcome="tombstone"
+        )
+        self._malformed = telemetry.counter(
+            "engagement_decode", ("decode", f"{kind}_malformed"), kind=kind, outcome="malformed"
+        )
 
     def setup(self) -> None:
         self._decode = decode_engagement if self._kind == "engagement" else decode_content
@@ -140,17 +146,19 @@ class JoinContentFn(ContentJoinFn):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._parked = Metrics.counter("join", "parked")
-        self._missing = Metrics.counter("join", "content_missing")
+        self._joined = telemetry.counter("engagement_join", ("join", "joined"), outcome="joined")
+        self._parked = telemetry.counter("engagement_join", ("join", "parked"), outcome="parked")
+        self._missing = telemetry.counter("engagement_join", ("join", "content_missing"), outcome="content_missing")
 
     def process(self, changes: list[EngagementChange | Skipped | DeadLetter]) -> Iterator[list[Any]]:
         enriched: list[Any] = []
         lookup = self._view.get
-        parked = missing = 0
+        parked = missing = joined = 0
         for change in changes:
             if type(change) is not EngagementChange:
                 enriched.append(change)  # position markers and letters go on as they are
                 continue
+            joined += 1
             try:
                 enriched.append(enrich(change, lookup))
             except MissingContentError as unknown:
@@ -158,10 +166,9 @@ class JoinContentFn(ContentJoinFn):
                 parked += type(item) is Parked
                 missing += type(item) is DeadLetter
                 enriched.append(item)
-        if parked:
-            self._parked.inc(parked)
-        if missing:
-            self._missing.inc(missing)
+        self._joined.inc(joined - parked - missing)
+        self._parked.inc(parked)
+        self._missing.inc(missing)
         if enriched:
             yield enriched
 

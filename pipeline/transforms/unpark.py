@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from apache_beam.metrics import Metrics
 
+from infra import telemetry
 from pipeline.decode import DecodeError, decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError
 from pipeline.model import EngagementChange, KafkaRecord, Parked, Skipped
@@ -51,10 +51,12 @@ class UnparkFn(ContentJoinFn):
         # late_content_timeout_s only names the timeout in the letters: deadlines are in the envelopes.
         super().__init__(*args, **kwargs)
         self._poll_s = poll_s
-        self._reparked = Metrics.counter("join", "reparked")
-        self._unparked = Metrics.counter("join", "unparked")
-        self._expired = Metrics.counter("join", "park_expired")
-        self._malformed = Metrics.counter("decode", "parked_malformed")
+        self._reparked = telemetry.counter("engagement_join", ("join", "reparked"), outcome="reparked")
+        self._unparked = telemetry.counter("engagement_join", ("join", "unparked"), outcome="unparked")
+        self._expired = telemetry.counter("engagement_join", ("join", "park_expired"), outcome="park_expired")
+        self._malformed = telemetry.counter(
+            "engagement_decode", ("decode", "parked_malformed"), kind="parked", outcome="malformed"
+        )
 
     def process(self, batch: RecordBatch) -> Iterator[list[Any]]:
         out: list[Any] = []
