@@ -20,8 +20,10 @@ up: bootstrap ## start Postgres, Redis, Kafka, Connect + Debezium and wait until
 down: ## stop the local stack (data is kept)
 	@if [ -x $(PY) ]; then $(STACK) down; fi
 
-status: ## health of every part, topics, connector state, replication slot lag
-	@$(STACK) status
+status: ## services, then the pipeline: lag per sink and partition, capture, rates, dead letters, breakers, freshness (JSON=1: the pipeline's report as JSON); exits 1 when unhealthy
+	@if [ -n "$(JSON)" ]; then $(PY) -m pipeline status --json; else \
+	  $(STACK) status; stack=$$?; echo; $(PY) -m pipeline status; pipeline=$$?; \
+	  [ $$stack -eq 0 ] && [ $$pipeline -eq 0 ]; fi
 
 logs: ## last lines of every service's log (SERVICE=connect for one)
 	@$(STACK) logs $(if $(SERVICE),--service $(SERVICE))

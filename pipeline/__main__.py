@@ -4,6 +4,8 @@
     python -m pipeline --bounded            # read to today's end offsets, then stop (backfill, tests)
     python -m pipeline --runner flink -- --flink_master=host:8081 --flink_version=1.19
     python -m pipeline --runner dataflow -- --project=P --region=R --temp_location=gs://B/tmp
+    python -m pipeline status [--json]     # lag per sink and partition, capture, rates, dead letters, breakers
+    python -m pipeline dashboard            # the live leaderboard page
 
 Settings come from the environment (.env.example: PIPELINE_*, LEADERBOARD_*, KAFKA_*, REDIS_*, CDC_*);
 the flags here override the runner and the mode; anything after ``--`` goes to Beam unchanged.
@@ -79,6 +81,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The views of a running pipeline are commands of their own, with their own flags.
+    if argv[:1] == ["status"]:
+        from pipeline.status.__main__ import main as status
+
+        return status(argv[1:])
+    if argv[:1] == ["dashboard"]:
+        from pipeline.dashboard.__main__ import main as dashboard
+
+        return dashboard(argv[1:])
     args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Flags become environment variables, so the job process the supervisor starts reads the same

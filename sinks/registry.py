@@ -73,6 +73,7 @@ def _http_specs(settings: Settings) -> tuple[SinkSpec, ...]:
             functools.partial(_http_sink, route),
             dead_letter_topic=settings.cdc.http_dlq_topic,
             max_latency_ms=settings.http_sink.linger_ms,
+            positions_in="kafka",
         )
         for route in http_routes(settings)
     )
@@ -92,6 +93,9 @@ class SinkSpec:
     build: Callable[[Settings], Sink[Any]]
     dead_letter_topic: str | None = None  # the sink's own letters go here (default: the DLQ topic)
     max_latency_ms: int | None = None  # how long a record waits for its batch (PIPELINE_SINK_FLUSH_MS)
+    # Where the sink stores its positions: Redis (atomic with the data: sinks.redis_store) or the
+    # Kafka consumer group ``group_id(consumer group, name)`` (sinks.kafka_positions). Read by tools.
+    positions_in: Literal["redis", "kafka"] = "redis"
 
 
 SINKS: dict[str, tuple[SinkSpec, ...] | Callable[[Settings], tuple[SinkSpec, ...]]] = {
@@ -100,8 +104,8 @@ SINKS: dict[str, tuple[SinkSpec, ...] | Callable[[Settings], tuple[SinkSpec, ...
         SinkSpec("redis_content", "content", "ContentMetadata", _content_metadata),
     ),
     "bigquery": (
-        SinkSpec("bigquery", "engagement", "BigQuery", _bigquery_changes),
-        SinkSpec("bigquery_content", "content", "BigQueryContent", _bigquery_content),
+        SinkSpec("bigquery", "engagement", "BigQuery", _bigquery_changes, positions_in="kafka"),
+        SinkSpec("bigquery_content", "content", "BigQueryContent", _bigquery_content, positions_in="kafka"),
     ),
     # One sink per endpoint, from the settings (none when the HTTP sink is not configured).
     "http": _http_specs,

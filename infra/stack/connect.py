@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from infra.capture_health import read_connector
 from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import Settings
 
@@ -128,12 +129,10 @@ class Connect:
             self._restarting = {t["id"] for t in before.get("tasks", []) if t["state"] == "FAILED"}
 
     def status(self) -> dict[str, Any] | None:
-        name = self.settings.cdc.connector_name
         try:
-            response = httpx.get(f"{self.url}/connectors/{name}/status", timeout=5)
+            return read_connector(self.url, self.settings.cdc.connector_name)
         except httpx.HTTPError:
             return None
-        return response.json() if response.status_code == 200 else None
 
     def wait_running(self, timeout: float) -> None:
         """Until the connector and all its tasks are RUNNING; a FAILED task raises with its trace."""

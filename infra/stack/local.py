@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from infra.capture_health import capture_problems
 from infra.process import ServiceProcess, StackError
 from infra.settings import Settings
 from infra.stack.bigquery_emulator import BigQueryEmulator
-from infra.stack.capture_health import capture_problems
 from infra.stack.connect import Connect
 from infra.stack.http_receiver import HttpReceiver
 from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_specs
@@ -174,7 +174,7 @@ class LocalStack:
 
     def status(self) -> dict[str, Any]:
         """Health of every part, topics with partitions and policy, connector state, slot lag, and
-        what stops capture (``capture_problems``: infra/stack/capture_health.py)."""
+        what stops capture (``capture_problems``: infra/capture_health.py)."""
         report: dict[str, Any] = {"services": {}}
         for process in self.processes:
             pid = process.pid()

@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from infra.capture_health import read_slot
 from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import CdcSettings, PostgresSettings
 
@@ -231,25 +232,8 @@ class Postgres:
 
     # --- replication slot --------------------------------------------------------------------
     def slot_status(self) -> dict[str, object] | None:
-        """The slot's state and lag. ``lag_bytes``: WAL since the position Debezium confirmed;
-        ``lag_s``: its walsender's ``flush_lag`` (how long ago the WAL it last confirmed was
-        written), None when no consumer is connected or it has caught up."""
-        with psycopg.connect(self.settings.conninfo(superuser=True)) as conn:
-            row = conn.execute(
-                """
-                SELECT s.slot_name, s.active, s.wal_status,
-                       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
-                       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
-                       extract(epoch FROM r.flush_lag)::float8 AS lag_s
-                FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-                WHERE s.slot_name = %s
-                """,
-                (self.cdc.slot_name,),
-            ).fetchone()
-        if row is None:
-            return None
-        keys = ("slot", "active", "wal_status", "lag_bytes", "retained_bytes", "lag_s")
-        return dict(zip(keys, row, strict=True))
+        """The slot's state and lag (``infra.capture_health.read_slot``)."""
+        return read_slot(self.settings.conninfo(superuser=True), self.cdc.slot_name)
 
     def drop_slot(self) -> bool:
         """Drop the slot (after the connector is gone); return True if one was dropped."""

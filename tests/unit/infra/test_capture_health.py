@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infra.settings import CdcSettings
-from infra.stack.capture_health import capture_problems, first_trace_line
+from infra.capture_health import capture_problems, first_trace_line
 
 CDC = CdcSettings(
     connector_name="engagement-postgres",

@@ -13,13 +13,18 @@ disconnected and waiting to reconnect. So capture counts as healthy only when al
   the last confirmed WAL was written, NULL when caught up) within ``CDC_STATUS_MAX_SLOT_LAG_S``.
 
 ``capture_problems`` is pure: the report in, one line per problem out (empty when capture is
-healthy), so every state is unit-tested without services.
+healthy), so every state is unit-tested without services. ``read_connector`` and ``read_slot`` fetch
+the two inputs by address, for the local stack's ``make status`` and for the pipeline's
+(``pipeline.status``) wherever Connect and Postgres run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import httpx
+import psycopg
 
 from infra.settings import CdcSettings
 
@@ -99,3 +104,36 @@ def capture_problems(report: Mapping[str, Any], cdc: CdcSettings) -> list[str]:
         *connector_problems(report.get("connector"), connect_state, cdc),
         *slot_problems(report.get("slot"), postgres_state, cdc),
     ]
+
+
+def read_connector(connect_url: str, name: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """Connect's REST status of connector ``name``; None when it is not registered. Raises
+    ``httpx.HTTPError`` when Connect does not answer."""
+    response = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=timeout_s)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def read_slot(conninfo: str, slot_name: str) -> dict[str, Any] | None:
+    """The slot's state and lag; None when it does not exist. ``lag_bytes``: WAL since the position
+    Debezium confirmed; ``lag_s``: its walsender's ``flush_lag`` (how long ago the WAL it last
+    confirmed was written), None when no consumer is connected or it has caught up."""
+    with psycopg.connect(conninfo, connect_timeout=5) as conn:
+        row = conn.execute(
+            """
+            SELECT s.slot_name, s.active, s.wal_status,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
+                   extract(epoch FROM r.flush_lag)::float8 AS lag_s
+            FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+            WHERE s.slot_name = %s
+            """,
+            (slot_name,),
+        ).fetchone()
+    if row is None:
+        return None
+    keys = ("slot", "active", "wal_status", "lag_bytes", "retained_bytes", "lag_s")
+    return dict(zip(keys, row, strict=True))

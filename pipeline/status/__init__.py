@@ -1,0 +1,1 @@
+"""The status view: ``read`` samples the services, ``health`` builds and judges the report, ``render`` prints it."""
