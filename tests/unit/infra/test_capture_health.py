@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.settings import CdcSettings
 from infra.capture_health import capture_problems, first_trace_line
+from infra.settings import CdcSettings
 
 CDC = CdcSettings(
     connector_name="engagement-postgres",

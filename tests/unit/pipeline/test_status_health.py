@@ -156,7 +156,8 @@ def test_render_lists_the_problems_last():
     raw["lock"] = None
     lines = render(report(raw, SETTINGS)).splitlines()
     assert lines[0] == f"pipeline: not running for {SETTINGS.pipeline.consumer_group}"
+    group = SETTINGS.pipeline.consumer_group
     assert lines[-2:] == [
         "UNHEALTHY:",
-        f"  - no pipeline is running for consumer group {SETTINGS.pipeline.consumer_group} (nobody holds its instance lock)",
+        f"  - no pipeline is running for consumer group {group} (nobody holds its instance lock)",
     ]
