@@ -135,9 +135,7 @@ class ReadPartitionsFn(beam.DoFn):
         self._tuning = tuning
         self._records = telemetry.counter("engagement_source_records", ("source", "records"))
         self._idle_calls = telemetry.counter("engagement_source_idle_calls", ("source", "idle_calls"))
-        self._resets = telemetry.counter(
-            "engagement_source_offset_out_of_range", ("source", "offset_out_of_range")
-        )
+        self._resets = telemetry.counter("engagement_source_offset_out_of_range", ("source", "offset_out_of_range"))
 
     def setup(self) -> None:
         self._consumer_config = {
