@@ -42,6 +42,9 @@ demo: up ## the main job: stack, CDC, the Beam pipeline, a live leaderboard, and
 pipeline: up ## run the streaming pipeline in the foreground (Ctrl-C stops it)
 	@$(PY) -m pipeline
 
+dashboard: up ## the live leaderboard page alone (http://127.0.0.1:58090/, DASHBOARD_PORT); Ctrl-C stops it
+	@$(PY) -m pipeline dashboard
+
 leaderboard: ## print the live leaderboard from Redis
 	@$(PY) -m sinks.leaderboard_view
 
@@ -95,6 +98,10 @@ bigquery-query: up ## run seed 004's query on BigQuery (SQL="..." for another)
 	@$(PY) -m sinks.bigquery_admin query $(if $(SQL),"$(SQL)")
 
 bench: bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http ## all benchmarks
+
+.PHONY: loadtest
+loadtest: up ## locust headless, pipeline running: writers at RATE events/s + an SLA user (commit -> board, 5 s); CSV/HTML in .loadtest/ (USERS=8 SPAWN_RATE=8 DURATION=60s RATE=3333)
+	@$(PY) -m loadtest.run_locust --users $(or $(USERS),8) --spawn-rate $(or $(SPAWN_RATE),8) --duration $(or $(DURATION),60s) --rate $(or $(RATE),3333)
 
 clean: reset ## reset, and remove the venv and downloaded jars
 	rm -rf .venv .stack .stack-test .stack-faults

@@ -1,7 +1,8 @@
 """``python -m pipeline.demo``: the main job end to end on the local stack, with a live leaderboard.
 
-Starts the pipeline (under its supervisor) and the generator at seed 004's rate, prints the
-leaderboard every few seconds, then (when the BigQuery sink runs) waits for BigQuery to catch up
+Starts the pipeline (under its supervisor), the live leaderboard page (``python -m pipeline
+dashboard``, its URL printed) and the generator at seed 004's rate, prints the leaderboard every few
+seconds, then (when the BigQuery sink runs) waits for BigQuery to catch up
 and prints seed 004's query with its result, then (when the HTTP sink runs) what the local
 receiver got per endpoint, then stops both. ``make demo`` runs it after ``make up``.
 """
@@ -102,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "dashboard"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+        print(f"==> live leaderboard: {settings.dashboard.url} (open it in a browser while the demo runs)", flush=True)
         try:
             time.sleep(8)  # Prism, job submission, the content view loading
             if pipeline.poll() is not None:
@@ -128,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 show_http(settings, http)
             return generator.returncode or 0
         finally:
+            stop_group(dashboard)
             stop_group(pipeline)
-            print("==> pipeline stopped", flush=True)
+            print("==> pipeline and live page stopped", flush=True)
 
 
 if __name__ == "__main__":

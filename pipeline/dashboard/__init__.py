@@ -1,0 +1,1 @@
+"""The live leaderboard page: ``reader`` fetches, ``snapshot`` shapes, ``app`` serves (SSE)."""
