@@ -26,6 +26,13 @@ from infra.settings import GeneratorSettings
 _COPY = f"COPY engagement_events ({', '.join(COLUMNS)}) FROM STDIN"
 # Updates pick among the most recent events: how many batches back they reach.
 UPDATE_WINDOW_BATCHES = 10
+# Latency probes (loadtest.probes) time their own events on the board: updates and deletes leave them be.
+_NOT_PROBE = "e.device IS DISTINCT FROM 'probe'"
+
+
+def recent_window(last_id: int, batch_rows: int) -> tuple[int, int]:
+    """The ids updates and deletes pick from: the last ``UPDATE_WINDOW_BATCHES`` batches up to ``last_id``."""
+    return max(1, last_id - UPDATE_WINDOW_BATCHES * max(batch_rows, 1)), last_id
 
 
 @dataclass
@@ -118,34 +125,11 @@ class PostgresWriter:
                 result.inserted = len(rows)
                 cur.execute("SELECT currval(pg_get_serial_sequence('engagement_events', 'id'))")
                 last_id = pending.last_id = cur.fetchone()[0]
-                window_low = max(1, last_id - UPDATE_WINDOW_BATCHES * max(len(rows), 1))
-
-                n_update = share_count(rng, len(rows), s.event_update_share)
-                if n_update:
-                    ids = [rng.randint(window_low, last_id) for _ in range(n_update)]
-                    deltas = [rng.randint(-30_000, 60_000) for _ in ids]
-                    cur.execute(
-                        "UPDATE engagement_events e "
-                        "SET duration_ms = GREATEST(0, COALESCE(e.duration_ms, 0) + d.delta) "
-                        "FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta) WHERE e.id = d.id",
-                        (ids, deltas),
-                    )
-                    result.updated = cur.rowcount
-                n_delete = share_count(rng, len(rows), s.event_delete_share)
-                if n_delete:
-                    ids = [rng.randint(window_low, last_id) for _ in range(n_delete)]
-                    cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (ids,))
-                    result.deleted = cur.rowcount
+                window = recent_window(last_id, len(rows))
+                result.updated = self.update_events(cur, share_count(rng, len(rows), s.event_update_share), window)
+                result.deleted = self.delete_events(cur, share_count(rng, len(rows), s.event_delete_share), window)
                 n_content = share_count(rng, len(rows), s.content_update_share)
-                for _ in range(n_content):
-                    index = rng.randrange(len(catalogue))
-                    edited = edit_content(rng, catalogue[index])
-                    cur.execute(
-                        "UPDATE content SET title = %s, length_seconds = %s WHERE id = %s",
-                        (edited.title, edited.length_seconds, edited.id),
-                    )
-                    result.content_updated += cur.rowcount
-                    pending.edits.append((index, edited))
+                result.content_updated = self.edit_content(cur, n_content, catalogue, pending.edits)
                 # Everything below this line is the COMMIT, sent when the block exits.
                 committing = True
         except psycopg.OperationalError as exc:
@@ -155,6 +139,45 @@ class PostgresWriter:
             raise
         self.committed(pending, catalogue)
         return result
+
+    def update_events(self, cur: psycopg.Cursor, count: int, window: tuple[int, int]) -> int:
+        """Change the duration of ``count`` random events with ids in ``window``; returns the rows changed."""
+        if not count:
+            return 0
+        ids = [self.rng.randint(*window) for _ in range(count)]
+        deltas = [self.rng.randint(-30_000, 60_000) for _ in ids]
+        cur.execute(
+            "UPDATE engagement_events e "
+            "SET duration_ms = GREATEST(0, COALESCE(e.duration_ms, 0) + d.delta) "
+            f"FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta) WHERE e.id = d.id AND {_NOT_PROBE}",
+            (ids, deltas),
+        )
+        return cur.rowcount
+
+    def delete_events(self, cur: psycopg.Cursor, count: int, window: tuple[int, int]) -> int:
+        """Delete ``count`` random events with ids in ``window``; returns the rows deleted."""
+        if not count:
+            return 0
+        ids = [self.rng.randint(*window) for _ in range(count)]
+        cur.execute(f"DELETE FROM engagement_events e WHERE e.id = ANY(%s) AND {_NOT_PROBE}", (ids,))
+        return cur.rowcount
+
+    def edit_content(
+        self, cur: psycopg.Cursor, count: int, catalogue: list[Content], edits: list[tuple[int, Content]]
+    ) -> int:
+        """``count`` editorial updates of random catalogue items; the new versions are appended to
+        ``edits`` (for ``catalogue`` once committed). Returns the content rows changed."""
+        changed = 0
+        for _ in range(count):
+            index = self.rng.randrange(len(catalogue))
+            edited = edit_content(self.rng, catalogue[index])
+            cur.execute(
+                "UPDATE content SET title = %s, length_seconds = %s WHERE id = %s",
+                (edited.title, edited.length_seconds, edited.id),
+            )
+            changed += cur.rowcount
+            edits.append((index, edited))
+        return changed
 
     def committed(self, pending: PendingCommit, catalogue: list[Content]) -> None:
         """What a committed batch changes in memory: the update window and the edited catalogue."""

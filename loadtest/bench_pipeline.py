@@ -89,9 +89,11 @@ def generator(*args: str, extra_env: dict[str, str] | None = None) -> subprocess
 
 
 @contextmanager
-def streaming_pipeline(extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+def streaming_pipeline(
+    extra_env: dict[str, str] | None = None, log_name: str = "bench-pipeline.log"
+) -> Iterator[subprocess.Popen[str]]:
     """The supervisor in its own process group; stopped with SIGINT like a user's Ctrl-C."""
-    log = open(REPO_ROOT / ".stack" / "logs" / "bench-pipeline.log", "w")  # noqa: SIM115
+    log = open(REPO_ROOT / ".stack" / "logs" / log_name, "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline"],
         cwd=REPO_ROOT,

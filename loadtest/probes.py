@@ -21,6 +21,56 @@ from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from sinks.redis_leaderboard import board_key
 
+PROBE_INSERT = (
+    "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device)"
+    " VALUES (%s, gen_random_uuid(), 'play', now(), 1000, 'probe') RETURNING id"
+)
+# A probe play of 1,000 ms on a 3,600 s podcast adds exactly this to the probe item's board score.
+PROBE_SECONDS = 1.0
+
+
+def create_probe_content(conn: psycopg.Connection, content_id: str) -> None:
+    """A content item of the probe's own (slug ``probe-``: the generator never writes events for it)."""
+    conn.execute(
+        "INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
+        "VALUES (%s, %s, 'latency probe', 'podcast', 3600, now())",
+        (content_id, f"probe-{content_id}"),
+    )
+
+
+def commit_probe(conn: psycopg.Connection, content_id: str) -> int | None:
+    """Commit one probe event (``conn`` is in autocommit); returns its id."""
+    row = conn.execute(PROBE_INSERT, (content_id,)).fetchone()
+    return row[0] if row else None
+
+
+def wait_on_board(
+    client: redis.Redis, board: str, content_id: str, expected: float, timeout_s: float, poll_s: float = 0.001
+) -> float | None:
+    """Poll until the probe item's score on ``board`` reaches ``expected``: the monotonic time it did,
+    or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (score := client.zscore(board, content_id)) is None or score < expected - 1e-6:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(poll_s)
+    return time.monotonic()
+
+
+def wait_until_live(settings: Settings, timeout_s: float = 180.0) -> float:
+    """Seconds until a probe for a new probe item is on the board: the streaming pipeline is up and has
+    caught up. Raises ``TimeoutError`` after ``timeout_s``."""
+    content_id = str(uuid.uuid4())
+    began = time.monotonic()
+    client = settings.redis.client()
+    with psycopg.connect(settings.postgres.conninfo(), autocommit=True) as conn:
+        create_probe_content(conn, content_id)
+        commit_probe(conn, content_id)
+    board = board_key(settings.leaderboard.window_minutes)
+    if wait_on_board(client, board, content_id, PROBE_SECONDS, timeout_s, poll_s=0.1) is None:
+        raise TimeoutError(f"a probe event was not on {board} within {timeout_s:g} s: is the pipeline running?")
+    return time.monotonic() - began
+
 
 class ArrivalWatch:
     """Notes when each probe event reaches the engagement topic, to split the latency in two.
@@ -91,11 +141,7 @@ class Prober:
     def _run(self) -> None:
         client = self.settings.redis.client()
         with psycopg.connect(self.settings.postgres.conninfo(), autocommit=True) as conn:
-            conn.execute(
-                "INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
-                "VALUES (%s, %s, 'latency probe', 'podcast', 3600, now())",
-                (self.content_id, f"probe-{self.content_id}"),
-            )
+            create_probe_content(conn, self.content_id)
             time.sleep(1.0)  # let the content reach the pipeline's view
             expected = float(client.zscore(self.board, self.content_id) or 0.0)
             watch = ArrivalWatch(self.settings, self.content_id)
@@ -106,31 +152,24 @@ class Prober:
 
     def _probe(self, conn: psycopg.Connection, client: redis.Redis, watch: ArrivalWatch, expected: float) -> None:
         while not self._stop.is_set():
-            row = conn.execute(
-                "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device)"
-                " VALUES (%s, gen_random_uuid(), 'play', now(), 1000, 'probe') RETURNING id",
-                (self.content_id,),
-            ).fetchone()
+            event_id = commit_probe(conn, self.content_id)
             committed = time.monotonic()
-            if row:
-                self.committed[row[0]] = committed
-            expected += 1.0
-            while (score := client.zscore(self.board, self.content_id)) is None or score < expected - 1e-6:
-                if time.monotonic() - committed > 10:
-                    # Counted, and still expected: the next probe waits for this one too.
-                    self.timeouts += 1
-                    break
-                time.sleep(0.001)
+            if event_id is not None:
+                self.committed[event_id] = committed
+            expected += PROBE_SECONDS
+            seen = wait_on_board(client, self.board, self.content_id, expected, timeout_s=10)
+            if seen is None:
+                # Counted, and still expected: the next probe waits for this one too.
+                self.timeouts += 1
             else:
-                seen = time.monotonic()
                 ms = (seen - committed) * 1000
                 self.latencies.append(ms)
                 self.timed.append((committed - self._began, ms))
                 self.slowest = sorted([*self.slowest, (ms, committed - self._began)], reverse=True)[:5]
                 # The watch may see the record a moment after the pipeline did.
-                while row and row[0] not in watch.arrived and time.monotonic() - seen < 0.5:
+                while event_id is not None and event_id not in watch.arrived and time.monotonic() - seen < 0.5:
                     time.sleep(0.001)
-                arrived = watch.arrived.pop(row[0], None) if row else None
+                arrived = watch.arrived.pop(event_id, None) if event_id is not None else None
                 if arrived is not None:
                     self.to_kafka.append((arrived - committed) * 1000)
                     self.from_kafka.append(max(0.0, seen - arrived) * 1000)
