@@ -97,7 +97,11 @@ bigquery-roll: up ## create the coming quarters' changelog tables; RETAIN=N drop
 bigquery-query: up ## run seed 004's query on BigQuery (SQL="..." for another)
 	@$(PY) -m sinks.bigquery_admin query $(if $(SQL),"$(SQL)")
 
-bench: bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http ## all benchmarks
+bench-charts: bootstrap ## PNG charts of the sustained runs' time series (.bench/*.json) into docs/img/
+	@$(PY) -m loadtest.charts
+
+bench: bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http ## all benchmarks, then their charts
+	@$(MAKE) --no-print-directory bench-charts
 
 .PHONY: loadtest
 loadtest: up ## locust headless, pipeline running: writers at RATE events/s + an SLA user (commit -> board, 5 s); CSV/HTML in .loadtest/ (USERS=8 SPAWN_RATE=8 DURATION=60s RATE=3333)

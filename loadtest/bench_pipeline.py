@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import orjson
 import redis
@@ -46,6 +47,8 @@ from loadtest.procstats import ProcessSampler, children_map, describe, machine, 
 from sinks.redis_leaderboard import RedisLeaderboardSink
 from sinks.redis_store import LEGACY_OFFSETS_KEY, next_offsets, positions_key
 
+# Time series of the sustained runs, for loadtest.charts (make bench-charts).
+SERIES_DIR = REPO_ROOT / ".bench"
 NO_CHANGES = {
     "GENERATOR_EVENT_UPDATE_SHARE": "0",
     "GENERATOR_EVENT_DELETE_SHARE": "0",
@@ -198,11 +201,14 @@ def latency_phase(
     linger: Callable[[], bool] | None = None,
     linger_timeout_s: float = 180.0,
     before_load: Callable[[], None] | None = None,
+    record_as: str | None = None,
 ) -> Prober:
     """Probes at ``rate`` for ``duration`` s; ``during(elapsed_s)`` is called about 5 times a second,
     ``with_prober(prober)`` once the probes start (to watch them reach another sink too), and
     ``linger()`` after the load, until it returns True, while the pipeline still runs;
-    ``before_load()`` once the leaderboards have caught up, before the load starts."""
+    ``before_load()`` once the leaderboards have caught up, before the load starts. ``record_as``
+    names the JSON time series (probes, and once a second the sink's applied and the topic's
+    total records) written to ``.bench/`` for ``loadtest.charts``."""
     client = settings.redis.client()
     sampler = sampler or stack_sampler(stack)
     with streaming_pipeline(extra_env) as supervisor:
@@ -219,7 +225,14 @@ def latency_phase(
             if with_prober is not None:
                 with_prober(prober)
             next_lag = began + 10
+            next_count = began
+            throughput: list[tuple[float, int, int]] = []  # (s into the run, applied by the sink, on the topic)
             while gen.poll() is None:
+                if record_as is not None and time.monotonic() >= next_count:
+                    topic = settings.cdc.engagement_topic
+                    on_topic = sum(end_offsets(settings.kafka, topic).values())
+                    throughput.append((time.monotonic() - began, sum(stored(client, topic).values()), on_topic))
+                    next_count += 1.0
                 sampler.sample()
                 if during is not None:
                     during(time.monotonic() - began)
@@ -231,6 +244,9 @@ def latency_phase(
         while linger is not None and not linger() and time.monotonic() < deadline:
             time.sleep(1.0)
         output = gen.stdout.read() if gen.stdout else ""
+    if record_as is not None:
+        path = record_series(record_as, rate, duration, prober.timed, throughput)
+        say(f"  time series: {path} (make bench-charts draws it)")
     summary = [line for line in output.splitlines() if line.startswith("continuous:")]
     say(f"  {summary[-1] if summary else output[-500:]}")
     say(
@@ -245,15 +261,27 @@ def latency_phase(
     return prober
 
 
+def record_series(
+    name: str, rate: int, duration: float, probes: list[tuple[float, float]], throughput: list[tuple[float, int, int]]
+) -> Path:
+    SERIES_DIR.mkdir(exist_ok=True)
+    path = SERIES_DIR / f"{name}.json"
+    run = {"name": name, "rate": rate, "duration_s": duration, "probes": probes, "throughput": throughput}
+    path.write_bytes(orjson.dumps(run))
+    return path
+
+
 def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
-    latency_phase(settings, stack, args.rate, args.duration)
+    latency_phase(settings, stack, args.rate, args.duration, record_as=f"pipeline-latency-{args.rate}")
 
 
 def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
     best = None
     for rate in (int(r) for r in args.rates.split(",")):
         say(f"step {rate:,} events/s for {args.step_duration:g} s")
-        latencies = latency_phase(settings, stack, rate, args.step_duration).latencies
+        latencies = latency_phase(
+            settings, stack, rate, args.step_duration, record_as=f"pipeline-max-rate-{rate}"
+        ).latencies
         if latencies and percentile(latencies, 99) < 1000:
             best = rate
         else:
