@@ -27,12 +27,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import orjson
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from infra.settings import REPO_ROOT
 
 SERIES_DIR = REPO_ROOT / ".bench"
 OUT_DIR = REPO_ROOT / "docs" / "img"
 DPI = 100
+# Plain milliseconds on the log axes ("60", not "6 x 10^1").
+_MS = FuncFormatter(lambda value, _: f"{value:,.0f}")
 
 
 def rates(throughput: Sequence[Sequence[float]]) -> list[tuple[float, float, float]]:
@@ -67,6 +70,8 @@ def timeline(run: dict[str, Any]) -> Figure:
         pt, ms = zip(*run["probes"], strict=True)
         bottom.scatter(pt, ms, s=4, color="#dc2626")
     bottom.set_yscale("log")
+    bottom.yaxis.set_major_formatter(_MS)
+    bottom.yaxis.set_minor_formatter(_MS)
     bottom.set_ylabel("commit -> board (ms)")
     bottom.set_xlabel("seconds into the run")
     for axis in (top, bottom):
@@ -81,6 +86,8 @@ def latency_cdf(runs: Sequence[dict[str, Any]]) -> Figure:
         if xs:
             axis.plot(xs, ys, label=f"{run['name']} ({len(xs):,} probes)")
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(_MS)
+    axis.xaxis.set_minor_formatter(_MS)
     axis.set_xlabel("commit -> visible in top_engagement:10min (ms)")
     axis.set_ylabel("share of probes")
     axis.axhline(0.99, color="#9ca3af", linestyle="--", linewidth=1)
