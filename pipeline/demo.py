@@ -79,7 +79,7 @@ def show_http(settings: Settings, sinks: list[str]) -> None:
         lag = stats["lag_ms"]
         if lag["count"]:
             print(f"    commit -> received: p50 {lag['p50']:.0f} ms, p99 {lag['p99']:.0f} ms, {lag['count']:,} changes")
-        for change in receiver.changes()[-2:]:
+        for change in receiver.changes(last=2):
             print(f"    e.g. {change}")
     finally:
         receiver.close()

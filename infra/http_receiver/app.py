@@ -124,7 +124,11 @@ def control_app(receiver: Receiver, outage: Outage) -> Starlette:
         return json_response(receiver.stats(since_ms, until_ms))
 
     async def changes(request: Request) -> Response:
-        return json_response({"changes": receiver.changes(request.query_params.get("endpoint") or None)})
+        last = request.query_params.get("last")
+        if last is not None and not last.isdigit():
+            return _error("last must be a whole number", field="last")
+        endpoint = request.query_params.get("endpoint") or None
+        return json_response({"changes": receiver.changes(endpoint, None if last is None else int(last))})
 
     async def reset(_: Request) -> Response:
         receiver.reset()

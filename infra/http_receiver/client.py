@@ -61,9 +61,11 @@ class ReceiverClient:
         params = {name: value for name, value in (("since_ms", since_ms), ("until_ms", until_ms)) if value is not None}
         return self._call("GET", "/stats", params=params)
 
-    def changes(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        """First-seen changes in arrival order, of one endpoint or of all."""
-        params = {} if endpoint is None else {"endpoint": endpoint}
+    def changes(self, endpoint: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
+        """First-seen changes in arrival order, of one endpoint or of all; the ``last`` newest if given."""
+        params: dict[str, Any] = {} if endpoint is None else {"endpoint": endpoint}
+        if last is not None:
+            params["last"] = last
         return self._call("GET", "/changes", params=params)["changes"]
 
     def faults(self) -> dict[str, Any]:

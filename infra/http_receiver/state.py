@@ -373,10 +373,19 @@ class Receiver:
             "lag_ms": lag_summary(lags),
         }
 
-    def changes(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        """First-seen changes in arrival order, of one endpoint or of all."""
-        return [
-            record.as_dict(key)
-            for (_, key), record in self.records.items()
-            if endpoint is None or record.endpoint == endpoint
-        ]
+    def changes(self, endpoint: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
+        """First-seen changes in arrival order, of one endpoint or of all; only the ``last`` newest if given
+        (a demo showing two examples must not serialise millions)."""
+        if last is None:
+            return [
+                record.as_dict(key)
+                for (_, key), record in self.records.items()
+                if endpoint is None or record.endpoint == endpoint
+            ]
+        newest: list[dict[str, Any]] = []
+        for (_, key), record in reversed(self.records.items()):
+            if len(newest) >= last:
+                break
+            if endpoint is None or record.endpoint == endpoint:
+                newest.append(record.as_dict(key))
+        return newest[::-1]

@@ -374,3 +374,16 @@ def test_each_endpoint_dedupes_on_its_own():
     assert receiver.receive("finishes", [change], 11)[0]["status"] == 201
     assert receiver.receive("finishes", [change], 12)[0]["status"] == 200
     assert [c["endpoint"] for c in receiver.changes()] == ["everything", "finishes"]
+
+
+def test_changes_can_be_limited_to_the_newest(rx):
+    rx.post([change("k1"), change("k2", id=2), change("k3", id=3)])
+    rx.post([change("k4", id=4)], endpoint="other")
+
+    def keys(params):
+        return [c["idempotency_key"] for c in rx.control.get("/changes", params=params).json()["changes"]]
+
+    assert keys({"last": 2}) == ["k3", "k4"]
+    assert keys({"last": 2, "endpoint": "default"}) == ["k2", "k3"]
+    assert keys({}) == ["k1", "k2", "k3", "k4"]
+    assert rx.control.get("/changes", params={"last": "x"}).status_code == 400
