@@ -23,6 +23,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings
 
 from infra.row_bound import required_max_message_bytes
+from infra.settings_backfill import BackfillSettings as BackfillSettings
 from infra.settings_base import config as _config
 from infra.settings_http import HttpReceiverSettings as HttpReceiverSettings
 from infra.settings_http import HttpSinkSettings as HttpSinkSettings
@@ -120,6 +121,9 @@ class RedisSettings(BaseSettings):
     # How long the Redis sinks remember the id of an event they parked (sinks/parking.py): at least
     # the parking topic's retention (CDC_ENGAGEMENT_RETENTION_MS), after which it cannot come back.
     parked_keep_ms: int = Field(default=7 * 24 * 3600 * 1000, gt=0)
+    # Put before every key the Redis sinks write (sinks/redis_keys.py). Empty for the live boards; a
+    # rebuild (python -m pipeline rebuild-redis) writes a fresh copy under rebuild:<id>: and swaps it in.
+    key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9:_.\-]*$")
 
     def client(self, *, decode_responses: bool = False, timeout_s: float | None = None) -> redis.Redis:
         """The one way the project opens a Redis client (sinks, supervisor, tools, the stack's probes);
@@ -346,6 +350,13 @@ class PipelineSettings(BaseSettings):
     # http (one sink per endpoint; off unless HTTP_SINK_URL or HTTP_SINK_ROUTES_FILE is set);
     # faulty (tests and benchmarks only).
     sinks: str = "redis,bigquery,http"
+    # The lanes' Kafka source: "sdf", ours (pipeline/sources/kafka_partitions.py: starts at the sinks'
+    # positions, runs on every runner), or "kafkaio", Beam's Java ReadFromKafka through an expansion
+    # service (Dataflow and Flink; pipeline/sources/kafkaio.py, docs/operations.md "Dataflow").
+    source: Literal["sdf", "kafkaio"] = "sdf"
+    # Where ReadFromKafka is expanded: host:port of a running Java expansion service, the path of its
+    # jar (run with java), or "auto" (Beam downloads its expansion-service jar when the job is built).
+    kafkaio_expansion_service: str = ""
     # Dead letters larger than this are truncated (with a header saying so), not refused. At most
     # KAFKA_MAX_MESSAGE_BYTES (the topic would refuse a larger letter); at it by default, so the
     # letter of any change the schema allows is kept whole (docs/delivery.md, "Row size bound").
@@ -379,6 +390,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @model_validator(mode="after")
     def _letters_fit_the_topic(self) -> Settings:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sinks.contract import APPLIED, Batch, Outcome
 from sinks.records import ContentChange
+from sinks.redis_keys import RedisKeys
 from sinks.redis_store import RedisSink, lua
 
 
@@ -24,20 +25,20 @@ class RedisContentSink(RedisSink):
         self._apply = self.client.register_script(lua("positions.lua", "content_apply.lua"))
 
     def write(self, batch: Batch[ContentChange]) -> Outcome:
-        self.run(
-            self._apply,
-            [self.positions_key, *self.batch_position_args(batch), *_changes(batch.records)],
-        )
+        keys = self.position_keys()
+        args = [*self.batch_position_args(batch), *_changes(batch.records, keys, self.keys)]
+        self.run(self._apply, keys, args)
         return APPLIED
 
 
-def _changes(changes: Sequence[ContentChange]) -> list[Any]:
+def _changes(changes: Sequence[ContentChange], keys: list[str], names: RedisKeys) -> list[Any]:
+    """ARGV of the changes for ``lua/content_apply.lua``; each change's key is appended to ``keys``."""
     args: list[Any] = [len(changes)]
     for change in changes:
         row = change.after or change.before
         assert row is not None  # decode guarantees the image its op needs
+        keys.append(names.content(row.id))
         args += [
-            row.id,
             "1" if change.after is None else "0",
             row.title or "",
             row.slug or "",

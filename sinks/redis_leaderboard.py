@@ -22,6 +22,8 @@ Layout (``W`` = window minutes, 10 by default; redis-cli examples in the README)
 - ``content:{id}``: metadata hash (title, slug, content_type, length_seconds), from the content topic.
 - ``engagement:positions:redis_leaderboard``: the sink's positions (``sinks.redis_store``).
 
+Every name is under ``REDIS_KEY_PREFIX`` (empty for the live boards; ``sinks.redis_keys``).
+
 Each flush is one Lua script: the increments and the new positions land together or not at all
 (compare-and-set on the positions), and the driver has already dropped replays and Debezium's
 re-sends, so nothing is counted twice after a ``kill -9`` of the job or of Kafka Connect
@@ -46,6 +48,7 @@ from infra.settings import LeaderboardSettings, RedisSettings
 from sinks.contract import APPLIED, Batch, Outcome, SinkUnavailable
 from sinks.leaderboard_deltas import Deltas, aggregate
 from sinks.records import EnrichedChange
+from sinks.redis_keys import BOARD_TYPES
 from sinks.redis_store import RedisSink, lua
 
 _log = logging.getLogger(__name__)
@@ -85,7 +88,7 @@ class RedisLeaderboardSink(RedisSink):
 
     @property
     def key(self) -> str:
-        return board_key(self._board.window_minutes)
+        return self.keys.board(self._board.window_minutes)
 
     def now_minute(self) -> int:
         return int(self._clock() // 60)
@@ -99,41 +102,49 @@ class RedisLeaderboardSink(RedisSink):
 
     def write(self, batch: Batch[EnrichedChange]) -> Outcome:
         deltas = aggregate(batch.records)
-        self.run(self._apply, self._arguments(deltas, batch))
+        self.run(self._apply, *self._arguments(deltas, batch))
         return APPLIED
 
-    def _arguments(self, deltas: Deltas, batch: Batch[EnrichedChange]) -> list[Any]:
+    def _arguments(self, deltas: Deltas, batch: Batch[EnrichedChange]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``lua/leaderboard_apply.lua``."""
         now = self.now_minute()
-        b = self._board
+        b, k = self._board, self.keys
+        keys = [*self.position_keys(), *k.board_keys(b.window_minutes), *k.window_keys(now, b.window_minutes)]
         args: list[Any] = [
             now,
             b.window_minutes,
             now - b.window_minutes - b.allowed_lateness_minutes + 1,
             b.metrics_ttl_s,
             b.window_minutes + b.allowed_lateness_minutes,
-            self.key,
-            self.positions_key,
             int(self._clock() * 1000),
             max((r.commit_ts_ms for r in batch.records), default=0),
             len(batch.records),
+            len(BOARD_TYPES),
             *self.batch_position_args(batch),
             len(deltas.content),
         ]
         for content_id, delta in deltas.content.items():
-            args.append(content_id)
+            keys.append(k.content_metrics(content_id))
             args += [repr(v) if isinstance(v, float) else v for v in delta.values]
         buckets, future = within_skew(deltas.buckets, now + b.max_clock_skew_minutes)
         self.future_buckets_skipped += future
         args.append(len(buckets))
         for (minute, content_id, content_type), seconds in buckets.items():
-            args += [minute, content_id, content_type, repr(seconds)]
-        return args
+            keys += [
+                k.minute(minute),
+                k.minute_typed(minute, content_type),
+                k.board_typed(b.window_minutes, content_type),
+            ]
+            args += [minute, repr(seconds), content_id]
+        return keys, args
 
     def gauges(self) -> dict[str, int]:
         return {"future_buckets_skipped": self.future_buckets_skipped}
 
     def roll(self) -> bool:
-        return bool(self.run(self._roll, [self.now_minute(), self._board.window_minutes, self.key]))
+        now, window = self.now_minute(), self._board.window_minutes
+        keys = [*self.keys.board_keys(window), *self.keys.window_keys(now, window)]
+        return bool(self.run(self._roll, keys, [now, window, len(BOARD_TYPES)]))
 
     def _roller(self) -> None:
         while not self._stop.wait(self._board.roll_interval_s):

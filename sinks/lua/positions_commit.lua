@@ -1,7 +1,6 @@
 -- Store positions only (a batch whose records were all skipped or dead-lettered, or a sink that
--- commits after an acknowledged write). ARGV: positions_key, then the block of positions.lua.
-local positions_key = ARGV[1]
-local _, parts_or_conflict = check_positions(positions_key, 2)
-if _ == nil then return parts_or_conflict end
-store_positions(positions_key, parts_or_conflict)
+-- commits after an acknowledged write). KEYS: the block of positions.lua. ARGV: its block.
+local _, parts_or_refusal = check_positions(1, 1)
+if _ == nil then return parts_or_refusal end
+store_positions(parts_or_refusal)
 return {1}

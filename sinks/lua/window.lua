@@ -1,18 +1,22 @@
 -- Shared by the apply and roll scripts (prepended when they are registered): move the window of
 -- the boards to end at now_minute by rebuilding them from the per-minute buckets it covers.
+-- KEYS from index b: board, board:from, board:updated, then n_types typed boards; from index w:
+-- per minute of the window (oldest first) its bucket, then its n_types typed buckets
+-- (sinks/redis_keys.py: board_keys, window_keys).
 -- Returns the first minute in the window and whether it moved.
-local function move_window(board, now_minute, window)
+local function move_window(b, w, now_minute, window, n_types)
+  local board, from_key = KEYS[b], KEYS[b + 1]
   local first = now_minute - window + 1
-  local from = tonumber(redis.call('GET', board .. ':from') or '-1')
+  local from = tonumber(redis.call('GET', from_key) or '-1')
   if first <= from then return from, false end
   local keys = {}
-  for m = first, now_minute do keys[#keys + 1] = 'engagement:minute:' .. m end
+  for m = 0, window - 1 do keys[#keys + 1] = KEYS[w + m * (n_types + 1)] end
   redis.call('ZUNIONSTORE', board, #keys, unpack(keys))
-  for _, t in ipairs({'podcast', 'newsletter', 'video', 'unknown'}) do
+  for t = 1, n_types do
     local typed = {}
-    for m = first, now_minute do typed[#typed + 1] = 'engagement:minute:' .. m .. ':' .. t end
-    redis.call('ZUNIONSTORE', board .. ':' .. t, #typed, unpack(typed))
+    for m = 0, window - 1 do typed[#typed + 1] = KEYS[w + m * (n_types + 1) + t] end
+    redis.call('ZUNIONSTORE', KEYS[b + 2 + t], #typed, unpack(typed))
   end
-  redis.call('SET', board .. ':from', first)
+  redis.call('SET', from_key, first)
   return first, true
 end
