@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings
 
 from infra.row_bound import required_max_message_bytes
 from infra.settings_backfill import BackfillSettings as BackfillSettings
+from infra.settings_backfill import BackfillSettings as BackfillSettings
 from infra.settings_base import config as _config
 from infra.settings_http import HttpReceiverSettings as HttpReceiverSettings
 from infra.settings_http import HttpSinkSettings as HttpSinkSettings
@@ -390,6 +391,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @model_validator(mode="after")
