@@ -19,13 +19,15 @@ Run it through the supervisor: ``python -m pipeline`` (``--help`` lists the opti
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.settings import Settings
 from pipeline.lanes import LanePlan, RunLane, consumer_config, topic_name
-from pipeline.sources.kafka_partitions import UNBOUNDED, discover_partitions
+from pipeline.sources import kafkaio
+from pipeline.sources.kafka_partitions import UNBOUNDED, PartitionSpec, discover_partitions
 from sinks.positions import Position, resume_offsets
 from sinks.registry import Lane, lanes
 
@@ -45,17 +47,41 @@ def stored_positions(settings: Settings, lane: Lane, topic: str) -> list[dict[st
     return stored
 
 
+def lane_reads(settings: Settings) -> list[tuple[Lane, bool, str]]:
+    """``(lane, parked, topic)`` for each read of the job: every lane of PIPELINE_SINKS, and for an
+    event lane also its parked twin, on the parking topic (``pipeline.lanes``)."""
+    return [
+        (lane, parked, topic_name(settings, lane, parked=parked))
+        for lane in lanes(settings.pipeline.sinks, settings)
+        for parked in ((False, True) if lane.topic == "engagement" else (False,))
+    ]
+
+
 def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
-    """Each lane starts every partition at the lowest next offset over its sinks; an event lane
-    also gets its parked twin, on the parking topic (``pipeline.lanes``)."""
+    """Each lane starts every partition at the lowest next offset over its sinks."""
     plans = []
-    for lane in lanes(settings.pipeline.sinks, settings):
-        for parked in (False, True) if lane.topic == "engagement" else (False,):
-            topic = topic_name(settings, lane, parked=parked)
-            resume = resume_offsets(topic, stored_positions(settings, lane, topic))
-            specs = discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)
-            plans.append(LanePlan(lane, specs, parked))
+    for lane, parked, topic in lane_reads(settings):
+        resume = resume_offsets(topic, stored_positions(settings, lane, topic))
+        specs = discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)
+        plans.append(LanePlan(lane, specs, parked))
     return plans
+
+
+def offline_plans(settings: Settings, partitions: Mapping[str, int] | None = None) -> list[LanePlan]:
+    """``plan`` without Kafka or the sinks: every partition of each topic (``partitions``: topic ->
+    count, by default the counts the stack creates the topics with) from offset 0, unbounded. For
+    building the graph offline (``pipeline.dataflow_graph``)."""
+    cdc = settings.cdc
+    if partitions is None:
+        partitions = {
+            cdc.engagement_topic: cdc.engagement_partitions,
+            cdc.content_topic: cdc.content_partitions,
+            cdc.parked_topic: cdc.parked_partitions,
+        }
+    return [
+        LanePlan(lane, [PartitionSpec(topic, p, 0) for p in range(partitions[topic])], parked)
+        for lane, parked, topic in lane_reads(settings)
+    ]
 
 
 def build(p: beam.Pipeline, settings: Settings, lane_plans: list[LanePlan]) -> None:
@@ -86,6 +112,11 @@ def run(settings: Settings, options: PipelineOptions, *, bounded: bool = False) 
                 spec.start,
                 "" if spec.stop == UNBOUNDED else f" to {spec.stop}",
             )
+    if settings.pipeline.source == "kafkaio":
+        # KafkaIO starts at its group's committed offsets: put the plan there (pipeline.sources.kafkaio).
+        for lane_plan in lane_plans:
+            kafkaio.check_plans(lane_plan.partitions)
+            kafkaio.seed_group_offsets(consumer_config(settings, lane_plan.lane), lane_plan.partitions)
     p = beam.Pipeline(options=options)
     build(p, settings, lane_plans)
     return p.run()

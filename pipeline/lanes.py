@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from infra.settings import Settings
+from pipeline.sources import kafkaio
 from pipeline.sources.kafka_partitions import PartitionSpec, ReadKafkaPartitions, SourceTuning
 from pipeline.transforms.enrich import DecodeFn, JoinContentFn
 from pipeline.transforms.unpark import UnparkFn
@@ -71,6 +72,17 @@ def topic_name(settings: Settings, lane: Lane, *, parked: bool = False) -> str:
     if parked:
         return settings.cdc.parked_topic
     return settings.cdc.engagement_topic if lane.topic == "engagement" else settings.cdc.content_topic
+
+
+def source(plan: LanePlan, settings: Settings) -> beam.PTransform:
+    """The lane's read (``PIPELINE_SOURCE``): our SDF source at the plan's offsets, or KafkaIO, which
+    starts at the same offsets once ``pipeline.sources.kafkaio.seed_group_offsets`` committed them."""
+    config = consumer_config(settings, plan.lane)
+    if settings.pipeline.source == "kafkaio":
+        kafkaio.check_plans(plan.partitions)
+        service = kafkaio.expansion_service(settings.pipeline.kafkaio_expansion_service)
+        return kafkaio.ReadWithKafkaIO(topic_name(settings, plan.lane, parked=plan.parked), config, service)
+    return ReadKafkaPartitions(plan.partitions, config, tuning(settings))
 
 
 class WriteLane(beam.PTransform):
@@ -133,15 +145,11 @@ class RunLane(beam.PTransform):
             )
             return (
                 pbegin
-                | "ReadParked" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, lane), tuning(s))
+                | "ReadParked" >> source(self._plan, s)
                 | "Unpark" >> beam.ParDo(unpark)
                 | "Write" >> WriteLane(self._plan, s)
             )
-        changes = (
-            pbegin
-            | "Read" >> ReadKafkaPartitions(self._plan.partitions, consumer_config(s, lane), tuning(s))
-            | "Decode" >> beam.ParDo(DecodeFn(lane.topic))
-        )
+        changes = pbegin | "Read" >> source(self._plan, s) | "Decode" >> beam.ParDo(DecodeFn(lane.topic))
         if lane.topic == "engagement":
             join = JoinContentFn(
                 consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
