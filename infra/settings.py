@@ -369,6 +369,10 @@ class PipelineSettings(BaseSettings):
     # supervisor for its worker; never set by hand. None: unfenced (tests and benchmarks that drive
     # sinks directly).
     fence_token: int | None = Field(default=None, ge=1)
+    # A bounded run reads only these partitions, each up to this exclusive offset ("topic:partition"
+    # -> offset, JSON in the environment). Set by `python -m pipeline replay` for the run it starts
+    # (pipeline/replay.py); never set by hand. None: to the end offsets taken at start.
+    stop_offsets: dict[str, int] | None = None
 
 
 class Settings(BaseSettings):

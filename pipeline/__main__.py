@@ -6,6 +6,8 @@
     python -m pipeline --runner dataflow -- --project=P --region=R --temp_location=gs://B/tmp
     python -m pipeline status [--json]     # lag per sink and partition, capture, rates, dead letters, breakers
     python -m pipeline dashboard            # the live leaderboard page
+    python -m pipeline rebuild-redis        # rebuild the Redis boards from Kafka into fresh keys, swap them in
+    python -m pipeline replay --sink bigquery --from-timestamp 2026-12-06T10:00:00Z   # re-send one sink
     python -m pipeline backfill [--sinks S] # fill empty sinks from the tables, then hand over to the stream
 
 Settings come from the environment (.env.example: PIPELINE_*, LEADERBOARD_*, KAFKA_*, REDIS_*, CDC_*);
@@ -92,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.dashboard.__main__ import main as dashboard
 
         return dashboard(argv[1:])
+    if argv[:1] == ["rebuild-redis"]:
+        from pipeline.rebuild import main as rebuild
+
+        return rebuild(argv[1:])
+    if argv[:1] == ["replay"]:
+        from pipeline.replay import main as replay
+
+        return replay(argv[1:])
     if argv[:1] == ["backfill"]:
         from pipeline.backfill.__main__ import main as backfill
 

@@ -18,6 +18,7 @@ Run it through the supervisor: ``python -m pipeline`` (``--help`` lists the opti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -63,8 +64,19 @@ def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
     for lane, parked, topic in lane_reads(settings):
         resume = resume_offsets(topic, stored_positions(settings, lane, topic))
         specs = discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)
+        if bounded and settings.pipeline.stop_offsets is not None:
+            specs = stop_at(specs, settings.pipeline.stop_offsets)
         plans.append(LanePlan(lane, specs, parked))
     return plans
+
+
+def stop_at(specs: list[PartitionSpec], stops: Mapping[str, int]) -> list[PartitionSpec]:
+    """A bounded run that reads only the partitions ``stops`` names, each up to its offset there
+    (``PIPELINE_STOP_OFFSETS``, set by ``pipeline.replay``): the others stop where they start."""
+    return [
+        dataclasses.replace(spec, stop=max(spec.start, min(spec.stop, stops.get(f"{spec.topic}:{spec.partition}", 0))))
+        for spec in specs
+    ]
 
 
 def offline_plans(settings: Settings, partitions: Mapping[str, int] | None = None) -> list[LanePlan]:
