@@ -6,7 +6,7 @@ STACK := $(PY) -m infra.stack
 # The demo turns the HTTP sink on against the local receiver, unless it is configured already.
 DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
-.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -96,6 +96,12 @@ bigquery-roll: up ## create the coming quarters' changelog tables; RETAIN=N drop
 
 bigquery-query: up ## run seed 004's query on BigQuery (SQL="..." for another)
 	@$(PY) -m sinks.bigquery_admin query $(if $(SQL),"$(SQL)")
+
+rebuild-redis: up ## rebuild the Redis boards from the Kafka topics into fresh keys and swap them in atomically (the pipeline may run)
+	@$(PY) -m pipeline rebuild-redis
+
+replay: up ## re-send one sink from a time or offsets up to its positions: SINK=bigquery FROM=2026-12-06T10:00:00Z (or FROM=0, FROM=3:120,5:0)
+	@$(if $(and $(SINK),$(FROM)),,$(error give SINK=<sink> and FROM=<ISO time or offsets>))$(PY) -m pipeline replay --sink $(SINK) $(if $(findstring T,$(FROM)),--from-timestamp,--from-offset) $(FROM)
 
 bench-charts: bootstrap ## PNG charts of the sustained runs' time series (.bench/*.json) into docs/img/
 	@$(PY) -m loadtest.charts
