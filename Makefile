@@ -113,5 +113,9 @@ bench: bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench
 loadtest: up ## locust headless, pipeline running: writers at RATE events/s + an SLA user (commit -> board, 5 s); CSV/HTML in .loadtest/ (USERS=8 SPAWN_RATE=8 DURATION=60s RATE=3333)
 	@$(PY) -m loadtest.run_locust --users $(or $(USERS),8) --spawn-rate $(or $(SPAWN_RATE),8) --duration $(or $(DURATION),60s) --rate $(or $(RATE),3333)
 
+.PHONY: dataflow-graph
+dataflow-graph: bootstrap ## build the Dataflow job offline (DataflowRunner --dry_run, no GCP, no services) and print its steps (DEPTH=3)
+	@$(PY) -m pipeline.dataflow_graph --depth $(or $(DEPTH),3)
+
 clean: reset ## reset, and remove the venv and downloaded jars
 	rm -rf .venv .stack .stack-test .stack-faults
