@@ -12,6 +12,12 @@ bqemulator takes after every write: a ``CREATE TABLE AS SELECT *`` of the whole 
 one 500-row insertAll take 35 ms into an empty table and 750 ms into one of 100,000 rows (measured
 here; docs/bigquery.md). The change event the snapshot goes with is still published.
 
+It also closes one gap that schema evolution meets: bqemulator 1.4.0 takes a ``tables.patch`` or
+``tables.update`` that adds fields (BigQuery's way to add a column to a table that receives
+streaming inserts) into its catalog only, and the next insertAll naming the new column fails inside
+DuckDB ("table t has 6 columns but 3 values were supplied"). The wrapper adds the missing columns to
+the DuckDB table in the same call (``add_columns_on_schema_update``), as BigQuery would.
+
 Usage: ``python launch.py --extension-dir DIR start [bqemulator start options]``.
 """
 
@@ -53,6 +59,28 @@ def no_time_travel_snapshots() -> None:
     SnapshotManager.record_change = record_change  # type: ignore[method-assign]
 
 
+def add_columns_on_schema_update() -> None:
+    from bqemulator.api.routes.tables import _field_to_rest
+    from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
+    from bqemulator.storage.sql_identifiers import quoted_table_ref
+    from bqemulator.storage.type_map import bq_schema_to_duckdb_columns
+
+    update_table = DuckDBCatalogRepository.update_table
+
+    def update_table_and_columns(self: Any, table: Any) -> Any:
+        existing = self.get_table(table.project_id, table.dataset_id, table.table_id)
+        if existing is not None and existing.table_type == "TABLE" and table.table_type == "TABLE":
+            known = {field.name for field in existing.schema_.fields}
+            added = [_field_to_rest(field) for field in table.schema_.fields if field.name not in known]
+            if added:
+                ref = quoted_table_ref(table.project_id, table.dataset_id, table.table_id)
+                for name, dtype in bq_schema_to_duckdb_columns(added):
+                    self._engine.execute(f'ALTER TABLE {ref} ADD COLUMN IF NOT EXISTS "{name}" {dtype}')
+        return update_table(self, table)
+
+    DuckDBCatalogRepository.update_table = update_table_and_columns  # type: ignore[method-assign]
+
+
 def main() -> None:
     args = sys.argv[1:]
     if len(args) < 2 or args[0] != "--extension-dir":
@@ -69,6 +97,7 @@ def main() -> None:
     duckdb.connect = connect_with_our_extensions
     if os.environ.get("BQEMU_TIME_TRAVEL_RETENTION_DAYS") == "0":
         no_time_travel_snapshots()
+    add_columns_on_schema_update()
     from bqemulator.cli import main as bqemulator
 
     sys.argv = ["bqemulator", *args[2:]]
