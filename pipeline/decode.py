@@ -35,6 +35,7 @@ something is wrong.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -50,6 +51,7 @@ from pipeline.column_values import (
     parse_uuid,
     shown,
 )
+from pipeline.event_wire import EVENT_COLUMNS, EventDecoder
 from pipeline.model import (
     ContentChange,
     ContentRow,
@@ -72,6 +74,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 
 _OPS: Final = frozenset({"c", "r", "u", "d"})
 _FULL_HINT: Final = " (a before-image needs REPLICA IDENTITY FULL on the table)"
@@ -144,6 +147,9 @@ def _engagement_row(row: Any, side: str) -> EngagementRow:
     device = get("device")
     if device is not None and type(device) is not str:
         raise _field_error(side, "device", "a string or null", device)
+    extra = (
+        () if EVENT_COLUMNS.issuperset(row) else tuple(sorted((k, v) for k, v in row.items() if k not in EVENT_COLUMNS))
+    )
     # Positional: keyword arguments cost measurably more in a frozen dataclass's __init__.
     return EngagementRow(
         row_id,
@@ -154,6 +160,7 @@ def _engagement_row(row: Any, side: str) -> EngagementRow:
         duration_ms,
         device,
         _raw_payload(side, get("raw_payload")),
+        extra,
     )
 
 
@@ -238,36 +245,11 @@ def _images(envelope: dict[str, Any], op: str) -> tuple[Any, Any]:
     return before, after
 
 
-class _EventRowWire(msgspec.Struct, gc=False):
-    """An ``engagement_events`` row as Debezium sends it; unknown columns are ignored."""
-
-    id: int
-    event_ts: str | int
-    content_id: str | None = None
-    user_id: str | None = None
-    event_type: str | None = None
-    duration_ms: int | None = None
-    device: str | None = None
-    raw_payload: Any = None  # normally the column's JSON text (str); see _raw_payload
+# Replaced (never mutated) when a row shows a new column; each worker process learns on its own.
+_decoder = EventDecoder()
 
 
-class _SourceWire(msgspec.Struct, gc=False):
-    ts_ms: int | None = None
-    sequence: str | None = None
-
-
-class _EventEnvelopeWire(msgspec.Struct, gc=False):
-    op: str
-    before: _EventRowWire | None = None
-    after: _EventRowWire | None = None
-    source: _SourceWire | None = None
-    ts_ms: int | None = None
-
-
-_decode_event_envelope: Final = msgspec.json.Decoder(_EventEnvelopeWire).decode
-
-
-def _event_row_fast(row: _EventRowWire | None, side: str) -> EngagementRow:
+def _event_row_fast(row: Any, side: str, decoder: EventDecoder) -> EngagementRow:
     if row is None:
         raise DecodeError(f"no {side}-image")
     content_id, user_id = row.content_id, row.user_id
@@ -284,6 +266,7 @@ def _event_row_fast(row: _EventRowWire | None, side: str) -> EngagementRow:
         row.duration_ms,
         row.device,
         _raw_payload(side, row.raw_payload),
+        decoder.extra_of(row),
     )
 
 
@@ -295,17 +278,18 @@ def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
     value = record.value
     if value is None:
         return Skipped(record.position, "tombstone", record.key)
+    decoder = _decoder
     try:
-        envelope = _decode_event_envelope(value)
+        envelope = decoder.decode(value)
         op = envelope.op
         before = after = None
         if op == "c" or op == "r":
-            after = _event_row_fast(envelope.after, "after")
+            after = _event_row_fast(envelope.after, "after", decoder)
         elif op == "u":
-            before = _event_row_fast(envelope.before, "before")
-            after = _event_row_fast(envelope.after, "after")
+            before = _event_row_fast(envelope.before, "before", decoder)
+            after = _event_row_fast(envelope.after, "after", decoder)
         elif op == "d":
-            before = _event_row_fast(envelope.before, "before")
+            before = _event_row_fast(envelope.before, "before", decoder)
         else:
             raise DecodeError("unknown op")
         source = envelope.source
@@ -313,9 +297,16 @@ def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
         if commit_ts_ms is None:
             raise DecodeError("no commit time")
     except (msgspec.DecodeError, DecodeError):
-        return decode_engagement_checked(record)
+        return _checked_and_learned(record)
     sequence = None if source is None else parse_sequence(source.sequence)
     return EngagementChange(record.position, record.key, value, op, sequence, before, after, commit_ts_ms)
+
+
+def _checked_and_learned(record: KafkaRecord) -> EngagementChange | Skipped:
+    global _decoder
+    change = decode_engagement_checked(record)
+    _decoder = EventDecoder.learn(_decoder, change)
+    return change
 
 
 def _decode_checked(record: KafkaRecord, row: Callable[[Any, str], Any], change: Callable[..., _T]) -> _T | Skipped:

@@ -17,6 +17,7 @@ reference cycle. Treat them as immutable; ``msgspec.structs.replace`` copies one
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -53,6 +54,10 @@ class EngagementRow(msgspec.Struct, gc=False):
     duration_ms: int | None
     device: str | None
     raw_payload: str | None  # the JSONB column's text, verbatim (pipeline.decode._raw_payload)
+    # Columns added to the table after this code was written (schema evolution), ``(name, value)``
+    # sorted by name, values as Debezium's JSON gave them. The aggregates ignore them; BigQuery adds
+    # them to its tables (docs/operations.md, "Schema evolution").
+    extra: tuple[tuple[str, Any], ...] = ()
 
 
 class ContentRow(msgspec.Struct, gc=False):
