@@ -35,7 +35,6 @@ something is wrong.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -74,7 +73,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_log = logging.getLogger(__name__)
 
 _OPS: Final = frozenset({"c", "r", "u", "d"})
 _FULL_HINT: Final = " (a before-image needs REPLICA IDENTITY FULL on the table)"
