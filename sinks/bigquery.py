@@ -42,6 +42,7 @@ from sinks.bigquery_rows import (
     change_row,
     content_row,
     describe,
+    extra_columns,
     insert_id,
     is_retryable_row,
     timestamp,
@@ -305,7 +306,11 @@ class BigQueryChangesSink(BigQuerySink):
     def rows_for(self, record: EnrichedChange, written_at: str, now: datetime) -> list[tuple[str, dict[str, Any]]]:
         s = self.settings
         row = change_row(record, written_at)
-        period = period_of(record.row.event_ts, now, s.future_periods)  # type: ignore[union-attr]
+        image = record.row
+        assert image is not None  # change_row refused a change without one
+        if image.extra:
+            self.dataset.ensure_columns(extra_columns(image))
+        period = period_of(image.event_ts, now, s.future_periods)
         self.dataset.ensure_period(period)
         pairs = [(changes_table_id(s, period), row)]
         if self._with_audit:

@@ -9,12 +9,18 @@ Several writers may add a period at once (one per worker, at a quarter boundary)
 view from a fresh listing and checks the listing again afterwards, so the last rebuild includes
 every table; ``roll`` run ahead of the boundary (daily, from cron or Cloud Scheduler) makes this
 the rare path.
+
+**Added columns** (schema evolution): ``ensure_columns`` adds a column that appeared in
+``engagement_events`` to every quarter's table, NULLABLE, by a schema update (for a table that
+takes streaming inserts this is BigQuery's ``ALLOW_FIELD_ADDITION``), then rebuilds the view with
+it. ``ensure`` reconciles the tables first, so a writer that stopped half-way through the tables
+leaves nothing for the view's ``UNION ALL`` to trip on. Columns are only ever added.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from google.api_core import exceptions as api
@@ -26,6 +32,8 @@ from infra.settings import BigQuerySettings
 from sinks.bigquery_tables import (
     OUTLIERS,
     Quarter,
+    added_field,
+    added_fields,
     audit_table,
     changes_table,
     changes_table_id,
@@ -64,6 +72,7 @@ class Dataset:
         self._audit = audit
         self._clock = clock
         self._periods: set[str] = set()
+        self._added: dict[str, str] = {}  # columns added to engagement_events, and their types
         self._ready = False
 
     def forget(self) -> None:
@@ -82,9 +91,50 @@ class Dataset:
         if self._audit:
             self.client.create_table(audit_table(s), exists_ok=True)
         for period in self.upcoming():
-            self.client.create_table(changes_table(s, period), exists_ok=True)
+            self.client.create_table(changes_table(s, period, self._added), exists_ok=True)
+        self._reconcile_columns()
         self.refresh_view()
         self._ready = True
+
+    def ensure_columns(self, wanted: Mapping[str, str]) -> None:
+        """Every changelog table and the view have the ``wanted`` columns (``{name: type}``)."""
+        if all(name in self._added for name in wanted):
+            return
+        self.ensure()
+        missing = {name: kind for name, kind in wanted.items() if name not in self._added}
+        if not missing:
+            return
+        self._added.update(missing)
+        for period in self.periods():
+            self._add_fields(changes_table_id(self.settings, period), self._added)
+        _log.info("engagement changelog: added columns %s", ", ".join(f"{n} {k}" for n, k in missing.items()))
+        self.refresh_view()
+
+    def _reconcile_columns(self) -> None:
+        tables = [changes_table_id(self.settings, period) for period in self.periods()]
+        for table_id in tables:
+            for name, kind in added_fields(self.client.get_table(table_id).schema).items():
+                self._added.setdefault(name, kind)
+        if self._added:
+            for table_id in tables:
+                self._add_fields(table_id, self._added)
+
+    def _add_fields(self, table_id: str, fields: Mapping[str, str]) -> None:
+        # The table's etag makes the update a compare-and-set: two workers adding columns at once
+        # never drop each other's field; the loser reads the table again.
+        for _ in range(5):
+            table = self.client.get_table(table_id)
+            have = {field.name for field in table.schema}
+            add = [added_field(name, kind) for name, kind in fields.items() if name not in have]
+            if not add:
+                return
+            table.schema = [*table.schema, *add]
+            try:
+                self.client.update_table(table, ["schema"])
+                return
+            except api.PreconditionFailed:
+                continue
+        raise api.Conflict(f"{table_id}: its schema kept changing while columns were added")
 
     def upcoming(self) -> list[str]:
         """The current quarter and the future ones the sink routes to."""
@@ -99,7 +149,8 @@ class Dataset:
         if period in self._periods:
             return
         self.ensure()
-        self.client.create_table(changes_table(self.settings, period), exists_ok=True)
+        self.client.create_table(changes_table(self.settings, period, self._added), exists_ok=True)
+        self._add_fields(changes_table_id(self.settings, period), self._added)  # it may have existed
         self.refresh_view()
 
     def periods(self) -> list[str]:
@@ -117,7 +168,7 @@ class Dataset:
         self._periods = set(periods)
 
     def _put_view(self, periods: list[str]) -> None:
-        wanted = view(self.settings, periods)
+        wanted = view(self.settings, periods, sorted(self._added))
         try:
             current = self.client.get_table(wanted.reference)
         except api.NotFound:

@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import orjson
 
-from sinks.bigquery_tables import event_slot
-from sinks.records import ContentChange, EnrichedChange, SourcePosition
+from sinks.bigquery_tables import CHANGES_SCHEMA, event_slot
+from sinks.records import ContentChange, EngagementRow, EnrichedChange, SourcePosition
 
 MAX_INSERT_ID: Final = 128
 # BigQuery refuses a JSON value nested deeper than 500 levels; Postgres's JSONB allows more.
@@ -27,6 +27,46 @@ _JSON_BRACKETS: Final = re.compile(rb"[\[\]{}]")
 RETRYABLE_ROW_REASONS: Final = frozenset(
     {"stopped", "backendError", "internalError", "timeout", "quotaExceeded", "rateLimitExceeded", "tableUnavailable"}
 )
+
+
+_CHANGE_COLUMNS: Final = frozenset(field.name for field in CHANGES_SCHEMA)
+
+
+def extra_column(name: str) -> str:
+    """The changelog column for a column added to ``engagement_events``: its own name, unless the
+    changelog has one of that name already (content's ``title``, ``op``, the source columns); then
+    ``event_<name>``."""
+    return f"event_{name}" if name in _CHANGE_COLUMNS else name
+
+
+def column_type(value: Any) -> str | None:
+    """The BigQuery type of an added column, from its first non-null value. Debezium's JSON without
+    schemas says no more than this (docs/operations.md, "Schema evolution"); ``None`` for null."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "BOOL"
+    if isinstance(value, int):
+        return "INT64"
+    if isinstance(value, float):
+        return "FLOAT64"
+    if isinstance(value, str):
+        return "STRING"
+    return "JSON"
+
+
+def extra_columns(row: EngagementRow) -> dict[str, str]:
+    """``{column: type}`` of the added columns ``row`` has a value for."""
+    columns = {}
+    for name, value in row.extra:
+        kind = column_type(value)
+        if kind is not None:
+            columns[extra_column(name)] = kind
+    return columns
+
+
+def _extra_value(value: Any) -> Any:
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
 
 
 def insert_id(position: SourcePosition) -> str:
@@ -107,6 +147,7 @@ def change_row(change: EnrichedChange, written_at: str) -> dict[str, Any]:
         "content_type": None if content is None else content.content_type,
         "length_seconds": None if content is None else content.length_seconds,
         **_source(change.identity, change.sequence, change.commit_ts_ms, written_at),
+        **{extra_column(name): _extra_value(value) for name, value in row.extra},
     }
 
 

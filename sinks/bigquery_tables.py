@@ -29,7 +29,7 @@ the changelog keeps what they were when each change happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -156,9 +156,22 @@ def changes_table_id(settings: BigQuerySettings, period: str) -> str:
     return f"{settings.dataset_ref}.{settings.changes_table}_{period}"
 
 
-def changes_table(settings: BigQuerySettings, period: str) -> bigquery.Table:
-    """The table spec for one period: range-partitioned on its quarter's slots, clustered."""
-    table = bigquery.Table(changes_table_id(settings, period), schema=CHANGES_SCHEMA)
+def added_field(name: str, kind: str) -> bigquery.SchemaField:
+    """A column added to ``engagement_events`` after the tables were made (schema evolution)."""
+    return F(name, kind, "NULLABLE", description="Added to engagement_events later (docs/operations.md)")
+
+
+def added_fields(schema: Sequence[bigquery.SchemaField]) -> dict[str, str]:
+    """``{name: type}`` of the fields of a changelog table beyond ``CHANGES_SCHEMA``."""
+    base = {field.name for field in CHANGES_SCHEMA}
+    return {field.name: field.field_type for field in schema if field.name not in base}
+
+
+def changes_table(settings: BigQuerySettings, period: str, added: Mapping[str, str] | None = None) -> bigquery.Table:
+    """The table spec for one period: range-partitioned on its quarter's slots, clustered, with the
+    columns added to the source table so far."""
+    schema = [*CHANGES_SCHEMA, *(added_field(name, kind) for name, kind in (added or {}).items())]
+    table = bigquery.Table(changes_table_id(settings, period), schema=schema)
     table.clustering_fields = CLUSTERING
     if period != OUTLIERS:
         first, end = Quarter.parse(period).slots
@@ -207,17 +220,19 @@ _EVENT_COLUMNS: Final = "id, content_id, user_id, event_type, event_ts, event_sl
 _ORDER: Final = "COALESCE(source_commit_lsn, -1) DESC, COALESCE(source_lsn, -1) DESC, source_offset DESC"
 
 
-def view_sql(settings: BigQuerySettings, periods: Sequence[str]) -> str:
-    """The current-state view over ``periods`` (see the module docstring)."""
+def view_sql(settings: BigQuerySettings, periods: Sequence[str], added: Sequence[str] = ()) -> str:
+    """The current-state view over ``periods`` (see the module docstring), with the ``added``
+    columns, which every period's table must have."""
     if not periods:
         raise ValueError("the view needs at least one changelog table")
+    extra = "".join(f", {name}" for name in added)
     arms = []
     for period in periods:
         table = f"`{changes_table_id(settings, period)}`"
         # A filter on the partition column keeps the view valid under require_partition_filter.
         where = "" if period == OUTLIERS else f" WHERE event_slot >= {Quarter.parse(period).slots[0]}"
         arms.append(
-            f"SELECT op, {_EVENT_COLUMNS}, slug, title, content_type, length_seconds, commit_ts,"
+            f"SELECT op, {_EVENT_COLUMNS}{extra}, slug, title, content_type, length_seconds, commit_ts,"
             f" source_commit_lsn, source_lsn, source_offset FROM {table}{where}"
         )
     changes = "\n    UNION ALL ".join(arms)
@@ -227,9 +242,10 @@ def view_sql(settings: BigQuerySettings, periods: Sequence[str]) -> str:
     )
     columns = ",\n  ".join(current.format(col=col) for col in ("slug", "title", "content_type", "length_seconds"))
     length = "CASE WHEN c.id IS NOT NULL THEN c.length_seconds ELSE e.length_seconds END"
+    added_columns = "".join(f" e.{name}," for name in added)
     return f"""SELECT
   e.id, e.content_id, e.user_id, e.event_type, e.event_ts, e.event_slot, e.duration_ms, e.device, e.raw_payload,
-  {columns},
+  {columns},{added_columns}
   e.duration_ms / 1000.0 AS engagement_seconds,
   CASE WHEN {length} > 0 THEN e.duration_ms / 1000.0 / ({length}) * 100 END AS engagement_pct,
   COALESCE(CASE WHEN {length} > 0 THEN e.duration_ms / 1000.0 / ({length}) * 100 > 100 END, FALSE) AS over_100,
@@ -253,8 +269,8 @@ LEFT JOIN (
 ON c.id = e.content_id"""
 
 
-def view(settings: BigQuerySettings, periods: Sequence[str]) -> bigquery.Table:
+def view(settings: BigQuerySettings, periods: Sequence[str], added: Sequence[str] = ()) -> bigquery.Table:
     table = bigquery.Table(f"{settings.dataset_ref}.{settings.view}")
-    table.view_query = view_sql(settings, periods)
+    table.view_query = view_sql(settings, periods, added)
     table.description = "engagement_events as it is now in Postgres: the latest change per id (docs/bigquery.md)"
     return table
