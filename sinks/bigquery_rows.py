@@ -147,7 +147,9 @@ def change_row(change: EnrichedChange, written_at: str) -> dict[str, Any]:
         "content_type": None if content is None else content.content_type,
         "length_seconds": None if content is None else content.length_seconds,
         **_source(change.identity, change.sequence, change.commit_ts_ms, written_at),
-        **{extra_column(name): _extra_value(value) for name, value in row.extra},
+        # A null is left out: BigQuery fills an absent NULLABLE column with NULL, and a column whose
+        # every value so far was null has not been added to the table yet ("no such field").
+        **{extra_column(name): _extra_value(value) for name, value in row.extra if value is not None},
     }
 
 

@@ -16,7 +16,9 @@ A request is ``POST <url>`` with ``Content-Type: application/json`` and the body
 record. ``source.sequence`` is Debezium's ``(commit LSN of the previous transaction, LSN)``: a
 receiver keeps, per ``id``, the change with the highest sequence, so an older change that a replay
 delivers late never overwrites a newer one (``null`` for snapshot reads, which come first). The
-row fields are the after-image, or the before-image of a delete (``op`` ``d``).
+row fields are the after-image, or the before-image of a delete (``op`` ``d``). Columns added to
+``engagement_events`` after this was written come in ``"extra": {"<column>": <value>}``, present
+only when the row has any (docs/operations.md, "Schema evolution").
 
 The request's ``Idempotency-Key`` header (draft-ietf-httpapi-idempotency-key-header: a structured
 field string) is a digest of its changes' keys, so a retried batch carries the same header.
@@ -36,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import msgspec
 
@@ -64,6 +67,8 @@ class Change(msgspec.Struct, gc=False, omit_defaults=False):
     engagement_seconds: float | None
     engagement_pct: float | None
     source: Source
+    # Columns added to engagement_events later (schema evolution), only when the row has any.
+    extra: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 _encoder = msgspec.json.Encoder()
@@ -93,6 +98,7 @@ def change_json(change: EnrichedChange) -> bytes:
             engagement_seconds=change.engagement_seconds,
             engagement_pct=change.engagement_pct,
             source=Source(p.topic, p.partition, p.offset, change.sequence, change.commit_ts_ms),
+            extra=dict(row.extra) if row is not None and row.extra else msgspec.UNSET,
         )
     )
 

@@ -1,6 +1,7 @@
 """The HTTP sink against a scripted endpoint: payload, headers, outcomes per change, breaker, letters."""
 
 import httpx
+import msgspec
 import orjson
 import pytest
 
@@ -349,3 +350,14 @@ def test_a_late_reply_does_not_close_an_open_breaker():
     clock.now += 11
     sink._send(["events/1/1"], [b"{}"])  # a reply to a request sent before the breaker opened
     assert sink.gauges() == {"breaker_state": 2}
+
+
+def test_columns_added_to_the_table_travel_in_extra_only_when_the_row_has_any():
+    endpoint = Endpoint(ok)
+    sink = http_sink(endpoint)
+    added = msgspec.structs.replace(row(8), extra=(("referrer", "push"), ("score", None)))
+    assert sink.write(batch(enriched(8, after=added), enriched(9))).complete
+    [request] = endpoint.requests
+    first, second = orjson.loads(request.content)["changes"]
+    assert first["extra"] == {"referrer": "push", "score": None}
+    assert "extra" not in second
