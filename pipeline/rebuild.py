@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 import redis
 from confluent_kafka.admin import AdminClient
 
-from infra.process import stop_group, tail
+from infra.process import parent_death_signal, stop_group, tail
 from infra.settings import REPO_ROOT, Settings
 from pipeline.sources.offset_lookup import OffsetLookup
 from sinks import redis_swap
@@ -182,6 +182,9 @@ class Rebuild:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # A rebuild killed with kill -9 must not leave its copy running: the copy's
+                # supervisor dies with it, and its Prism and job die with the supervisor.
+                preexec_fn=parent_death_signal(),
             )
 
     def _check_copy(self, deadline: float) -> None:

@@ -36,6 +36,7 @@ from datetime import datetime
 
 from confluent_kafka.admin import AdminClient
 
+from infra.process import parent_death_signal
 from infra.settings import REPO_ROOT, Settings
 from pipeline.lanes import topic_name
 from pipeline.rebuild import free_port
@@ -165,6 +166,7 @@ class Replay:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     check=False,
+                    preexec_fn=parent_death_signal(),  # the run dies with the command
                 ).returncode
             if code != 0:
                 raise RuntimeError(f"the replay's bounded run exited with {code}; its log: {self.log_path}")
