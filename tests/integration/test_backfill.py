@@ -51,7 +51,7 @@ def test_backfill_then_stream_equals_sql_with_nothing_twice(stack: LocalStack, s
     )
     assert generate(settings, "--burst", "20000", "--seed", "31").wait(180) == 0  # history, with u and d
     flush_redis(settings)  # a lost Redis: no data, no positions
-    writer = generate(settings, "--rate", "30000", "--duration", "30")  # 500 events/s during the backfill
+    writer = generate(settings, "--rate", "30000", "--duration", "90")  # 500 events/s during the backfill
     time.sleep(3)
     began = time.monotonic()
     backfill = subprocess.run(
