@@ -6,7 +6,7 @@ STACK := $(PY) -m infra.stack
 # The demo turns the HTTP sink on against the local receiver, unless it is configured already.
 DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
-.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ demo: up ## the main job: stack, CDC, the Beam pipeline, a live leaderboard, and
 
 pipeline: up ## run the streaming pipeline in the foreground (Ctrl-C stops it)
 	@$(PY) -m pipeline
+
+backfill: up ## fill sinks that have no positions from the Postgres tables (one snapshot), then hand over to the stream (SINKS=redis,bigquery)
+	@$(PY) -m pipeline backfill $(if $(SINKS),--sinks $(SINKS))
 
 dashboard: up ## the live leaderboard page alone (http://127.0.0.1:58090/, DASHBOARD_PORT); Ctrl-C stops it
 	@$(PY) -m pipeline dashboard
