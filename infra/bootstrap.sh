@@ -2,7 +2,7 @@
 # Installs everything the project needs on a Debian/Ubuntu machine without Docker, idempotently:
 #   Debian packages (PostgreSQL, Redis, a JDK 17+, Maven), the Python venv with the project, the
 #   BigQuery emulator's venv, and the Kafka / Kafka Connect / Debezium jars from Maven Central. Each step is skipped when already done,
-#   so a second run takes about a second.
+#   so a second run takes about a second. With --flink, also Beam's Flink job server jars (make flink-bootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -104,6 +104,13 @@ if [ ! -x "$PRISM" ] || [ "$(cat "$PRISM.version" 2>/dev/null)" != "$BEAM_VERSIO
   GOBIN="$ROOT/.stack/bin" go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$BEAM_VERSION" >"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; die "building Prism failed (full log: ${log#$ROOT/})"; }
   echo "$BEAM_VERSION" > "$PRISM.version"
+fi
+
+# --- Beam's Flink job server (only with --flink: make flink-bootstrap) ---------------------------
+# Maven Central has no beam-runners-flink-*-job-server jar: the runner module and its dependencies
+# stand in for it (infra/maven/flink/pom.xml, pipeline/flink_job_server.py). About 160 MB.
+if [[ " $* " == *" --flink "* ]]; then
+  fetch_jars "Beam's Flink 1.19 job server" infra/maven/flink/pom.xml "$LIB/flink"
 fi
 
 step "bootstrap complete"

@@ -3,8 +3,8 @@
 Every service address, credential, topic name and knob lives here, grouped per part of the system.
 Each group is a frozen pydantic-settings model with its own environment prefix (``POSTGRES_``,
 ``KAFKA_``, ``CONNECT_``, ``REDIS_``, ``BIGQUERY_``, ``HTTP_SINK_``, ``HTTP_RECEIVER_``, ``CDC_``,
-``GENERATOR_``, ``METRICS_``, ``STATUS_``, ``DASHBOARD_``; ``GENERATION_RATE``, ``BURST_MODE`` and
-``BURST_COUNT`` keep the names seed 004 gave them). The HTTP groups live in ``infra.settings_http``,
+``GENERATOR_``, ``METRICS_``, ``STATUS_``, ``DASHBOARD_``, ``FLINK_``; ``GENERATION_RATE``, ``BURST_MODE``
+and ``BURST_COUNT`` keep the names seed 004 gave them). The HTTP groups live in ``infra.settings_http``,
 those of the metrics endpoint, the status view and the live page in ``infra.settings_views``; both
 are re-exported here. Defaults are safe for a laptop: every service listens on 127.0.0.1 only, on
 ports away from the usual ones so that a system Postgres or Redis never collides with ours.
@@ -24,8 +24,8 @@ from pydantic_settings import BaseSettings
 
 from infra.row_bound import required_max_message_bytes
 from infra.settings_backfill import BackfillSettings as BackfillSettings
-from infra.settings_backfill import BackfillSettings as BackfillSettings
 from infra.settings_base import config as _config
+from infra.settings_flink import FlinkSettings as FlinkSettings
 from infra.settings_http import HttpReceiverSettings as HttpReceiverSettings
 from infra.settings_http import HttpSinkSettings as HttpSinkSettings
 from infra.settings_http import parse_statuses as parse_statuses
@@ -392,10 +392,10 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     leaderboard: LeaderboardSettings = Field(default_factory=LeaderboardSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    flink: FlinkSettings = Field(default_factory=FlinkSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     status: StatusSettings = Field(default_factory=StatusSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
-    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @model_validator(mode="after")

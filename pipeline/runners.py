@@ -4,8 +4,10 @@
   (``go install``; Beam would otherwise download it from GitHub at run time) and submits the job to
   it with ``PortableRunner`` and ``LOOPBACK`` workers, i.e. what ``PrismRunner --prism_location``
   does, but with the Prism process owned and stopped by our supervisor.
-- ``flink``: ``FlinkRunner`` with ``--flink_master`` and ``--flink_version`` (pass them after
-  ``--``); Beam downloads the matching job-server jar, or give ``--flink_job_server_jar``.
+- ``flink``: the supervisor starts Beam's Flink job server from the jars ``make flink-bootstrap``
+  resolved (``pipeline.flink_job_server``; Beam's own ``FlinkRunner`` would download a job-server
+  jar that Maven Central does not have) and the job is submitted to it with ``PortableRunner`` and
+  ``LOOPBACK`` workers, with the ``FLINK_*`` settings as Flink options (``flink_options``).
 - ``dataflow``: ``DataflowRunner`` with ``--project``, ``--region``, ``--temp_location`` and the
   usual options; workers need network access to Kafka and Redis (private IPs, ``--subnetwork``).
 - ``direct``: Beam's DirectRunner. For a streaming job with our unbounded source it hands over to
@@ -14,8 +16,9 @@
 
 Extra Beam options can always be appended after ``--`` on the command line.
 
-With ``LOOPBACK`` the SDK harness runs inside the job process, so ``tune_loopback_worker`` can adjust
-it (on Flink or Dataflow the harness is the runner's own process and keeps Beam's defaults).
+With ``LOOPBACK`` (Prism and Flink here) the SDK harness runs inside the job process, so
+``tune_loopback_worker`` can adjust it (on Dataflow the harness is the runner's own process and keeps
+Beam's defaults).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.worker import statesampler
+
+from infra.settings import FlinkSettings
 
 RUNNERS = ("prism", "flink", "dataflow", "direct")
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600  # ten years: a streaming job runs until stopped
@@ -58,8 +63,28 @@ def tune_loopback_worker() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
+def flink_options(flink: FlinkSettings) -> list[str]:
+    """Flink's options for a job on our job server; its runner options are described by the job
+    server itself, so ``PortableRunner`` passes them on."""
+    args = [
+        f"--parallelism={flink.parallelism}",
+        # LOOPBACK: the SDK harness is the job process; Flink cannot restart a job without it, so a
+        # failure fails the job and the supervisor submits it again (FlinkSettings.execution_retries).
+        f"--number_of_execution_retries={flink.execution_retries}",
+        f"--max_bundle_time_mills={flink.max_bundle_time_ms}",
+    ]
+    if flink.checkpoint_interval_ms > 0:
+        args.append(f"--checkpointing_interval={flink.checkpoint_interval_ms}")
+    return args
+
+
 def pipeline_options(
-    runner: str, *, job_endpoint: str | None, streaming: bool, extra: Sequence[str] = ()
+    runner: str,
+    *,
+    job_endpoint: str | None,
+    streaming: bool,
+    extra: Sequence[str] = (),
+    flink: FlinkSettings | None = None,
 ) -> PipelineOptions:
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
@@ -82,7 +107,15 @@ def pipeline_options(
             f"--job_server_timeout={JOB_STREAM_DEADLINE_S}",
         ]
     elif runner == "flink":
-        args += ["--runner=FlinkRunner"]
+        if job_endpoint is None:
+            raise ValueError("the flink runner needs the job endpoint of a running Flink job server")
+        args += [
+            "--runner=PortableRunner",
+            f"--job_endpoint={job_endpoint}",
+            "--environment_type=LOOPBACK",
+            f"--job_server_timeout={JOB_STREAM_DEADLINE_S}",  # as for Prism
+            *flink_options(flink or FlinkSettings()),
+        ]
     elif runner == "dataflow":
         args += ["--runner=DataflowRunner"]
     else:

@@ -11,10 +11,12 @@
   is killed too (the lock may be passing to another instance), and the lock is taken again once
   Redis answers; refused if another instance has it by then.
 - **Prism is ours.** For the local runner the supervisor starts the Prism binary itself and stops it
-  by pid on exit; the job is given that Prism's endpoint, and nothing else: if the Prism port is
-  already taken when it starts (by any process, including a Prism an older supervisor left behind),
-  it refuses to start rather than submit a second job into a Prism it does not own. Beam's own
-  PrismRunner leaves Prism running when the launcher is killed.
+  by pid on exit (for ``--runner flink``, Beam's Flink job server the same way:
+  ``pipeline.flink_job_server``); if it dies, it is started again before the job is. The job is
+  given that Prism's endpoint, and nothing else: if the Prism port is already taken when it starts
+  (by any process, including a Prism an older supervisor left behind), it refuses to start rather
+  than submit a second job into a Prism it does not own. Beam's own PrismRunner leaves Prism
+  running when the launcher is killed.
 - **Children die with it.** Prism and the job get a parent-death signal (``infra.process.
   parent_death_signal``): a ``kill -9`` of the supervisor alone kills them too, so a new supervisor
   never finds an orphaned job still writing. They also share its process group: killing the group
@@ -36,13 +38,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import redis
 
 from infra.process import ServiceProcess, StackError, parent_death_signal, port_open
 from infra.settings import REPO_ROOT, Settings
+from pipeline.flink_job_server import job_server_process, start_own_job_server
 from pipeline.instance_lock import LOST, InstanceLock, LockHeld, Loss
 from sinks.fencing import quick_client
 
@@ -125,7 +128,7 @@ class Supervisor:
         lock.start_refresh(self._on_lock_lost)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        prism = prism_process(self.settings) if ps.runner == "prism" else None
+        runner_service, start_service = self._runner_service()
         backoff = ps.restart_backoff_initial_s
         try:
             while not self._stopping:
@@ -136,9 +139,9 @@ class Supervisor:
                     generation = self._acquire_again(lock)
                     if generation is None:
                         return 0
-                if prism is not None and not prism.running():
-                    _log.info("starting Prism on port %d", ps.prism_port)
-                    start_own_prism(prism)
+                if runner_service is not None and not runner_service.running():
+                    _log.info("starting %s on port %d", runner_service.name, runner_service.port)
+                    start_service(runner_service)
                 started = time.monotonic()
                 code, tail = self._run_worker(generation, lock)
                 if self._stopping:
@@ -155,9 +158,20 @@ class Supervisor:
                 backoff = min(backoff * 2, ps.restart_backoff_max_s)
             return 0
         finally:
-            if prism is not None:
-                prism.stop(10)
+            if runner_service is not None:
+                runner_service.stop(10)
             lock.release()
+
+    def _runner_service(self) -> tuple[ServiceProcess | None, Callable[[ServiceProcess], None]]:
+        """The process the job is submitted to, owned by this supervisor: Prism, or Beam's Flink job
+        server (``pipeline.flink_job_server``); None for runners that bring their own."""
+        runner = self.settings.pipeline.runner
+        if runner == "prism":
+            return prism_process(self.settings), start_own_prism
+        if runner == "flink":
+            timeout = self.settings.flink.start_timeout_s
+            return job_server_process(self.settings), lambda service: start_own_job_server(service, timeout)
+        return None, start_own_prism
 
     def _acquire_again(self, lock: InstanceLock) -> int | None:
         """After losing touch with Redis: the lock again, as a new generation, once Redis answers
@@ -186,6 +200,8 @@ class Supervisor:
         command = [sys.executable, "-m", "pipeline.worker", "--runner", ps.runner]
         if ps.runner == "prism":
             command += ["--job-endpoint", f"localhost:{ps.prism_port}"]
+        elif ps.runner == "flink":
+            command += ["--job-endpoint", f"localhost:{self.settings.flink.job_port}"]
         return command + self.worker_args
 
     def _run_worker(self, generation: int, lock: InstanceLock) -> tuple[int, str]:

@@ -14,6 +14,7 @@ import sys
 from infra import telemetry
 from infra.settings import Settings
 from pipeline import job
+from pipeline.flink_job_server import cancel_running_jobs
 from pipeline.runners import pipeline_options, tune_loopback_worker
 
 
@@ -31,11 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO: dozens a second from the HTTP sink.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
-    if args.runner == "prism":
+    if args.runner in ("prism", "flink"):
         # LOOPBACK: the DoFns run in this process, so its registry holds the whole job's metrics.
         telemetry.serve(settings.metrics)
         tune_loopback_worker()
-    options = pipeline_options(args.runner, job_endpoint=args.job_endpoint, streaming=not args.bounded, extra=beam_args)
+    if args.runner == "flink" and args.job_endpoint:
+        # A job of an earlier attempt whose harness died with its process: never two at once.
+        cancel_running_jobs(args.job_endpoint)
+    options = pipeline_options(
+        args.runner,
+        job_endpoint=args.job_endpoint,
+        streaming=not args.bounded,
+        extra=beam_args,
+        flink=settings.flink,
+    )
     result = job.run(settings, options, bounded=args.bounded)
     state = result.wait_until_finish()
     logging.getLogger("pipeline").info("job ended in state %s", state)

@@ -1,0 +1,101 @@
+"""Beam's Flink job server as a process the supervisor owns, like Prism (``--runner flink``).
+
+Beam's Python ``FlinkRunner`` starts a job server from a ``beam-runners-flink-<ver>-job-server``
+jar it downloads at run time. That download fails here, and Maven Central has no such jar for any
+Beam version, so ``make flink-bootstrap`` resolves the runner module and its dependencies into
+``FLINK_LIB_DIR`` (``infra/maven/flink/pom.xml``) and the supervisor starts the job server's main
+class from that classpath itself:
+
+- its own JVM, with a bounded heap (``FLINK_HEAP``; Beam leaves it unbounded), its log in
+  ``<STACK_DIR>/logs/flink-job-server-<port>.log``;
+- in the supervisor's process group and with a parent-death signal, so ``kill -9`` of the
+  supervisor (or of its group) never leaves it, or the embedded Flink cluster in it, orphaned;
+- refused, like Prism, if its port is already taken: a job server this supervisor did not start may
+  be running another instance's job.
+
+The job is then submitted with ``PortableRunner --job_endpoint`` (``pipeline.runners``). Before a
+submission, ``cancel_running_jobs`` cancels whatever the job server still runs from an earlier
+attempt of this supervisor (a job whose LOOPBACK harness was killed with its process), so two jobs
+never read the same partitions at once; the sinks' fencing would refuse the older one's writes
+anyway (``sinks.fencing``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import grpc
+from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
+from infra.process import ServiceProcess, StackError, port_open
+from infra.settings import Settings
+
+_log = logging.getLogger(__name__)
+
+MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver"
+_STATE = beam_job_api_pb2.JobState.Enum
+_ACTIVE = {_STATE.STOPPED, _STATE.STARTING, _STATE.RUNNING, _STATE.UPDATING, _STATE.DRAINING}
+
+
+def job_server_process(settings: Settings) -> ServiceProcess:
+    fs = settings.flink
+    if not any(fs.lib_dir.glob("beam-runners-flink-*.jar")):
+        raise StackError(f"Beam's Flink job server is not installed in {fs.lib_dir}. Run `make flink-bootstrap`.")
+    stack_dir = settings.stack.dir
+    work = stack_dir / "flink"
+    return ServiceProcess.in_stack(
+        stack_dir,
+        f"flink-job-server-{fs.job_port}",
+        command=[
+            "java",
+            f"-Xmx{fs.heap}",
+            # The embedded cluster's temporary files (blobs, spilled state) stay under the stack.
+            f"-Djava.io.tmpdir={work / 'tmp'}",
+            "-cp",
+            f"{fs.lib_dir}/*",
+            MAIN_CLASS,
+            f"--flink-master={fs.master}",
+            "--job-host=127.0.0.1",
+            f"--job-port={fs.job_port}",
+            f"--artifact-port={fs.artifact_port}",
+            # No Java expansion service: the pipeline has no cross-language transforms.
+            "--expansion-port=-1",
+            f"--artifacts-dir={work / 'artifacts'}",
+        ],
+        ready=lambda: port_open("127.0.0.1", fs.job_port),
+        host="127.0.0.1",
+        port=fs.job_port,
+        stop_signal=signal.SIGTERM,
+        new_session=False,
+        die_with_parent=True,
+    )
+
+
+def start_own_job_server(process: ServiceProcess, timeout: float) -> None:
+    """Start the job server, refusing a port that something else already holds (see the docstring)."""
+    pid = process.pid()
+    if pid is not None or port_open(process.host, process.port):
+        holder = f"pid {pid} (from {process.pid_file})" if pid is not None else "another process"
+        raise StackError(
+            f"the Flink job server's port {process.host}:{process.port} is already in use by {holder}, which this "
+            f"supervisor did not start (a job server an older pipeline left behind, or another instance on the "
+            f"same FLINK_JOB_PORT). Stop that process, or set another FLINK_JOB_PORT and FLINK_ARTIFACT_PORT."
+        )
+    for folder in ("tmp", "artifacts"):
+        (process.log_file.parent.parent / "flink" / folder).mkdir(parents=True, exist_ok=True)
+    process.start(timeout)
+
+
+def cancel_running_jobs(endpoint: str, timeout_s: float = 30.0) -> list[str]:
+    """Cancel every job the job server at ``endpoint`` still runs; return their ids."""
+    cancelled = []
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = beam_job_api_pb2_grpc.JobServiceStub(channel)
+        jobs = stub.GetJobs(beam_job_api_pb2.GetJobsRequest(), timeout=timeout_s).job_info
+        for job in jobs:
+            if job.state in _ACTIVE:
+                _log.warning("cancelling job %s (%s) left by an earlier attempt", job.job_id, job.job_name)
+                stub.Cancel(beam_job_api_pb2.CancelJobRequest(job_id=job.job_id), timeout=timeout_s)
+                cancelled.append(job.job_id)
+    return cancelled
