@@ -71,9 +71,12 @@ def iso(ts: datetime | None) -> str | None:
 
 
 def event_after(row: tuple[Any, ...]) -> dict[str, Any]:
-    """``(id, content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload text)``."""
-    row_id, content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload = row
-    return {
+    """``(id, content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload text[, added])``,
+    where ``added`` holds the columns added to the table later, as Postgres's ``to_jsonb`` gives them
+    (a ``NUMERIC`` is a JSON number there and a string in Debezium's envelopes)."""
+    row_id, content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload, *rest = row
+    added = dict(rest[0] or {}) if rest else {}
+    return added | {
         "id": row_id,
         "content_id": None if content_id is None else str(content_id),
         "user_id": None if user_id is None else str(user_id),

@@ -24,7 +24,13 @@ import psycopg
 from pipeline.backfill.envelopes import CONTENT, EVENTS, Split
 from pipeline.backfill.snapshot import PgSnapshot, lsn_to_int
 
-EVENT_COLUMNS = "id, content_id::text, user_id::text, event_type, event_ts, duration_ms, device, raw_payload::text"
+KNOWN_EVENT_COLUMNS = ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device", "raw_payload")
+# The columns the pipeline knows, then every column added to the table since (schema evolution) as
+# one JSON object, so backfilled rows carry them as the stream's do (docs/operations.md).
+EVENT_COLUMNS = (
+    "id, content_id::text, user_id::text, event_type, event_ts, duration_ms, device, raw_payload::text,"
+    f" to_jsonb({EVENTS}) - '{{{','.join(KNOWN_EVENT_COLUMNS)}}}'::text[]"
+)
 CONTENT_COLUMNS = "id::text, slug, title, content_type, length_seconds, publish_ts"
 
 

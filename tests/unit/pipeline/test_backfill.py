@@ -137,6 +137,16 @@ def test_an_event_row_decodes_like_a_debezium_snapshot_read() -> None:
     assert orjson.loads(value)["source"]["txId"] == 100
 
 
+def test_columns_added_to_the_table_are_backfilled_like_the_streams() -> None:
+    ts = datetime(2026, 12, 2, 8, 10, 1, tzinfo=UTC)
+    row = (43, None, None, "play", ts, 3_000_000_000, "ios", None, {"referrer": "push", "score": 2})
+    key, value = envelope(event_after(row), EVENTS, INFO)
+    record = KafkaRecord(SourcePosition("eng.backfill.engagement_events", 1, 43), key, value, INFO.ts_ms)
+    change = decode_engagement_checked(record)
+    assert change.after.extra == (("referrer", "push"), ("score", 2))
+    assert change.after.duration_ms == 3_000_000_000
+
+
 def test_a_content_row_decodes_like_a_debezium_snapshot_read() -> None:
     published = datetime(2026, 1, 1, tzinfo=UTC)
     row = ("6E65C53B-6556-49C8-A084-A65207F57E94", "slug", "Title", "video", None, published)
