@@ -24,6 +24,7 @@ fencing keys (``sinks.fencing``), one per consumer group.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,16 +123,22 @@ class RedisKeys:
 
 
 def scan(client: redis.Redis, patterns: list[str]) -> Iterator[str]:
-    """Every existing key matching ``patterns`` (each at most once)."""
+    """Every existing key matching ``patterns`` (exact names, or a prefix and a final ``*``), each
+    once, in one pass of SCAN over the keyspace (SCAN walks every key whatever its MATCH, so one pass
+    for all patterns costs a fifth of one pass per pattern)."""
+    exact = [p for p in patterns if "*" not in p]
+    prefixes = tuple(p[:-1] for p in patterns if "*" in p)
+    if any("*" in prefix for prefix in prefixes):
+        raise ValueError(f"only a final * is supported: {patterns}")
     seen: set[str] = set()
-    for pattern in patterns:
-        if "*" not in pattern:
-            if client.exists(pattern) and pattern not in seen:
-                seen.add(pattern)
-                yield pattern
-            continue
-        for raw in client.scan_iter(match=pattern, count=1000):
+    if prefixes:
+        common = os.path.commonprefix(list(prefixes))  # noqa: RUF071 - key names, character by character
+        for raw in client.scan_iter(match=common + "*", count=10_000):
             key = raw.decode() if isinstance(raw, bytes) else raw
-            if key not in seen:
+            if key.startswith(prefixes) and key not in seen:
                 seen.add(key)
                 yield key
+    for name in exact:
+        if name not in seen and client.exists(name):
+            seen.add(name)
+            yield name
