@@ -89,6 +89,19 @@ def parent_death_signal(sig: signal.Signals = signal.SIGKILL) -> Callable[[], No
     return preexec
 
 
+def refuse_if_taken(process: ServiceProcess, what: str, advice: str) -> None:
+    """Raise ``StackError`` if ``process``'s port is in use or its pid file names a live process:
+    a runner the supervisor did not start itself (one left behind, or another instance's) must never
+    get our job beside another. ``what`` names it ("Prism's port"); ``advice`` says what to change."""
+    pid = process.pid()
+    if pid is not None or port_open(process.host, process.port):
+        holder = f"pid {pid} (from {process.pid_file})" if pid is not None else "another process"
+        raise StackError(
+            f"{what} {process.host}:{process.port} is already in use by {holder}, which this supervisor did not "
+            f"start. {advice}"
+        )
+
+
 def tail(path: Path, lines: int = 20) -> str:
     if not path.exists():
         return "(no log yet)"

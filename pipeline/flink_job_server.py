@@ -28,7 +28,7 @@ import signal
 import grpc
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
-from infra.process import ServiceProcess, StackError, port_open
+from infra.process import ServiceProcess, StackError, port_open, refuse_if_taken
 from infra.settings import Settings
 
 _log = logging.getLogger(__name__)
@@ -74,14 +74,12 @@ def job_server_process(settings: Settings) -> ServiceProcess:
 
 def start_own_job_server(process: ServiceProcess, timeout: float) -> None:
     """Start the job server, refusing a port that something else already holds (see the docstring)."""
-    pid = process.pid()
-    if pid is not None or port_open(process.host, process.port):
-        holder = f"pid {pid} (from {process.pid_file})" if pid is not None else "another process"
-        raise StackError(
-            f"the Flink job server's port {process.host}:{process.port} is already in use by {holder}, which this "
-            f"supervisor did not start (a job server an older pipeline left behind, or another instance on the "
-            f"same FLINK_JOB_PORT). Stop that process, or set another FLINK_JOB_PORT and FLINK_ARTIFACT_PORT."
-        )
+    refuse_if_taken(
+        process,
+        "The Flink job server's port",
+        "It may be a job server an older pipeline left behind, or another instance on the same FLINK_JOB_PORT. "
+        "Stop that process, or set another FLINK_JOB_PORT and FLINK_ARTIFACT_PORT.",
+    )
     for folder in ("tmp", "artifacts"):
         (process.log_file.parent.parent / "flink" / folder).mkdir(parents=True, exist_ok=True)
     process.start(timeout)

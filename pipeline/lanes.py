@@ -18,6 +18,7 @@ decode and join travel in the stream to the lane's sinks (``pipeline.transforms.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -31,7 +32,7 @@ from sinks.base import SinkWriteFn
 from sinks.dead_letter import DeadLetterProducer
 from sinks.fencing import Fence
 from sinks.parking import PARK_STAGE
-from sinks.registry import Lane
+from sinks.registry import Lane, SinkSpec
 
 
 @dataclass(frozen=True)
@@ -95,16 +96,7 @@ class WriteLane(beam.PTransform):
 
     def expand(self, stream: beam.PCollection) -> beam.PCollection:
         lane, s = self._plan.lane, self._settings
-        letters = functools.partial(
-            DeadLetterProducer,
-            s.kafka.client_config(),
-            s.cdc.dlq_topic,
-            s.pipeline.dead_letter_max_bytes,
-            stage_topics={
-                PARK_STAGE: s.cdc.parked_topic,
-                **{spec.name: spec.dead_letter_topic for spec in lane.sinks if spec.dead_letter_topic},
-            },
-        )
+        letters = letter_producer(s, lane.sinks)
         written = []
         for index, spec in enumerate(lane.sinks):
             written.append(
@@ -123,6 +115,22 @@ class WriteLane(beam.PTransform):
             )
         # The sink steps emit nothing; their (empty) outputs exist only to end in pipeline.job's Done.
         return written[0] if len(written) == 1 else tuple(written) | "Written" >> beam.Flatten()
+
+
+def letter_producer(settings: Settings, specs: Sequence[SinkSpec]) -> functools.partial[DeadLetterProducer]:
+    """How the sinks of ``specs`` build their dead-letter producer on a worker: the dead-letter
+    topic, the parking topic for parked events, and the topics of sinks that have their own."""
+    s = settings
+    return functools.partial(
+        DeadLetterProducer,
+        s.kafka.client_config(),
+        s.cdc.dlq_topic,
+        s.pipeline.dead_letter_max_bytes,
+        stage_topics={
+            PARK_STAGE: s.cdc.parked_topic,
+            **{spec.name: spec.dead_letter_topic for spec in specs if spec.dead_letter_topic},
+        },
+    )
 
 
 class RunLane(beam.PTransform):

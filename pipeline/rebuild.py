@@ -43,13 +43,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import redis
-from confluent_kafka.admin import AdminClient
 
 from infra.process import parent_death_signal, stop_group, tail
 from infra.settings import REPO_ROOT, Settings
 from pipeline.sources.offset_lookup import OffsetLookup
 from sinks import redis_swap
 from sinks.fencing import fence_key, lock_key
+from sinks.kafka_positions import delete_groups
 from sinks.positions import decode
 from sinks.redis_keys import REDIS_SINKS, RedisKeys
 
@@ -255,12 +255,7 @@ class Rebuild:
             self.client.delete(*names[start : start + 1000])
         self.client.delete(lock_key(self.group), fence_key(self.group))
         with contextlib.suppress(Exception):  # best effort: an unused group expires on its own
-            admin = AdminClient(self.settings.kafka.client_config())
-            groups = [g.group_id for g in admin.list_consumer_groups().result(timeout=10).valid]
-            ours = [g for g in groups if g == self.group or g.startswith(self.group + ".")]
-            if ours:
-                for future in admin.delete_consumer_groups(ours, request_timeout=10).values():
-                    future.result()
+            delete_groups(self.settings.kafka.client_config(), self.group)
 
 
 def render(report: Report) -> str:

@@ -34,15 +34,13 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from confluent_kafka.admin import AdminClient
-
 from infra.process import parent_death_signal
 from infra.settings import REPO_ROOT, Settings
 from pipeline.lanes import topic_name
 from pipeline.rebuild import free_port
 from pipeline.sources.offset_lookup import OffsetLookup
 from sinks.fencing import fence_key, lock_key
-from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.kafka_positions import KafkaPositions, delete_groups, group_id
 from sinks.positions import Position
 from sinks.registry import SINKS, Lane, SinkSpec, specs
 
@@ -203,12 +201,7 @@ class Replay:
         with contextlib.suppress(Exception):
             client.delete(lock_key(self.group), fence_key(self.group))
         with contextlib.suppress(Exception):  # best effort: groups without members expire anyway
-            admin = AdminClient(self.settings.kafka.client_config())
-            groups = [g.group_id for g in admin.list_consumer_groups().result(timeout=10).valid]
-            ours = [g for g in groups if g == self.group or g.startswith(self.group + ".")]
-            if ours:
-                for future in admin.delete_consumer_groups(ours, request_timeout=10).values():
-                    future.result()
+            delete_groups(self.settings.kafka.client_config(), self.group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from types import FrameType
 
 import redis
 
-from infra.process import ServiceProcess, StackError, parent_death_signal, port_open
+from infra.process import ServiceProcess, StackError, parent_death_signal, port_open, refuse_if_taken
 from infra.settings import REPO_ROOT, Settings
 from pipeline.flink_job_server import job_server_process, start_own_job_server
 from pipeline.instance_lock import LOST, InstanceLock, LockHeld, Loss
@@ -86,15 +86,13 @@ def prism_process(settings: Settings) -> ServiceProcess:
 def start_own_prism(prism: ServiceProcess, timeout: float = 60) -> None:
     """Start Prism, refusing if anything already listens on its port or its pid file names a live
     process: the job must run in the Prism this supervisor started, never beside another job."""
-    pid = prism.pid()
-    if pid is not None or port_open(prism.host, prism.port):
-        holder = f"pid {pid} (from {prism.pid_file})" if pid is not None else "another process"
-        raise StackError(
-            f"Prism's port {prism.host}:{prism.port} is already in use by {holder}, which this supervisor did "
-            f"not start: a Prism left behind by an older pipeline, or another instance (another "
-            f"PIPELINE_CONSUMER_GROUP) on the same PIPELINE_PRISM_PORT. Submitting into it could run a second "
-            f"job, so this supervisor will not. Stop that process, or set another PIPELINE_PRISM_PORT."
-        )
+    refuse_if_taken(
+        prism,
+        "Prism's port",
+        "It may be a Prism left behind by an older pipeline, or another instance (another "
+        "PIPELINE_CONSUMER_GROUP) on the same PIPELINE_PRISM_PORT. Submitting into it could run a second job, so "
+        "this supervisor will not. Stop that process, or set another PIPELINE_PRISM_PORT.",
+    )
     prism.start(timeout)
 
 

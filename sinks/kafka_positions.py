@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from sinks.contract import SinkUnavailable
 from sinks.positions import Mark, Position, decode, encode
@@ -68,6 +69,18 @@ def read_extra(offset: int, metadata: str | None) -> tuple[Position, str]:
 
 def group_id(consumer_group: str, sink_name: str) -> str:
     return f"{consumer_group}.sink.{sink_name}"
+
+
+def delete_groups(client_config: dict[str, Any], consumer_group: str) -> list[str]:
+    """Delete ``consumer_group`` and every positions group under it (``<group>.sink.<name>``, a
+    lane's ``<group>.<lane>``): what a finished rebuild or replay leaves. Returns their names."""
+    admin = AdminClient(client_config)
+    groups = [g.group_id for g in admin.list_consumer_groups().result(timeout=10).valid]
+    ours = [g for g in groups if g == consumer_group or g.startswith(consumer_group + ".")]
+    if ours:
+        for future in admin.delete_consumer_groups(ours, request_timeout=10).values():
+            future.result()
+    return ours
 
 
 class KafkaPositions:

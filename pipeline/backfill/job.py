@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,14 +37,12 @@ from pipeline.backfill.envelopes import (
 )
 from pipeline.backfill.postgres import read_content, read_split
 from pipeline.decode import decode_content
-from pipeline.lanes import consumer_config
+from pipeline.lanes import consumer_config, letter_producer
 from pipeline.model import ContentChange, ContentRow, KafkaRecord, SourcePosition
 from pipeline.sources.content_view import ContentTable
 from pipeline.transforms.enrich import DecodeFn, JoinContentFn
 from sinks.base import SinkWriteFn
-from sinks.dead_letter import DeadLetterProducer
 from sinks.fencing import Fence
-from sinks.parking import PARK_STAGE
 from sinks.registry import SinkSpec
 
 PROGRESS_EVERY_ROWS = 100_000
@@ -139,20 +137,6 @@ class SnapshotContentView:
         return False
 
 
-def _letters(settings: Settings, specs: Sequence[SinkSpec]) -> functools.partial[DeadLetterProducer]:
-    s = settings
-    return functools.partial(
-        DeadLetterProducer,
-        s.kafka.client_config(),
-        s.cdc.dlq_topic,
-        s.pipeline.dead_letter_max_bytes,
-        stage_topics={
-            PARK_STAGE: s.cdc.parked_topic,
-            **{spec.name: spec.dead_letter_topic for spec in specs if spec.dead_letter_topic},
-        },
-    )
-
-
 def build(p: beam.Pipeline, settings: Settings, plan: BackfillPlan) -> None:
     """Add both branches (the module docstring's diagram) to ``p``."""
     s, written = settings, []
@@ -187,7 +171,7 @@ def build(p: beam.Pipeline, settings: Settings, plan: BackfillPlan) -> None:
                 >> beam.ParDo(
                     SinkWriteFn(
                         functools.partial(spec.build, s),
-                        _letters(s, specs),
+                        letter_producer(s, specs),
                         [topic],
                         owns_upstream_letters=index == 0,
                         max_latency_ms=FLUSH_MS,
