@@ -1,8 +1,8 @@
 """Run the engagement pipeline under its supervisor: ``python -m pipeline``.
 
     python -m pipeline                      # streaming on the local stack, Prism runner
-    python -m pipeline --bounded            # read to today's end offsets, then stop (backfill, tests)
-    python -m pipeline --runner flink -- --flink_master=host:8081 --flink_version=1.19
+    python -m pipeline --bounded            # read to today's end offsets, then stop (tests, catch-up)
+    python -m pipeline --runner flink       # on a local Flink (make flink-bootstrap), parallelism 2
     python -m pipeline --runner dataflow -- --project=P --region=R --temp_location=gs://B/tmp
     python -m pipeline status [--json]     # lag per sink and partition, capture, rates, dead letters, breakers
     python -m pipeline dashboard            # the live leaderboard page
