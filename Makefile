@@ -6,7 +6,7 @@ STACK := $(PY) -m infra.stack
 # The demo turns the HTTP sink on against the local receiver, unless it is configured already.
 DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
-.PHONY: flink-bootstrap flink test-flink
+.PHONY: flink-bootstrap flink test-flink test-operations
 .PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
 
 help: ## list the targets
@@ -72,6 +72,9 @@ flink: up flink-bootstrap ## the streaming pipeline on a local Flink (parallelis
 
 test-flink: flink-bootstrap ## SLOW (~2 min), not in make test: the pipeline on Flink vs SQL, bounded and after kill -9 of the job server and of the job
 	@$(PY) -m pytest tests/flink -q
+
+test-operations: bootstrap ## SLOW (~5 min), not in make test: backfill, rebuild-redis and replay against SQL on a stack of their own
+	@$(PY) -m pytest tests/operations -q
 
 faults: bootstrap ## SLOW (~12 min), not in make test: each issue-14 fault under 1,500 events/s, sinks vs SQL, a table
 	@$(PY) -m loadtest.faults $(if $(ONLY),--only $(ONLY))

@@ -25,9 +25,8 @@ from sinks.bigquery_admin import run_query
 from sinks.bigquery_dataset import make_client
 from sinks.bigquery_tables import Quarter
 from sinks.redis_store import next_offsets
-
-from .pipeline_helpers import assert_redis_matches_sql, env, flush_redis, streaming, wait_caught_up
-from .test_pipeline import generate
+from tests.integration.pipeline_helpers import assert_redis_matches_sql, env, flush_redis, streaming, wait_caught_up
+from tests.integration.test_pipeline import generate
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,8 @@ from sinks.bigquery_admin import run_query
 from sinks.bigquery_dataset import make_client
 from sinks.bigquery_tables import Quarter
 from sinks.kafka_positions import KafkaPositions, group_id
-
-from .pipeline_helpers import env, run_bounded, wait_topic_settled
-from .test_pipeline import generate
+from tests.integration.pipeline_helpers import env, run_bounded, wait_topic_settled
+from tests.integration.test_pipeline import generate
 
 pytestmark = pytest.mark.integration
 
