@@ -30,13 +30,19 @@ RETRYABLE_ROW_REASONS: Final = frozenset(
 
 
 _CHANGE_COLUMNS: Final = frozenset(field.name for field in CHANGES_SCHEMA)
+_UNSAFE_COLUMN_CHARS: Final = re.compile(r"[^A-Za-z0-9_]")
+MAX_COLUMN_NAME: Final = 290  # BigQuery's limit is 300; room for the event_ prefix
 
 
 def extra_column(name: str) -> str:
     """The changelog column for a column added to ``engagement_events``: its own name, unless the
     changelog has one of that name already (content's ``title``, ``op``, the source columns); then
-    ``event_<name>``."""
-    return f"event_{name}" if name in _CHANGE_COLUMNS else name
+    ``event_<name>``. A quoted Postgres name with characters BigQuery's column names refuse has them
+    replaced by ``_`` (and a leading digit gets one in front), so the schema update cannot fail."""
+    safe = _UNSAFE_COLUMN_CHARS.sub("_", name)[:MAX_COLUMN_NAME]
+    if not safe or safe[0].isdigit():
+        safe = f"_{safe}"
+    return f"event_{safe}" if safe in _CHANGE_COLUMNS else safe
 
 
 def column_type(value: Any) -> str | None:

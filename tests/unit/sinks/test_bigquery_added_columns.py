@@ -30,6 +30,12 @@ def test_a_name_the_changelog_has_already_is_prefixed():
     assert extra_column("source_offset") == "event_source_offset"
 
 
+def test_a_name_bigquery_would_refuse_is_made_safe():
+    assert extra_column("utm-source") == "utm_source"
+    assert extra_column("2fa enabled") == "_2fa_enabled"
+    assert extra_column("prix_€") == "prix__"
+
+
 def test_the_row_carries_added_columns_and_their_types():
     row = msgspec.structs.replace(event(7), extra=(("referrer", "push"), ("tags", ["a"]), ("title", None)))
     change = enriched(7, row=row)
