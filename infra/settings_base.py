@@ -1,8 +1,13 @@
-"""What every settings group of ``infra.settings`` shares: its pydantic-settings configuration."""
+"""What every settings group of ``infra.settings`` shares: its pydantic-settings configuration, and
+the repository root that local paths are relative to."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def config(prefix: str) -> SettingsConfigDict:

@@ -13,9 +13,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
+from infra.settings_base import REPO_ROOT as REPO_ROOT
 from infra.settings_base import config as _config
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class FlinkSettings(BaseSettings):

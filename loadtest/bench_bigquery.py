@@ -33,7 +33,8 @@ from google.cloud import bigquery
 
 from infra.settings import Settings
 from infra.stack.local import LocalStack
-from loadtest.bench_pipeline import burst_then_drain, latency_phase, say, stack_sampler
+from loadtest.bench_harness import say, stack_sampler
+from loadtest.bench_pipeline import burst_then_drain, latency_phase
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, describe, machine, percentile
 from sinks.bigquery_dataset import make_client

@@ -29,7 +29,8 @@ import time
 from infra.http_receiver.client import ReceiverClient
 from infra.settings import Settings
 from infra.stack.local import LocalStack
-from loadtest.bench_pipeline import burst_then_drain, latency_phase, say
+from loadtest.bench_harness import say
+from loadtest.bench_pipeline import burst_then_drain, latency_phase
 from loadtest.procstats import describe, machine, percentile
 from sinks.kafka_positions import KafkaPositions, group_id
 

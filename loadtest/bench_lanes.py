@@ -26,7 +26,8 @@ from collections import Counter
 from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
-from loadtest.bench_pipeline import latency_phase, say, stack_sampler
+from loadtest.bench_harness import say, stack_sampler
+from loadtest.bench_pipeline import latency_phase
 from loadtest.probes import Prober
 from loadtest.procstats import describe, machine
 from sinks.fault_injection import DELIVERIES_KEY, MODE_KEY, start_at

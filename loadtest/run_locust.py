@@ -3,7 +3,7 @@
     python -m loadtest.run_locust --users 8 --spawn-rate 8 --duration 60s --rate 3333 [-- more locust flags]
 
 The stack must be up (``make loadtest`` depends on ``make up``). The catalogue is seeded if empty,
-the pipeline is started as the benchmarks start it (``bench_pipeline.streaming_pipeline``, the
+the pipeline is started as the benchmarks start it (``bench_harness.streaming_pipeline``, the
 Redis lanes) and the run waits until a probe reaches the board, so the SLA user measures a live
 pipeline, not its start-up. Locust's options are in ``loadtest/locust.conf``; its CSV, HTML and final JSON
 statistics go to ``.loadtest/``. The exit status is locust's: 1 when any request failed (an SLA miss included).
@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from infra.settings import REPO_ROOT, Settings
-from loadtest.bench_pipeline import streaming_pipeline
+from loadtest.bench_harness import streaming_pipeline
 from loadtest.locust_pacing import positive_float, positive_int
 from loadtest.locust_report import read_stats, summary
 from loadtest.probes import wait_until_live

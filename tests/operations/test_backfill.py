@@ -31,6 +31,18 @@ from tests.integration.test_pipeline import generate
 pytestmark = pytest.mark.integration
 
 
+def run_backfill(settings: Settings, extra: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "backfill"],
+        cwd=REPO_ROOT,
+        env=env(settings, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_backfill_then_stream_equals_sql_with_nothing_twice(stack: LocalStack, settings: Settings, tmp_path):
     run = uuid.uuid4().hex[:6]
     extra = {
@@ -53,15 +65,7 @@ def test_backfill_then_stream_equals_sql_with_nothing_twice(stack: LocalStack, s
     writer = generate(settings, "--rate", "30000", "--duration", "90")  # 500 events/s during the backfill
     time.sleep(3)
     began = time.monotonic()
-    backfill = subprocess.run(
-        [sys.executable, "-m", "pipeline", "backfill"],
-        cwd=REPO_ROOT,
-        env=env(settings, **extra),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    backfill = run_backfill(settings, extra, timeout=600)
     took = time.monotonic() - began
     assert backfill.returncode == 0, backfill.stdout[-4000:] + backfill.stderr[-4000:]
     print(backfill.stdout[-2000:], f"(backfill process: {took:.1f} s)")
@@ -71,15 +75,7 @@ def test_backfill_then_stream_equals_sql_with_nothing_twice(stack: LocalStack, s
     assert len(handed_over) == settings.cdc.engagement_partitions
 
     # A second backfill into the same sinks is refused: they follow the stream now.
-    again = subprocess.run(
-        [sys.executable, "-m", "pipeline", "backfill"],
-        cwd=REPO_ROOT,
-        env=env(settings, **extra),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = run_backfill(settings, extra, timeout=120)
     assert again.returncode == 1 and "already has positions" in again.stderr, again.stderr[-2000:]
 
     with streaming(s, tmp_path / "pipeline.log", **extra):
