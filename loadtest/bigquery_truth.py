@@ -30,23 +30,29 @@ def positions(settings: Settings, sink: str, topic: str) -> dict[int, int]:
         store.close()
 
 
-def wait_bigquery_caught_up(settings: Settings, timeout: float = 180) -> None:
-    """Until both BigQuery sinks have committed the end offsets of their topics, and those stopped."""
+def wait_bigquery_caught_up(settings: Settings, timeout: float = 180, *, parked: bool = True) -> None:
+    """Until both BigQuery sinks have committed the end offsets of their topics, and those stopped;
+    for the event sink, the parking topic too (the events that waited for their content), unless
+    ``parked`` is False: after a bounded run, whose parked lane stops where the run began."""
+    cdc = settings.cdc
+    reads = [("bigquery", cdc.engagement_topic), ("bigquery_content", cdc.content_topic)]
+    if parked:
+        reads.append(("bigquery", cdc.parked_topic))
     deadline = time.monotonic() + timeout
-    previous: dict[str, dict[int, int]] = {}
+    previous: dict[str, int] = {}
+    behind: dict[str, tuple[int, int]] = {}
     while time.monotonic() < deadline:
-        ends = {
-            "bigquery": end_offsets(settings.kafka, settings.cdc.engagement_topic),
-            "bigquery_content": end_offsets(settings.kafka, settings.cdc.content_topic),
-        }
-        topics = {"bigquery": settings.cdc.engagement_topic, "bigquery_content": settings.cdc.content_topic}
+        ends = {(sink, topic): end_offsets(settings.kafka, topic) for sink, topic in reads}
+        flat = {f"{sink} {topic}:{p}": e for (sink, topic), by_p in ends.items() for p, e in by_p.items()}
         behind = {}
-        for sink, topic in topics.items():
+        for sink, topic in reads:
             stored = positions(settings, sink, topic)
-            behind.update({f"{sink} {p}": (stored.get(p, 0), e) for p, e in ends[sink].items() if stored.get(p, 0) < e})
-        if not behind and ends == previous:
+            for p, end in ends[sink, topic].items():
+                if stored.get(p, 0) < end:
+                    behind[f"{sink} {topic}:{p}"] = (stored.get(p, 0), end)
+        if not behind and flat == previous:
             return
-        previous = ends
+        previous = flat
         time.sleep(2.0 if not behind else 0.5)
     raise AssertionError(f"the BigQuery sinks did not catch up within {timeout} s; (stored, end): {behind}")
 

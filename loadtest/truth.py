@@ -36,20 +36,23 @@ def wait_topic_settled(settings: Settings, quiet_s: float = 2.0, timeout: float 
 def wait_caught_up(
     settings: Settings, timeout: float = 120, settle: float = 3.0, sink: str = RedisLeaderboardSink.name
 ) -> None:
-    """Until Debezium has published everything (the topic ends stop moving) and ``sink`` has applied it."""
+    """Until Debezium has published everything (the topic ends stop moving) and ``sink`` has applied
+    it: the event topic and the parking topic, whose lane brings back the events that waited for
+    their content (``sinks.parking``). Both ends must hold still for ``settle`` seconds, so an event
+    still going round the parking topic is waited for."""
     client = settings.redis.client()
-    topic = settings.cdc.engagement_topic
+    topics = (settings.cdc.engagement_topic, settings.cdc.parked_topic)
     deadline = time.monotonic() + timeout
-    previous: dict[int, int] = {}
+    previous: dict[str, int] = {}
+    behind: dict[str, tuple[int, int]] = {}
     while time.monotonic() < deadline:
-        ends = end_offsets(settings.kafka, topic)
-        stored = {f"{topic}:{p}": o for p, o in next_offsets(client, sink, topic).items()}
-        caught_up = all(stored.get(f"{topic}:{p}", 0) >= end for p, end in ends.items() if end > 0)
-        if caught_up and ends == previous:
+        ends = {f"{topic}:{p}": end for topic in topics for p, end in end_offsets(settings.kafka, topic).items()}
+        stored = {f"{topic}:{p}": o for topic in topics for p, o in next_offsets(client, sink, topic).items()}
+        behind = {key: (stored.get(key, 0), end) for key, end in ends.items() if stored.get(key, 0) < end}
+        if not behind and ends == previous:
             return
         previous = ends
-        time.sleep(settle if caught_up else 0.5)
-    behind = {p: (stored.get(f"{topic}:{p}", 0), end) for p, end in ends.items() if stored.get(f"{topic}:{p}", 0) < end}
+        time.sleep(settle if not behind else 0.5)
     raise AssertionError(f"{sink} did not catch up within {timeout} s; (stored, end) behind: {behind}")
 
 

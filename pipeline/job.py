@@ -28,9 +28,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from infra.settings import Settings
 from pipeline.lanes import LanePlan, RunLane, consumer_config, topic_name
 from pipeline.sources import kafkaio
+from pipeline.sources.discovery import end_offsets
 from pipeline.sources.kafka_partitions import UNBOUNDED, PartitionSpec, discover_partitions
-from sinks.positions import Position, resume_offsets
-from sinks.registry import Lane, lanes
+from sinks.fencing import Fence, guard
+from sinks.positions import Position, parking_floors, resume_offsets
+from sinks.registry import Lane, SinkSpec, lanes
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +50,20 @@ def stored_positions(settings: Settings, lane: Lane, topic: str) -> list[dict[st
     return stored
 
 
+def store_floor(settings: Settings, spec: SinkSpec, floor: Mapping[str, int]) -> dict[str, Position]:
+    """Store a sink's floor on the parking topic as its positions there, under the job's fence: so a
+    restart resumes from it, and its lag (``make status``, the truth checks) is measured from it."""
+    positions = {key: Position(offset) for key, offset in floor.items()}
+    sink = guard(spec.build(settings), Fence.of(settings))
+    sink.open()
+    try:
+        sink.commit(positions, dict.fromkeys(positions))
+    finally:
+        sink.close()
+    _log.info("%s starts over: the parking topic from its end, %s", spec.name, dict(floor))
+    return positions
+
+
 def lane_reads(settings: Settings) -> list[tuple[Lane, bool, str]]:
     """``(lane, parked, topic)`` for each read of the job: every lane of PIPELINE_SINKS, and for an
     event lane also its parked twin, on the parking topic (``pipeline.lanes``)."""
@@ -59,10 +75,19 @@ def lane_reads(settings: Settings) -> list[tuple[Lane, bool, str]]:
 
 
 def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
-    """Each lane starts every partition at the lowest next offset over its sinks."""
+    """Each lane starts every partition at the lowest next offset over its sinks; on the parking
+    topic, a sink that starts over begins at its end (``sinks.positions.parking_floors``)."""
     plans = []
     for lane, parked, topic in lane_reads(settings):
-        resume = resume_offsets(topic, stored_positions(settings, lane, topic))
+        stored = stored_positions(settings, lane, topic)
+        if parked:
+            events = stored_positions(settings, lane, topic_name(settings, lane))
+            by_sink = parking_floors(topic, stored, events, end_offsets(consumer_config(settings), topic))
+            stored = [
+                store_floor(settings, spec, floor) if floor else positions
+                for spec, positions, floor in zip(lane.sinks, stored, by_sink, strict=True)
+            ]
+        resume = resume_offsets(topic, stored)
         specs = discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)
         if bounded and settings.pipeline.stop_offsets is not None:
             specs = stop_at(specs, settings.pipeline.stop_offsets)

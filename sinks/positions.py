@@ -164,3 +164,27 @@ def resume_offsets(topic: str, stored: Sequence[Mapping[str, Position]]) -> dict
         if all(key in positions for positions in stored):
             resume[partition] = min(positions[key].next_offset for positions in stored)
     return resume
+
+
+def parking_floors(
+    topic: str,
+    parked: Sequence[Mapping[str, Position]],
+    events: Sequence[Mapping[str, Position]],
+    ends: Mapping[int, int],
+) -> list[dict[str, int]]:
+    """Per sink of a parked lane: where its reading of the parking ``topic`` begins (``ends``, the
+    topic's end offsets now) if the sink has stored no position at all, neither there (``parked``) nor
+    on the event topic (``events``); otherwise nothing.
+
+    Why: a sink with nothing stored starts over (a new consumer group, a flushed Redis, a rebuild or a
+    replay under a prefix of its own), so its event lane reads its topic from the start and parks
+    again every event that still waits for its content. The envelopes already on the parking topic
+    belong to an earlier state of the sink, or to another run; read again, each past its deadline
+    would be one more dead letter for the same event (one per round it went, about one per second
+    of its wait, on every start-over).
+    """
+    floors: list[dict[str, int]] = []
+    for stored_parked, stored_events in zip(parked, events, strict=True):
+        fresh = not stored_parked and not stored_events
+        floors.append({f"{topic}:{p}": end for p, end in ends.items()} if fresh else {})
+    return floors

@@ -27,11 +27,12 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from infra.settings import Settings
 from pipeline.backfill.envelopes import CONTENT, EVENTS, SnapshotInfo, Split, backfill_topic, id_splits
-from pipeline.backfill.handover import end_offsets, low_offsets, scan_boundaries, store_positions
+from pipeline.backfill.handover import low_offsets, scan_boundaries, store_positions
 from pipeline.backfill.job import BackfillPlan, build
 from pipeline.backfill.postgres import SnapshotSession, wait_for_slot
 from pipeline.backfill.snapshot import Boundary, BoundaryRace, MarginTooSmall
 from pipeline.runners import pipeline_options
+from pipeline.sources.discovery import end_offsets
 from sinks.contract import Sink
 from sinks.fencing import Fence, guard
 from sinks.positions import Position

@@ -31,20 +31,6 @@ _log = logging.getLogger(__name__)
 _TIMEOUT_S = 10.0
 
 
-def end_offsets(consumer_config: Mapping[str, Any], topic: str) -> dict[int, int]:
-    consumer = Consumer({**consumer_config, "group.id": "backfill-probe", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=_TIMEOUT_S).topics[topic]
-        if meta.error is not None:
-            raise RuntimeError(f"topic {topic}: {meta.error}")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=_TIMEOUT_S)[1]
-            for p in sorted(meta.partitions)
-        }
-    finally:
-        consumer.close()
-
-
 def scanned(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> ScannedChange:
     position = SourcePosition(topic, partition, offset)
     if value is None:

@@ -130,10 +130,13 @@ class SnapshotContentView:
     def deadline_for(self, content_id: str, now_ms: int, timeout_ms: int) -> int:
         return now_ms  # nothing can arrive later in a snapshot: dead-letter at once
 
+    def proven_absent_at(self, at_ms: int) -> bool:
+        return True  # the snapshot is the whole table
+
     def wait_until_current(self, timeout: float) -> None:
         return None
 
-    def wait_for_any(self, content_ids: set[str], timeout: float) -> bool:
+    def wait_for_any(self, content_ids: set[str], timeout: float, proof_at_ms: int | None = None) -> bool:
         return False
 
 

@@ -14,6 +14,11 @@ shuffle. The catalogue is small next to the event stream (thousands of rows, not
 - ``deadline_for`` gives each missing content id one deadline, from its first miss in this
   process, so that every event of that content shares one bounded wait (``pipeline.transforms``);
   ``wait_for_any`` lets the parked lane wait, briefly, for any of the rows it misses.
+- ``proven_absent_at(ms)``: a deadline alone does not prove that content never came, since this
+  view may be behind its topic (a starved reader thread, a slow broker), and valid data must never
+  be dead-lettered. The view proves it: it reads the topic's end offsets at a time ``t``, and once
+  it has applied up to them, everything published before ``t`` is in it. An event is dead-lettered
+  only when its content is missing and such a ``t`` is at or past its deadline; until then it waits.
 
 One view per (bootstrap servers, topic) per process, shared by all DoFn instances via ``shared()``.
 """
@@ -25,13 +30,22 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.decode import DecodeError, decode_content
 from pipeline.model import ContentChange, ContentRow, KafkaRecord, Skipped, SourcePosition
 
 _log = logging.getLogger(__name__)
 MAX_MISSING_IDS = 100_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def caught_up(applied: dict[int, int], ends: dict[int, int]) -> bool:
+    """Whether every partition's next applied offset has reached its end offset in ``ends``."""
+    return all(applied.get(p, 0) >= end for p, end in ends.items())
 
 
 class ContentTable:
@@ -88,6 +102,9 @@ class ContentView:
         self.malformed = 0
         self.misses = FirstMisses()
         self._loaded = False
+        self._proof_ms = 0  # everything the topic held at this time (ms since the epoch) is applied
+        self._proof_wanted = threading.Event()
+        self._probe: tuple[int, dict[int, int]] | None = None  # (time, end offsets then) being caught up
         self._thread = threading.Thread(target=self._run, name=f"content-view-{topic}", daemon=True)
         self._thread.start()
 
@@ -110,11 +127,22 @@ class ContentView:
     def deadline_for(self, content_id: str, now_ms: int, timeout_ms: int) -> int:
         return self.misses.deadline_for(content_id, now_ms, timeout_ms)
 
-    def wait_for_any(self, content_ids: set[str], timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until any of ``content_ids`` is in the view."""
+    def proven_absent_at(self, at_ms: int) -> bool:
+        """True if the view holds everything its topic held at ``at_ms`` (so a row missing now was
+        not published by then); otherwise False, and the reader thread is asked for a fresh proof."""
+        if self._proof_ms >= at_ms:
+            return True
+        self._proof_wanted.set()
+        return False
+
+    def wait_for_any(self, content_ids: set[str], timeout: float, proof_at_ms: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds until any of ``content_ids`` is in the view, or, if
+        ``proof_at_ms`` is given, until ``proven_absent_at(proof_at_ms)``."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while not any(content_id in self._rows for content_id in content_ids):
+                if proof_at_ms is not None and self.proven_absent_at(proof_at_ms):
+                    return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -129,15 +157,17 @@ class ContentView:
         """
         if self._loaded:
             return
+        taken_ms = _now_ms()
         targets = self._end_offsets()
         deadline = time.monotonic() + timeout
         with self._changed:
-            while any(self._applied.get(p, 0) < end for p, end in targets.items()):
+            while not caught_up(self._applied, targets):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     behind = {p: (self._applied.get(p, 0), end) for p, end in targets.items()}
                     raise TimeoutError(f"content view of {self._topic} not current after {timeout} s: {behind}")
                 self._changed.wait(min(remaining, 0.1))
+            self._proof_ms = max(self._proof_ms, taken_ms)
         self._loaded = True
 
     def close(self) -> None:
@@ -163,9 +193,9 @@ class ContentView:
             partitions = consumer.list_topics(self._topic, timeout=30).topics[self._topic].partitions
             consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
             while not self._stop.is_set():
+                if self._probe is None and self._proof_wanted.is_set():
+                    self._start_probe(consumer, list(partitions))
                 messages = consumer.consume(1000, timeout=0.05)
-                if not messages:
-                    continue
                 with self._changed:
                     for message in messages:
                         if message.error() is not None:
@@ -173,11 +203,34 @@ class ContentView:
                                 _log.warning("content view: %s", message.error())
                             continue
                         self._apply(message)
-                    self._changed.notify_all()
+                    proved = self._probe is not None and caught_up(self._applied, self._probe[1])
+                    if proved:
+                        self._proof_ms = max(self._proof_ms, self._probe[0])  # type: ignore[index]
+                        self._probe = None
+                    if messages or proved:
+                        self._changed.notify_all()
         except Exception:  # noqa: BLE001 - the thread must log why it died; shared() starts a new one
             _log.exception("content view reader for %s stopped", self._topic)
         finally:
             consumer.close()
+
+    def _start_probe(self, consumer: Consumer, partitions: list[int]) -> None:
+        """Note the time, then the topic's end offsets (so anything published before that time is
+        below them); the proof holds once the view has applied up to them."""
+        self._proof_wanted.clear()
+        taken_ms = _now_ms()
+        try:
+            ends = {}
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=5, cached=False)
+                if high > low:
+                    ends[p] = high
+        except KafkaException as error:  # the broker is away: ask again on the next round
+            _log.warning("content view: end offsets of %s unavailable (%s)", self._topic, error)
+            self._proof_wanted.set()
+            time.sleep(0.5)
+            return
+        self._probe = (taken_ms, ends)
 
     def _apply(self, message: Any) -> None:
         position = SourcePosition(self._topic, message.partition(), message.offset())

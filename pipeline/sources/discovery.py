@@ -17,6 +17,21 @@ from pipeline.sources.partition_offsets import UNBOUNDED, PartitionSpec
 _log = logging.getLogger(__name__)
 
 
+def end_offsets(consumer_config: dict[str, Any], topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """``{partition: offset the next record will get}`` for every partition of ``topic``."""
+    consumer = Consumer({**consumer_config, "group.id": consumer_config.get("group.id", "discovery")})
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise RuntimeError(f"topic {topic!r} is not available: {getattr(metadata, 'error', 'missing')}")
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in sorted(metadata.partitions)
+        }
+    finally:
+        consumer.close()
+
+
 def discover_partitions(
     consumer_config: dict[str, Any],
     topic: str,

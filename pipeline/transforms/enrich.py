@@ -141,7 +141,8 @@ class JoinContentFn(ContentJoinFn):
     An event whose content is not in the view is handed on as ``Parked`` with a deadline: one per
     content id (``ContentView.deadline_for``, the first miss plus ``late_content_timeout_s``), so
     all events of one missing content share one bounded wait, and other content is not held up.
-    Past the deadline, further events of that content go to the dead-letter topic at once.
+    Past the deadline, further events of that content go to the dead-letter topic at once, once the
+    view proves it had read its topic up to the deadline (``ContentView.proven_absent_at``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -175,7 +176,9 @@ class JoinContentFn(ContentJoinFn):
     def _park(self, change: EngagementChange, content_id: str) -> Parked | DeadLetter:
         now = self._clock_ms()
         deadline = self._view.deadline_for(content_id, now, int(self._late_timeout * 1000))
-        if deadline <= now:
+        # Past the deadline, the view must also prove it was current then (ContentView.proven_absent_at):
+        # a view that is behind parks the event once more rather than dead-letter valid data.
+        if deadline <= now and self._view.proven_absent_at(deadline):
             return missing_letter(change, content_id, self._late_timeout, len(self._view))
         sequence = None if change.op == "r" else change.sequence
         return Parked(

@@ -14,8 +14,9 @@ each envelope and the original Debezium record in it, joins it against the conte
   deadline), for any of the missing contents; what is still missing is parked again (a new record
   at the parking topic's end, same origin and deadline, for the same sink), so no event is held
   behind another that waits for content that never comes;
-- past its deadline (one per content id, set when the content was first missed): a dead letter
-  ``join_content`` with the original key and value, for that sink only.
+- past its deadline (one per content id, set when the content was first missed), and once the
+  content view proves it had read its topic up to that deadline (``ContentView.proven_absent_at``):
+  a dead letter ``join_content`` with the original key and value, for that sink only.
 
 The wait holds only this lane's bundle, never the event lanes. An unresolved event goes round the
 parking topic about once per ``poll_s`` until its deadline: 1,000 of them with the default 10 s
@@ -81,11 +82,14 @@ class UnparkFn(ContentJoinFn):
             # contents to arrive; what is still missing after it goes round the parking topic again.
             # A wait per event, in order, would hold every event behind one that waits for content
             # that never comes (until its deadline).
+            # Past a deadline but not yet proven absent (the view is behind): wait for the proof.
             now = self._clock_ms()
-            nearest_s = min(parked.deadline_ms for _, parked, _, _ in waiting.values()) - now
-            timeout_s = min(self._poll_s, max(0.0, nearest_s / 1000))
-            if timeout_s > 0:
-                self._view.wait_for_any({content_id for *_, content_id in waiting.values()}, timeout_s)
+            deadlines = [parked.deadline_ms for _, parked, _, _ in waiting.values()]
+            ahead = [deadline - now for deadline in deadlines if deadline > now]
+            passed = [deadline for deadline in deadlines if deadline <= now]
+            timeout_s = min(self._poll_s, min(ahead) / 1000) if ahead else self._poll_s
+            missing = {content_id for *_, content_id in waiting.values()}
+            self._view.wait_for_any(missing, timeout_s, proof_at_ms=max(passed) if passed else None)
             for index, (record, parked, change, _) in waiting.items():
                 item = self._resolve(record, parked, change)
                 if type(item) is str:
@@ -100,7 +104,7 @@ class UnparkFn(ContentJoinFn):
         try:
             enriched = enrich(change, self._view.get)
         except MissingContentError as missing:  # an update can name two contents: the first missing
-            if self._clock_ms() < parked.deadline_ms:
+            if self._clock_ms() < parked.deadline_ms or not self._view.proven_absent_at(parked.deadline_ms):
                 return missing.content_id
             self._expired.inc()
             letter = missing_letter(change, missing.content_id, self._late_timeout, len(self._view))

@@ -77,7 +77,7 @@ def test_the_view_equals_postgres_after_three_kill_9(stack: LocalStack, settings
 def test_a_replay_from_earlier_positions_leaves_the_view_unchanged(stack: LocalStack, settings: Settings):
     assert generate(settings, "--burst", "3000", "--seed", "5").wait(120) == 0
     run_bounded(settings, PIPELINE_SINKS="bigquery")
-    wait_bigquery_caught_up(settings)
+    wait_bigquery_caught_up(settings, parked=False)
     before_view, before_rows = view_rows(settings), changelog_count(settings)
     topic = settings.cdc.engagement_topic
     store = KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, "bigquery"))
@@ -85,7 +85,7 @@ def test_a_replay_from_earlier_positions_leaves_the_view_unchanged(stack: LocalS
     store.store({f"{topic}:{p}": Position(0) for p in end_offsets(settings.kafka, topic)})
     store.close()
     run_bounded(settings, PIPELINE_SINKS="bigquery")
-    wait_bigquery_caught_up(settings)
+    wait_bigquery_caught_up(settings, parked=False)
     rows, positions = before_rows
     # Every change was written once more (the emulator keeps repeats) ...
     assert changelog_count(settings) == (rows + positions, positions)

@@ -64,7 +64,7 @@ def test_replay_of_bigquery_from_a_timestamp_re_sends_exactly_that_range(stack: 
     assert generate(settings, "--burst", "1500", "--seed", "22").wait(120) == 0
     wait_topic_settled(settings)
     run_bounded(settings, PIPELINE_SINKS="bigquery")
-    wait_bigquery_caught_up(settings)
+    wait_bigquery_caught_up(settings, parked=False)
     topic = settings.cdc.engagement_topic
     live_group = group_id(settings.pipeline.consumer_group, "bigquery")
     live = KafkaPositions(settings.kafka.client_config(), live_group)

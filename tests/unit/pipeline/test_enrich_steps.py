@@ -24,6 +24,10 @@ class FakeView:
     def __init__(self) -> None:
         self.misses = FirstMisses()
         self.deadline_for = self.misses.deadline_for
+        self.proof_ms = 2**62  # current as of any time, unless a test says otherwise
+
+    def proven_absent_at(self, at_ms: int) -> bool:
+        return self.proof_ms >= at_ms
 
     def get(self, content_id):
         return self.rows.get(content_id)
@@ -161,6 +165,19 @@ def test_events_of_one_missing_content_share_one_deadline_and_then_go_to_the_dea
     assert isinstance(late, DeadLetter) and late.stage == "join_content"
     assert late.reason == f"content {UNKNOWN} not found within 10 s (content view has 1 rows)"
     assert (late.position.offset, late.value) == (2, envelope(2, UNKNOWN, 1_000))
+
+
+def test_past_the_deadline_a_view_behind_its_topic_parks_the_event_again_until_it_proves_the_content_absent():
+    clock = [1_000_000]
+    join = join_at(clock)
+    ((first,),) = list(join.process([decoded(0, UNKNOWN)]))
+    clock[0] = 1_015_000
+    join._view.proof_ms = 1_009_999  # the view has read its topic only up to just before the deadline
+    ((behind,),) = list(join.process([decoded(1, UNKNOWN)]))
+    assert isinstance(behind, Parked) and behind.deadline_ms == first.deadline_ms == 1_010_000
+    join._view.proof_ms = 1_010_000
+    ((letter,),) = list(join.process([decoded(2, UNKNOWN)]))
+    assert isinstance(letter, DeadLetter) and letter.stage == "join_content"
 
 
 def test_a_known_content_is_joined_while_another_is_missing():

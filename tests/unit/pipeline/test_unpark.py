@@ -14,17 +14,34 @@ LATE = ContentRow(UNKNOWN, "s2", "t2", "podcast", 200, None)
 class WaitingView:
     """A view whose ``wait_for`` advances the clock, and may see the content arrive at some time."""
 
-    def __init__(self, clock: list[int], arrives_at_ms: int | None = None) -> None:
+    def __init__(
+        self, clock: list[int], arrives_at_ms: int | None = None, proof_at: tuple[int, int] | None = None
+    ) -> None:
         self.rows = dict(ROWS)
         self.clock = clock
         self.arrives_at_ms = arrives_at_ms
         self.waits: list[float] = []
+        self.proof_ms = 2**62  # current as of any time, unless a test says otherwise
+        self.proof_waits: list[int | None] = []
+        # (when, proof_ms): the view, behind until then, proves it has read its topic up to proof_ms
+        self.proof_at = proof_at
+        if proof_at is not None:
+            self.proof_ms = 0
 
     def get(self, content_id):
         return self.rows.get(content_id)
 
-    def wait_for_any(self, content_ids, timeout):
+    def proven_absent_at(self, at_ms):
+        return self.proof_ms >= at_ms
+
+    def wait_for_any(self, content_ids, timeout, proof_at_ms=None):
         self.waits.append(timeout)
+        self.proof_waits.append(proof_at_ms)
+        if self.proof_at is not None and proof_at_ms is not None:
+            when, proof_ms = self.proof_at
+            if self.clock[0] + timeout * 1000 >= when and proof_ms >= proof_at_ms:
+                self.clock[0], self.proof_ms = max(self.clock[0], when), proof_ms
+                return False
         if self.arrives_at_ms is not None and self.clock[0] + timeout * 1000 >= self.arrives_at_ms:
             self.clock[0] = self.arrives_at_ms
             self.rows[UNKNOWN] = LATE
@@ -122,6 +139,21 @@ def test_past_its_deadline_it_is_dead_lettered_with_its_original_bytes_for_its_s
         assert letter.reason == f"content {UNKNOWN} not found within 10 s (content view has 1 rows)"
         assert (letter.key, letter.value) == (b'{"content_id": "x"}', envelope(origin, UNKNOWN, 20_000))
         assert letter.sequence is None
+
+
+def test_past_its_deadline_it_waits_for_a_view_behind_its_topic_and_goes_round_again_if_still_unproven():
+    view = WaitingView([9_500], proof_at=(12_000, 9_000))
+    (again,) = unpark(view, [parking_record(0, 42, UNKNOWN, 9_000)])
+    # Valid data is never dead-lettered on a deadline alone: the view has not read up to it yet.
+    assert isinstance(again, Parked) and (again.deadline_ms, again.origin) == (9_000, SourcePosition("events", 3, 42))
+    assert (view.waits, view.proof_waits, view.clock) == ([1.0], [9_000], [10_500])
+
+
+def test_past_its_deadline_it_is_dead_lettered_once_the_view_proves_the_content_absent():
+    view = WaitingView([9_500], proof_at=(9_700, 9_000))
+    (letter,) = unpark(view, [parking_record(0, 42, UNKNOWN, 9_000)])
+    assert isinstance(letter, DeadLetter) and letter.stage == "join_content"
+    assert (view.waits, view.proof_waits, view.clock) == ([1.0], [9_000], [9_700])
 
 
 def test_a_record_that_is_not_an_envelope_is_dead_lettered_not_raised():

@@ -1,6 +1,6 @@
 """The position rules: replays, Debezium re-sends after a Connect crash, and where lanes resume."""
 
-from sinks.positions import Mark, Position, admit, decode, encode, key_digest, resume_offsets
+from sinks.positions import Mark, Position, admit, decode, encode, key_digest, parking_floors, resume_offsets
 from sinks.records import Skipped, SourcePosition
 
 from .fakes import change
@@ -82,3 +82,12 @@ def test_a_lane_resumes_at_the_lowest_position_over_its_sinks():
     # A sink with nothing stored for a partition reads it from the beginning.
     assert resume_offsets("t", [a, {"t:0": Position(4)}]) == {0: 4}
     assert resume_offsets("t", [a]) == {0: 10, 1: 7}
+
+
+def test_only_a_sink_with_nothing_stored_anywhere_begins_the_parking_topic_at_its_end():
+    ends = {0: 7, 1: 0}
+    parked = [{}, {}, {"p:0": Position(3)}]
+    events = [{}, {"e:0": Position(9)}, {}]
+    floors = parking_floors("p", parked, events, ends)
+    # A fresh sink skips what is there; one with event positions may have parked events there.
+    assert floors == [{"p:0": 7, "p:1": 0}, {}, {}]
