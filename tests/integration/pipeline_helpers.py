@@ -31,9 +31,10 @@ def env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**os.environ, **settings_env(settings), **extra}
 
 
-def run_bounded(settings: Settings, timeout: float = 300, **extra: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--bounded"],
+def run_pipeline(settings: Settings, *args: str, timeout: float, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pipeline <args>`` against the test stack, to its end; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
         cwd=REPO_ROOT,
         env=env(settings, **extra),
         capture_output=True,
@@ -41,6 +42,10 @@ def run_bounded(settings: Settings, timeout: float = 300, **extra: str) -> str:
         timeout=timeout,
         check=False,
     )
+
+
+def run_bounded(settings: Settings, timeout: float = 300, **extra: str) -> str:
+    result = run_pipeline(settings, "--bounded", timeout=timeout, **extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

@@ -26,6 +26,7 @@ from .pipeline_helpers import (
     env,
     flush_redis,
     run_bounded,
+    run_pipeline,
     streaming,
     wait_caught_up,
     wait_topic_settled,
@@ -244,15 +245,7 @@ def all_dead_letters(
 def test_a_second_instance_refuses_to_start(stack: LocalStack, settings: Settings, tmp_path):
     with streaming(settings, tmp_path / "first.log"):
         time.sleep(3)
-        second = subprocess.run(
-            [sys.executable, "-m", "pipeline"],
-            cwd=REPO_ROOT,
-            env=env(settings),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        second = run_pipeline(settings, timeout=60)
     assert second.returncode == 1
     assert "another pipeline instance" in second.stderr and "PIPELINE_CONSUMER_GROUP" in second.stderr
 

@@ -7,33 +7,30 @@ exactly those changes and stalled. The Prometheus endpoint of the running job is
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 
 import httpx
 import orjson
 import pytest
 
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from sinks.redis_leaderboard import RedisLeaderboardSink
 from sinks.redis_store import next_offsets
 
-from .pipeline_helpers import env, streaming, wait_caught_up, wait_topic_settled
+from .pipeline_helpers import run_pipeline, streaming, wait_caught_up, wait_topic_settled
 
 pytestmark = pytest.mark.integration
 
 
 def run_status(settings: Settings) -> tuple[int, dict]:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "status", "--json"],
-        cwd=REPO_ROOT,
-        env=env(settings, CDC_CONNECTOR_NAME=settings.cdc.connector_name, CDC_SLOT_NAME=settings.cdc.slot_name),
-        capture_output=True,
-        text=True,
+    result = run_pipeline(
+        settings,
+        "status",
+        "--json",
         timeout=120,
-        check=False,
+        CDC_CONNECTOR_NAME=settings.cdc.connector_name,
+        CDC_SLOT_NAME=settings.cdc.slot_name,
     )
     assert result.stdout, result.stderr[-3000:]
     return result.returncode, orjson.loads(result.stdout)

@@ -9,7 +9,6 @@ from the stored boundary, and Redis and the BigQuery view must equal SQL exactly
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -17,7 +16,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import Settings
 from infra.stack.local import LocalStack
 from loadtest.bigquery_truth import HAND_MADE_IDS, assert_view_matches_sql, wait_bigquery_caught_up
 from pipeline.backfill.envelopes import EVENTS, backfill_topic
@@ -25,22 +24,20 @@ from sinks.bigquery_admin import run_query
 from sinks.bigquery_dataset import make_client
 from sinks.bigquery_tables import Quarter
 from sinks.redis_store import next_offsets
-from tests.integration.pipeline_helpers import assert_redis_matches_sql, env, flush_redis, streaming, wait_caught_up
+from tests.integration.pipeline_helpers import (
+    assert_redis_matches_sql,
+    flush_redis,
+    run_pipeline,
+    streaming,
+    wait_caught_up,
+)
 from tests.integration.test_pipeline import generate
 
 pytestmark = pytest.mark.integration
 
 
 def run_backfill(settings: Settings, extra: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "backfill"],
-        cwd=REPO_ROOT,
-        env=env(settings, **extra),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_pipeline(settings, "backfill", timeout=timeout, **extra)
 
 
 def test_backfill_then_stream_equals_sql_with_nothing_twice(stack: LocalStack, settings: Settings, tmp_path):

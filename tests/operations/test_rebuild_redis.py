@@ -5,17 +5,21 @@ it and after more writes, and a reader polling during the swap never sees a miss
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import Settings
 from infra.stack.local import LocalStack
 from sinks.redis_keys import RedisKeys
-from tests.integration.pipeline_helpers import assert_redis_matches_sql, env, flush_redis, streaming, wait_caught_up
+from tests.integration.pipeline_helpers import (
+    assert_redis_matches_sql,
+    flush_redis,
+    run_pipeline,
+    streaming,
+    wait_caught_up,
+)
 from tests.integration.test_pipeline import generate
 
 pytestmark = pytest.mark.integration
@@ -73,15 +77,7 @@ def test_rebuild_swaps_in_a_board_equal_to_sql_while_the_pipeline_writes(
         watcher = BoardWatcher(settings)
         watcher.start()
         began = time.monotonic()
-        rebuild = subprocess.run(
-            [sys.executable, "-m", "pipeline", "rebuild-redis", "--json"],
-            cwd=REPO_ROOT,
-            env=env(settings),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        rebuild = run_pipeline(settings, "rebuild-redis", "--json", timeout=600)
         took = time.monotonic() - began
         watcher.stop.set()
         watcher.join(10)

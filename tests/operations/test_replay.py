@@ -4,8 +4,6 @@ stored positions, its positions do not move, and the view still equals Postgres.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -14,14 +12,14 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import Settings
 from infra.stack.local import LocalStack
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up
 from sinks.bigquery_admin import run_query
 from sinks.bigquery_dataset import make_client
 from sinks.bigquery_tables import Quarter
 from sinks.kafka_positions import KafkaPositions, group_id
-from tests.integration.pipeline_helpers import env, run_bounded, wait_topic_settled
+from tests.integration.pipeline_helpers import run_bounded, run_pipeline, wait_topic_settled
 from tests.integration.test_pipeline import generate
 
 pytestmark = pytest.mark.integration
@@ -79,24 +77,8 @@ def test_replay_of_bigquery_from_a_timestamp_re_sends_exactly_that_range(stack: 
     }
     lookup.close()
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "replay",
-            "--sink",
-            "bigquery",
-            "--from-timestamp",
-            since.isoformat(),
-            "--json",
-        ],
-        cwd=REPO_ROOT,
-        env=env(settings),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_pipeline(
+        settings, "replay", "--sink", "bigquery", "--from-timestamp", since.isoformat(), "--json", timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
