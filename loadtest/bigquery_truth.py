@@ -6,13 +6,12 @@ Runtime-neutral (no pytest): the integration tests and the fault suite (``loadte
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import psycopg
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from loadtest.truth import wait_stored
 from sinks.bigquery_admin import run_query, seed_query
 from sinks.bigquery_dataset import make_client
 from sinks.kafka_positions import KafkaPositions, group_id
@@ -38,23 +37,7 @@ def wait_bigquery_caught_up(settings: Settings, timeout: float = 180, *, parked:
     reads = [("bigquery", cdc.engagement_topic), ("bigquery_content", cdc.content_topic)]
     if parked:
         reads.append(("bigquery", cdc.parked_topic))
-    deadline = time.monotonic() + timeout
-    previous: dict[str, int] = {}
-    behind: dict[str, tuple[int, int]] = {}
-    while time.monotonic() < deadline:
-        ends = {(sink, topic): end_offsets(settings.kafka, topic) for sink, topic in reads}
-        flat = {f"{sink} {topic}:{p}": e for (sink, topic), by_p in ends.items() for p, e in by_p.items()}
-        behind = {}
-        for sink, topic in reads:
-            stored = positions(settings, sink, topic)
-            for p, end in ends[sink, topic].items():
-                if stored.get(p, 0) < end:
-                    behind[f"{sink} {topic}:{p}"] = (stored.get(p, 0), end)
-        if not behind and flat == previous:
-            return
-        previous = flat
-        time.sleep(2.0 if not behind else 0.5)
-    raise AssertionError(f"the BigQuery sinks did not catch up within {timeout} s; (stored, end): {behind}")
+    wait_stored(settings, reads, lambda sink, topic: positions(settings, sink, topic), timeout, settle=2.0)
 
 
 def view_rows(settings: Settings) -> dict[int, tuple[Any, ...]]:

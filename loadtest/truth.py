@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 
 import psycopg
 
@@ -33,6 +34,34 @@ def wait_topic_settled(settings: Settings, quiet_s: float = 2.0, timeout: float 
     raise AssertionError(f"the engagement topic kept growing for {timeout} s")
 
 
+def wait_stored(
+    settings: Settings,
+    reads: Sequence[tuple[str, str]],
+    stored: Callable[[str, str], Mapping[int, int]],
+    timeout: float,
+    settle: float,
+) -> None:
+    """Until, for each ``(sink, topic)`` of ``reads``, the sink has stored (``stored(sink, topic)``:
+    partition -> next offset) the topic's end offsets, and those held still for ``settle`` seconds."""
+    deadline = time.monotonic() + timeout
+    previous: dict[str, int] = {}
+    behind: dict[str, tuple[int, int]] = {}
+    while time.monotonic() < deadline:
+        ends = {(sink, topic): end_offsets(settings.kafka, topic) for sink, topic in reads}
+        flat = {f"{sink} {topic}:{p}": e for (sink, topic), by_p in ends.items() for p, e in by_p.items()}
+        behind = {}
+        for sink, topic in reads:
+            have = stored(sink, topic)
+            for p, end in ends[sink, topic].items():
+                if have.get(p, 0) < end:
+                    behind[f"{sink} {topic}:{p}"] = (have.get(p, 0), end)
+        if not behind and flat == previous:
+            return
+        previous = flat
+        time.sleep(settle if not behind else 0.5)
+    raise AssertionError(f"not caught up within {timeout} s; (stored, end) behind: {behind}")
+
+
 def wait_caught_up(
     settings: Settings, timeout: float = 120, settle: float = 3.0, sink: str = RedisLeaderboardSink.name
 ) -> None:
@@ -41,19 +70,8 @@ def wait_caught_up(
     their content (``sinks.parking``). Both ends must hold still for ``settle`` seconds, so an event
     still going round the parking topic is waited for."""
     client = settings.redis.client()
-    topics = (settings.cdc.engagement_topic, settings.cdc.parked_topic)
-    deadline = time.monotonic() + timeout
-    previous: dict[str, int] = {}
-    behind: dict[str, tuple[int, int]] = {}
-    while time.monotonic() < deadline:
-        ends = {f"{topic}:{p}": end for topic in topics for p, end in end_offsets(settings.kafka, topic).items()}
-        stored = {f"{topic}:{p}": o for topic in topics for p, o in next_offsets(client, sink, topic).items()}
-        behind = {key: (stored.get(key, 0), end) for key, end in ends.items() if stored.get(key, 0) < end}
-        if not behind and ends == previous:
-            return
-        previous = ends
-        time.sleep(settle if not behind else 0.5)
-    raise AssertionError(f"{sink} did not catch up within {timeout} s; (stored, end) behind: {behind}")
+    reads = [(sink, settings.cdc.engagement_topic), (sink, settings.cdc.parked_topic)]
+    wait_stored(settings, reads, lambda name, topic: next_offsets(client, name, topic), timeout, settle)
 
 
 def sql_state(settings: Settings) -> tuple[dict[str, dict[str, float]], dict[tuple[int, str], float]]:

@@ -78,10 +78,13 @@ def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
     """Each lane starts every partition at the lowest next offset over its sinks; on the parking
     topic, a sink that starts over begins at its end (``sinks.positions.parking_floors``)."""
     plans = []
+    on_events: dict[Lane, list[dict[str, Position]]] = {}  # read for the lane, used again for its twin
     for lane, parked, topic in lane_reads(settings):
         stored = stored_positions(settings, lane, topic)
-        if parked:
-            events = stored_positions(settings, lane, topic_name(settings, lane))
+        if not parked:
+            on_events[lane] = stored
+        else:
+            events = on_events[lane]
             by_sink = parking_floors(topic, stored, events, end_offsets(consumer_config(settings), topic))
             stored = [
                 store_floor(settings, spec, floor) if floor else positions

@@ -150,43 +150,32 @@ class ContentView:
         return True
 
     def wait_until_current(self, timeout: float) -> None:
-        """Block until every record the topic held at the first call has been applied.
+        """Block until the view holds everything the topic held at the first call: the same proof
+        as ``proven_absent_at``, by the reader thread.
 
         Only the first call waits: from then on the view follows the topic, and new DoFn instances
         (Prism makes one per concurrent bundle) must not pay a metadata round trip each.
         """
         if self._loaded:
             return
-        taken_ms = _now_ms()
-        targets = self._end_offsets()
+        asked_ms = _now_ms()
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not caught_up(self._applied, targets):
+            while not self.proven_absent_at(asked_ms):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    behind = {p: (self._applied.get(p, 0), end) for p, end in targets.items()}
-                    raise TimeoutError(f"content view of {self._topic} not current after {timeout} s: {behind}")
+                    ends = None if self._probe is None else self._probe[1]
+                    raise TimeoutError(
+                        f"content view of {self._topic} not current after {timeout} s: "
+                        f"applied {self._applied}, end offsets {ends}"
+                    )
                 self._changed.wait(min(remaining, 0.1))
-            self._proof_ms = max(self._proof_ms, taken_ms)
         self._loaded = True
 
     def close(self) -> None:
         self._stop.set()
 
     # --- the background reader -------------------------------------------------------------------
-    def _end_offsets(self) -> dict[int, int]:
-        probe = Consumer({**self._config, "group.id": self._config.get("group.id", "content-view")})
-        try:
-            partitions = probe.list_topics(self._topic, timeout=10).topics[self._topic].partitions
-            ends = {}
-            for p in partitions:
-                low, high = probe.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10)
-                if high > low:
-                    ends[p] = high
-            return ends
-        finally:
-            probe.close()
-
     def _run(self) -> None:
         consumer = Consumer({**self._config, "group.id": self._config.get("group.id", "content-view")})
         try:
