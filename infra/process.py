@@ -8,7 +8,9 @@ lifetime of the Python object that started it: ``make up`` starts the stack and 
 ``make down`` (or a pytest fixture's finalizer) must find and stop the same processes. So the state
 is a pid file per service, the readiness checks are plain callables (TCP port, HTTP status, a query),
 and stopping escalates from SIGTERM to SIGKILL after a timeout, because Kafka Connect can ignore
-SIGTERM for over a minute. Every child runs in its own session (``start_new_session``), so Ctrl-C in
+SIGTERM for over a minute. A pid file records the process's start time and the boot it started in
+(``ProcessIdentity``), so a file left by a crash or a reboot never names, and never signals, an
+unrelated process that got the same pid later. Every child runs in its own session (``start_new_session``), so Ctrl-C in
 the launching shell never reaches the JVMs.
 
 A process that must not outlive the one that started it (the pipeline's Prism and job, owned by its
@@ -57,6 +59,70 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """What a pid file records: the pid, and when and in which boot that process started.
+
+    A pid alone is not an identity: after a reboot (or once pids wrap) a stale file's pid can belong
+    to an unrelated process, and ``make down`` would signal it. The start time of a process never
+    changes across ``exec``, and a pid cannot be reused while its process lives, so pid + start time
+    + boot id names exactly one process, ever. Files written before this (a pid only) are checked by
+    the program's name instead (``ServiceProcess.pid``).
+    """
+
+    pid: int
+    start: int | None = None
+    boot: str | None = None
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity:
+        return cls(pid, start_ticks(pid), _boot_id())
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessIdentity | None:
+        parts = text.split()
+        try:
+            pid = int(parts[0])
+            start = int(parts[1]) if len(parts) > 1 else None
+        except (ValueError, IndexError):
+            return None
+        return cls(pid, start, parts[2] if len(parts) > 2 else None)
+
+    def text(self) -> str:
+        return " ".join(str(part) for part in (self.pid, self.start, self.boot) if part is not None) + "\n"
+
+    def matches(self, live: ProcessIdentity) -> bool:
+        """True if ``live`` (read now for the same pid) is the process this record was written for."""
+        if self.boot is not None and live.boot is not None and self.boot != live.boot:
+            return False
+        return self.start is None or live.start is None or self.start == live.start
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return [part.decode("utf-8", "replace") for part in handle.read().split(b"\0") if part]
+    except OSError:
+        return []
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -159,21 +225,44 @@ class ServiceProcess:
         )
 
     def pid(self) -> int | None:
+        """The pid of this service's live process, or None: the file is missing, its process is gone,
+        or its pid now belongs to another process (a reboot or pid reuse since it was written)."""
         try:
-            pid = int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+            recorded = ProcessIdentity.parse(self.pid_file.read_text())
+        except OSError:
             return None
-        return pid if pid_alive(pid) else None
+        if recorded is None or not pid_alive(recorded.pid):
+            return None
+        if recorded.start is None:
+            return recorded.pid if self._runs_our_program(recorded.pid) else None
+        return recorded.pid if recorded.matches(ProcessIdentity.of(recorded.pid)) else None
+
+    def _runs_our_program(self, pid: int) -> bool:
+        """For a pid file from before start times were recorded: the live process runs this service's
+        program (the first word of its command line, which Redis and Postgres keep when they retitle
+        themselves), or /proc cannot say (not Linux)."""
+        if not Path(f"/proc/{pid}").exists():
+            return not Path("/proc/self").exists()
+        argv = cmdline(pid)
+        if not argv:
+            return False
+        return Path(argv[0].split()[0]).name == Path(self.command[0]).name
 
     def running(self) -> bool:
         return self.pid() is not None
 
     def start(self, timeout: float) -> bool:
         """Start unless already running; return True if this call started it."""
+        child = self.launch()
+        self.wait_ready(timeout, child)
+        return child is not None
+
+    def launch(self) -> subprocess.Popen[bytes] | None:
+        """Start the process without waiting for it to be ready (None if it runs already): services
+        that are only ready together, like the voters of a Kafka quorum, are all launched first and
+        then waited for (``wait_ready``)."""
         if self.running():
-            if not self.ready():
-                self.wait_ready(timeout)
-            return False
+            return None
         if port_open(self.host, self.port):
             raise StackError(
                 f"{self.name}: port {self.host}:{self.port} is already in use by another process. "
@@ -201,9 +290,8 @@ class ServiceProcess:
             raise StackError(f"{self.name}: cannot run {command[0]!r}: {exc}. Run `make bootstrap`.") from exc
         finally:
             log.close()
-        self.pid_file.write_text(f"{child.pid}\n")
-        self.wait_ready(timeout, child)
-        return True
+        self.pid_file.write_text(ProcessIdentity.of(child.pid).text())
+        return child
 
     def wait_ready(self, timeout: float, child: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout

@@ -2,12 +2,13 @@
 
 import signal
 import socket
+import subprocess
 import sys
 import time
 
 import pytest
 
-from infra.process import ServiceProcess, StackError, pid_alive, port_open
+from infra.process import ProcessIdentity, ServiceProcess, StackError, pid_alive, port_open, start_ticks
 
 
 def free_port() -> int:
@@ -102,6 +103,60 @@ def test_stale_pid_file_is_ignored(tmp_path):
     proc.pid_file.write_text("999999\n")
     assert proc.pid() is None
     assert proc.stop(timeout=1) is False
+
+
+@pytest.fixture
+def bystander():
+    """An unrelated live process (not started by any ServiceProcess), as after a reboot."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_pid_file_from_an_earlier_start_never_names_the_process_now_on_that_pid(tmp_path, bystander):
+    # Same pid, other start time: what a reboot (or pid reuse) leaves; make down must not signal it.
+    proc = server(tmp_path, free_port())
+    start = start_ticks(bystander.pid)
+    proc.pid_file.write_text(f"{bystander.pid} {start - 1} {ProcessIdentity.of(bystander.pid).boot}\n")
+    assert proc.pid() is None
+    assert proc.stop(timeout=1) is False
+    assert proc.kill() is False
+    assert bystander.poll() is None
+
+
+def test_a_pid_file_from_another_boot_never_names_a_live_process(tmp_path, bystander):
+    proc = server(tmp_path, free_port())
+    proc.pid_file.write_text(f"{bystander.pid} {start_ticks(bystander.pid)} another-boot-id\n")
+    assert proc.pid() is None
+    assert proc.stop(timeout=1) is False
+    assert bystander.poll() is None
+
+
+def test_an_old_pid_only_file_names_a_live_process_only_if_it_runs_our_program(tmp_path, bystander):
+    proc = server(tmp_path, free_port())
+    proc.pid_file.write_text(f"{bystander.pid}\n")
+    assert proc.pid() == bystander.pid  # both run this Python
+    proc.command = ["/usr/bin/redis-server", "redis.conf"]
+    assert proc.pid() is None
+    assert proc.stop(timeout=1) is False
+    assert bystander.poll() is None
+
+
+def test_start_records_the_identity_and_a_restart_after_a_crash_replaces_it(tmp_path):
+    port = free_port()
+    proc = server(tmp_path, port)
+    try:
+        proc.start(timeout=10)
+        recorded = ProcessIdentity.parse(proc.pid_file.read_text())
+        assert recorded == ProcessIdentity.of(recorded.pid)
+        assert recorded.start is not None and recorded.boot
+        assert proc.kill() is True
+        assert proc.pid() is None
+        assert proc.start(timeout=10) is True
+        assert ProcessIdentity.parse(proc.pid_file.read_text()).pid != recorded.pid
+    finally:
+        proc.stop(timeout=5)
 
 
 def test_a_stack_object_needs_no_local_binaries_until_a_process_is_used(monkeypatch, tmp_path):
