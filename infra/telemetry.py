@@ -47,8 +47,18 @@ METRICS: Final[dict[str, tuple[Kind, str, tuple[str, ...]]]] = {
     "engagement_decode": ("counter", "Records decoded, by topic kind and outcome", ("kind", "outcome")),
     "engagement_join": (
         "counter",
-        "The content join's outcomes: parked, content_missing, reparked, unparked, park_expired",
+        "The content join's outcomes: parked, content_missing, reparked, unparked, park_expired, failed",
         ("outcome",),
+    ),
+    "engagement_content_view_reader_restarts": (
+        "counter",
+        "Times a content view's reader thread failed and was started again (it resumes where it was)",
+        ("topic",),
+    ),
+    "engagement_content_view_last_poll_timestamp_seconds": (
+        "gauge",
+        "When a content view's reader last polled its topic (a stale value: the reader is stuck or dead)",
+        ("topic",),
     ),
     "engagement_sink_records": (
         "counter",
@@ -75,6 +85,12 @@ METRICS: Final[dict[str, tuple[Kind, str, tuple[str, ...]]]] = {
         "gauge",
         "An HTTP endpoint's circuit breaker: 0 closed, 1 half-open, 2 open",
         ("endpoint",),
+    ),
+    "engagement_http_reply_problems": (
+        "counter",
+        "HTTP requests whose changes were retried or dead-lettered for a reason other than a status: "
+        "timeout, connection, unreadable, bad_reply, too_large, too_deep, error",
+        ("endpoint", "problem"),
     ),
 }
 # Flushes take milliseconds to seconds; the commit lag spans the board's 100 ms goal and outages.
