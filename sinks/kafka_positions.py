@@ -29,11 +29,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from sinks.contract import SinkUnavailable
-from sinks.positions import Mark, Position, decode, encode
+from sinks.positions import Position, decode, encode
 
 METADATA_MAX_BYTES: Final = 4_000
 _TIMEOUT_S: Final = 10.0
@@ -46,8 +47,8 @@ def stored_form(position: Position, extra: str = "") -> str:
     text = encode(position) + suffix
     if len(text) <= METADATA_MAX_BYTES or position.mark is None:
         return text
-    mark = position.mark
-    return encode(Position(position.next_offset, Mark(mark.commit_lsn, mark.lsn))) + suffix
+    # Only the digests go: the mark's commit time and previous sequence are a few bytes.
+    return encode(Position(position.next_offset, msgspec.structs.replace(position.mark, keys=frozenset()))) + suffix
 
 
 def read_form(offset: int, metadata: str | None) -> Position:

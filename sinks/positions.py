@@ -24,27 +24,54 @@ Edge cases, each with a unit test:
 - Records without a sequence (tombstones, dead letters from decode, envelopes not from Debezium)
   only move the offset.
 
+A mark can also be wrong, and then "at or below the mark" would silence the partition for good: after
+a point-in-time restore of Postgres or a failover to a replica, new transactions reuse LSNs below
+the mark; a forged record can carry a very high sequence. So the mark also keeps the sequence applied
+before it (``prev``) and the commit time of the changes up to it (``commit_ts_ms``, Debezium's
+``source.ts_ms``), and a change below the mark is a *regression*, applied and made the new mark,
+when it cannot be a re-send:
+
+- its sequence lies strictly between ``prev`` and the mark: nothing was ever applied there (a
+  re-send repeats a sequence that was applied), so the mark was out of order (``unseen_gap``);
+- or its commit time is later than the mark's by more than ``tolerance_ms``: a re-send is a change
+  Debezium produced already, committed at or before the mark (``later_commit``). The tolerance
+  absorbs commit-time jitter between concurrent commits and clock skew; a mark's commit time is
+  capped at the wall clock plus the tolerance, so a forged time in the future cannot hold it.
+
+A stored mark past 64 bits (``pg_lsn`` is an unsigned 64-bit integer) is dropped
+(``implausible_mark``). Each regression is returned in ``Admitted.regressions``.
+Marks stored before these fields existed have neither; they keep the old rule until the mark moves.
+
 Encoding (``encode``/``decode``): ``"<next offset>"`` or ``"<next offset>;<commit lsn>;<lsn>;<d1>,<d2>..."``
-with 16-hex-digit BLAKE2b digests of the keys at the mark; one string per partition, so a store can
-compare and set it in one step.
+with 16-hex-digit BLAKE2b digests of the keys at the mark, then, when known,
+``";<commit ts ms>;<prev commit lsn>;<prev lsn>"`` (empty when unknown); one string per partition, so a
+store can compare and set it in one step. ``decode(encode(p)) == p`` and ``encode(decode(s)) == s``
+for every stored form, old ones included: the stores compare stored strings exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+LSN_LIMIT = 1 << 64  # pg_lsn is an unsigned 64-bit integer
+DEFAULT_TOLERANCE_MS = 2_000  # PIPELINE_SEQUENCE_TOLERANCE_MS
+
 
 class Mark(msgspec.Struct, frozen=True, gc=False):
-    """The highest ``(commit LSN, LSN)`` applied in a partition, with the keys applied at exactly it."""
+    """The highest ``(commit LSN, LSN)`` applied in a partition, with the keys applied at exactly it,
+    the newest commit time applied up to it, and the sequence applied before it (``None``: unknown)."""
 
     commit_lsn: int
     lsn: int
     keys: frozenset[str] = frozenset()
+    commit_ts_ms: int | None = None
+    prev: tuple[int, int] | None = None
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):
@@ -56,11 +83,23 @@ def key_digest(key: bytes | None) -> str:
     return hashlib.blake2b(key or b"", digest_size=8).hexdigest()
 
 
+def _text(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text else None
+
+
 def encode(position: Position) -> str:
     mark = position.mark
     if mark is None:
         return str(position.next_offset)
-    return f"{position.next_offset};{mark.commit_lsn};{mark.lsn};{','.join(sorted(mark.keys))}"
+    text = f"{position.next_offset};{mark.commit_lsn};{mark.lsn};{','.join(sorted(mark.keys))}"
+    if mark.commit_ts_ms is None and mark.prev is None:
+        return text  # the form stored before commit times and prev existed
+    prev = mark.prev or (None, None)
+    return f"{text};{_text(mark.commit_ts_ms)};{_text(prev[0])};{_text(prev[1])}"
 
 
 def decode(text: str | bytes) -> Position:
@@ -69,8 +108,24 @@ def decode(text: str | bytes) -> Position:
     parts = text.split(";")
     if len(parts) == 1:
         return Position(int(parts[0]))
-    offset, commit_lsn, lsn, keys = parts
-    return Position(int(offset), Mark(int(commit_lsn), int(lsn), frozenset(k for k in keys.split(",") if k)))
+    if len(parts) == 4:
+        parts += ["", "", ""]
+    offset, commit_lsn, lsn, keys, ts, prev_commit, prev_lsn = parts
+    prev = None if not prev_commit else (int(prev_commit), int(prev_lsn))
+    mark = Mark(int(commit_lsn), int(lsn), frozenset(k for k in keys.split(",") if k), _int(ts), prev)
+    return Position(int(offset), mark)
+
+
+class Regression(msgspec.Struct, frozen=True, gc=False):
+    """A mark found wrong (see the module docstring): where, why, and what replaced it."""
+
+    partition: str  # topic:partition
+    kind: str  # unseen_gap | later_commit | implausible_mark
+    offset: int
+    mark: tuple[int, int]
+    sequence: tuple[int, int] | None  # the new mark (None: dropped)
+    mark_commit_ts_ms: int | None = None
+    commit_ts_ms: int | None = None
 
 
 @dataclass
@@ -81,19 +136,41 @@ class Admitted:
     positions: dict[str, Position] = field(default_factory=dict)  # only the partitions in the batch
     replays: int = 0
     resends: int = 0
+    regressions: list[Regression] = field(default_factory=list)
+
+
+def _plausible(pair: tuple[int, int]) -> bool:
+    return 0 <= pair[0] < LSN_LIMIT and 0 <= pair[1] < LSN_LIMIT
 
 
 class _Partition:
     """``admit``'s working state for one partition: mutable, and raw keys digested only at the end."""
 
-    __slots__ = ("keys", "next_offset", "pair", "stored_keys")
+    __slots__ = ("found", "key", "keys", "max_ts", "next_offset", "pair", "prev", "stored_keys", "tolerance", "ts")
 
-    def __init__(self, position: Position | None) -> None:
+    def __init__(
+        self, key: str, position: Position | None, now_ms: int, tolerance_ms: int, found: list[Regression]
+    ) -> None:
         mark = None if position is None else position.mark
+        self.key = key
+        self.found = found
+        self.tolerance = tolerance_ms
+        self.max_ts = now_ms + tolerance_ms  # no commit time is believed past this
         self.next_offset = -1 if position is None else position.next_offset
-        self.pair: tuple[int, int] | None = None if mark is None else (mark.commit_lsn, mark.lsn)
+        self.pair: tuple[int, int] | None = None
+        self.prev: tuple[int, int] | None = None
+        self.ts: int | None = None
         self.keys: set[bytes | None] = set()  # raw keys applied at ``pair`` in this batch
-        self.stored_keys: frozenset[str] = frozenset() if mark is None else mark.keys
+        self.stored_keys: frozenset[str] = frozenset()
+        if mark is None:
+            return
+        pair = (mark.commit_lsn, mark.lsn)
+        if not _plausible(pair):
+            found.append(Regression(key, "implausible_mark", self.next_offset, pair, None, mark.commit_ts_ms))
+            return
+        self.pair, self.stored_keys = pair, mark.keys
+        self.prev = mark.prev if mark.prev is not None and _plausible(mark.prev) else None
+        self.ts = None if mark.commit_ts_ms is None else min(mark.commit_ts_ms, self.max_ts)
 
     def is_resend(self, item: Any) -> bool:
         sequence = item.sequence
@@ -103,42 +180,76 @@ class _Partition:
         if sequence is None or item.op == "r" or getattr(item, "origin", None) is not None:
             return False
         pair = self.pair
+        ts = getattr(item, "commit_ts_ms", None)
         if pair is not None:
             if sequence < pair:
-                return True
+                prev = self.prev
+                if prev is not None and sequence > prev:
+                    # Between the last two sequences applied: never applied, so not a re-send.
+                    self._regressed("unseen_gap", item, ts, keep_prev=True)
+                    return False
+                if self.ts is None or ts is None or ts <= self.ts + self.tolerance:
+                    return True
+                self._regressed("later_commit", item, ts, keep_prev=False)
+                return False
             if sequence == pair:
                 key = item.key
                 if key in self.keys or (self.stored_keys and key_digest(key) in self.stored_keys):
                     return True
                 self.keys.add(key)
+                if ts is not None:
+                    self.ts = max(self.ts or 0, min(ts, self.max_ts))
                 return False
+            self.prev = pair
         self.pair = sequence
         self.keys = {item.key}
         self.stored_keys = frozenset()
+        if ts is not None:
+            # The newest commit time so far: a database clock stepped back must not make an older
+            # change's re-send look later than the mark.
+            self.ts = max(self.ts or 0, min(ts, self.max_ts))
         return False
+
+    def _regressed(self, kind: str, item: Any, ts: int | None, *, keep_prev: bool) -> None:
+        assert self.pair is not None
+        self.found.append(Regression(self.key, kind, item.position.offset, self.pair, item.sequence, self.ts, ts))
+        if not keep_prev:
+            self.prev = None  # what was applied below the new mark is not known
+        self.pair = item.sequence
+        self.keys = {item.key}
+        self.stored_keys = frozenset()
+        self.ts = None if ts is None else min(ts, self.max_ts)
 
     def position(self) -> Position:
         if self.pair is None:
             return Position(self.next_offset)
         keys = self.stored_keys | {key_digest(k) for k in self.keys}
-        return Position(self.next_offset, Mark(self.pair[0], self.pair[1], keys))
+        return Position(self.next_offset, Mark(self.pair[0], self.pair[1], keys, self.ts, self.prev))
 
 
-def admit(batch: Iterable[Any], stored: Mapping[str, Position]) -> Admitted:
+def admit(
+    batch: Iterable[Any],
+    stored: Mapping[str, Position],
+    *,
+    now_ms: int | None = None,
+    tolerance_ms: int = DEFAULT_TOLERANCE_MS,
+) -> Admitted:
     """Drop replays and re-sends from ``batch`` (in offset order per partition) against ``stored``.
 
     Every item counts towards the new positions, whatever the sink later does with it (applied,
-    dead-lettered, skipped): the positions say what has been *handled*.
+    dead-lettered, skipped): the positions say what has been *handled*. ``now_ms`` is the wall clock
+    (commit times past it plus ``tolerance_ms`` are not believed).
     """
     out = Admitted()
     fresh = out.fresh
     state: dict[str, _Partition] = {}
+    now = int(time.time() * 1000) if now_ms is None else now_ms
     for item in batch:
         position = item.position
         key = position.partition_key
         partition = state.get(key)
         if partition is None:
-            partition = state[key] = _Partition(stored.get(key))
+            partition = state[key] = _Partition(key, stored.get(key), now, tolerance_ms, out.regressions)
         if position.offset < partition.next_offset:
             out.replays += 1
             continue
