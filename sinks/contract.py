@@ -65,6 +65,31 @@ class PositionConflict(Exception):  # noqa: N818 - a state
     landed after all, or a second writer): nothing was applied; the driver reloads and re-admits."""
 
 
+# What a job's output says when a sink found its positions rewound: the supervisor restarts the job
+# at once for it (``pipeline.supervisor``), without the back-off of other failures.
+REWOUND_MARKER = "PositionsRewound"
+
+
+class PositionsRewound(Exception):  # noqa: N818 - a state
+    """The store holds positions below what this worker stored or read for the same partitions: it
+    came back older (a Redis failover to a replica behind the primary, a restore from a snapshot).
+    The records in between are applied in no copy the store has now, and the running source will not
+    read them again (its restriction only moves forward). Nothing was written. Never retried: it
+    fails the job on purpose, and the next run's plan starts each lane at the positions stored now,
+    which reads the lost window again, exactly once (the data and positions came back together)."""
+
+    def __init__(self, sink: str, behind: Mapping[str, tuple[int | None, int]]) -> None:
+        first = sorted(behind.items())[:4]
+        shown = ", ".join(f"{key} stored {'none' if got is None else got} < {had}" for key, (got, had) in first)
+        more = f" and {len(behind) - len(first)} more" if len(behind) > len(first) else ""
+        super().__init__(
+            f"{REWOUND_MARKER}: {sink}: the stored positions went backwards ({shown}{more}): the store came "
+            f"back older; the job stops so that every lane reads again from the positions stored now"
+        )
+        self.sink = sink
+        self.behind = dict(behind)
+
+
 class Fenced(Exception):  # noqa: N818 - a state
     """The write carried an older fencing token than the instance lock's current generation: a newer
     instance has taken over (``sinks.fencing``). Nothing was written. Never retried: it fails the

@@ -15,6 +15,11 @@ So a position is never stored past a record that is neither applied nor confirme
 dead-letter topic: a ``kill -9`` anywhere means the record is read again. A ``PositionConflict``
 (another write landed first) reloads the stored positions and redoes the chunk from step 1.
 
+Positions that come back lower than this flusher stored or read for a partition (the store came back
+older: a Redis failover or a restore from a snapshot) raise ``PositionsRewound`` instead, on every
+load: the records in between are in no copy the store has, and the lane's source cannot seek back to
+them, so the job stops and its next run reads them again from the positions stored now.
+
 No Beam here: ``sinks.base`` runs this on a writer thread and reports the ``FlushReport`` as
 metrics; tests drive it with fake sinks, an injected clock and sleep.
 """
@@ -24,11 +29,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from sinks.contract import Batch, ClaimGone, Outcome, PositionConflict, Retry, Sink, SinkUnavailable
+from sinks.contract import (
+    Batch,
+    ClaimGone,
+    Outcome,
+    PositionConflict,
+    PositionsRewound,
+    Retry,
+    Sink,
+    SinkUnavailable,
+)
 from sinks.parking import park_letter
 from sinks.positions import Position, admit
 from sinks.records import DeadLetter, EnrichedChange, Parked, Skipped
@@ -71,9 +85,25 @@ class Flusher(Generic[T]):
         self._clock = clock
         self._sleep = sleep
         self.stored: dict[str, Position] = {}
+        # The highest next offset this flusher stored or read per partition: the store may never
+        # come back below it (``rewound``).
+        self._seen: dict[str, int] = {}
 
     def load(self) -> None:
-        self.stored = self._until_available("read positions", lambda: self.sink.positions(self._topics))
+        loaded = self._until_available("read positions", lambda: self.sink.positions(self._topics))
+        behind = rewound(loaded, self._seen)
+        if behind:
+            error = PositionsRewound(self.sink.name, behind)
+            _log.error("%s", error)
+            raise error
+        self.stored = loaded
+        self._remember(loaded)
+
+    def _remember(self, positions: Mapping[str, Position]) -> None:
+        seen = self._seen
+        for key, position in positions.items():
+            if position.next_offset > seen.get(key, -1):
+                seen[key] = position.next_offset
 
     def flush(self, items: Sequence[Any]) -> FlushReport:
         report = FlushReport()
@@ -149,6 +179,7 @@ class Flusher(Generic[T]):
             else:
                 self._until_available("store positions", lambda: self.sink.commit(positions, expected))
         self.stored.update(positions)
+        self._remember(positions)
 
     def _write(
         self,
@@ -258,3 +289,15 @@ class Flusher(Generic[T]):
             _log.warning(
                 "%s: %d record(s) not written yet (attempt %d): %s", self.sink.name, records, attempt, why.reason
             )
+
+
+def rewound(loaded: Mapping[str, Position], seen: Mapping[str, int]) -> dict[str, tuple[int | None, int]]:
+    """``{partition: (next offset loaded, or None if absent; highest seen)}`` where the loaded positions
+    are below what was stored or read before: a store that came back older, never a legitimate move
+    (a conflict's other writer or a rebuild's swap only move positions forward)."""
+    behind: dict[str, tuple[int | None, int]] = {}
+    for key, high in seen.items():
+        position = loaded.get(key)
+        if position is None or position.next_offset < high:
+            behind[key] = (None if position is None else position.next_offset, high)
+    return behind
