@@ -44,7 +44,7 @@ from sinks.contract import (
     SinkUnavailable,
 )
 from sinks.parking import park_letter
-from sinks.positions import Position, admit
+from sinks.positions import DEFAULT_TOLERANCE_MS, Position, Regression, admit
 from sinks.records import DeadLetter, EnrichedChange, Parked, Skipped
 
 T = TypeVar("T")
@@ -65,6 +65,8 @@ class FlushReport:
     parked_duplicates: int = 0  # returning parked events found applied already (sinks.parking)
     letters: Counter[str] = field(default_factory=Counter)  # by stage
     took_ms: int = 0
+    # Marks found wrong and replaced (sinks.positions): the source's LSNs went back, or a forged one.
+    regressions: list[Regression] = field(default_factory=list)
 
 
 class Flusher(Generic[T]):
@@ -77,8 +79,12 @@ class Flusher(Generic[T]):
         owns_upstream_letters: bool,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        sequence_tolerance_ms: int = DEFAULT_TOLERANCE_MS,
     ) -> None:
         self.sink = sink
+        self._wall_clock = wall_clock
+        self._tolerance_ms = sequence_tolerance_ms
         self._letters = letters
         self._topics = list(topics)
         self._owns_upstream = owns_upstream_letters
@@ -136,7 +142,7 @@ class Flusher(Generic[T]):
             yield items[start:]
 
     def _flush_chunk(self, chunk: Sequence[Any], report: FlushReport) -> None:
-        admitted = admit(chunk, self.stored)
+        admitted = admit(chunk, self.stored, now_ms=int(self._wall_clock() * 1000), tolerance_ms=self._tolerance_ms)
         report.replays += admitted.replays
         report.resends += admitted.resends
         upstream: list[DeadLetter] = []
@@ -179,6 +185,21 @@ class Flusher(Generic[T]):
             else:
                 self._until_available("store positions", lambda: self.sink.commit(positions, expected))
         self.stored.update(positions)
+        if admitted.regressions:  # reported once the positions that replace the marks are stored
+            report.regressions += admitted.regressions
+            for r in admitted.regressions:
+                _log.warning(
+                    "%s: %s: sequence mark %s replaced by %s at offset %d (%s; mark committed at %s ms, "
+                    "the change at %s ms): changes below the old mark are applied, not skipped",
+                    name,
+                    r.partition,
+                    r.mark,
+                    r.sequence,
+                    r.offset,
+                    r.kind,
+                    r.mark_commit_ts_ms,
+                    r.commit_ts_ms,
+                )
         self._remember(positions)
 
     def _write(
