@@ -72,6 +72,12 @@ METRICS: Final[dict[str, tuple[Kind, str, tuple[str, ...]]]] = {
         "Flushes refused because the stored positions had moved (another writer); reloaded and redone",
         ("sink",),
     ),
+    "engagement_sink_sequence_regressions": (
+        "counter",
+        "Sequence marks found wrong and replaced, by partition and kind: unseen_gap, later_commit "
+        "(the source's LSNs went back: a restore or failover), implausible_mark (docs/delivery.md)",
+        ("sink", "partition", "kind"),
+    ),
     "engagement_sink_flush_seconds": ("histogram", "Time to apply one flush, retries included", ("sink",)),
     "engagement_sink_commit_lag_seconds": (
         "histogram",

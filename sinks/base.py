@@ -33,6 +33,7 @@ from infra import telemetry
 from sinks.contract import Sink
 from sinks.fencing import Fence, guard
 from sinks.flush import Flusher, FlushReport, LetterSender
+from sinks.positions import DEFAULT_TOLERANCE_MS
 
 T = TypeVar("T")
 SLOW_FLUSH_MS = 1_000
@@ -54,8 +55,10 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         fence: Fence | None = None,
+        sequence_tolerance_ms: int = DEFAULT_TOLERANCE_MS,
     ) -> None:
         self._factory = sink_factory
+        self._sequence_tolerance_ms = sequence_tolerance_ms
         self._fence = fence  # the job's fencing token (sinks.fencing); a refused write is never retried
         self._letters_factory = letters_factory
         self._topics = list(topics)
@@ -76,6 +79,7 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
             owns_upstream_letters=self._owns_upstream,
             clock=self._clock,
             sleep=self._sleep,
+            sequence_tolerance_ms=self._sequence_tolerance_ms,
         )
         self._flusher.load()
         name = sink.name
@@ -96,6 +100,7 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._last_flush = telemetry.gauge("engagement_sink_last_flush_timestamp_seconds", sink=name)
         self._states: dict[str, telemetry.Level] = {}
         self._letter_counts: dict[str, telemetry.Count] = {}
+        self._regressions: dict[tuple[str, str], telemetry.Count] = {}
         self._newest_commit_ms: int | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-writer")
         self._in_flight: Future[FlushReport] | None = None
@@ -155,6 +160,18 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
                     "engagement_sink_state", (name, gauge), sink=name, name=gauge
                 )
             level.set(value)
+        for regression in report.regressions:
+            where = (regression.partition, regression.kind)
+            regressions = self._regressions.get(where)
+            if regressions is None:
+                regressions = self._regressions[where] = telemetry.counter(
+                    "engagement_sink_sequence_regressions",
+                    (name, "sequence_regressions"),
+                    sink=name,
+                    partition=regression.partition,
+                    kind=regression.kind,
+                )
+            regressions.inc()
         for stage, count in report.letters.items():
             letters = self._letter_counts.get(stage)
             if letters is None:

@@ -5,6 +5,7 @@ import msgspec
 from sinks.contract import PositionConflict
 from sinks.flush import Flusher
 from sinks.positions import Mark, Position
+from sinks.records import SourcePosition
 
 from .fakes import FakeSink, Letters, change
 
@@ -58,3 +59,22 @@ def test_a_conflict_does_not_report_a_regression_twice():
     report = flusher(sink, T0 + 600_000).flush([at(10, (550, 560), T0 + 1)])
     assert calls == [1, 1] and report.conflicts == 1
     assert [r.kind for r in report.regressions] == ["unseen_gap"]
+
+
+def test_the_sink_step_counts_regressions_by_sink_partition_and_kind():
+    from prometheus_client import REGISTRY
+
+    from sinks.base import SinkWriteFn
+
+    sink = FakeSink()
+    sink.name = "regression-fake"  # type: ignore[misc]
+    sink.stored = {"t:3": Position(10, Mark(600, 610, frozenset(), T0, (500, 510)))}
+    fn = SinkWriteFn(lambda: sink, Letters, ["t"], max_latency_ms=10_000, sequence_tolerance_ms=2_000)
+    fn.setup()
+    fn.start_bundle()
+    fn.process(msgspec.structs.replace(at(10, (550, 560), T0 + 1), position=SourcePosition("t", 3, 10)))
+    fn.finish_bundle()
+    fn.teardown()
+    labels = {"sink": "regression-fake", "partition": "t:3", "kind": "unseen_gap"}
+    assert REGISTRY.get_sample_value("engagement_sink_sequence_regressions_total", labels) == 1
+    assert sink.applied == [10]
