@@ -13,8 +13,12 @@
   it, and a newer one stored makes Redis refuse it.
 - **Dead holders.** A holder on this host whose pid is gone (``kill -9``) is replaced at once
   instead of after its TTL; on another host only the TTL can tell.
-- **Loss.** If Redis answers that the lock is no longer ours (expired and taken, or deleted), the
-  lock is lost for good (``LOST``): the supervisor stops the job and exits. If Redis cannot be
+- **Loss.** If Redis answers that another instance holds the lock (expired and taken), the lock is
+  lost for good (``LOST``): the supervisor stops the job and exits. If the lock is gone, or holds a
+  token of this process or of a dead holder on this host (``MISSING``), Redis lost it or came back
+  older (a failover to a replica behind the primary, a restore from a snapshot): nobody else holds
+  it, so the supervisor stops the job and takes the lock again at once, as a new generation, and
+  starts the job again (which then reads what the older Redis lacks). If Redis cannot be
   reached for most of a TTL, the lock may have expired meanwhile (``UNCONFIRMED``): the supervisor
   stops the job as well, because another instance may take over now, and acquires the lock again
   like a starting instance once Redis answers (a new generation; refused if someone else holds it).
@@ -40,9 +44,10 @@ from infra.process import pid_alive
 from sinks.fencing import fence_key, lock_key
 
 _log = logging.getLogger("pipeline.instance_lock")
-Loss = Literal["lost", "unconfirmed"]
+Loss = Literal["lost", "unconfirmed", "missing"]
 LOST: Loss = "lost"
 UNCONFIRMED: Loss = "unconfirmed"
+MISSING: Loss = "missing"
 # Give up on an unconfirmed lock this far into its TTL (counted from the last refresh that Redis
 # confirmed, as sent), so the job is stopped before the lock can expire and pass to another instance.
 UNCONFIRMED_SHARE = 0.8
@@ -157,10 +162,12 @@ class InstanceLock:
         return self._lock.generation
 
     def _replaceable(self, holder: str) -> bool:
+        """Ours (any token of this process: an older Redis can hold one we replaced since), or a dead
+        holder on this host."""
         if holder and holder == self._previous:
             return True
         host, pid = parse_holder(holder)
-        return host == self._host and pid is not None and not self._is_alive(pid)
+        return host == self._host and pid is not None and (pid == self._pid or not self._is_alive(pid))
 
     def _refuse(self) -> None:
         holder, pttl = self._lock.seen
@@ -178,27 +185,38 @@ class InstanceLock:
         try:
             self._lock.reacquire()
         except LockNotOwnedError:
-            self.lost = LOST
-            _log.error("lost the instance lock %s: Redis holds %r, not our token", self.key, self._holder())
+            try:
+                holder = self._read_holder()
+            except redis.RedisError as exc:
+                return self._unreached(sent, exc)  # the next refresh asks again
+            if holder is None or self._replaceable(holder):
+                self.lost = MISSING
+                _log.error(
+                    "the instance lock %s is gone from Redis (it holds %r): Redis lost it or came back older; "
+                    "taking it again",
+                    self.key,
+                    holder,
+                )
+            else:
+                self.lost = LOST
+                _log.error("lost the instance lock %s: Redis holds %r, not our token", self.key, holder)
             return False
         except redis.RedisError as exc:
-            self._failing = True
-            if sent - self._confirmed >= UNCONFIRMED_SHARE * self._ttl_s:
-                self.lost = UNCONFIRMED
-                _log.error(
-                    "could not refresh the instance lock %s for %.1f s: %s", self.key, sent - self._confirmed, exc
-                )
-                return False
-            _log.warning("could not refresh the instance lock: %s", exc)
-            return True
+            return self._unreached(sent, exc)
         self._confirmed, self._failing = sent, False
         return True
 
-    def _holder(self) -> str | None:
-        try:
-            value = self._lock.redis.get(self.key)
-        except redis.RedisError:
-            return None
+    def _unreached(self, sent: float, exc: redis.RedisError) -> bool:
+        self._failing = True
+        if sent - self._confirmed >= UNCONFIRMED_SHARE * self._ttl_s:
+            self.lost = UNCONFIRMED
+            _log.error("could not refresh the instance lock %s for %.1f s: %s", self.key, sent - self._confirmed, exc)
+            return False
+        _log.warning("could not refresh the instance lock: %s", exc)
+        return True
+
+    def _read_holder(self) -> str | None:
+        value = self._lock.redis.get(self.key)
         return value.decode() if isinstance(value, bytes) else value
 
     def start_refresh(self, on_lost: Callable[[Loss], None]) -> None:

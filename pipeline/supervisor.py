@@ -7,9 +7,11 @@
   (``PIPELINE_FENCE_TOKEN``): the sinks refuse the writes of a job whose generation is not the
   newest (``sinks.fencing``), so even a job that somehow outlived its supervisor cannot write.
 - **Losing the lock.** If the lock turns out to be someone else's, the job is killed at once and the
-  supervisor exits with ``LOCK_LOST_EXIT``. If Redis could not be reached for most of a TTL, the job
-  is killed too (the lock may be passing to another instance), and the lock is taken again once
-  Redis answers; refused if another instance has it by then.
+  supervisor exits with ``LOCK_LOST_EXIT``. If the lock is gone from Redis (Redis lost it or came
+  back older: ``MISSING`` in ``pipeline.instance_lock``), nobody else holds it: the job is killed,
+  the lock taken again as a new generation and the job started again at once. If Redis could not be
+  reached for most of a TTL, the job is killed too (the lock may be passing to another instance),
+  and the lock is taken again once Redis answers; refused if another instance has it by then.
 - **Prism is ours.** For the local runner the supervisor starts the Prism binary itself and stops it
   by pid on exit (for ``--runner flink``, Beam's Flink job server the same way:
   ``pipeline.flink_job_server``); if it dies, it is started again before the job is. The job is
@@ -25,7 +27,10 @@
   an error, the supervisor logs why (the child's last lines), waits with exponential backoff (1 s
   doubling to 60 s; reset after 5 minutes of health) and starts it again; the new run resumes from
   the positions the sinks stored, so nothing is lost or counted twice. A bounded run that exits 0 ends
-  the supervisor.
+  the supervisor. One failure is restarted at once, without back-off: a sink that found its
+  positions rewound (``sinks.contract.PositionsRewound``, named in the job's output by
+  ``REWOUND_MARKER``) failed the job on purpose so that the next run reads the records the older
+  store lacks; the sooner, the shorter the boards stay behind.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ import redis
 from infra.process import ServiceProcess, StackError, parent_death_signal, port_open, refuse_if_taken
 from infra.settings import REPO_ROOT, Settings
 from pipeline.flink_job_server import job_server_process, start_own_job_server
-from pipeline.instance_lock import LOST, InstanceLock, LockHeld, Loss
+from pipeline.instance_lock import LOST, MISSING, InstanceLock, LockHeld, Loss
+from sinks.contract import REWOUND_MARKER
 from sinks.fencing import quick_client
 
 __all__ = ["LOCK_LOST_EXIT", "LockHeld", "Supervisor", "prism_process"]
@@ -112,7 +118,7 @@ class Supervisor:
 
     def _on_lock_lost(self, how: Loss) -> None:
         """From the lock's refresh thread: nothing may write under a lock we may no longer hold."""
-        _log.error("the instance lock is %s: killing the job now", "lost" if how == LOST else "unconfirmed")
+        _log.error("the instance lock is %s: killing the job now", how)
         with self._child_lock:
             if self._child is not None and self._child.poll() is None:
                 self._child.kill()
@@ -134,14 +140,17 @@ class Supervisor:
                     _log.error("another instance holds the lock now: this supervisor exits")
                     return LOCK_LOST_EXIT
                 if lock.lost is not None:
+                    how = lock.lost
                     generation = self._acquire_again(lock)
                     if generation is None:
                         return 0
+                    if how == MISSING:
+                        _log.warning("took the instance lock again (generation %d): restarting the job", generation)
                 if runner_service is not None and not runner_service.running():
                     _log.info("starting %s on port %d", runner_service.name, runner_service.port)
                     start_service(runner_service)
                 started = time.monotonic()
-                code, tail = self._run_worker(generation, lock)
+                code, tail, rewound = self._run_worker(generation, lock)
                 if self._stopping:
                     return 0
                 if lock.lost is not None:
@@ -149,6 +158,9 @@ class Supervisor:
                 if code == 0:
                     _log.info("job finished")
                     return 0
+                if restart_at_once(code, rewound):
+                    _log.error("job stopped because a sink's stored positions went backwards: restarting it now")
+                    continue
                 healthy = time.monotonic() - started > HEALTHY_AFTER_S
                 backoff = ps.restart_backoff_initial_s if healthy else backoff
                 _log.error("job failed with exit code %s; restarting in %.0f s. Last output:\n%s", code, backoff, tail)
@@ -202,12 +214,14 @@ class Supervisor:
             command += ["--job-endpoint", f"localhost:{self.settings.flink.job_port}"]
         return command + self.worker_args
 
-    def _run_worker(self, generation: int, lock: InstanceLock) -> tuple[int, str]:
+    def _run_worker(self, generation: int, lock: InstanceLock) -> tuple[int, str, bool]:
+        """Run the job to its end: its exit code, its last lines, and whether it named a rewind."""
         tail: deque[str] = deque(maxlen=30)
+        rewound = False
         with self._child_lock:
             # Under the same lock as _on_lock_lost: a loss is either seen here or kills this child.
             if lock.lost is not None:
-                return -1, "(not started: the instance lock was lost)"
+                return -1, "(not started: the instance lock was lost)", False
             self._child = subprocess.Popen(
                 self.worker_command(),
                 cwd=REPO_ROOT,
@@ -222,6 +236,13 @@ class Supervisor:
         assert self._child.stdout is not None
         for line in self._child.stdout:
             tail.append(line.rstrip())
+            rewound = rewound or REWOUND_MARKER in line
             sys.stdout.write(line)
             sys.stdout.flush()
-        return self._child.wait(), "\n".join(tail)
+        return self._child.wait(), "\n".join(tail), rewound
+
+
+def restart_at_once(code: int, rewound: bool) -> bool:
+    """A failed job is restarted without back-off only when a sink found its positions rewound: its
+    next run is what reads the records the older store lacks. Other failures keep the back-off."""
+    return code != 0 and rewound

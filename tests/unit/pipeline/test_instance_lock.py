@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 import redis
 
-from pipeline.instance_lock import LOST, UNCONFIRMED, InstanceLock, LockHeld, parse_holder
+from pipeline.instance_lock import LOST, MISSING, UNCONFIRMED, InstanceLock, LockHeld, parse_holder
 
 GROUP = "g"
 KEY = "engagement:pipeline:lock:g"
@@ -71,7 +71,7 @@ def test_a_holder_on_another_host_is_refused_even_if_its_pid_is_free_here(client
 
 
 def test_a_dead_holder_on_this_host_is_taken_over_with_a_newer_generation(client):
-    old = instance(client, 11)
+    old = instance(client, 11, alive={11, 12})
     old_generation = old.acquire()
     new = instance(client, 12, alive={12})  # pid 11 is gone (kill -9)
     assert new.acquire() > old_generation
@@ -110,12 +110,45 @@ def test_refresh_restores_the_ttl_and_a_lost_lock_is_never_taken_back(client):
     assert client.get(KEY) == b"h2:99:other"
 
 
-def test_a_lock_deleted_under_its_holder_is_lost(client):
+def test_a_lock_gone_from_redis_is_missing_and_taken_again_as_a_newer_generation(client):
+    lock = instance(client, 11)
+    first = lock.acquire()
+    client.delete(KEY, FENCE)  # Redis lost it, or came back from a copy older than the lock's TTL
+    assert lock.refresh() is False and lock.lost == MISSING
+    assert client.get(KEY) is None
+    time.sleep(0.002)  # the floor is the server's clock in ms (see the test above)
+    second = lock.acquire()
+    assert second > first and int(client.get(FENCE)) == second and lock.lost is None
+
+
+def test_an_older_redis_holding_one_of_our_earlier_tokens_is_missing_not_a_takeover(client):
+    lock = instance(client, 11)
+    lock.acquire()
+    earlier = lock.token
+    lock.acquire()  # a newer token of ours (after an unconfirmed loss)
+    client.set(KEY, earlier, px=10_000)  # the older copy still has the earlier one
+    assert lock.refresh() is False and lock.lost == MISSING
+    lock.acquire()
+    assert client.get(KEY).decode() == lock.token
+
+
+def test_an_older_redis_holding_a_dead_holder_of_this_host_is_missing(client):
+    lock = instance(client, 12, alive={12})
+    lock.acquire()
+    client.set(KEY, "h1:11:old", px=10_000)  # the instance before this one, dead since
+    assert lock.refresh() is False and lock.lost == MISSING
+
+
+def test_a_lock_read_that_fails_after_not_owned_decides_nothing_yet(client):
     lock = instance(client, 11)
     lock.acquire()
     client.delete(KEY)
-    assert lock.refresh() is False and lock.lost == LOST
-    assert client.get(KEY) is None
+
+    def unreachable(_key: str) -> None:
+        raise redis.ConnectionError("refused")
+
+    client.get = unreachable  # type: ignore[method-assign]
+    assert lock.refresh() is True and lock.lost is None
 
 
 def test_redis_out_of_reach_for_most_of_a_ttl_leaves_the_lock_unconfirmed_then_it_is_taken_again(client):
