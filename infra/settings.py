@@ -300,6 +300,10 @@ class PipelineSettings(BaseSettings):
     idle_resume_ms: int = Field(default=50, ge=0)
     # The sinks flush at least this often while records flow (and whenever a bundle ends).
     sink_flush_ms: int = Field(default=50, gt=0)
+    # A change below a partition's sequence mark committed later than the mark by more than this is
+    # not a Debezium re-send but the source's LSNs gone back (a restore, a failover): it is applied.
+    # Covers commit-time jitter and clock skew between Postgres and the job (docs/delivery.md).
+    sequence_tolerance_ms: int = Field(default=2_000, ge=0)
     # Which sinks run, in lanes: "," separates lanes (each reads the topics at its own positions, so
     # an outage of one never delays another), "+" puts sinks in one lane (one read, one stage).
     # Names: redis (leaderboards and content metadata), bigquery (changelogs and the current view);

@@ -110,6 +110,7 @@ class WriteLane(beam.PTransform):
                         owns_upstream_letters=lane.owns_upstream_letters and index == 0,
                         max_latency_ms=spec.max_latency_ms or s.pipeline.sink_flush_ms,
                         fence=Fence.of(s),
+                        sequence_tolerance_ms=s.pipeline.sequence_tolerance_ms,
                     )
                 )
             )
