@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from infra.http_receiver.client import ReceiverClient
 from infra.process import StackError
@@ -44,6 +45,8 @@ from loadtest.fault_stack import ENDPOINT, STACK_DIR, Processes, fault_settings,
 from loadtest.http_truth import assert_http_matches_sql, wait_http_caught_up
 from loadtest.procstats import machine
 from loadtest.truth import assert_redis_matches_sql, wait_caught_up
+from sinks.redis_leaderboard import RedisLeaderboardSink
+from sinks.redis_store import next_offsets
 
 INJECT_AT_S = 10.0
 REDIS_OUTAGE_S = 60.0
@@ -126,6 +129,69 @@ def redis_down(run: Run) -> None:
     process.start(run.settings.stack.start_timeout_s)
 
 
+OLDER_COPY_AGE_S = 20.0
+RECOVER_TIMEOUT_S = 180.0
+
+
+def put_back_as_aof(rdb: Path, root: Path) -> None:
+    """Make ``rdb`` the whole data of the Redis in ``root``: with ``appendonly yes``, Redis 7 loads its
+    AOF folder and ignores a dump.rdb, so the snapshot becomes the AOF's base file."""
+    aof = root / "appendonlydir"
+    shutil.rmtree(aof, ignore_errors=True)
+    aof.mkdir()
+    shutil.copyfile(rdb, aof / "appendonly.aof.1.base.rdb")
+    (aof / "appendonly.aof.1.incr.aof").touch()
+    (aof / "appendonly.aof.manifest").write_text(
+        "file appendonly.aof.1.base.rdb seq 1 type b\nfile appendonly.aof.1.incr.aof seq 1 type i\n"
+    )
+    (root / "dump.rdb").unlink(missing_ok=True)
+
+
+def redis_older_copy(run: Run) -> None:
+    """Redis comes back ``OLDER_COPY_AGE_S`` older, as after a failover to a replica that lagged or a
+    restore from a snapshot: a consistent copy (BGSAVE: a fork's point-in-time view, unlike copying
+    the AOF files while Redis appends to them), Redis stopped later, the copy put back, Redis
+    started. Notes the figures: the records the copy lacks, when the pipeline noticed, and when the
+    positions were back where they were before the stop."""
+    redis_server, sink, topic = run.stack.redis, RedisLeaderboardSink.name, run.settings.cdc.engagement_topic
+    client = run.settings.redis.client()
+    saved = client.lastsave()
+    client.bgsave()
+    while client.lastsave() == saved or client.info("persistence")["rdb_bgsave_in_progress"]:
+        time.sleep(0.05)
+    copy = redis_server.root.parent / "redis-older-copy.rdb"
+    shutil.copyfile(Path(client.config_get("dir")["dir"]) / client.config_get("dbfilename")["dbfilename"], copy)
+    time.sleep(OLDER_COPY_AGE_S)
+    before = next_offsets(client, sink, topic)
+    client.close()
+    redis_server.process.stop(run.settings.stack.stop_timeout_s)
+    put_back_as_aof(copy, redis_server.root)
+    log = run.procs.logs / "pipeline.log"
+    log_at = log.stat().st_size
+    redis_server.process.start(run.settings.stack.start_timeout_s)
+    restarted = time.monotonic()
+    client = run.settings.redis.client()
+    restored = next_offsets(client, sink, topic)
+    lost = sum(end - restored.get(p, 0) for p, end in before.items())
+    run.notes.append(f"the copy lacks {lost:,} of {sink}'s records")
+    detected = recovered = None
+    while time.monotonic() - restarted < RECOVER_TIMEOUT_S and recovered is None:
+        if detected is None:
+            with log.open("rb") as text:
+                text.seek(log_at)
+                if re.search(rb"PositionsRewound|gone from Redis", text.read()):
+                    detected = time.monotonic() - restarted
+        now = next_offsets(client, sink, topic)
+        if all(now.get(p, 0) >= end for p, end in before.items()):
+            recovered = time.monotonic() - restarted
+        time.sleep(0.2)
+    run.notes.append("noticed " + ("never" if detected is None else f"{detected:.1f} s after Redis's restart"))
+    run.notes.append(
+        "positions back past the pre-stop ones "
+        + (f"{recovered:.1f} s after Redis's restart" if recovered is not None else "not within the timeout")
+    )
+
+
 FAULTS: dict[str, Callable[[Run], None]] = {
     "kafka-kill9": kill9("kafka"),
     "connect-kill9": kill9("connect"),
@@ -134,6 +200,7 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "pipeline-group-kill9": pipeline_group_kill9,
     "supervisor-kill9": supervisor_kill9,
     "redis-down-60s": redis_down,
+    "redis-older-copy": redis_older_copy,
 }
 
 
