@@ -13,6 +13,9 @@ A part is unhealthy when:
 - an HTTP endpoint's circuit breaker is not closed.
 
 Dead letters are reported by stage and reason, not judged: bad input is expected, and counted.
+Sequence marks a sink found wrong and replaced since the job started (the source's LSNs went back
+after a restore or failover, or a forged sequence; ``sinks.positions``) are notes, per sink, partition
+and kind, from the job's ``engagement_sink_sequence_regressions_total``: handled, but worth knowing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from infra.capture_health import connector_problems, slot_problems
 from infra.settings import Settings
 
-__all__ = ["differences", "reason_kind", "report"]
+__all__ = ["differences", "reason_kind", "report", "sequence_regressions"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(\.\d+)?")
@@ -88,6 +91,26 @@ def _sink(
         "lag": lag_total,
         "out_per_s": moved / seconds if seconds > 0 and first is not None else None,
     }
+
+
+_REGRESSIONS = "engagement_sink_sequence_regressions_total"
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+_KINDS = {
+    "unseen_gap": "a sequence below the mark that was never applied (a forged or out-of-order mark)",
+    "later_commit": "LSNs below the mark committed after it (the source's LSNs went back: a restore or failover)",
+    "implausible_mark": "a stored mark past 64 bits",
+}
+
+
+def sequence_regressions(metrics: Mapping[str, float] | None) -> list[dict[str, Any]]:
+    """Each sink, partition and kind with sequence marks found wrong since the job started, from the
+    job's counters."""
+    found = []
+    for sample, count in sorted((metrics or {}).items()):
+        name, _, labels = sample.partition("{")
+        if name == _REGRESSIONS and count > 0:
+            found.append({**dict(_LABEL.findall(labels)), "count": int(count)})
+    return found
 
 
 def _stages(rates: Mapping[str, float]) -> dict[str, float]:
@@ -174,6 +197,14 @@ def report(raw: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
                     f"({entry['failures']} failure(s) in a row){detail}"
                 )
 
+    regressions = sequence_regressions(second["metrics"])
+    for r in regressions:
+        notes.append(
+            f"sink {r.get('sink')}, partition {r.get('partition')}: {r['count']} sequence mark(s) replaced since "
+            f"the job started, {_KINDS.get(r.get('kind', ''), r.get('kind'))}; the changes were applied, "
+            'not skipped as re-sends (docs/delivery.md "A wrong sequence mark")'
+        )
+
     rates = differences((first["metrics"] or {}), (second["metrics"] or {}), seconds)
     return {
         "healthy": not problems,
@@ -187,5 +218,6 @@ def report(raw: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "stages": _stages(rates),
         "dead_letters": _letters(raw["letters"]),
         "breakers": breakers,
+        "sequence_regressions": regressions,
         "freshness": {"leaderboard": raw["board"], "bigquery": raw["bigquery"]},
     }

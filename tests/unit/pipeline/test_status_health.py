@@ -161,3 +161,18 @@ def test_render_lists_the_problems_last():
         "UNHEALTHY:",
         f"  - no pipeline is running for consumer group {group} (nobody holds its instance lock)",
     ]
+
+
+def test_sequence_marks_replaced_by_the_sinks_are_noted_per_sink_and_partition():
+    raw = healthy_raw()
+    sample = 'engagement_sink_sequence_regressions_total{kind="later_commit",partition="%s:3",sink="redis_leaderboard"}'
+    raw["second"]["metrics"][sample % E] = 2.0
+    result = report(raw, SETTINGS)
+    assert result["healthy"]  # handled: a note, not a problem
+    assert result["sequence_regressions"] == [
+        {"kind": "later_commit", "partition": f"{E}:3", "sink": "redis_leaderboard", "count": 2}
+    ]
+    [note] = result["notes"]
+    assert note.startswith(f"sink redis_leaderboard, partition {E}:3: 2 sequence mark(s) replaced")
+    assert "restore or failover" in note
+    assert report(healthy_raw(), SETTINGS)["sequence_regressions"] == []
