@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
@@ -71,11 +72,38 @@ class HttpSinkSettings(BaseSettings):
     breaker_reset_timeout_s: float = Field(default=10.0, gt=0)
     # Bytes of a refusing response's body kept in the dead letter.
     body_excerpt_bytes: int = Field(default=512, ge=0, le=65_536)
+    # A hostile or broken endpoint (docs/http.md, "What a reply must be"): at most this many bytes
+    # of a reply are read (a results list for 500 changes is about 40 KB), and a request, reply
+    # included, ends within request_deadline_s however slowly the bytes come (a `timeout`).
+    max_reply_bytes: int = Field(default=1_048_576, ge=1_024)
+    request_deadline_s: float = Field(default=15.0, gt=0)
+    # What a 2xx must carry to count as delivered: json-ack (an empty body or a JSON object) or
+    # any-2xx (any body, as before). A routes file may set `accept` per endpoint. A 2xx that is not
+    # what the contract says is retried under the budget (bad_reply=retry) or dead-lettered at once.
+    accept: Literal["json-ack", "any-2xx"] = "json-ack"
+    bad_reply: Literal["retry", "dead_letter"] = "retry"
+    # While the breaker is open the lane pauses (Kafka holds the backlog) and this budget runs; the
+    # retry budget above does not. Unset (the default): a change waits out any outage.
+    outage_budget_s: float | None = Field(default=None, gt=0)
+    # Where an endpoint's sink starts when it has stored no position yet (a new endpoint):
+    # earliest, latest, or an ISO 8601 time (the first change committed to Kafka at or after it).
+    start: str = "earliest"
 
     @field_validator("routes_file", mode="before")
     @classmethod
     def _unset(cls, value: Any) -> Any:
         return None if value == "" else value  # HTTP_SINK_ROUTES_FILE= turns routing off
+
+    @field_validator("outage_budget_s", mode="before")
+    @classmethod
+    def _forever(cls, value: Any) -> Any:
+        return None if value in ("", 0, "0") else value  # HTTP_SINK_OUTAGE_BUDGET_S= waits for ever
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        start_ms(value)
+        return value
 
     @field_validator("retryable_statuses", "split_statuses")
     @classmethod
@@ -94,6 +122,27 @@ class HttpSinkSettings(BaseSettings):
     @property
     def split(self) -> frozenset[int]:
         return parse_statuses(self.split_statuses)
+
+    @property
+    def start_ms(self) -> int | None:
+        """``start`` as epoch milliseconds; None for earliest, -1 for latest."""
+        return start_ms(self.start)
+
+
+def start_ms(text: str) -> int | None:
+    """``earliest`` -> None, ``latest`` -> -1, an ISO 8601 time -> epoch ms (UTC when it has no zone)."""
+    value = text.strip().lower()
+    if value == "earliest":
+        return None
+    if value == "latest":
+        return -1
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not earliest, latest or an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 class HttpReceiverSettings(BaseSettings):

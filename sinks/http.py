@@ -12,20 +12,31 @@ reply means is ``sinks.http_client``; retries, backoff with jitter (never shorte
 ``Retry-After``) and the per-batch budget (``HTTP_SINK_BUDGET_S``, then the HTTP dead-letter
 topic) are the driver's, as for every sink.
 
-The circuit breaker (``sinks.http_breaker``, one per endpoint per DoFn instance): while it is open,
-every change goes to the dead-letter topic at once, with no request. Past its reset timeout, the
-first POST of the next flush is the one trial (pybreaker holds its lock for that call, so no other
-request of this instance runs with it); the rest of the flush goes out only if the trial closed
-the breaker. Requests sent while it is closed run concurrently and report to it when they end.
+The budgets are the sink's, not the driver's (its ``RetryPolicy`` retries for ever): a change is
+retried for ``HTTP_SINK_BUDGET_S`` of time while the breaker is closed, then dead-lettered; time
+with the breaker open does not count. The circuit breaker (``sinks.http_breaker``, one per
+endpoint per DoFn instance): while it is open, no request is sent and every change is retried after
+the time left until the half-open trial, so the driver's retry loop pauses the lane (its own fused
+stage: the other lanes go on) and Kafka holds the backlog; nothing is dead-lettered for the outage
+unless ``HTTP_SINK_OUTAGE_BUDGET_S`` is set and a change has waited that long. Past its reset
+timeout, the first POST of the next write is the one trial (pybreaker holds its lock for that call,
+so no other request of this instance runs with it); the rest goes out only if the trial closed the
+breaker. Requests sent while it is closed run concurrently and report to it when they end.
+
+A new endpoint's sink (no stored position for a topic) starts where ``HTTP_SINK_START`` says:
+earliest (nothing stored: the lane reads from the start), latest, or a time; the last two are
+stored as its positions the first time they are read (``positions``), before the lane starts.
 
 Each dead letter carries ``dlq.http.endpoint``, ``dlq.http.url``, ``dlq.http.status`` (a status
-code, ``timeout``, ``connection`` or ``circuit_open``) and ``dlq.http.change``, the change exactly
+code, ``timeout``, ``connection``, ``circuit_open``, or what was wrong with a 2xx: ``bad_reply``,
+``too_large``, ``too_deep``, ``unreadable``, ``error``) and ``dlq.http.change``, the change exactly
 as it was sent, which ``make http-replay`` (``sinks.http_replay``) sends again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +44,19 @@ from typing import Any
 
 import pybreaker
 
+from infra import telemetry
 from infra.settings import HttpSinkSettings, KafkaSettings, RedisSettings
 from sinks.contract import APPLIED, Batch, BatchLimits, Outcome, Retry, RetryPolicy, Sink
-from sinks.http_breaker import STATES, BreakerBoard, BreakerConfig, EndpointFailure, Publisher, make_breaker, report
+from sinks.http_breaker import (
+    STATES,
+    BreakerBoard,
+    BreakerConfig,
+    EndpointFailure,
+    Pauses,
+    Publisher,
+    make_breaker,
+    report,
+)
 from sinks.http_client import ClientPolicy, EndpointClient, Sent, make_client
 from sinks.http_payload import change_json, idempotency_key
 from sinks.http_routes import Route
@@ -44,6 +65,9 @@ from sinks.positions import Position
 from sinks.records import EnrichedChange
 
 CIRCUIT_OPEN = "circuit_open"
+_log = logging.getLogger(__name__)
+# What went wrong with a request, as counted in engagement_http_reply_problems_total.
+PROBLEMS = ("timeout", "connection", "unreadable", "bad_reply", "too_large", "too_deep", "error")
 
 
 def breaker_config(settings: HttpSinkSettings) -> BreakerConfig:
@@ -56,8 +80,17 @@ def breaker_config(settings: HttpSinkSettings) -> BreakerConfig:
     )
 
 
-def client_policy(settings: HttpSinkSettings) -> ClientPolicy:
-    return ClientPolicy(settings.retryable, settings.split, settings.body_excerpt_bytes, settings.budget_s)
+def client_policy(settings: HttpSinkSettings, route: Route | None = None) -> ClientPolicy:
+    return ClientPolicy(
+        settings.retryable,
+        settings.split,
+        settings.body_excerpt_bytes,
+        settings.budget_s,
+        max_reply_bytes=settings.max_reply_bytes,
+        deadline_s=settings.request_deadline_s,
+        accept=(route.accept if route is not None and route.accept else None) or settings.accept,
+        bad_reply=settings.bad_reply,
+    )
 
 
 def request_headers(settings: HttpSinkSettings, route: Route) -> dict[str, str]:
@@ -93,7 +126,8 @@ class HttpSink(Sink[EnrichedChange]):
         self._clock = clock
         self._client_factory = client_factory
         self._positions_factory = positions_factory
-        self.retry_policy = RetryPolicy(settings.initial_backoff_s, settings.max_backoff_s, settings.budget_s)
+        # No budget for the driver: the sink keeps its own (see the module docstring).
+        self.retry_policy = RetryPolicy(settings.initial_backoff_s, settings.max_backoff_s, None)
         self.limits = BatchLimits(
             max_records=settings.batch_max_records * settings.concurrency,
             max_bytes=settings.batch_max_bytes * settings.concurrency,
@@ -106,7 +140,7 @@ class HttpSink(Sink[EnrichedChange]):
         )()
         self._http = http
         self.client = EndpointClient(
-            self.route.endpoint, self.route.url, request_headers(s, self.route), http, client_policy(s)
+            self.route.endpoint, self.route.url, request_headers(s, self.route), http, client_policy(s, self.route)
         )
         self._pool = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix=f"{self.name}-post")
         self._positions = (
@@ -114,8 +148,15 @@ class HttpSink(Sink[EnrichedChange]):
         )()
         board = BreakerBoard(self._redis.client(timeout_s=0.5)) if self._redis is not None else None
         self._publisher = Publisher(board, self.route.endpoint, self._clock)
-        self.breaker = make_breaker(self.name, breaker_config(s), self._clock, (self._publisher,))
+        self._pauses = Pauses(self._clock)
+        self.breaker = make_breaker(self.name, breaker_config(s), self._clock, (self._publisher, self._pauses))
         self._letter_info: dict[str, tuple[str, bytes]] = {}
+        # key -> (budget time, clock time) of a change's first retry, while it is being retried.
+        self._retrying: dict[str, tuple[float, float]] = {}
+        self._problems = {
+            p: telemetry.counter("engagement_http_reply_problems", endpoint=self.route.endpoint, problem=p)
+            for p in PROBLEMS
+        }
 
     def close(self) -> None:
         publisher = getattr(self, "_publisher", None)
@@ -130,7 +171,18 @@ class HttpSink(Sink[EnrichedChange]):
                 resource.close()
 
     def positions(self, topics: Sequence[str]) -> dict[str, Position]:
-        return self._positions.load(topics)
+        stored = self._positions.load(topics)
+        start = self._settings.start_ms
+        if start is None:
+            return stored  # earliest: nothing stored reads from the start
+        for topic in topics:
+            if any(key.startswith(f"{topic}:") for key in stored):
+                continue
+            # A new endpoint: store where it starts, so the lane and every restart begin there.
+            begins = self._positions.start_at_end(topic) if start < 0 else self._positions.start_at_time(topic, start)
+            stored.update({f"{topic}:{p}": Position(offset) for p, offset in begins.items()})
+            _log.info("%s starts on %s at %s (HTTP_SINK_START=%s)", self.name, topic, begins, self._settings.start)
+        return stored
 
     def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
         self._positions.store(positions)
@@ -149,11 +201,24 @@ class HttpSink(Sink[EnrichedChange]):
 
     def write(self, batch: Batch[EnrichedChange]) -> Outcome:
         self._letter_info = {}
-        wanted = [i for i, record in enumerate(batch.records) if self.route.wants(record)]
+        outcome = Outcome()
+        wanted: list[int] = []
+        keys: list[str] = []
+        changes: list[bytes] = []
+        for i, record in enumerate(batch.records):
+            try:
+                if not self.route.wants(record):
+                    continue
+                change = change_json(record)
+            except Exception as exc:  # noqa: BLE001 - one change that cannot be sent is a letter, not a failed job
+                outcome.rejected[i] = f"cannot route or encode this change: {type(exc).__name__}: {exc}"
+                continue
+            wanted.append(i)
+            keys.append(idempotency_key(record))
+            changes.append(change)
         if not wanted:
-            return APPLIED
-        keys = [idempotency_key(batch.records[i]) for i in wanted]
-        changes = [change_json(batch.records[i]) for i in wanted]
+            self._retrying.clear()
+            return outcome if outcome.rejected else APPLIED
         groups = self._groups(changes)
         sent: list[tuple[int, int, Sent | None]] = []  # [start, end) in `wanted`; None: not sent
         if self.breaker.current_state != pybreaker.STATE_CLOSED:
@@ -167,7 +232,9 @@ class HttpSink(Sink[EnrichedChange]):
         ]
         sent += [(start, end, future.result()) for start, end, future in futures]
         self._publisher.touch(self.breaker)
-        return self._outcome(wanted, keys, changes, sent)
+        self._outcome(outcome, wanted, keys, changes, sent)
+        self._budgets(outcome, wanted, keys)
+        return outcome
 
     def _groups(self, changes: Sequence[bytes]) -> list[tuple[int, int]]:
         """``[start, end)`` of each POST: at most batch_max_records changes and batch_max_bytes."""
@@ -202,14 +269,18 @@ class HttpSink(Sink[EnrichedChange]):
         return result[0] if result else None
 
     def _outcome(
-        self, wanted: list[int], keys: list[str], changes: list[bytes], sent: list[tuple[int, int, Sent | None]]
-    ) -> Outcome:
-        outcome = Outcome()
+        self,
+        outcome: Outcome,
+        wanted: list[int],
+        keys: list[str],
+        changes: list[bytes],
+        sent: list[tuple[int, int, Sent | None]],
+    ) -> None:
         for start, end, result in sent:
             if result is None:
                 why = f"circuit breaker open for {self.route.endpoint}: {self._publisher.last_failure or 'failing'}"
                 for j in range(start, end):
-                    outcome.rejected[wanted[j]] = why
+                    outcome.retry[wanted[j]] = Retry(why)
                     self._letter_info[keys[j]] = (CIRCUIT_OPEN, changes[j])
                 continue
             for i, (status, reason) in result.rejected.items():
@@ -218,7 +289,39 @@ class HttpSink(Sink[EnrichedChange]):
             for i, (status, reason, wait) in result.retry.items():
                 outcome.retry[wanted[start + i]] = Retry(reason, wait)
                 self._letter_info[keys[start + i]] = (status, changes[start + i])
-        return outcome
+            for problem, count in result.problems.items():
+                self._problems[problem].inc(count)
+
+    def _budgets(self, outcome: Outcome, wanted: list[int], keys: list[str]) -> None:
+        """Dead-letter the retried changes past a budget (see the module docstring); while the
+        breaker is open, the others wait until its trial may go."""
+        s = self._settings
+        now = self._clock()
+        active = now - self._pauses.paused_s()  # a clock that stops while the breaker is not closed
+        key_of = dict(zip(wanted, keys, strict=True))
+        retrying = {}
+        for i, retry in list(outcome.retry.items()):
+            key = key_of[i]
+            first_active, first = retrying[key] = self._retrying.get(key, (active, now))
+            spent = active - first_active
+            reason = None
+            if spent >= s.budget_s:
+                reason = f"gave up after {s.budget_s:g} s of retries: {retry.reason}"
+            elif retry.retry_after_s is not None and retry.retry_after_s > s.budget_s - spent:
+                # The endpoint asks for more time than the budget has left: give up now, not after it.
+                wait = f"asked to wait {retry.retry_after_s:g} s, past the {s.budget_s:g} s budget"
+                reason = f"gave up: {wait}: {retry.reason}"
+            elif s.outage_budget_s is not None and now - first >= s.outage_budget_s:
+                reason = f"gave up after {s.outage_budget_s:g} s (HTTP_SINK_OUTAGE_BUDGET_S): {retry.reason}"
+            if reason is not None:
+                del outcome.retry[i], retrying[key]
+                outcome.rejected[i] = reason
+        # Changes settled (or no longer in the batch: settled earlier) leave the books.
+        self._retrying = retrying
+        if outcome.retry and self.breaker.current_state != pybreaker.STATE_CLOSED:
+            wait = self._pauses.until_half_open(s.breaker_reset_timeout_s)
+            for i, retry in outcome.retry.items():
+                outcome.retry[i] = Retry(retry.reason, max(retry.retry_after_s or 0.0, wait))
 
 
 def _count(sent: Sent) -> None:

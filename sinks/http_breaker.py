@@ -116,6 +116,37 @@ class FailureRate(pybreaker.CircuitBreakerListener):
             return len(self._calls) >= self._min and failures / len(self._calls) >= self._rate
 
 
+class Pauses(pybreaker.CircuitBreakerListener):
+    """How long the breaker has not been closed (the lane's pause, which the retry budget does not
+    count) and when it last opened, on the breaker's clock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._paused = 0.0
+        self._since: float | None = None  # when it left closed
+        self.opened_at: float | None = None  # when it last opened (a failed trial opens it again)
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        now = self._clock()
+        if new.name == pybreaker.STATE_OPEN:
+            self.opened_at = now
+            if self._since is None:
+                self._since = now
+        elif new.name == pybreaker.STATE_CLOSED and self._since is not None:
+            self._paused += now - self._since
+            self._since = None
+
+    def paused_s(self) -> float:
+        """Seconds spent open or half-open so far."""
+        return self._paused + (self._clock() - self._since if self._since is not None else 0.0)
+
+    def until_half_open(self, reset_timeout_s: float) -> float:
+        """Seconds until the next trial may go (0 when it may go now, or the breaker never opened)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, reset_timeout_s - (self._clock() - self.opened_at))
+
+
 @dataclass(frozen=True)
 class BreakerConfig:
     fail_max: int

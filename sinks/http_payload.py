@@ -27,6 +27,12 @@ A receiver may answer 2xx with ``{"results": [{"idempotency_key": k, "status": 4
 to give each change its own outcome (Elasticsearch's bulk API shape): a 2xx or 409 status is
 delivered, a retryable status is retried, any other is dead-lettered. Changes it does not name, or a
 2xx reply without ``results``, are delivered.
+
+What a 2xx must carry is the endpoint's contract (``HTTP_SINK_ACCEPT``, ``accept`` per endpoint):
+``json-ack`` (the default), an empty body or a JSON object; ``any-2xx``, any body, as before it
+existed. Under both, a body that is or may be a JSON object but cannot be read whole (larger than
+``HTTP_SINK_MAX_REPLY_BYTES``, nested deeper than the decoder allows, ``results`` of another
+shape) raises :class:`BadReplyError`: it may hold refusals, so it is never taken for "delivered".
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -114,21 +120,52 @@ def batch_key(keys: Sequence[str]) -> str:
     return '"' + base64.urlsafe_b64encode(digest[:24]).decode() + '"'
 
 
-class UnreadableResultsError(ValueError):
+ACCEPT_JSON: Final = "json-ack"
+ACCEPT_ANY: Final = "any-2xx"
+
+
+class BadReplyError(ValueError):
+    """A 2xx reply is not what the endpoint's contract says; ``label`` is its ``dlq.http.status``."""
+
+    label = "bad_reply"
+
+
+class UnreadableResultsError(BadReplyError):
     """A 2xx reply has ``results`` we cannot read: nobody can say which changes it took."""
 
+    label = "unreadable"
 
-def record_results(body: bytes) -> dict[str, tuple[int, str]]:
-    """Per-change outcomes a 2xx reply gives, by key; ``{}`` when it gives none (no body, not JSON,
-    no ``results``). ``results`` that are there but unreadable raise :class:`UnreadableResultsError`:
-    treating them as "all delivered" would drop the refusals they hold."""
+
+class TooLargeError(BadReplyError):
+    label = "too_large"
+
+
+class TooDeepError(BadReplyError):
+    label = "too_deep"
+
+
+def record_results(body: bytes, complete: bool = True, accept: str = ACCEPT_ANY) -> dict[str, tuple[int, str]]:
+    """Per-change outcomes a 2xx reply gives, by key; ``{}`` when it gives none. ``complete`` is
+    False when only the first ``len(body)`` bytes were read. A body the contract ``accept`` does
+    not take raises :class:`BadReplyError` (see the module docstring): treating it as "all
+    delivered" would believe a proxy's page, or drop the refusals it holds."""
     text = body.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if complete and not text:
+        return {}  # no body (a 204): an ack with nothing to misread, under either contract
     if not text.startswith(b"{"):
-        return {}
+        if accept == ACCEPT_ANY:
+            return {}
+        raise BadReplyError(f"the body is not a JSON object: {excerpt(text, 80)}")
+    if not complete:
+        raise TooLargeError(f"the body is over {len(body)} bytes (HTTP_SINK_MAX_REPLY_BYTES): not read whole")
     try:
         parsed = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return {}
+    except RecursionError:
+        raise TooDeepError("the body's JSON is nested deeper than the decoder allows") from None
+    except msgspec.DecodeError as exc:
+        if accept == ACCEPT_ANY:
+            return {}
+        raise BadReplyError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict) or parsed.get("results") is None:
         return {}
     results = parsed["results"]

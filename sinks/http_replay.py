@@ -79,7 +79,7 @@ class Replayer:
         self.group = group_id(settings.pipeline.consumer_group, f"http-replay.{route.endpoint}")
         self._http = make_client(hs.connect_timeout_s, hs.request_timeout_s, 1)
         self._client = EndpointClient(
-            route.endpoint, route.url, request_headers(hs, route), self._http, client_policy(hs)
+            route.endpoint, route.url, request_headers(hs, route), self._http, client_policy(hs, route)
         )
         self._breaker = make_breaker(f"replay.{route.endpoint}", breaker_config(hs))
         self._last_failure = ""

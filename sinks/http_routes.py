@@ -114,6 +114,8 @@ class Rule(_Strict):
 class Endpoint(_Strict):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    # What a 2xx must carry (HTTP_SINK_ACCEPT when unset; docs/http.md, "What a reply must be").
+    accept: Literal["json-ack", "any-2xx"] | None = None
 
 
 class RoutesFile(_Strict):
@@ -149,6 +151,7 @@ class Route:
     url: str
     headers: Mapping[str, str]
     rules: tuple[Match, ...]
+    accept: str | None = None  # None: HTTP_SINK_ACCEPT
 
     def wants(self, change: EnrichedChange) -> bool:
         return any(_matches(rule, change) for rule in self.rules)
@@ -218,7 +221,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> list[Route]:
             raise RoutesError(f"{where}: url: {url!r} is not an http:// or https:// URL")
         headers = {key: _expand(value, env, f"{where}: headers.{key}") for key, value in endpoint.headers.items()}
         rules = tuple(rule.match for rule in parsed.routes if rule.endpoint == name)
-        routes.append(Route(name, url, headers, rules))
+        routes.append(Route(name, url, headers, rules, endpoint.accept))
     return routes
 
 

@@ -135,6 +135,22 @@ class KafkaPositions:
         self.store({f"{topic}:{p}": Position(end) for p, end in ends.items()})
         return ends
 
+    def start_at_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        """Store, per partition of ``topic``, the first offset whose record's timestamp is at or after
+        ``timestamp_ms`` (the end where there is none yet) as the positions; returns them by partition."""
+        meta = self._consumer.list_topics(topic, timeout=_TIMEOUT_S).topics[topic]
+        wanted = [TopicPartition(topic, p, timestamp_ms) for p in sorted(meta.partitions)]
+        found = self._consumer.offsets_for_times(wanted, timeout=_TIMEOUT_S)
+        starts = {}
+        for tp in found:
+            if tp.offset < 0:  # nothing at or after that time: the end of now
+                tp.offset = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, tp.partition), timeout=_TIMEOUT_S
+                )[1]
+            starts[tp.partition] = tp.offset
+        self.store({f"{topic}:{p}": Position(offset) for p, offset in starts.items()})
+        return starts
+
     def lag(self, topic: str) -> dict[int, int]:
         """Records per partition of ``topic`` past what the sink has stored (tools, status, demo)."""
         stored = self.load([topic])

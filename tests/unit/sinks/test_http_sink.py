@@ -182,7 +182,7 @@ def test_timeouts_and_connection_errors_are_retried():
     assert http_sink(Endpoint(refuse)).write(batch(enriched(1))).retry[0].reason == (
         "connection error: ConnectError: refused"
     )
-    assert http_sink(Endpoint(slow)).write(batch(enriched(1))).retry[0].reason == "timed out: ReadTimeout"
+    assert http_sink(Endpoint(slow)).write(batch(enriched(1))).retry[0].reason == "timed out: ReadTimeout: slow"
 
 
 def test_per_change_results_give_each_change_its_own_outcome():
@@ -216,7 +216,7 @@ def test_a_batch_refused_as_a_whole_is_split_until_the_bad_change_is_alone():
     assert [len(orjson.loads(r.content)["changes"]) for r in endpoint.requests] == [4, 2, 2, 1, 1]
 
 
-def test_while_the_breaker_is_open_changes_are_dead_lettered_at_once_without_a_request():
+def test_while_the_breaker_is_open_changes_wait_for_the_trial_without_a_request_and_no_letter():
     endpoint = Endpoint(status(503))
     clock = Clock()
     settings = HttpSinkSettings(url="http://x/y", breaker_fail_max=3, breaker_reset_timeout_s=10, concurrency=1)
@@ -224,11 +224,11 @@ def test_while_the_breaker_is_open_changes_are_dead_lettered_at_once_without_a_r
     for i in range(3):
         assert sink.write(batch(enriched(i))).retry
     assert sink.gauges() == {"breaker_state": 2}
+    clock.now += 4
     outcome = sink.write(batch(enriched(10), enriched(11)))
-    assert outcome.rejected == {
-        0: "circuit breaker open for default: HTTP 503 from default: body of 503",
-        1: "circuit breaker open for default: HTTP 503 from default: body of 503",
-    }
+    why = "circuit breaker open for default: HTTP 503 from default: body of 503"
+    assert outcome.rejected == {}
+    assert outcome.retry == {0: Retry(why, 6.0), 1: Retry(why, 6.0)}  # until the half-open trial
     assert len(endpoint.requests) == 3
     assert dict(sink.letter_headers(enriched(10)))["dlq.http.status"] == b"circuit_open"
 
@@ -250,7 +250,7 @@ def test_after_the_reset_timeout_one_trial_closes_the_breaker_and_the_rest_goes_
     assert len(endpoint.requests) == 2 + 3
 
 
-def test_a_failed_trial_opens_the_breaker_again_and_the_rest_is_dead_lettered():
+def test_a_failed_trial_opens_the_breaker_again_and_everything_waits_another_reset_timeout():
     endpoint = Endpoint(status(503))
     clock = Clock()
     settings = HttpSinkSettings(
@@ -260,7 +260,9 @@ def test_a_failed_trial_opens_the_breaker_again_and_the_rest_is_dead_lettered():
     sink.write(batch(enriched(0)))
     clock.now += 11
     outcome = sink.write(batch(enriched(1), enriched(2)))
-    assert list(outcome.retry) == [0] and list(outcome.rejected) == [1]
+    assert outcome.rejected == {}
+    assert outcome.retry[0] == Retry("HTTP 503 from default: body of 503", 10.0)
+    assert outcome.retry[1].retry_after_s == 10.0
     assert sink.gauges() == {"breaker_state": 2}
     assert len(endpoint.requests) == 2
 
@@ -317,7 +319,7 @@ def test_unreadable_per_change_results_are_retried_never_taken_as_delivered():
     broken = lambda r: httpx.Response(200, json={"results": [{"status": 422}]})  # noqa: E731
     outcome = http_sink(Endpoint(broken)).write(batch(enriched(0)))
     assert outcome.retry[0].reason == (
-        "HTTP 200 from default with unreadable per-change results: "
+        "HTTP 200 from default is not an acknowledgement (json-ack): "
         "results[0] has no string idempotency_key and integer status"
     )
 
