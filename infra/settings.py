@@ -65,23 +65,58 @@ class PostgresSettings(BaseSettings):
 
 
 class KafkaSettings(BaseSettings):
-    """Single-node KRaft Kafka (broker and controller in one JVM)."""
+    """KRaft Kafka: one JVM that is broker and controller, or three (``KAFKA_BROKERS=3``)."""
 
     model_config = _config("KAFKA_")
 
     host: str = "127.0.0.1"
     port: int = 59092
     controller_port: int = 59093
+    # Each JVM's heap (three with KAFKA_BROKERS=3).
     heap: str = "512m"
+    # 1 or 3 broker+controller JVMs. Three form a three-voter KRaft quorum, topics get replication
+    # factor 3 and min.insync.replicas 2, so one broker can die without losing a write; broker n
+    # listens on port and controller_port plus 10 * (n - 1). One is the default: three cost about
+    # three times the memory and start-up CPU on a two-core machine (docs/operations.md).
+    brokers: int = 1
+    # Brokers this stack does not run (Docker Compose, a managed cluster): the clients' bootstrap
+    # list, e.g. "kafka:9092,kafka-2:9092,kafka-3:9092". Empty: the native brokers above.
+    bootstrap: str = ""
     # The one size limit of the stack (docs/delivery.md, "Row size bound"): the broker's
     # message.max.bytes, every topic's max.message.bytes, Connect's producer max.request.size, the
     # clients' message.max.bytes and the dead-letter cap all follow it. 5 MiB carries the largest
     # change the schema allows (an update of a row at the bound, worst-case escaped) and its letter.
     max_message_bytes: int = Field(default=5_242_880, ge=required_max_message_bytes())
 
+    @field_validator("brokers")
+    @classmethod
+    def _one_or_three(cls, value: int) -> int:
+        # Two voters stop when either dies; more than three buy nothing on one machine.
+        if value not in (1, 3):
+            raise ValueError("KAFKA_BROKERS must be 1 or 3")
+        return value
+
+    @property
+    def broker_ports(self) -> list[int]:
+        return [self.port + 10 * n for n in range(self.brokers)]
+
+    @property
+    def controller_ports(self) -> list[int]:
+        return [self.controller_port + 10 * n for n in range(self.brokers)]
+
+    @property
+    def replication_factor(self) -> int:
+        return self.brokers
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """Replicas that must have a write before it is acknowledged (with ``acks=all``): 2 of 3,
+        so a write survives any one broker; 1 of 1 on a single broker."""
+        return 1 if self.brokers == 1 else 2
+
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.bootstrap or ",".join(f"{self.host}:{port}" for port in self.broker_ports)
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka settings for a producer or consumer of this cluster."""
@@ -89,6 +124,13 @@ class KafkaSettings(BaseSettings):
         # keeps fetch.max.bytes at least this (and receive.message.max.bytes above that), so it reads
         # any record a topic accepts; max.partition.fetch.bytes is only its first try per partition.
         return {"bootstrap.servers": self.bootstrap_servers, "message.max.bytes": self.max_message_bytes, **extra}
+
+    def producer_config(self, **extra: Any) -> dict[str, Any]:
+        """``client_config`` for a producer: a write is acknowledged once every in-sync replica has
+        it (at least ``min_insync_replicas``), and a retry after a lost acknowledgement or a leader
+        change never writes it twice. librdkafka's defaults since 1.x; said here because no record is
+        lost when a broker dies only with them (docs/delivery.md)."""
+        return self.client_config(**{"acks": "all", "enable.idempotence": True, **extra})
 
 
 class ConnectSettings(BaseSettings):
@@ -289,6 +331,9 @@ class PipelineSettings(BaseSettings):
     # again (pipeline/transforms/unpark.py): each unresolved event goes round once per this.
     park_poll_s: float = Field(default=1.0, gt=0)
     view_startup_timeout_s: float = Field(default=120.0, gt=0)
+    # For the fault suite only: a fault the content view's reader injects into itself
+    # (pipeline/sources/content_view.py, reader_fault). Unset in every real configuration.
+    content_view_fault: str | None = None
     # Partitions of a topic per reader element: 1 locally (one consumer reads them all), the
     # partition count on Flink or Dataflow to spread them over workers (pipeline/sources).
     readers: int = Field(default=1, ge=1)

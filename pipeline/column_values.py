@@ -18,6 +18,10 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 is_canonical_uuid: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 MISSING: Final = object()
 _MAX_SHOWN: Final = 60
+MAX_LSN: Final = 2**64 - 1
+# '["<20 digits>", "<20 digits>"]' with room for spaces: longer is not a sequence (and int() of a
+# string past 4,300 digits raises).
+_MAX_SEQUENCE_CHARS: Final = 64
 
 
 class DecodeError(ValueError):
@@ -87,8 +91,12 @@ def parse_uuid(value: Any) -> str | None:
 
 def parse_sequence(sequence: Any) -> tuple[int, int] | None:
     """Debezium's ``source.sequence``, ``'["<commit lsn>", "<lsn>"]'``, as two ints; ``None`` unless
-    both parts are there (a null commit LSN would sort below every mark and look like a re-send)."""
-    if type(sequence) is not str:
+    both parts are there (a null commit LSN would sort below every mark and look like a re-send).
+
+    An LSN is a 64-bit WAL position (``pg_lsn``), so a part of more than 20 digits or above
+    ``MAX_LSN`` is not one: such a sequence is ``None`` too, and can never set a mark that would
+    make every later change of its partition look like a re-send."""
+    if type(sequence) is not str or len(sequence) > _MAX_SEQUENCE_CHARS:
         return None
     try:
         pair = orjson.loads(sequence)
@@ -101,4 +109,7 @@ def parse_sequence(sequence: Any) -> tuple[int, int] | None:
         return None
     if not (first.isascii() and first.isdigit() and second.isascii() and second.isdigit()):
         return None
-    return (int(first), int(second))
+    commit_lsn, lsn = int(first), int(second)
+    if commit_lsn > MAX_LSN or lsn > MAX_LSN:
+        return None
+    return (commit_lsn, lsn)

@@ -38,7 +38,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-import msgspec
 import orjson
 
 from pipeline.column_values import (
@@ -67,6 +66,7 @@ __all__ = [
     "decode_engagement",
     "decode_engagement_checked",
     "decode_error_letter",
+    "error_reason",
     "parse_sequence",
     "parse_timestamp",
     "parse_uuid",
@@ -76,6 +76,7 @@ _T = TypeVar("_T")
 
 _OPS: Final = frozenset({"c", "r", "u", "d"})
 _FULL_HINT: Final = " (a before-image needs REPLICA IDENTITY FULL on the table)"
+_MAX_REASON: Final = 300
 
 
 def _field_error(side: str, name: str, expected: str, value: Any) -> DecodeError:
@@ -294,9 +295,11 @@ def decode_engagement(record: KafkaRecord) -> EngagementChange | Skipped:
         commit_ts_ms = source.ts_ms if source is not None and source.ts_ms is not None else envelope.ts_ms
         if commit_ts_ms is None:
             raise DecodeError("no commit time")
-    except (msgspec.DecodeError, DecodeError):
+        sequence = None if source is None else parse_sequence(source.sequence)
+    # Any failure, not only the expected ones: msgspec raises RecursionError for a value nested
+    # deeper than it recurses, and the checked path is the one that decides what a record is.
+    except Exception:  # noqa: BLE001
         return _checked_and_learned(record)
-    sequence = None if source is None else parse_sequence(source.sequence)
     return EngagementChange(record.position, record.key, value, op, sequence, before, after, commit_ts_ms)
 
 
@@ -335,11 +338,17 @@ def decode_content(record: KafkaRecord) -> ContentChange | Skipped:
     return _decode_checked(record, _content_row, ContentChange)
 
 
-def decode_error_letter(record: KafkaRecord, stage: str, error: Exception) -> DeadLetter:
-    """A dead letter for ``record``, which failed at ``stage`` with ``error``, keeping its raw bytes."""
+def error_reason(error: BaseException) -> str:
+    """What a dead letter says of ``error``: a ``DecodeError``'s reason, or any other exception's
+    type and first line, bounded (an exception's text can quote the whole record)."""
     if isinstance(error, DecodeError):
-        reason = error.reason
-    else:
-        message = str(error)
-        reason = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    return DeadLetter(position=record.position, stage=stage, reason=reason, key=record.key, value=record.value)
+        return error.reason
+    message = str(error).strip().splitlines()[0][:_MAX_REASON] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def decode_error_letter(record: KafkaRecord, stage: str, error: BaseException) -> DeadLetter:
+    """A dead letter for ``record``, which failed at ``stage`` with ``error``, keeping its raw bytes."""
+    return DeadLetter(
+        position=record.position, stage=stage, reason=error_reason(error), key=record.key, value=record.value
+    )

@@ -151,6 +151,7 @@ class RunLane(beam.PTransform):
                 ps.late_content_timeout_s,
                 ps.view_startup_timeout_s,
                 poll_s=ps.park_poll_s,
+                view_fault=ps.content_view_fault,
             )
             return (
                 pbegin
@@ -161,7 +162,11 @@ class RunLane(beam.PTransform):
         changes = pbegin | "Read" >> source(self._plan, s) | "Decode" >> beam.ParDo(DecodeFn(lane.topic))
         if lane.topic == "engagement":
             join = JoinContentFn(
-                consumer_config(s), s.cdc.content_topic, ps.late_content_timeout_s, ps.view_startup_timeout_s
+                consumer_config(s),
+                s.cdc.content_topic,
+                ps.late_content_timeout_s,
+                ps.view_startup_timeout_s,
+                view_fault=ps.content_view_fault,
             )
             changes = changes | "JoinContent" >> beam.ParDo(join)
         return changes | "Write" >> WriteLane(self._plan, s)

@@ -28,15 +28,44 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline.decode import DecodeError, decode_content
+from infra import telemetry
+from pipeline.decode import decode_content
 from pipeline.model import ContentChange, ContentRow, KafkaRecord, Skipped, SourcePosition
 
 _log = logging.getLogger(__name__)
 MAX_MISSING_IDS = 100_000
+
+
+def reader_fault(spec: str | None) -> Callable[[], None] | None:
+    """A fault the reader injects into itself, for the fault suite only (``PIPELINE_CONTENT_VIEW_FAULT``,
+    ``PipelineSettings.content_view_fault``):
+    ``raise-once-after:<s>`` makes its loop raise once, ``<s>`` seconds after it started (the view
+    must read on); ``exit-after:<s>`` ends the thread then, as if it had died of something no
+    ``except`` catches (the join steps must notice and start a new view)."""
+    if not spec:
+        return None
+    kind, _, after = spec.partition(":")
+    at = time.monotonic() + float(after or 0)
+    fired = False
+
+    def fault() -> None:
+        nonlocal fired
+        if fired or time.monotonic() < at:
+            return
+        fired = True
+        _log.warning("content view: injecting %s", spec)
+        if kind == "raise-once-after":
+            raise RuntimeError(f"injected reader fault ({spec})")
+        if kind == "exit-after":
+            raise SystemExit(f"injected reader fault ({spec})")
+        raise ValueError(f"unknown content view fault: {spec}")
+
+    return fault
 
 
 def _now_ms() -> int:
@@ -91,7 +120,9 @@ class ContentView:
     _registry: ClassVar[dict[tuple[str, str], ContentView]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, consumer_config: dict[str, Any], topic: str) -> None:
+    RESTART_BACKOFF_MAX_S: ClassVar[float] = 5.0
+
+    def __init__(self, consumer_config: dict[str, Any], topic: str, fault: str | None = None) -> None:
         self._config = {**consumer_config, "enable.auto.commit": False, "enable.partition.eof": False}
         self._topic = topic
         self._table = ContentTable()
@@ -105,16 +136,24 @@ class ContentView:
         self._proof_ms = 0  # everything the topic held at this time (ms since the epoch) is applied
         self._proof_wanted = threading.Event()
         self._probe: tuple[int, dict[int, int]] | None = None  # (time, end offsets then) being caught up
+        self.restarts = 0
+        self._restarts_metric = telemetry.counter("engagement_content_view_reader_restarts", topic=topic)
+        self._last_poll = telemetry.gauge("engagement_content_view_last_poll_timestamp_seconds", topic=topic)
+        self._fault = reader_fault(fault)
         self._thread = threading.Thread(target=self._run, name=f"content-view-{topic}", daemon=True)
         self._thread.start()
 
     @classmethod
-    def shared(cls, consumer_config: dict[str, Any], topic: str) -> ContentView:
+    def shared(cls, consumer_config: dict[str, Any], topic: str, fault: str | None = None) -> ContentView:
+        """This process's view of ``topic``; a new one if there is none or its reader died."""
         key = (str(consumer_config.get("bootstrap.servers")), topic)
         with cls._registry_lock:
             view = cls._registry.get(key)
-            if view is None or not view._thread.is_alive():
-                view = cls._registry[key] = cls(consumer_config, topic)
+            if view is None or not view.alive:
+                if view is not None:
+                    _log.error("content view reader for %s is dead; starting a new view", topic)
+                    fault = None  # injected once per process
+                view = cls._registry[key] = cls(consumer_config, topic, fault)
             return view
 
     # --- reading --------------------------------------------------------------------------------
@@ -176,12 +215,37 @@ class ContentView:
         self._stop.set()
 
     # --- the background reader -------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """Whether the reader thread runs; the join steps replace a view whose reader died."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
+        """Read for ever; if reading fails, start again where the view is (``_applied``), after a
+        back-off: a reader that died would leave every event parked and re-parked until restarted."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._read()
+                return
+            except Exception:  # noqa: BLE001 - whatever stopped the reader, it must read again
+                failures += 1
+                self.restarts += 1
+                self._restarts_metric.inc()
+                _log.exception("content view reader for %s failed (%d in a row); reading again", self._topic, failures)
+                self._stop.wait(min(self.RESTART_BACKOFF_MAX_S, 0.1 * 2**failures))
+
+    def _read(self) -> None:
         consumer = Consumer({**self._config, "group.id": self._config.get("group.id", "content-view")})
         try:
             partitions = consumer.list_topics(self._topic, timeout=30).topics[self._topic].partitions
-            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
+            consumer.assign(
+                [TopicPartition(self._topic, p, self._applied.get(p, OFFSET_BEGINNING)) for p in partitions]
+            )
             while not self._stop.is_set():
+                self._last_poll.set(time.time())
+                if self._fault is not None:
+                    self._fault()
                 if self._probe is None and self._proof_wanted.is_set():
                     self._start_probe(consumer, list(partitions))
                 messages = consumer.consume(1000, timeout=0.05)
@@ -198,8 +262,6 @@ class ContentView:
                         self._probe = None
                     if messages or proved:
                         self._changed.notify_all()
-        except Exception:  # noqa: BLE001 - the thread must log why it died; shared() starts a new one
-            _log.exception("content view reader for %s stopped", self._topic)
         finally:
             consumer.close()
 
@@ -227,10 +289,11 @@ class ContentView:
         record = KafkaRecord(position, message.key(), message.value(), message.timestamp()[1])
         try:
             change = decode_content(record)
-        except DecodeError:
-            # The pipeline's content branch dead-letters it with its reason; the view only skips it.
+            self._table.apply(change)
+            if type(change) is ContentChange and change.after is not None:
+                self.misses.arrived(change.after.id)
+        # Any exception, not only DecodeError: one record must not stop the reader (and, through
+        # it, every join). The pipeline's content lane dead-letters it with its reason; the view
+        # only skips it.
+        except Exception:  # noqa: BLE001
             self.malformed += 1
-            return
-        self._table.apply(change)
-        if type(change) is ContentChange and change.after is not None:
-            self.misses.arrived(change.after.id)

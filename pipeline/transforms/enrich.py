@@ -21,7 +21,7 @@ from typing import Any
 import apache_beam as beam
 
 from infra import telemetry
-from pipeline.decode import DecodeError, decode_content, decode_engagement, decode_error_letter
+from pipeline.decode import decode_content, decode_engagement, decode_error_letter, error_reason
 from pipeline.metrics import MissingContentError, contributions, engagement_pct, engagement_seconds
 from pipeline.model import ContentRow, DeadLetter, EngagementChange, EnrichedChange, Parked, Skipped
 from pipeline.sources.content_view import ContentView
@@ -57,7 +57,9 @@ class DecodeFn(beam.DoFn):
         for record in records(batch):
             try:
                 change = decode(record)
-            except DecodeError as error:
+            # Any exception, not only DecodeError: one record must never fail the bundle (and, on
+            # Prism, the whole job with every lane); it becomes its own dead letter instead.
+            except Exception as error:  # noqa: BLE001
                 malformed += 1
                 changes.append(decode_error_letter(record, stage, error))
                 continue
@@ -103,6 +105,13 @@ def missing_letter(change: EngagementChange, content_id: str, timeout_s: float, 
     return DeadLetter(change.position, "join_content", reason, change.key, change.value, sequence, deterministic=False)
 
 
+def failure_letter(change: EngagementChange, stage: str, error: BaseException) -> DeadLetter:
+    """The letter for a decoded change that a step could not handle (an exception other than the
+    ones it expects): its original bytes and the exception, so that no record can fail the job."""
+    sequence = None if change.op == "r" else change.sequence
+    return DeadLetter(change.position, stage, error_reason(error), change.key, change.value, sequence)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -119,8 +128,10 @@ class ContentJoinFn(beam.DoFn):
         startup_timeout_s: float,
         view_factory: Callable[[], ContentView] | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        view_fault: str | None = None,
     ) -> None:
         self._view_factory = view_factory
+        self._view_fault = view_fault
         self._config = consumer_config
         self._topic = content_topic
         self._late_timeout = late_content_timeout_s
@@ -128,10 +139,22 @@ class ContentJoinFn(beam.DoFn):
         self._clock_ms = clock_ms
 
     def setup(self) -> None:
+        self._view = self._current_view()
+
+    def _shared_view(self) -> ContentView:
+        return ContentView.shared(self._config, self._topic, self._view_fault)
+
+    def _current_view(self) -> ContentView:
+        """This worker's view, current; a new one if the reader of the one held died (a view with
+        a dead reader never learns of new content: every event would be parked for ever)."""
         # Tests hand in a view of their own; workers share one per process.
-        factory = self._view_factory or (lambda: ContentView.shared(self._config, self._topic))
-        self._view = factory()
-        self._view.wait_until_current(self._startup_timeout)
+        view = (self._view_factory or self._shared_view)()
+        view.wait_until_current(self._startup_timeout)
+        return view
+
+    def start_bundle(self) -> None:
+        if not self._view.alive:
+            self._view = self._current_view()
 
 
 class JoinContentFn(ContentJoinFn):
@@ -150,11 +173,12 @@ class JoinContentFn(ContentJoinFn):
         self._joined = telemetry.counter("engagement_join", ("join", "joined"), outcome="joined")
         self._parked = telemetry.counter("engagement_join", ("join", "parked"), outcome="parked")
         self._missing = telemetry.counter("engagement_join", ("join", "content_missing"), outcome="content_missing")
+        self._failed = telemetry.counter("engagement_join", ("join", "failed"), outcome="failed")
 
     def process(self, changes: list[EngagementChange | Skipped | DeadLetter]) -> Iterator[list[Any]]:
         enriched: list[Any] = []
         lookup = self._view.get
-        parked = missing = joined = 0
+        parked = missing = joined = failed = 0
         for change in changes:
             if type(change) is not EngagementChange:
                 enriched.append(change)  # position markers and letters go on as they are
@@ -167,9 +191,13 @@ class JoinContentFn(ContentJoinFn):
                 parked += type(item) is Parked
                 missing += type(item) is DeadLetter
                 enriched.append(item)
-        self._joined.inc(joined - parked - missing)
+            except Exception as error:  # noqa: BLE001 - one change's failure is its dead letter, not the job's
+                failed += 1
+                enriched.append(failure_letter(change, "join", error))
+        self._joined.inc(joined - parked - missing - failed)
         self._parked.inc(parked)
         self._missing.inc(missing)
+        self._failed.inc(failed)
         if enriched:
             yield enriched
 

@@ -31,12 +31,12 @@ from typing import Any
 import msgspec
 
 from infra import telemetry
-from pipeline.decode import DecodeError, decode_engagement, decode_error_letter
+from pipeline.decode import decode_engagement, decode_error_letter
 from pipeline.metrics import MissingContentError
-from pipeline.model import EngagementChange, KafkaRecord, Parked, Skipped
+from pipeline.model import DeadLetter, EngagementChange, KafkaRecord, Parked, Skipped
 from pipeline.sources.kafka_partitions import RecordBatch, records
-from pipeline.transforms.enrich import ContentJoinFn, enrich, missing_letter
-from sinks.parking import BadEnvelopeError, ParkedEnvelope, decode_envelope
+from pipeline.transforms.enrich import ContentJoinFn, enrich, failure_letter, missing_letter
+from sinks.parking import ParkedEnvelope, decode_envelope
 
 
 def unparked_change(record: KafkaRecord, parked: ParkedEnvelope) -> EngagementChange | Skipped:
@@ -58,6 +58,7 @@ class UnparkFn(ContentJoinFn):
         self._malformed = telemetry.counter(
             "engagement_decode", ("decode", "parked_malformed"), kind="parked", outcome="malformed"
         )
+        self._failed = telemetry.counter("engagement_join", ("join", "failed"), outcome="failed")
 
     def process(self, batch: RecordBatch) -> Iterator[list[Any]]:
         out: list[Any] = []
@@ -66,14 +67,20 @@ class UnparkFn(ContentJoinFn):
             try:
                 parked = decode_envelope(record.value)
                 change = unparked_change(record, parked)
-            except (BadEnvelopeError, DecodeError) as error:
+            # Any exception (a deep value makes msgspec raise RecursionError): the record's letter.
+            except Exception as error:  # noqa: BLE001
                 self._malformed.inc()
                 out.append(decode_error_letter(record, "decode_parked", error))
                 continue
             if type(change) is Skipped:  # a parked tombstone cannot happen; keep the position moving
                 out.append(Skipped(record.position, change.reason))
                 continue
-            item = self._resolve(record, parked, change)
+            try:
+                item = self._resolve(record, parked, change)
+            except Exception as error:  # noqa: BLE001 - one record's failure is its letter, not the job's
+                self._failed.inc()
+                out.append(self._failure(record, parked, change, error))
+                continue
             if type(item) is str:  # still missing: this content id
                 waiting[len(out)] = (record, parked, change, item)
             out.append(item)
@@ -91,10 +98,14 @@ class UnparkFn(ContentJoinFn):
             missing = {content_id for *_, content_id in waiting.values()}
             self._view.wait_for_any(missing, timeout_s, proof_at_ms=max(passed) if passed else None)
             for index, (record, parked, change, _) in waiting.items():
-                item = self._resolve(record, parked, change)
-                if type(item) is str:
-                    self._reparked.inc()
-                    item = self._repark(record, parked, change, item)
+                try:
+                    item = self._resolve(record, parked, change)
+                    if type(item) is str:
+                        self._reparked.inc()
+                        item = self._repark(record, parked, change, item)
+                except Exception as error:  # noqa: BLE001 - as above
+                    self._failed.inc()
+                    item = self._failure(record, parked, change, error)
                 out[index] = item
         if out:
             yield out
@@ -114,6 +125,15 @@ class UnparkFn(ContentJoinFn):
         self._unparked.inc()
         # The sequence stays: sinks order an event's changes by it (admit sets no mark from it).
         return msgspec.structs.replace(enriched, position=record.position, origin=parked.origin, for_sink=parked.sink)
+
+    def _failure(
+        self, record: KafkaRecord, parked: ParkedEnvelope, change: EngagementChange, error: BaseException
+    ) -> DeadLetter:
+        """The letter of a parked event the join could not handle, for the sink that parked it."""
+        letter = failure_letter(change, "join", error)
+        return msgspec.structs.replace(
+            letter, position=record.position, sequence=None, origin=parked.origin, for_sink=parked.sink
+        )
 
     def _repark(self, record: KafkaRecord, parked: ParkedEnvelope, change: EngagementChange, content_id: str) -> Parked:
         return Parked(

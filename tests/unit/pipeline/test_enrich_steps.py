@@ -32,6 +32,8 @@ class FakeView:
     def get(self, content_id):
         return self.rows.get(content_id)
 
+    alive = True
+
     def wait_until_current(self, timeout):
         pass
 

@@ -49,6 +49,8 @@ class WaitingView:
             self.clock[0] += int(timeout * 1000)
         return any(c in self.rows for c in content_ids)
 
+    alive = True
+
     def wait_until_current(self, timeout):
         pass
 
