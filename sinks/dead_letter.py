@@ -45,13 +45,32 @@ def headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
 
 
 def message(letter: DeadLetter, max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """``(key, value, headers)`` of the Kafka record for ``letter``, its value cut to fit ``max_bytes``."""
+    """``(key, value, headers)`` of the Kafka record for ``letter``, cut to fit ``max_bytes``: the value
+    first; if the headers alone are too large (a sink's header may hold a copy of a large record,
+    as the HTTP sink's ``dlq.http.change`` does), the largest header too, with a
+    ``dlq.truncated.<header>`` header saying its original length. Every header counts: a record the
+    topic refuses is produced again for ever."""
     key, value, extra = letter.key, letter.value, headers(letter)
-    room = max(0, max_bytes - HEADROOM_BYTES - len(key or b"") - len(letter.reason))
+    room = max_bytes - HEADROOM_BYTES - len(key or b"") - _size(extra)
+    while room < 0:
+        i = max(range(len(extra)), key=lambda j: len(extra[j][1]))
+        name, header = extra[i]
+        if not header:
+            break  # nothing left to cut (a key larger than the limit): the broker says the rest
+        note = (f"dlq.truncated.{name}", str(len(header)).encode())
+        room -= len(note[0]) + len(note[1])
+        extra[i] = (name, header[: max(0, len(header) + room)])
+        extra.append(note)
+        room = max_bytes - HEADROOM_BYTES - len(key or b"") - _size(extra)
+    room = max(0, room)
     if value is not None and len(value) > room:
         extra.append(("dlq.truncated", str(len(value)).encode()))
         value = value[:room]
     return key, value, extra
+
+
+def _size(hdrs: Sequence[tuple[str, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in hdrs)
 
 
 class DeadLetterProducer:

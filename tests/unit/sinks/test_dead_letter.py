@@ -22,9 +22,35 @@ def test_a_letter_keeps_key_value_and_says_where_it_came_from():
 
 def test_an_oversized_value_is_truncated_with_a_header():
     big = DeadLetter(LETTER.position, "decode_engagement", "too big", b"k", b"x" * 2_000_000)
-    _, value, headers = message(big, 1_000_000)
-    assert len(value) == 1_000_000 - 4_096 - 1 - len("too big")
+    key, value, headers = message(big, 1_000_000)
     assert dict(headers)["dlq.truncated"] == b"2000000"
+    assert record_size(key, value, headers) == 1_000_000 - 4_096 + len("dlq.truncated") + len("2000000")
+
+
+def record_size(key, value, headers) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
+def test_every_header_counts_toward_the_limit():
+    """An HTTP letter carries the change as sent in a header: it counts, or the broker refuses the
+    letter and it is produced again for ever."""
+    change = b'{"idempotency_key":"events/3/41","extra":"' + b"y" * 600_000 + b'"}'
+    letter = DeadLetter(
+        LETTER.position, "http_x", "gave up", b"k", b"x" * 600_000, headers=(("dlq.http.change", change),)
+    )
+    key, value, headers = message(letter, 1_000_000)
+    assert record_size(key, value, headers) <= 1_000_000 - 4_096 + 64
+    assert dict(headers)["dlq.http.change"] == change  # whole: the replay sends it again
+    assert dict(headers)["dlq.truncated"] == b"600000"
+
+
+def test_a_header_larger_than_the_limit_is_cut_once_and_says_so():
+    change = b"z" * 1_500_000
+    letter = DeadLetter(LETTER.position, "http_x", "gave up", b"k", b"v" * 10, headers=(("dlq.http.change", change),))
+    key, value, headers = message(letter, 1_000_000)
+    assert record_size(key, value, headers) <= 1_000_000 - 4_096 + 64
+    assert dict(headers)["dlq.truncated.dlq.http.change"] == b"1500000"
+    assert value == b"" and dict(headers)["dlq.truncated"] == b"10"
 
 
 class FakeProducer:
