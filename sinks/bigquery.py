@@ -309,7 +309,13 @@ class BigQueryChangesSink(BigQuerySink):
         image = record.row
         assert image is not None  # change_row refused a change without one
         if image.extra:
-            self.dataset.ensure_columns(extra_columns(image))
+            try:
+                self.dataset.ensure_columns(extra_columns(image))
+            except api.BadRequest as exc:
+                # The names are made safe (sinks.bigquery_rows.extra_column): a refusal left is one
+                # no retry can fix, so the record becomes a dead letter instead of stalling the lane.
+                columns = sorted(extra_columns(image))
+                raise ValueError(f"BigQuery refused the added columns {columns}: {exc.message}") from exc
         period = period_of(image.event_ts, now, s.future_periods)
         self.dataset.ensure_period(period)
         pairs = [(changes_table_id(s, period), row)]

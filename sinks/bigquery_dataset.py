@@ -104,11 +104,13 @@ class Dataset:
         missing = {name: kind for name, kind in wanted.items() if name not in self._added}
         if not missing:
             return
-        self._added.update(missing)
+        added = {**self._added, **missing}
         for period in self.periods():
-            self._add_fields(changes_table_id(self.settings, period), self._added)
+            self._add_fields(changes_table_id(self.settings, period), added)
+        self.refresh_view(added)
+        # Only now: a schema update or view update that failed is tried again with the next row.
+        self._added = added
         _log.info("engagement changelog: added columns %s", ", ".join(f"{n} {k}" for n, k in missing.items()))
-        self.refresh_view()
 
     def _reconcile_columns(self) -> None:
         tables = [changes_table_id(self.settings, period) for period in self.periods()]
@@ -157,18 +159,18 @@ class Dataset:
         tables = self.client.list_tables(self.settings.dataset_ref)
         return periods_in(self.settings, (t.table_id for t in tables))
 
-    def refresh_view(self) -> None:
+    def refresh_view(self, added: Mapping[str, str] | None = None) -> None:
         periods = self.periods()
         for _ in range(3):
-            self._put_view(periods)
+            self._put_view(periods, added)
             again = self.periods()
             if again == periods:
                 break
             periods = again
         self._periods = set(periods)
 
-    def _put_view(self, periods: list[str]) -> None:
-        wanted = view(self.settings, periods, sorted(self._added))
+    def _put_view(self, periods: list[str], added: Mapping[str, str] | None = None) -> None:
+        wanted = view(self.settings, periods, sorted(self._added if added is None else added))
         try:
             current = self.client.get_table(wanted.reference)
         except api.NotFound:

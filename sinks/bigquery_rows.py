@@ -7,9 +7,10 @@ as serialized JSON text (what insertAll expects for that type).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -29,20 +30,68 @@ RETRYABLE_ROW_REASONS: Final = frozenset(
 )
 
 
-_CHANGE_COLUMNS: Final = frozenset(field.name for field in CHANGES_SCHEMA)
+# Names the changelog or the view has already (case-insensitive, as BigQuery compares them):
+# the view adds change_rank to every row it ranks.
+_TAKEN: Final = frozenset(field.name.lower() for field in CHANGES_SCHEMA) | {"change_rank"}
+# GoogleSQL's reserved keywords: the view names added columns without quotes.
+_RESERVED_TEXT: Final = """
+all and any array as asc assert_rows_modified at between by case cast collate contains create cross
+cube current default define desc distinct else end enum escape except exclude exists extract false
+fetch following for from full group grouping groups hash having if ignore in inner intersect
+interval into is join lateral left like limit lookup merge natural new no not null nulls of on or
+order outer over partition preceding proto qualify range recursive respect right rollup rows select
+set some struct tablesample then to treat true unbounded union unnest using when where window with
+within
+"""
+_RESERVED_WORDS: Final = frozenset(_RESERVED_TEXT.split())
+# Prefixes BigQuery refuses in a column name (case-insensitive).
+_RESERVED_PREFIXES: Final = (
+    "_partition",
+    "_table_",
+    "_file_",
+    "_row_timestamp",
+    "__root__",
+    "_colidentifier",
+    "_change_sequence_number",
+    "_change_type",
+    "_change_timestamp",
+)
 _UNSAFE_COLUMN_CHARS: Final = re.compile(r"[^A-Za-z0-9_]")
-MAX_COLUMN_NAME: Final = 290  # BigQuery's limit is 300; room for the event_ prefix
+MAX_COLUMN_NAME: Final = 300  # BigQuery's limit
+_PREFIX: Final = "event_"
 
 
+def _needs_prefix(name: str) -> bool:
+    """A name the changelog must not use as is: taken, reserved, or one our prefix could produce
+    (``event_title`` is where ``title`` goes, so a column really named ``event_title`` goes further)."""
+    core = name.lower()
+    while core.startswith(_PREFIX):
+        core = core[len(_PREFIX) :]
+    return core in _TAKEN or core in _RESERVED_WORDS or core.startswith(_RESERVED_PREFIXES) or not core
+
+
+@functools.lru_cache(maxsize=1024)
 def extra_column(name: str) -> str:
-    """The changelog column for a column added to ``engagement_events``: its own name, unless the
-    changelog has one of that name already (content's ``title``, ``op``, the source columns); then
-    ``event_<name>``. A quoted Postgres name with characters BigQuery's column names refuse has them
-    replaced by ``_`` (and a leading digit gets one in front), so the schema update cannot fail."""
-    safe = _UNSAFE_COLUMN_CHARS.sub("_", name)[:MAX_COLUMN_NAME]
+    """The changelog column for a column added to ``engagement_events``: a name BigQuery accepts,
+    and one no other Postgres column maps to, compared as BigQuery does (case-insensitively).
+
+    - A lowercase name of letters, digits and ``_`` (every unquoted Postgres name) is kept.
+    - Any other (a quoted name: other characters, capitals) has them replaced by ``_`` (and a
+      leading digit gets one in front), then ``_`` and 8 hex digits of a hash of the original name:
+      ``utm-source``, ``utm_source`` and ``UTM_Source`` are three columns.
+    - A name the changelog has already (``title``, ``op``, ``change_rank``...), a reserved word
+      (``select``), a reserved prefix (``_PARTITIONTIME``), or a name our prefix makes
+      (``event_title``) gets ``event_`` in front.
+
+    Pure and deterministic, so every worker and every restart picks the same column
+    (docs/operations.md, "Schema evolution")."""
+    safe = _UNSAFE_COLUMN_CHARS.sub("_", name)
     if not safe or safe[0].isdigit():
         safe = f"_{safe}"
-    return f"event_{safe}" if safe in _CHANGE_COLUMNS else safe
+    if safe != name or name != name.lower() or len(safe) > MAX_COLUMN_NAME - len(_PREFIX):
+        digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+        safe = f"{safe[: MAX_COLUMN_NAME - len(_PREFIX) - 9]}_{digest}"
+    return f"{_PREFIX}{safe}" if _needs_prefix(safe) else safe
 
 
 def column_type(value: Any) -> str | None:
@@ -103,16 +152,31 @@ def json_column(text: str | None) -> str | None:
     return orjson.dumps(text).decode()
 
 
+_RANGE: Final = "0001-01-01 to 9999-12-31 UTC"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(ts: datetime | None) -> str | None:
+    """RFC 3339 in UTC with microseconds and a four-digit year. (``strftime("%Y")`` writes year 5 as
+    ``5`` on glibc, which BigQuery refuses: years 1-999 are valid TIMESTAMPs, 0001-01-01 to
+    9999-12-31 UTC, the same range as Python's.) ``ValueError`` for one that leaves it in UTC."""
     if ts is None:
         return None
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = ts.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f"timestamp {ts.isoformat()} is outside BigQuery's range ({_RANGE})") from None
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def millis(ms: int | None) -> str | None:
+    """Epoch milliseconds (Debezium's ``source.ts_ms``) as a timestamp; ``ValueError`` out of range."""
     if not ms:
         return None
-    return timestamp(datetime.fromtimestamp(ms / 1000, UTC))
+    try:
+        return timestamp(_EPOCH + timedelta(milliseconds=ms))  # exact, unlike ms / 1000 as a float
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"commit time {ms} ms is outside BigQuery's range ({_RANGE})") from None
 
 
 def _source(position: SourcePosition, sequence: tuple[int, int] | None, commit_ts_ms: int, written_at: str) -> dict:
