@@ -33,9 +33,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
+
 from sinks.contract import (
     Batch,
     ClaimGone,
+    Fenced,
     Outcome,
     PositionConflict,
     PositionsRewound,
@@ -67,6 +70,26 @@ class FlushReport:
     took_ms: int = 0
     # Marks found wrong and replaced (sinks.positions): the source's LSNs went back, or a forged one.
     regressions: list[Regression] = field(default_factory=list)
+
+
+class RecordFailed(Exception):  # noqa: N818 - a state
+    """A sink's write raised an exception that is none of the contract's (``sinks.contract``): a bug
+    or a value the sink cannot handle, not an unavailable target. ``Flusher`` isolates the record."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error_text(error))
+        self.error = error
+
+
+def error_text(error: BaseException) -> str:
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+# What sinks raise to steer the driver; anything else a write raises is the records' (RecordFailed).
+_SIGNALS = (ClaimGone, PositionConflict, PositionsRewound, Fenced)
+# A record whose write alone fails this many times in a row is dead-lettered.
+ISOLATED_TRIES = 3
 
 
 class Flusher(Generic[T]):
@@ -115,15 +138,45 @@ class Flusher(Generic[T]):
         report = FlushReport()
         began = self._clock()
         for chunk in self._chunks(items):
-            while True:
-                try:
-                    self._flush_chunk(chunk, report)
-                    break
-                except PositionConflict:
-                    report.conflicts += 1
-                    self.load()
+            self._flush_isolating(chunk, report)
         report.took_ms = int((self._clock() - began) * 1000)
         return report
+
+    def _flush_isolating(self, chunk: Sequence[Any], report: FlushReport) -> None:
+        """Flush ``chunk``; if the sink's write raised something no sink should (``RecordFailed``),
+        flush each half on its own, down to the one record that fails, which becomes a dead letter:
+        one record must never fail the job. Halves are flushed in order and each stores its own
+        positions, so the records around the poison one are applied exactly as before."""
+        try:
+            self._flush_with_conflicts(chunk, report)
+        except RecordFailed as failed:
+            if len(chunk) > 1:
+                _log.warning("%s: a write of %d records raised %s; isolating", self.sink.name, len(chunk), failed)
+                middle = len(chunk) // 2
+                self._flush_isolating(chunk[:middle], report)
+                self._flush_isolating(chunk[middle:], report)
+                return
+            for attempt in range(1, ISOLATED_TRIES):
+                # A failure that goes away was not the record's: then it is applied the normal way.
+                self._sleep(self.sink.retry_policy.delay(attempt))
+                try:
+                    self._flush_with_conflicts(chunk, report)
+                    return
+                except RecordFailed as again:
+                    failed = again
+            record = chunk[0]
+            _log.error("%s: dead-lettering %s, its write alone raised %s", self.sink.name, record.position, failed)
+            letter = self._letter(record, f"{self.sink.name} raised {failed}")
+            self._flush_with_conflicts([msgspec.structs.replace(letter, for_sink=self.sink.name)], report)
+
+    def _flush_with_conflicts(self, chunk: Sequence[Any], report: FlushReport) -> None:
+        while True:
+            try:
+                self._flush_chunk(chunk, report)
+                return
+            except PositionConflict:
+                report.conflicts += 1
+                self.load()
 
     def _chunks(self, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         limits = self.sink.limits
@@ -274,6 +327,10 @@ class Flusher(Generic[T]):
         except SinkUnavailable as exc:
             why = Retry(exc.reason, exc.retry_after_s)
             return Outcome(retry=dict.fromkeys(range(len(batch.records)), why))
+        except _SIGNALS:
+            raise
+        except Exception as exc:  # a record the sink could not handle: flush isolates it
+            raise RecordFailed(exc) from exc
 
     def _letter(self, record: Any, reason: str) -> DeadLetter:
         sequence = None if record.op == "r" else record.sequence  # snapshot reads never set a mark
