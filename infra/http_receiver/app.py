@@ -3,9 +3,10 @@
 Two apps on two ports, not two route prefixes on one, so that taking the ingest port down (a real
 refused connection) leaves the control port answering. Both share one ``Receiver`` in memory.
 
-Ingest applies the faults in a fixed order: the outage, latency, throttling, injected errors, then
-the body is parsed (400 if malformed) and each change is refused (422), recorded (201) or found a
-duplicate (200), and last a lost acknowledgement may turn the 200 into a 503 after recording.
+Ingest applies the faults in a fixed order: the outage, latency, throttling, injected errors, a
+hostile reply (a 200 that records nothing: ``hostile_reply``), then the body is parsed (400 if
+malformed) and each change is refused (422), recorded (201) or found a duplicate (200), and last a
+lost acknowledgement may turn the 200 into a 503 after recording.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from infra.http_receiver.state import FaultError, Outage, Receiver, now_ms, parse_faults
@@ -44,6 +45,37 @@ def _error(message: str, status_code: int = 400, **extra: Any) -> Response:
     return json_response({"error": message, **extra}, status_code)
 
 
+TRICKLE_EVERY_S = 0.25  # "slow": a 200 whose body comes a byte at a time, this far apart
+HUGE_BYTES = 256 * 1024 * 1024  # "huge": a 200 with a body this large, made as it is sent
+DEEP_LEVELS = 5_000  # "deep": a 200 whose JSON is nested this deep (issue 24's reply)
+PROXY_PAGE = "<!DOCTYPE html><html><head><title>Gateway</title></head><body>Please wait...</body></html>"
+
+
+def hostile_reply(mode: str) -> Response:
+    """A 200 that acknowledges nothing; see ``state.HOSTILE``."""
+    if mode == "html":
+        return HTMLResponse(PROXY_PAGE)
+    if mode == "deep":
+        return Response(b'{"results":' + b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS + b"}", media_type="application/json")
+    if mode == "huge":
+
+        async def huge() -> Any:
+            chunk = b" " * 65_536
+            yield b'{"results": ['
+            for _ in range(HUGE_BYTES // len(chunk)):
+                yield chunk
+            yield b"]}"
+
+        return StreamingResponse(huge(), media_type="application/json")
+
+    async def slow() -> Any:
+        for byte in b'{"results": []' + b" " * 200 + b"}":
+            await asyncio.sleep(TRICKLE_EVERY_S)
+            yield bytes([byte])
+
+    return StreamingResponse(slow(), media_type="application/json")
+
+
 def ingest_app(receiver: Receiver, outage: Outage) -> Starlette:
     async def ingest(request: Request) -> Response:
         endpoint: str = request.path_params["endpoint"]
@@ -62,6 +94,9 @@ def ingest_app(receiver: Receiver, outage: Outage) -> Starlette:
             return PlainTextResponse("throttled", 429, headers={"Retry-After": str(retry_after)})
         if receiver.fails():
             return PlainTextResponse("injected failure", receiver.faults.error_status)
+        mode = receiver.hostile()
+        if mode is not None:
+            return hostile_reply(mode)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:

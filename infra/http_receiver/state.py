@@ -33,6 +33,7 @@ COUNTERS = (
     "injected_errors",
     "throttled",
     "ack_lost",
+    "hostile_replies",
     "changes",
     "unique",
     "duplicates",
@@ -41,6 +42,9 @@ COUNTERS = (
 ENDPOINT_COUNTERS = ("requests", "unique", "duplicates", "rejected")
 PERCENTILES = (50, 90, 99)
 RATES = ("throttle_rate", "error_rate", "ack_loss_rate")
+# Replies a hostile or broken endpoint gives, each with a 200 and without recording the changes
+# (as a proxy in front of it would): a sender that believes one loses them.
+HOSTILE = ("slow", "huge", "deep", "html")
 
 
 def now_ms() -> int:
@@ -67,6 +71,8 @@ class Faults:
     ack_loss_rate: float = 0.0
     reject_event_types: list[str] = field(default_factory=list)
     seed: int | None = None
+    # One of HOSTILE, or None: every ingest request gets that reply (docs/http.md).
+    hostile: str | None = None
 
 
 FAULT_FIELDS = ("down_for_s", *(f.name for f in fields(Faults)))
@@ -102,6 +108,10 @@ def parse_faults(patch: Any) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise FaultError(name, f"expected a list of strings, got {value!r}")
             parsed[name] = list(value)
+        elif name == "hostile":
+            if value is not None and value not in HOSTILE:
+                raise FaultError(name, f"expected one of {', '.join(HOSTILE)} or null, got {value!r}")
+            parsed[name] = value
         else:  # seed
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise FaultError(name, f"expected an integer or null, got {value!r}")
@@ -313,6 +323,12 @@ class Receiver:
             self.counts["injected_errors"] += 1
             return True
         return False
+
+    def hostile(self) -> str | None:
+        mode = self.faults.hostile
+        if mode is not None:
+            self.counts["hostile_replies"] += 1
+        return mode
 
     def bad_request(self) -> None:
         self.counts["bad_requests"] += 1

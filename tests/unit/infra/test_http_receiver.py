@@ -178,6 +178,7 @@ def test_stats_has_exactly_the_specified_keys(rx):
         "injected_errors": 0,
         "throttled": 0,
         "ack_lost": 0,
+        "hostile_replies": 0,
         "changes": 0,
         "unique": 0,
         "duplicates": 0,
@@ -308,6 +309,7 @@ def test_faults_merge_and_delete_restores_defaults(rx):
         "ack_loss_rate": 0.0,
         "reject_event_types": [],
         "seed": None,
+        "hostile": None,
     }
     rx.control.put("/faults", json={"latency_ms": 2})
     merged = rx.control.put("/faults", json={"error_status": 502, "down_for_s": 60}).json()
@@ -387,3 +389,18 @@ def test_changes_can_be_limited_to_the_newest(rx):
     assert keys({"last": 2, "endpoint": "default"}) == ["k2", "k3"]
     assert keys({}) == ["k1", "k2", "k3", "k4"]
     assert rx.control.get("/changes", params={"last": "x"}).status_code == 400
+
+
+@pytest.mark.parametrize("mode", ["html", "deep"])
+def test_a_hostile_reply_is_a_200_that_records_nothing(rx, mode):
+    rx.control.put("/faults", json={"hostile": mode})
+    reply = rx.post([change("k1")])
+    assert reply.status_code == 200 and "results" not in (reply.text if mode == "html" else "")
+    assert (stats(rx)["hostile_replies"], stats(rx)["unique"]) == (1, 0)
+    rx.control.delete("/faults")
+    assert rx.post([change("k1")]).status_code == 200 and stats(rx)["unique"] == 1
+
+
+def test_an_unknown_hostile_mode_is_refused(rx):
+    response = rx.control.put("/faults", json={"hostile": "rude"})
+    assert response.status_code == 400 and response.json()["field"] == "hostile"
