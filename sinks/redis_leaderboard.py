@@ -14,8 +14,14 @@ Layout (``W`` = window minutes, 10 by default; redis-cli examples in the README)
 - Events from the future: an ``event_ts`` more than ``LEADERBOARD_MAX_CLOCK_SKEW_MINUTES`` ahead of
   the sink's clock counts in the totals only; it gets no minute bucket, so no key lives longer than
   the skew plus the window and lateness, and it never reaches the board. Taking such an event back
-  later (update, delete) skips its bucket too: a negative delta for a member the bucket does not
-  hold is not applied (``future_buckets_skipped`` counts the skipped bucket updates).
+  later (update, delete) skips its bucket too: what a before-image takes back is applied only where
+  the bucket holds the member or the same batch adds to it (``future_buckets_skipped`` counts the
+  skipped bucket updates). What after-images add is applied whatever its sign: a negative
+  ``duration_ms`` is valid, and a content whose minute sums below zero has a negative score on the
+  board, as in SQL. Buckets keep a member whose score comes back to zero (it still says the member
+  has a bucket); the boards drop it.
+- Content types outside ``podcast``, ``newsletter`` and ``video`` count on the ``unknown`` typed
+  board (``sinks.leaderboard_deltas.board_type``), like content without a type.
 - ``top_engagement:{W}min:updated``: hash of ``applied_ms`` (when a flush last applied changes, by
   the sink's clock), ``commit_ts_ms`` (the newest Postgres commit among the changes applied) and
   ``changes`` (a running count): the freshness ``make status`` and the live page show.
@@ -60,6 +66,16 @@ def within_skew(
     """The bucket deltas up to ``last_minute`` (now plus the clock skew), and how many were beyond."""
     kept = {key: seconds for key, seconds in buckets.items() if key[0] <= last_minute}
     return kept, len(buckets) - len(kept)
+
+
+def bucket_args(added: dict[tuple[int, str, str], float], taken: dict[tuple[int, str, str], float]) -> list[Any]:
+    """Per bucket (added's first, then taken's): the keys' order, and ARGV minute, added, taken,
+    content id, where '' says the batch has no such part (``lua/leaderboard_apply.lua``)."""
+    args: list[Any] = []
+    for key in {**added, **taken}:
+        add, take = added.get(key), taken.get(key)
+        args += [key[0], "" if add is None else repr(add), "" if take is None else repr(take), key[1]]
+    return args
 
 
 def board_key(window_minutes: int) -> str:
@@ -126,16 +142,18 @@ class RedisLeaderboardSink(RedisSink):
         for content_id, delta in deltas.content.items():
             keys.append(k.content_metrics(content_id))
             args += [repr(v) if isinstance(v, float) else v for v in delta.values]
-        buckets, future = within_skew(deltas.buckets, now + b.max_clock_skew_minutes)
-        self.future_buckets_skipped += future
+        added, future = within_skew(deltas.buckets, now + b.max_clock_skew_minutes)
+        taken, future_taken = within_skew(deltas.taken, now + b.max_clock_skew_minutes)
+        self.future_buckets_skipped += future + future_taken
+        buckets = {**added, **taken}
         args.append(len(buckets))
-        for (minute, content_id, content_type), seconds in buckets.items():
+        for minute, _, content_type in buckets:
             keys += [
                 k.minute(minute),
                 k.minute_typed(minute, content_type),
                 k.board_typed(b.window_minutes, content_type),
             ]
-            args += [minute, repr(seconds), content_id]
+        args += bucket_args(added, taken)
         return keys, args
 
     def gauges(self) -> dict[str, int]:

@@ -15,7 +15,8 @@
 --   n_types, the block of positions.lua;
 --   n_content, then per content 9 fields: events, total_seconds, plays, pauses, finishes, clicks,
 --     pct_sum, pct_count, over_100;
---   n_buckets, then per bucket 3 fields: minute, seconds, content_id.
+--   n_buckets, then per bucket 4 fields: minute, added (after-images), taken (before-images),
+--     content_id; '' where the batch has no such part.
 local now_minute = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[3])
@@ -68,22 +69,32 @@ local n_buckets = tonumber(ARGV[i])
 i = i + 1
 local k = content_at + n_content
 for _ = 1, n_buckets do
-  local minute, seconds = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local minute, added, taken = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
   local bucket, typed_bucket, typed_board = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  -- A negative delta for a member its bucket does not hold takes back an event that never got a
-  -- bucket (it was beyond the clock skew then, sinks/redis_leaderboard.py): skip it too.
-  local content_id = ARGV[i + 2]
-  if minute >= horizon and seconds ~= 0 and (seconds > 0 or redis.call('ZSCORE', bucket, content_id)) then
-    zadd_delta(bucket, seconds, content_id)
-    zadd_delta(typed_bucket, seconds, content_id)
-    redis.call('EXPIREAT', bucket, (minute + bucket_ttl_minutes) * 60)
-    redis.call('EXPIREAT', typed_bucket, (minute + bucket_ttl_minutes) * 60)
-    if minute >= from and minute <= now_minute then
-      zadd_delta(board, seconds, content_id)
-      zadd_delta(typed_board, seconds, content_id)
+  local content_id = ARGV[i + 3]
+  if minute >= horizon then
+    -- What after-images add counts whatever its sign (a negative duration is valid data). What
+    -- before-images take back counts only where the bucket holds the member or this batch adds to
+    -- it: otherwise it takes back an event that never got a bucket (beyond the clock skew then,
+    -- sinks/redis_leaderboard.py).
+    local seconds, touched = 0, false
+    if added ~= '' then seconds, touched = tonumber(added), true end
+    if taken ~= '' and (touched or redis.call('ZSCORE', bucket, content_id)) then
+      seconds, touched = seconds + tonumber(taken), true
+    end
+    if touched then
+      -- Buckets keep a member at zero: it still has a bucket, for what is taken back later.
+      redis.call('ZINCRBY', bucket, seconds, content_id)
+      redis.call('ZINCRBY', typed_bucket, seconds, content_id)
+      redis.call('EXPIREAT', bucket, (minute + bucket_ttl_minutes) * 60)
+      redis.call('EXPIREAT', typed_bucket, (minute + bucket_ttl_minutes) * 60)
+      if seconds ~= 0 and minute >= from and minute <= now_minute then
+        zadd_delta(board, seconds, content_id)
+        zadd_delta(typed_board, seconds, content_id)
+      end
     end
   end
-  i = i + 3
+  i = i + 4
   k = k + 3
 end
 

@@ -11,11 +11,14 @@ local function move_window(b, w, now_minute, window, n_types)
   if first <= from then return from, false end
   local keys = {}
   for m = 0, window - 1 do keys[#keys + 1] = KEYS[w + m * (n_types + 1)] end
+  -- Buckets keep members at zero (leaderboard_apply.lua); the boards do not show them.
   redis.call('ZUNIONSTORE', board, #keys, unpack(keys))
+  redis.call('ZREMRANGEBYSCORE', board, '-1e-6', '1e-6')
   for t = 1, n_types do
     local typed = {}
     for m = 0, window - 1 do typed[#typed + 1] = KEYS[w + m * (n_types + 1) + t] end
     redis.call('ZUNIONSTORE', KEYS[b + 2 + t], #typed, unpack(typed))
+    redis.call('ZREMRANGEBYSCORE', KEYS[b + 2 + t], '-1e-6', '1e-6')
   end
   redis.call('SET', from_key, first)
   return first, true

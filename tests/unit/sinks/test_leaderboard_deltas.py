@@ -1,4 +1,6 @@
-from sinks.leaderboard_deltas import aggregate
+import pytest
+
+from sinks.leaderboard_deltas import aggregate, board_type
 from sinks.records import Contribution, EnrichedChange, SourcePosition
 
 
@@ -23,7 +25,29 @@ def test_sums_per_content_and_bucket():
     # events, total_seconds, plays, pauses, finishes, clicks, pct_sum, pct_count, over_100
     assert deltas.content["a"].values == [2, 20.0, 0, 0, 1, 1, 110.0, 1, 1]
     assert deltas.content["b"].values == [1, 4.0, 1, 0, 0, 0, 0.0, 0, 0]
-    assert deltas.buckets == {(100, "a", "podcast"): 20.0, (101, "b", "podcast"): 4.0}
+    # What after-images add and what before-images take back, apart (the script treats them apart).
+    assert deltas.buckets == {(100, "a", "podcast"): 30.0, (101, "b", "podcast"): 4.0}
+    assert deltas.taken == {(100, "a", "podcast"): -10.0}
+
+
+def test_negative_durations_add_like_any_other():
+    batch = [change(0, o, k("a", 100, "play", s, None, +1)) for o, s in enumerate((-5.0, -0.001, 2.0))]
+    deltas = aggregate(batch)
+    assert deltas.buckets == {(100, "a", "podcast"): pytest.approx(-3.001)} and deltas.taken == {}
+
+
+def test_a_content_type_outside_the_boards_counts_on_the_unknown_board():
+    odd = Contribution("a", "audiobook", 100, "play", 1.0, None, 1)
+    none = Contribution("b", None, 100, "play", 1.0, None, 1)
+    deltas = aggregate([change(0, 0, odd, none)])
+    assert set(deltas.buckets) == {(100, "a", "unknown"), (100, "b", "unknown")}
+    assert [board_type(t) for t in ("podcast", "newsletter", "video", None, "audiobook")] == [
+        "podcast",
+        "newsletter",
+        "video",
+        "unknown",
+        "unknown",
+    ]
 
 
 def test_changes_without_contributions_add_nothing():
