@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import redis
 
-# The boards per content type; an event whose content has another type still gets a typed bucket
-# and typed board entry (as before), but the window rebuild covers these.
+# The boards per content type, the only typed keys the window rebuilds: content with no type, or a
+# type outside these, counts on ``unknown`` (``sinks.leaderboard_deltas.board_type``).
 BOARD_TYPES = ("podcast", "newsletter", "video", "unknown")
 # Key prefixes: letters, digits and ``:_.-`` only, so a prefix never acts as a SCAN pattern.
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9:_.\-]*$")
