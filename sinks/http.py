@@ -23,9 +23,10 @@ timeout, the first POST of the next write is the one trial (pybreaker holds its 
 so no other request of this instance runs with it); the rest goes out only if the trial closed the
 breaker. Requests sent while it is closed run concurrently and report to it when they end.
 
-A new endpoint's sink (no stored position for a topic) starts where ``HTTP_SINK_START`` says:
-earliest (nothing stored: the lane reads from the start), latest, or a time; the last two are
-stored as its positions the first time they are read (``positions``), before the lane starts.
+A new endpoint's sink (no stored position for the event topic or its parking topic) starts where
+``HTTP_SINK_START`` says: earliest (nothing stored: the lane reads from the start), latest, or a
+time; the last two are stored as its positions the first time they are read (``positions``, which
+``pipeline.job.plan`` calls before the lanes start).
 
 Each dead letter carries ``dlq.http.endpoint``, ``dlq.http.url``, ``dlq.http.status`` (a status
 code, ``timeout``, ``connection``, ``circuit_open``, or what was wrong with a 2xx: ``bad_reply``,
@@ -116,6 +117,7 @@ class HttpSink(Sink[EnrichedChange]):
         clock: Callable[[], float] = time.monotonic,
         client_factory: Callable[[], Any] | None = None,
         positions_factory: Callable[[], Any] | None = None,
+        start_topics: Sequence[str] = (),
     ) -> None:
         self.name = f"http_{route.endpoint}"  # type: ignore[misc] - per instance: one sink per endpoint
         self.route = route
@@ -126,6 +128,9 @@ class HttpSink(Sink[EnrichedChange]):
         self._clock = clock
         self._client_factory = client_factory
         self._positions_factory = positions_factory
+        # The topics HTTP_SINK_START applies to (the event topic and its parking topic), not the
+        # backfill's, which a sink reads from its start when a backfill runs.
+        self._start_topics = frozenset(start_topics)
         # No budget for the driver: the sink keeps its own (see the module docstring).
         self.retry_policy = RetryPolicy(settings.initial_backoff_s, settings.max_backoff_s, None)
         self.limits = BatchLimits(
@@ -176,7 +181,7 @@ class HttpSink(Sink[EnrichedChange]):
         if start is None:
             return stored  # earliest: nothing stored reads from the start
         for topic in topics:
-            if any(key.startswith(f"{topic}:") for key in stored):
+            if topic not in self._start_topics or any(key.startswith(f"{topic}:") for key in stored):
                 continue
             # A new endpoint: store where it starts, so the lane and every restart begin there.
             begins = self._positions.start_at_end(topic) if start < 0 else self._positions.start_at_time(topic, start)

@@ -128,6 +128,8 @@ class Pauses(pybreaker.CircuitBreakerListener):
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
         now = self._clock()
+        if new is None:
+            return
         if new.name == pybreaker.STATE_OPEN:
             self.opened_at = now
             if self._since is None:

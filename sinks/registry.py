@@ -50,7 +50,14 @@ def _bigquery_content(settings: Settings) -> Sink[Any]:
 def _http_sink(route: Any, settings: Settings) -> Sink[Any]:
     from sinks.http import HttpSink
 
-    return HttpSink(route, settings.http_sink, settings.kafka, settings.pipeline.consumer_group, settings.redis)
+    return HttpSink(
+        route,
+        settings.http_sink,
+        settings.kafka,
+        settings.pipeline.consumer_group,
+        settings.redis,
+        start_topics=(settings.cdc.engagement_topic, settings.cdc.parked_topic),
+    )
 
 
 def http_routes(settings: Settings) -> list[Any]:

@@ -321,16 +321,17 @@ def _pos(offset):
 def test_a_new_endpoint_starts_where_http_sink_start_says_once(start, call):
     StartPositions.calls = []
     settings = HttpSinkSettings(url="http://x/y", start=start)
-    sink = HttpSink(everything("http://x/y")[0], settings, KafkaSettings(), "g", None, positions_factory=StartPositions)
+    sink = HttpSink(everything("http://x/y")[0], settings, KafkaSettings(), "g", None, start_topics=["events"])
     sink._positions = StartPositions()
     first = sink.positions(["events"])
     assert StartPositions.calls == [call] and first
     assert sink.positions(["events"]) == first and len(StartPositions.calls) == 1  # stored: not again
+    assert sink.positions(["backfill"]) == first and len(StartPositions.calls) == 1  # only its own topics
 
 
 def test_earliest_stores_nothing():
     settings = HttpSinkSettings(url="http://x/y")
-    sink = HttpSink(everything("http://x/y")[0], settings, KafkaSettings(), "g", None)
+    sink = HttpSink(everything("http://x/y")[0], settings, KafkaSettings(), "g", None, start_topics=["events"])
     sink._positions = StartPositions()
     StartPositions.calls = []
     assert sink.positions(["events"]) == {} and StartPositions.calls == []
