@@ -67,8 +67,10 @@ class RedisServer:
                     'save ""',
                     "appendonly yes",
                     # Every acknowledged write survives a crash of Redis or of the machine. A lost
-                    # tail would stay consistent (offsets and increments are one script, one AOF
-                    # entry), but the running job would not know to read those records again.
+                    # tail (or a Redis that comes back from an older copy) stays consistent: offsets
+                    # and increments are one script, one AOF entry. The sinks notice the positions
+                    # went back and the job is restarted to read the window again
+                    # (docs/delivery.md, "A Redis that comes back older"); this makes it rare.
                     "appendfsync always",
                     f"maxmemory {s.maxmemory}",
                     "maxmemory-policy noeviction",
