@@ -193,6 +193,30 @@ def stop_group(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int:
     return proc.returncode
 
 
+def stop_together(processes: Sequence[ServiceProcess], timeout: float) -> list[ServiceProcess]:
+    """Each process's stop signal at once, then SIGKILL to those still alive after ``timeout``;
+    return those that were running. Together, because the voters of a Kafka quorum stopped one by one
+    leave the last without a majority, and its shutdown then waits the whole timeout."""
+    running = []
+    for process in processes:
+        pid = process.pid()
+        if pid is None:
+            process.pid_file.unlink(missing_ok=True)
+            continue
+        process._signal(pid, process.stop_signal)
+        running.append((process, pid))
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for _, pid in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process, pid in running:
+        if pid_alive(pid):
+            process._signal(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.1)
+        process.pid_file.unlink(missing_ok=True)
+    return [process for process, _ in running]
+
+
 @dataclass
 class ServiceProcess:
     """One long-running native process with a pid file, a log file and a readiness probe."""
@@ -310,20 +334,7 @@ class ServiceProcess:
 
     def stop(self, timeout: float) -> bool:
         """The stop signal, then SIGKILL after ``timeout``; return True if something was stopped."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        self._signal(pid, self.stop_signal)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if pid_alive(pid):
-            self._signal(pid, signal.SIGKILL)
-            while pid_alive(pid):
-                time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return bool(stop_together([self], timeout))
 
     def kill(self) -> bool:
         """``kill -9`` (a crash, for fault tests): no stop signal first; the pid file is left as a

@@ -95,6 +95,9 @@ class DeadLetterProducer:
         self._producer = producer_factory(
             {
                 **config,
+                # Acknowledged once every in-sync replica has it (2 of 3 with KAFKA_BROKERS=3), and a
+                # retry after a lost acknowledgement or a leader change never writes a letter twice.
+                "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 0,
                 # A letter is cut to fit this, which Settings holds at or below the topics' limit

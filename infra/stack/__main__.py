@@ -47,7 +47,14 @@ def cmd_status(stack: LocalStack) -> int:
     if "topics" in report:
         _print("topics:")
         for name, info in report["topics"].items():
-            _print(f"  {name:<45} partitions={info['partitions']:<3} cleanup.policy={info['cleanup.policy']}")
+            # A partition short of in-sync replicas (a broker down or catching up) or without a leader.
+            short = "".join(
+                f" {key.replace('_', '-')}={info[key]}" for key in ("under_replicated", "offline") if info.get(key)
+            )
+            _print(
+                f"  {name:<45} partitions={info['partitions']:<3} cleanup.policy={info['cleanup.policy']}"
+                f" replicas={info.get('replicas', '-')} min.insync={info.get('min.insync.replicas', '-')}{short}"
+            )
     connector = report.get("connector")
     if connector:
         tasks = ", ".join(f"task {t['id']} {t['state']}" for t in connector.get("tasks", []))
@@ -158,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="health, topics, connector state and replication slot lag")
     logs = sub.add_parser("logs", help="last lines of each service's log")
     logs.add_argument("--lines", type=int, default=40)
-    logs.add_argument("--service", choices=["postgres", "redis", "bigquery", "http_receiver", "kafka", "connect"])
+    logs.add_argument(
+        "--service",
+        choices=["postgres", "redis", "bigquery", "http_receiver", "kafka", "kafka-2", "kafka-3", "connect"],
+    )
     sub.add_parser("reset", help="delete connector and slot, stop everything, remove all data")
     sub.add_parser("register", help="(re)register the Debezium connector from infra/connectors/")
     sub.add_parser("provision", help="roles, schema, topics and connector on services already running (Docker Compose)")

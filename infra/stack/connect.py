@@ -1,5 +1,8 @@
 """Kafka Connect (distributed, one worker) and the Debezium PostgreSQL connector on it.
 
+The worker's internal topics take ``KAFKA_BROKERS`` replicas, and its producers ``acks=all`` with
+idempotence (``infra/conf/connect.properties``), so with three brokers Connect loses nothing when one dies.
+
 The connector's configuration is data: ``infra/connectors/engagement-postgres.json``. ``${NAME}``
 placeholders are filled from settings when it is registered (``PUT /connectors/{name}/config``,
 which creates or updates, so registering is idempotent, and an update restarts the task with the
@@ -97,6 +100,7 @@ class Connect:
             .read_text()
             .format(
                 bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                replication_factor=self.settings.kafka.replication_factor,
                 group_id=s.group_id,
                 host=s.host,
                 port=s.port,

@@ -1,4 +1,14 @@
-"""Kafka 4 in KRaft mode (one JVM is broker and controller) and the project's topics.
+"""Kafka 4 in KRaft mode (each JVM is broker and controller; one, or three) and the project's topics.
+
+One node (the default) is formatted ``--standalone``: a quorum of one voter. Three
+(``KAFKA_BROKERS=3``) are formatted with the same cluster id and ``--initial-controllers`` naming all
+three voters with the directory id each will have (KIP-853's dynamic quorum, as ``--standalone`` is
+for one), each with its own folder (``kafka/``, ``kafka-2/``, ``kafka-3/``), ports (10 apart), pid
+file and log. A voter is only ready once a majority of the quorum runs, so the three are launched
+together and then waited for. Their topics have replication factor 3 and ``min.insync.replicas=2``:
+with every producer at ``acks=all`` (``KafkaSettings.producer_config``, Connect's worker config), an
+acknowledged write is on two brokers, and one broker can die without losing it or stopping writes.
+Storage formatted for one count is refused under the other (``make reset`` first).
 
 Topic auto-creation is off, so every topic the system uses is created here, explicitly and
 idempotently, with the settings the design depends on: the engagement topic has 16 partitions and
@@ -18,6 +28,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import (
@@ -42,14 +53,15 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(cdc: CdcSettings, *, max_message_bytes: int) -> list[TopicSpec]:
+def topic_specs(cdc: CdcSettings, *, max_message_bytes: int, min_insync_replicas: int = 1) -> list[TopicSpec]:
     """Every topic the system needs, with the settings that matter to correctness.
 
     Each takes ``max.message.bytes`` explicitly (KAFKA_MAX_MESSAGE_BYTES, docs/delivery.md "Row size
     bound"): a topic created before the limit was raised keeps its old value otherwise, and the
-    compacted topic's cleaner sizes its buffers from it.
+    compacted topic's cleaner sizes its buffers from it. ``min.insync.replicas`` too (2 with three
+    brokers): what an ``acks=all`` write waits for.
     """
-    size = {"max.message.bytes": str(max_message_bytes)}
+    size = {"max.message.bytes": str(max_message_bytes), "min.insync.replicas": str(min_insync_replicas)}
     specs = [
         TopicSpec(
             cdc.engagement_topic,
@@ -102,14 +114,20 @@ def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
-    """Create missing topics, grow short ones, align configs; return what was changed."""
+def ensure_topics(
+    admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0, *, replication_factor: int = 1
+) -> list[str]:
+    """Create missing topics, grow short ones, align configs; return what was changed. A topic with
+    fewer replicas than ``replication_factor`` is reported: Kafka cannot add them in place."""
     changes: list[str] = []
     existing = admin.list_topics(timeout=timeout).topics
     missing = [s for s in specs if s.name not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in missing],
+            [
+                NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication_factor, config=s.config)
+                for s in missing
+            ],
             operation_timeout=timeout,
         )
         for name, future in futures.items():
@@ -122,6 +140,12 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 3
     for spec in specs:
         if spec.name not in existing:
             continue
+        replicas = min((len(p.replicas) for p in existing[spec.name].partitions.values()), default=replication_factor)
+        if replicas < replication_factor:
+            raise StackError(
+                f"topic {spec.name} has {replicas} replica(s), fewer than the {replication_factor} configured "
+                f"(KAFKA_BROKERS); delete the topic (make reset) or lower the setting"
+            )
         have = len(existing[spec.name].partitions)
         if have > spec.partitions:
             raise StackError(
@@ -147,22 +171,44 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout: float = 3
     return changes
 
 
+def topic_health(meta: Any, config: dict[str, str]) -> dict[str, Any]:
+    """What ``make status`` shows of a topic (``meta``: its ``TopicMetadata``): partitions, policy,
+    replicas, and partitions whose in-sync replicas are short of all replicas (a broker down or
+    catching up) or that have no leader (no broker of theirs is up: reads and writes stop)."""
+    partitions = list(meta.partitions.values())
+    return {
+        "partitions": len(partitions),
+        "cleanup.policy": config.get("cleanup.policy"),
+        "replicas": min((len(p.replicas) for p in partitions), default=0),
+        "min.insync.replicas": config.get("min.insync.replicas"),
+        "under_replicated": sum(len(p.isrs) < len(p.replicas) for p in partitions),
+        "offline": sum(p.leader < 0 for p in partitions),
+    }
+
+
 def describe_topic_config(admin: AdminClient, topic: str) -> dict[str, str]:
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     entries = admin.describe_configs([resource])[resource].result()
     return {name: entry.value for name, entry in entries.items()}
 
 
-class Kafka:
-    def __init__(self, settings: KafkaSettings, stack_dir: Path, lib_dir: Path) -> None:
+class KafkaNode:
+    """One broker+controller JVM: node ``node_id`` (1-based) of the cluster, its folder, ports and process."""
+
+    def __init__(self, settings: KafkaSettings, stack_dir: Path, lib_dir: Path, node_id: int) -> None:
         self.settings = settings
-        self.root = stack_dir / "kafka"
+        self.node_id = node_id
+        # Node 1 keeps the single-broker stack's names, so a stack made before three existed is node 1.
+        name = "kafka" if node_id == 1 else f"kafka-{node_id}"
+        self.port = settings.port + 10 * (node_id - 1)
+        self.controller_port = settings.controller_port + 10 * (node_id - 1)
+        self.root = stack_dir / name
         self.data = self.root / "data"
         self.properties = self.root / "server.properties"
         self.classpath = str(lib_dir / "kafka" / "*")
         self.process = ServiceProcess.in_stack(
             stack_dir,
-            "kafka",
+            name,
             command=[
                 "java",
                 f"-Xmx{settings.heap}",
@@ -179,59 +225,143 @@ class Kafka:
             ],
             ready=self.ready,
             host=settings.host,
-            port=settings.port,
+            port=self.port,
         )
+
+    @property
+    def formatted(self) -> bool:
+        return (self.data / "meta.properties").exists()
+
+    def ready(self) -> bool:
+        """This broker answers on its own listener, which it opens only once it is registered and
+        unfenced by the quorum (asked of it alone, not of the cluster)."""
+        if not port_open(self.settings.host, self.port):
+            return False
+        admin = AdminClient(
+            {"bootstrap.servers": f"{self.settings.host}:{self.port}", "socket.connection.setup.timeout.ms": 3000}
+        )
+        try:
+            return self.node_id in admin.list_topics(timeout=2).brokers
+        except KafkaException:
+            return False
+
+
+def server_properties(template: str, settings: KafkaSettings, node: KafkaNode) -> str:
+    """``infra/conf/server.properties`` filled for ``node`` of the cluster ``settings`` describe."""
+    quorum = ",".join(f"{settings.host}:{port}" for port in settings.controller_ports)
+    return template.format(
+        node_id=node.node_id,
+        host=settings.host,
+        port=node.port,
+        controller_port=node.controller_port,
+        quorum_bootstrap=quorum,
+        log_dirs=node.data,
+        max_message_bytes=settings.max_message_bytes,
+        replication_factor=settings.replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
+    )
+
+
+def initial_controllers(settings: KafkaSettings, directory_ids: list[str]) -> str:
+    """The storage tool's ``--initial-controllers``: ``id@host:port:directory-id`` of every voter."""
+    return ",".join(
+        f"{n}@{settings.host}:{port}:{directory}"
+        for n, (port, directory) in enumerate(zip(settings.controller_ports, directory_ids, strict=True), start=1)
+    )
+
+
+class Kafka:
+    """The cluster: ``KAFKA_BROKERS`` nodes, formatted, started and stopped together."""
+
+    def __init__(self, settings: KafkaSettings, stack_dir: Path, lib_dir: Path) -> None:
+        self.settings = settings
+        self.stack_dir = stack_dir
+        self.nodes = [KafkaNode(settings, stack_dir, lib_dir, n) for n in range(1, settings.brokers + 1)]
+        self.root = self.nodes[0].root
+        self.classpath = self.nodes[0].classpath
+        # The broker count the storage was formatted for (none: one, as before three existed).
+        self.count_file = self.root / "brokers"
+
+    @property
+    def process(self) -> ServiceProcess:
+        """Node 1's process (the only one by default)."""
+        return self.nodes[0].process
+
+    @property
+    def processes(self) -> list[ServiceProcess]:
+        return [node.process for node in self.nodes]
+
+    def leftovers(self) -> list[ServiceProcess]:
+        """Nodes of a three-broker run still recorded while this stack is configured for one, so
+        ``make down`` and ``make reset`` stop them too."""
+        names = {p.name for p in self.processes}
+        return [
+            ServiceProcess.in_stack(self.stack_dir, path.stem, command=["java"], ready=lambda: False, host="", port=0)
+            for path in sorted((self.stack_dir / "pids").glob("kafka-*.pid"))
+            if path.stem not in names
+        ]
 
     def write_config(self) -> None:
-        s = self.settings
-        self.root.mkdir(parents=True, exist_ok=True)
         template = (CONF_DIR / "server.properties").read_text()
-        self.properties.write_text(
-            template.format(
-                host=s.host,
-                port=s.port,
-                controller_port=s.controller_port,
-                log_dirs=self.data,
-                max_message_bytes=s.max_message_bytes,
-            )
-        )
+        for node in self.nodes:
+            node.root.mkdir(parents=True, exist_ok=True)
+            node.properties.write_text(server_properties(template, self.settings, node))
 
     def ensure_formatted(self) -> bool:
-        """Format the KRaft storage once; return True if it was formatted now."""
-        if (self.data / "meta.properties").exists():
+        """Format the KRaft storage of every node once; return True if it was formatted now."""
+        formatted = [node.formatted for node in self.nodes]
+        if any(formatted):
+            recorded = int(self.count_file.read_text()) if self.count_file.exists() else 1
+            if recorded != self.settings.brokers or not all(formatted):
+                raise StackError(
+                    f"Kafka's storage under {self.stack_dir} was formatted for {recorded} broker(s), and "
+                    f"KAFKA_BROKERS is {self.settings.brokers}: set it back, or `make reset` (removes all data)"
+                )
             return False
         if not list(Path(self.classpath[:-2]).glob("kafka_*.jar")):
             raise StackError("Kafka jars are missing. Run `make bootstrap`.")
         cluster_id = new_cluster_id()
-        result = subprocess.run(
-            [
-                "java",
-                "-cp",
-                self.classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "-t",
-                cluster_id,
-                "-c",
-                str(self.properties),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise StackError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+        if self.settings.brokers == 1:
+            quorum = ["--standalone"]
+        else:
+            quorum = [
+                "--initial-controllers",
+                initial_controllers(self.settings, [new_cluster_id() for _ in self.nodes]),
+            ]
+        # The nodes at once: each format is a JVM start (3-4 s).
+        formats = [
+            (
+                node,
+                subprocess.Popen(
+                    [*self._storage_tool, "format", *quorum, "-t", cluster_id, "-c", str(node.properties)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ),
+            )
+            for node in self.nodes
+        ]
+        for node, run in formats:
+            output, _ = run.communicate()
+            if run.returncode != 0:
+                raise StackError(f"formatting {node.process.name}'s storage failed:\n{output}")
+        self.count_file.write_text(f"{self.settings.brokers}\n")
         return True
 
+    @property
+    def _storage_tool(self) -> list[str]:
+        return ["java", "-cp", self.classpath, "kafka.tools.StorageTool"]
+
+    def start(self, timeout: float) -> list[tuple[ServiceProcess, bool]]:
+        """Launch every node that is not running, then wait for all: a voter of three is not ready
+        before a majority of the quorum runs. Returns each process and whether it was started now."""
+        launched = [(node.process, node.process.launch()) for node in self.nodes]
+        for process, child in launched:
+            process.wait_ready(timeout, child)
+        return [(process, child is not None) for process, child in launched]
+
     def ready(self) -> bool:
-        if not port_open(self.settings.host, self.settings.port):
-            return False
-        try:
-            admin_client(self.settings).list_topics(timeout=2)
-            return True
-        except KafkaException:
-            return False
+        return all(node.ready() for node in self.nodes)
 
 
 def new_cluster_id() -> str:

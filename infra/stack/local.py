@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.capture_health import capture_problems
-from infra.process import ServiceProcess, StackError
+from infra.process import ServiceProcess, StackError, stop_together
 from infra.settings import Settings
 from infra.stack.bigquery_emulator import BigQueryEmulator
 from infra.stack.connect import Connect
 from infra.stack.http_receiver import HttpReceiver
-from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_specs
+from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_health, topic_specs
 from infra.stack.postgres import Postgres
 from infra.stack.redis_server import RedisServer
 
@@ -39,6 +39,7 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return {
         "POSTGRES_PORT": str(settings.postgres.port),
         "KAFKA_PORT": str(settings.kafka.port),
+        "KAFKA_BROKERS": str(settings.kafka.brokers),
         "CONNECT_PORT": str(settings.connect.port),
         "REDIS_PORT": str(settings.redis.port),
         "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
@@ -85,7 +86,7 @@ class LocalStack:
             self.redis.process,
             *emulator,
             self.http_receiver.process,
-            self.kafka.process,
+            *self.kafka.processes,
             self.connect.process,
         ]
 
@@ -112,16 +113,25 @@ class LocalStack:
         self.kafka.write_config()
         if self.kafka.ensure_formatted():
             self.log("  kafka     formatted KRaft storage")
-        self._start(self.kafka.process)
-        specs = topic_specs(self.settings.cdc, max_message_bytes=self.settings.kafka.max_message_bytes)
-        for change in ensure_topics(admin_client(self.settings.kafka), specs):
-            self.log(f"  topics    {change}")
+        began = time.monotonic()
+        for process, started in self.kafka.start(self.settings.stack.start_timeout_s):
+            verb = "started" if started else "already running"
+            self.log(f"  {process.name:<9} {verb} on {process.host}:{process.port} ({time.monotonic() - began:.1f} s)")
+        self._ensure_topics()
         self.connect.write_config()
         self._start(self.connect.process)
         if connector:
             self.connect.register()
             self.connect.wait_running(timeout)
             self.log(f"  connector {self.settings.cdc.connector_name} RUNNING")
+
+    def _ensure_topics(self) -> None:
+        kafka = self.settings.kafka
+        specs = topic_specs(
+            self.settings.cdc, max_message_bytes=kafka.max_message_bytes, min_insync_replicas=kafka.min_insync_replicas
+        )
+        for change in ensure_topics(admin_client(kafka), specs, replication_factor=kafka.replication_factor):
+            self.log(f"  topics    {change}")
 
     def _ensure_dataset(self) -> None:
         from sinks.bigquery_dataset import Dataset, make_client
@@ -137,9 +147,7 @@ class LocalStack:
         self.log("  postgres  roles, schema, grants and publication in place")
         if self.settings.bigquery.emulated:
             self._ensure_dataset()
-        specs = topic_specs(self.settings.cdc, max_message_bytes=self.settings.kafka.max_message_bytes)
-        for change in ensure_topics(admin_client(self.settings.kafka), specs):
-            self.log(f"  topics    {change}")
+        self._ensure_topics()
         self.log("  topics    in place")
         self.connect.register()
         self.connect.wait_running(self.settings.stack.start_timeout_s)
@@ -147,8 +155,12 @@ class LocalStack:
 
     def down(self) -> None:
         timeout = self.settings.stack.stop_timeout_s
-        for process in reversed(self.processes):
-            if process.stop(timeout):
+        kafka = [*self.kafka.processes, *self.kafka.leftovers()]
+        # Kafka's nodes together (stop_together), after Connect and before everything else.
+        groups = [[p] for p in reversed(self.processes) if p not in kafka]
+        groups.insert(1, kafka)
+        for group in groups:
+            for process in stop_together(group, timeout):
                 self.log(f"  {process.name:<9} stopped")
 
     def reset(self) -> None:
@@ -168,7 +180,8 @@ class LocalStack:
                 raise StackError(f"could not drop slot {self.settings.cdc.slot_name}: {last}")
         self.down()
         shutil.rmtree(self.postgres.root, ignore_errors=True)
-        for part in ("redis", "bigquery", "kafka", "connect", "logs", "pids"):
+        kafka_nodes = [path.name for path in self.settings.stack.dir.glob("kafka-*")]
+        for part in ("redis", "bigquery", "kafka", *kafka_nodes, "connect", "logs", "pids"):
             shutil.rmtree(self.settings.stack.dir / part, ignore_errors=True)
         self.log(f"  removed state under {self.settings.stack.dir}")
 
@@ -188,10 +201,7 @@ class LocalStack:
             admin = admin_client(self.settings.kafka)
             topics = admin.list_topics(timeout=5).topics
             report["topics"] = {
-                name: {
-                    "partitions": len(meta.partitions),
-                    "cleanup.policy": describe_topic_config(admin, name).get("cleanup.policy"),
-                }
+                name: topic_health(meta, describe_topic_config(admin, name))
                 for name, meta in sorted(topics.items())
                 if not name.startswith("__consumer_offsets")
             }

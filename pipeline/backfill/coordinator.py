@@ -138,7 +138,19 @@ class Backfill:
             topic = self.backfill_topics[kind]
             existing = meta.get(topic)
             if existing is None:
-                futures = admin.create_topics([NewTopic(topic, num_partitions=count, replication_factor=1)])
+                kafka = self.settings.kafka
+                # Replicated like every other topic (KAFKA_BROKERS): it holds no records, but the
+                # offsets committed for it must not depend on one broker.
+                futures = admin.create_topics(
+                    [
+                        NewTopic(
+                            topic,
+                            num_partitions=count,
+                            replication_factor=kafka.replication_factor,
+                            config={"min.insync.replicas": str(kafka.min_insync_replicas)},
+                        )
+                    ]
+                )
             elif len(existing.partitions) < count:
                 futures = admin.create_partitions([NewPartitions(topic, count)])
             else:

@@ -64,3 +64,34 @@ def test_env_example_names_every_pipeline_leaderboard_and_bigquery_setting():
         prefix = model.model_config.get("env_prefix", "")
         for name in model.model_fields:
             assert f"{prefix}{name.upper()}=" in example, f"{prefix}{name.upper()} missing from .env.example"
+
+
+def test_one_broker_by_default_and_three_on_request(monkeypatch):
+    from infra.settings import KafkaSettings
+
+    one = KafkaSettings()
+    assert (one.brokers, one.replication_factor, one.min_insync_replicas) == (1, 1, 1)
+    assert one.bootstrap_servers == "127.0.0.1:59092"
+    monkeypatch.setenv("KAFKA_BROKERS", "3")
+    three = KafkaSettings()
+    assert (three.replication_factor, three.min_insync_replicas) == (3, 2)
+    assert three.bootstrap_servers == "127.0.0.1:59092,127.0.0.1:59102,127.0.0.1:59112"
+    assert three.controller_ports == [59093, 59103, 59113]
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "kafka:9092,kafka-2:9092")
+    assert KafkaSettings().bootstrap_servers == "kafka:9092,kafka-2:9092"
+
+
+@pytest.mark.parametrize("count", ["0", "2", "5"])
+def test_brokers_are_one_or_three(monkeypatch, count):
+    from infra.settings import KafkaSettings
+
+    monkeypatch.setenv("KAFKA_BROKERS", count)
+    with pytest.raises(ValidationError, match="1 or 3"):
+        KafkaSettings()
+
+
+def test_producers_wait_for_every_in_sync_replica_and_never_write_twice():
+    from infra.settings import KafkaSettings
+
+    config = KafkaSettings().producer_config(**{"linger.ms": 5})
+    assert (config["acks"], config["enable.idempotence"], config["linger.ms"]) == ("all", True, 5)

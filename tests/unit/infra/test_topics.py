@@ -31,3 +31,58 @@ def test_new_cluster_ids_never_start_with_a_dash(monkeypatch):
     assert uuid_to_kafka_id(dashed).startswith("-")
     monkeypatch.setattr(uuid, "uuid4", lambda: next(values))
     assert new_cluster_id() == uuid_to_kafka_id(plain)
+
+
+def three_brokers(tmp_path):
+    from infra.settings import KafkaSettings
+    from infra.stack.kafka import Kafka
+
+    return Kafka(KafkaSettings(brokers=3), tmp_path, tmp_path / "lib")
+
+
+def test_every_topic_waits_for_the_configured_in_sync_replicas():
+    specs = topic_specs(CdcSettings(), max_message_bytes=5_242_880, min_insync_replicas=2)
+    assert {s.config["min.insync.replicas"] for s in specs} == {"2"}
+    assert {s.config["min.insync.replicas"] for s in topic_specs(CdcSettings(), max_message_bytes=5_242_880)} == {"1"}
+
+
+def test_three_brokers_each_have_their_folder_ports_and_files_and_one_quorum(tmp_path):
+    from infra.stack.kafka import CONF_DIR, initial_controllers, server_properties
+
+    kafka = three_brokers(tmp_path)
+    assert [p.name for p in kafka.processes] == ["kafka", "kafka-2", "kafka-3"]
+    assert [p.port for p in kafka.processes] == [59092, 59102, 59112]
+    assert [n.root.name for n in kafka.nodes] == ["kafka", "kafka-2", "kafka-3"]
+    assert len({p.pid_file for p in kafka.processes} | {p.log_file for p in kafka.processes}) == 6
+    template = (CONF_DIR / "server.properties").read_text()
+    props = dict(
+        line.split("=", 1)
+        for line in server_properties(template, kafka.settings, kafka.nodes[1]).splitlines()
+        if line and not line.startswith("#")
+    )
+    assert props["node.id"] == "2"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:59102,CONTROLLER://127.0.0.1:59103"
+    assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:59093,127.0.0.1:59103,127.0.0.1:59113"
+    assert props["log.dirs"] == str(tmp_path / "kafka-2" / "data")
+    for key in (
+        "default.replication.factor",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+    ):
+        assert props[key] == "3"
+    assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+    assert initial_controllers(kafka.settings, ["a", "b", "c"]) == (
+        "1@127.0.0.1:59093:a,2@127.0.0.1:59103:b,3@127.0.0.1:59113:c"
+    )
+
+
+def test_storage_formatted_for_one_broker_is_refused_for_three(tmp_path):
+    import pytest
+
+    from infra.process import StackError
+
+    kafka = three_brokers(tmp_path)
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "meta.properties").write_text("node.id=1\n")
+    with pytest.raises(StackError, match="formatted for 1 broker"):
+        kafka.ensure_formatted()

@@ -93,6 +93,7 @@ def test_a_letter_that_times_out_is_produced_again_until_acknowledged():
     assert made[0].acknowledged == [b'{"id": 7}', b"k2"]
     assert made[0].attempts == {b'{"id": 7}': 2, b"k2": 2} and slept == [1.0]
     assert made[0].config["enable.idempotence"] is True
+    assert made[0].config["acks"] == "all"
 
 
 class TopicProducer:
