@@ -53,7 +53,7 @@ from infra.settings import REPO_ROOT, Settings
 from pipeline.flink_job_server import job_server_process, start_own_job_server
 from pipeline.instance_lock import LOST, MISSING, InstanceLock, LockHeld, Loss
 from sinks.contract import REWOUND_MARKER
-from sinks.fencing import quick_client
+from sinks.fencing import quick_client, restarts_key
 
 __all__ = ["LOCK_LOST_EXIT", "LockHeld", "Supervisor", "prism_process"]
 
@@ -146,6 +146,7 @@ class Supervisor:
                         return 0
                     if how == MISSING:
                         _log.warning("took the instance lock again (generation %d): restarting the job", generation)
+                        record_restart(client, ps.consumer_group, "lock_missing")
                 if runner_service is not None and not runner_service.running():
                     _log.info("starting %s on port %d", runner_service.name, runner_service.port)
                     start_service(runner_service)
@@ -160,6 +161,7 @@ class Supervisor:
                     return 0
                 if restart_at_once(code, rewound):
                     _log.error("job stopped because a sink's stored positions went backwards: restarting it now")
+                    record_restart(client, ps.consumer_group, "positions_rewound")
                     continue
                 healthy = time.monotonic() - started > HEALTHY_AFTER_S
                 backoff = ps.restart_backoff_initial_s if healthy else backoff
@@ -240,6 +242,19 @@ class Supervisor:
             sys.stdout.write(line)
             sys.stdout.flush()
         return self._child.wait(), "\n".join(tail), rewound
+
+
+def record_restart(client: redis.Redis, group: str, cause: str) -> None:
+    """Count a restart for a Redis that came back older where ``make status`` reads it; best effort:
+    the restart never waits on it."""
+    key = restarts_key(group)
+    try:
+        pipe = client.pipeline()
+        pipe.hincrby(key, cause, 1)
+        pipe.hset(key, mapping={"last_cause": cause, "last_at_ms": int(time.time() * 1000)})
+        pipe.execute()
+    except redis.RedisError as exc:
+        _log.warning("could not record the restart in %s: %s", key, exc)
 
 
 def restart_at_once(code: int, rewound: bool) -> bool:

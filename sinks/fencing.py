@@ -56,6 +56,12 @@ def fence_key(group: str) -> str:
     return f"engagement:pipeline:fence:{group}"
 
 
+def restarts_key(group: str) -> str:
+    """A hash the supervisor counts its restarts for a Redis that came back older in (by cause, and
+    the last one's cause and time), for ``make status``."""
+    return f"engagement:pipeline:restarts:{group}"
+
+
 @dataclass(frozen=True)
 class Fence:
     """The generation a job was started under, and where the current one is stored."""

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from infra.capture_health import read_connector, read_slot
 from infra.settings import Settings
 from pipeline.instance_lock import parse_holder
-from sinks.fencing import lock_key
+from sinks.fencing import lock_key, restarts_key
 from sinks.http_breaker import BreakerBoard
 from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.redis_leaderboard import board_key
@@ -169,7 +169,12 @@ def _lock(client: redis.Redis, group: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     host, pid = parse_holder(raw.decode())
-    return {"host": host, "pid": pid, "expires_in_s": max(0, int(client.pttl(lock_key(group)))) / 1000}
+    lock: dict[str, Any] = {"host": host, "pid": pid, "expires_in_s": max(0, int(client.pttl(lock_key(group)))) / 1000}
+    # Restarts for a Redis that came back older (pipeline.supervisor.record_restart).
+    restarts = {k.decode(): v.decode() for k, v in client.hgetall(restarts_key(group)).items()}
+    if restarts:
+        lock["restarts"] = restarts
+    return lock
 
 
 def _board_freshness(client: redis.Redis, settings: Settings) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,12 +44,25 @@ def _sinks(sinks: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def restarted_line(restarts: Mapping[str, str]) -> str:
+    """The supervisor's restarts for a Redis that came back older, and the last one's age."""
+    ago = max(0.0, time.time() - int(restarts.get("last_at_ms", 0)) / 1000)
+    counts = ", ".join(
+        f"{label} {restarts[cause]}"
+        for cause, label in (("positions_rewound", "positions rewound"), ("lock_missing", "lock gone"))
+        if cause in restarts
+    )
+    return f"  restarted for a Redis that came back older: {counts} (last {ago:,.0f} s ago)"
+
+
 def render(report: Mapping[str, Any]) -> str:
     lines: list[str] = []
     lock = report["pipeline"]["lock"]
     group = report["pipeline"]["consumer_group"]
     if lock:
         lines.append(f"pipeline: running for {group} on {lock['host']} pid {lock['pid']}")
+        if restarts := lock.get("restarts"):
+            lines.append(restarted_line(restarts))
     else:
         lines.append(f"pipeline: not running for {group}")
     lines += _capture(report["capture"])

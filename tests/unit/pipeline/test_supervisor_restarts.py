@@ -17,6 +17,7 @@ from sinks.contract import REWOUND_MARKER
 
 KEY = "engagement:pipeline:lock:engagement-pipeline"
 FENCE = "engagement:pipeline:fence:engagement-pipeline"
+RESTARTS = "engagement:pipeline:restarts:engagement-pipeline"
 
 
 class ScriptedSupervisor(Supervisor):
@@ -67,9 +68,12 @@ LONG = "import time; time.sleep(30)"
 
 
 def test_a_job_that_found_its_positions_rewound_is_restarted_without_back_off(settings):
-    supervisor = ScriptedSupervisor(settings, fakeredis.FakeRedis(), [FAIL_REWOUND, DONE])
+    client = fakeredis.FakeRedis()
+    supervisor = ScriptedSupervisor(settings, client, [FAIL_REWOUND, DONE])
     assert supervisor.run() == 0
     assert supervisor.starts == 2 and supervisor.slept == []
+    restarts = client.hgetall(RESTARTS)
+    assert restarts[b"positions_rewound"] == b"1" and restarts[b"last_cause"] == b"positions_rewound"
 
 
 def test_other_failures_keep_the_back_off(settings):
@@ -96,6 +100,7 @@ def test_a_lock_gone_from_redis_kills_the_job_takes_the_lock_again_and_restarts_
     assert supervisor.starts == 2 and supervisor.slept == []
     first, second = (int(t) for t in supervisor.tokens)
     assert second > first  # a new generation: the first job's writes would be refused
+    assert client.hget(RESTARTS, "lock_missing") == b"1"
 
 
 def test_a_lock_held_by_another_instance_ends_the_supervisor(settings):
