@@ -40,6 +40,7 @@ from infra.process import StackError
 from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
+from loadtest import fault_sequence
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up
 from loadtest.fault_stack import ENDPOINT, STACK_DIR, Processes, fault_settings, group_members
 from loadtest.http_truth import assert_http_matches_sql, wait_http_caught_up
@@ -201,6 +202,8 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "supervisor-kill9": supervisor_kill9,
     "redis-down-60s": redis_down,
     "redis-older-copy": redis_older_copy,
+    # One dead letter by design: the forged record's content never arrives (loadtest/fault_sequence.py).
+    "forged-sequence": lambda run: fault_sequence.inject(run.settings, run.procs.logs / "pipeline.log", 3, run.notes),
 }
 
 
