@@ -9,6 +9,9 @@ cores: run it alone (``flock /tmp/engagement-stack.lock make faults`` where seve
 
 Every process started here runs in its own process group and is tracked, so ``stop_all`` can stop
 each group (SIGINT, then SIGKILL) even after a fault killed the process that led it.
+
+The faults in ``THREE_BROKERS`` run on three Kafka brokers (``KAFKA_BROKERS=3``: replication factor
+3, ``min.insync.replicas`` 2, every producer ``acks=all``); ``broker_kill9`` is the one that needs them.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from infra.process import port_open, stop_group
 from infra.settings import REPO_ROOT, GeneratorSettings, Settings, StackSettings
-from infra.stack.local import child_environment
+from infra.stack.kafka import admin_client
+from infra.stack.local import LocalStack, child_environment
 
 PORT_OFFSET = 200
 STACK_DIR = REPO_ROOT / ".stack-faults"
@@ -38,13 +44,24 @@ CHANGES = {
 }
 
 
-def fault_settings() -> Settings:
+# Faults that need three brokers; every other fault runs on one, as `make up` does.
+THREE_BROKERS = frozenset({"kafka-broker-kill9"})
+# How long the killed broker stays down, under load, before it is started again.
+BROKER_DOWN_S = 20.0
+
+
+def fault_settings(brokers: int = 1) -> Settings:
     run = uuid.uuid4().hex[:8]
     base = Settings()
     return Settings(
         postgres=base.postgres.model_copy(update={"port": base.postgres.port + PORT_OFFSET}),
         kafka=base.kafka.model_copy(
-            update={"port": base.kafka.port + PORT_OFFSET, "controller_port": base.kafka.controller_port + PORT_OFFSET}
+            update={
+                "port": base.kafka.port + PORT_OFFSET,
+                "controller_port": base.kafka.controller_port + PORT_OFFSET,
+                "brokers": brokers,
+                "bootstrap": "",
+            }
         ),
         connect=base.connect.model_copy(update={"port": base.connect.port + PORT_OFFSET, "group_id": f"connect-{run}"}),
         redis=base.redis.model_copy(update={"port": base.redis.port + PORT_OFFSET}),
@@ -148,3 +165,54 @@ class Processes:
             for pid in group_members(proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def leaders(settings: Settings, topic: str) -> dict[int, int]:
+    """``{partition: leader broker id}`` of ``topic`` (-1: no leader)."""
+    meta = admin_client(settings.kafka).list_topics(topic, timeout=10).topics[topic]
+    return {p: info.leader for p, info in meta.partitions.items()}
+
+
+def out_of_sync(settings: Settings) -> int:
+    """Partitions of every topic whose in-sync replicas are fewer than their replicas."""
+    meta = admin_client(settings.kafka).list_topics(timeout=10)
+    return sum(len(p.isrs) < len(p.replicas) for t in meta.topics.values() for p in t.partitions.values())
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until ``condition()`` held (polled every 0.2 s), or None if it did not within ``timeout``."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        with contextlib.suppress(Exception):  # a metadata call can fail while leaders move
+            if condition():
+                return time.monotonic() - began
+        time.sleep(0.2)
+    return None
+
+
+def broker_kill9(stack: LocalStack, notes: list[str]) -> None:
+    """``kill -9`` of the broker that leads the most event partitions, under load; started again
+    ``BROKER_DOWN_S`` later. Notes say which, how long until its partitions had other leaders (the
+    stall a producer or reader of them saw), and until every replica was back in sync."""
+    settings = stack.settings
+    topic = settings.cdc.engagement_topic
+    before = leaders(settings, topic)
+    victim = Counter(before.values()).most_common(1)[0][0]
+    led = sorted(p for p, leader in before.items() if leader == victim)
+    node = stack.kafka.nodes[victim - 1]
+    killed = time.monotonic()
+    node.process.kill()
+    moved = wait_for(lambda: all(leader not in (victim, -1) for leader in leaders(settings, topic).values()), 60)
+    time.sleep(max(0.0, BROKER_DOWN_S - (time.monotonic() - killed)))
+    node.process.start(settings.stack.start_timeout_s)
+    restarted = time.monotonic()
+    in_sync = wait_for(lambda: out_of_sync(settings) == 0, 120)
+    connector = stack.connect.status() or {}
+    states = [connector.get("connector", {}).get("state"), *(t["state"] for t in connector.get("tasks", []))]
+    notes.append(
+        f"killed broker {victim} (leader of {len(led)} of {len(before)} event partitions); "
+        + (f"their leaders moved in {moved:.1f} s" if moved is not None else "their leaders did not move in 60 s")
+        + f"; started again after {restarted - killed:.0f} s, "
+        + (f"all replicas in sync {in_sync:.1f} s later" if in_sync is not None else "replicas not in sync in 120 s")
+        + ("" if states and all(state == "RUNNING" for state in states) else f"; connector {states}")
+    )

@@ -42,7 +42,15 @@ from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
 from loadtest import fault_sequence
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up
-from loadtest.fault_stack import ENDPOINT, STACK_DIR, Processes, fault_settings, group_members
+from loadtest.fault_stack import (
+    ENDPOINT,
+    STACK_DIR,
+    THREE_BROKERS,
+    Processes,
+    broker_kill9,
+    fault_settings,
+    group_members,
+)
 from loadtest.http_truth import assert_http_matches_sql, wait_http_caught_up
 from loadtest.procstats import machine
 from loadtest.truth import assert_redis_matches_sql, wait_caught_up
@@ -195,6 +203,7 @@ def redis_older_copy(run: Run) -> None:
 
 FAULTS: dict[str, Callable[[Run], None]] = {
     "kafka-kill9": kill9("kafka"),
+    "kafka-broker-kill9": lambda run: broker_kill9(run.stack, run.notes),
     "connect-kill9": kill9("connect"),
     "redis-kill9": kill9("redis"),
     "postgres-fast-restart": postgres_fast_restart,
@@ -283,7 +292,7 @@ def start_stack(stack: LocalStack) -> str | None:
 
 def run_fault(name: str, rate: int, duration: float) -> Row:
     row = Row(name)
-    settings = fault_settings()
+    settings = fault_settings(brokers=3 if name in THREE_BROKERS else 1)
     stack = LocalStack(settings)
     run = Run(settings, stack, Processes(settings, STACK_DIR / "runs" / name))
     load_s = max(duration, INJECT_AT_S + REDIS_OUTAGE_S + 10) if name == "redis-down-60s" else duration
