@@ -59,6 +59,7 @@ from typing import Any
 
 import msgspec
 
+_NO_KEYS: frozenset[str] = frozenset()
 LSN_LIMIT = 1 << 64  # pg_lsn is an unsigned 64-bit integer
 DEFAULT_TOLERANCE_MS = 2_000  # PIPELINE_SEQUENCE_TOLERANCE_MS
 
@@ -170,7 +171,7 @@ class _Partition:
             return
         self.pair, self.stored_keys = pair, mark.keys
         self.prev = mark.prev if mark.prev is not None and _plausible(mark.prev) else None
-        self.ts = None if mark.commit_ts_ms is None else min(mark.commit_ts_ms, self.max_ts)
+        self.ts = mark.commit_ts_ms
 
     def is_resend(self, item: Any) -> bool:
         sequence = item.sequence
@@ -180,51 +181,63 @@ class _Partition:
         if sequence is None or item.op == "r" or getattr(item, "origin", None) is not None:
             return False
         pair = self.pair
-        ts = getattr(item, "commit_ts_ms", None)
         if pair is not None:
             if sequence < pair:
-                prev = self.prev
-                if prev is not None and sequence > prev:
-                    # Between the last two sequences applied: never applied, so not a re-send.
-                    self._regressed("unseen_gap", item, ts, keep_prev=True)
-                    return False
-                if self.ts is None or ts is None or ts <= self.ts + self.tolerance:
-                    return True
-                self._regressed("later_commit", item, ts, keep_prev=False)
-                return False
+                return self._below(item, sequence)
             if sequence == pair:
                 key = item.key
                 if key in self.keys or (self.stored_keys and key_digest(key) in self.stored_keys):
                     return True
                 self.keys.add(key)
-                if ts is not None:
-                    self.ts = max(self.ts or 0, min(ts, self.max_ts))
+                self._saw(item)
                 return False
             self.prev = pair
         self.pair = sequence
         self.keys = {item.key}
-        self.stored_keys = frozenset()
-        if ts is not None:
-            # The newest commit time so far: a database clock stepped back must not make an older
-            # change's re-send look later than the mark.
-            self.ts = max(self.ts or 0, min(ts, self.max_ts))
+        self.stored_keys = _NO_KEYS
+        self._saw(item)
+        return False
+
+    def _saw(self, item: Any) -> None:
+        # The newest commit time so far (capped when used): a database clock stepped back must not
+        # make an older change's re-send look later than the mark.
+        ts = getattr(item, "commit_ts_ms", None)
+        if ts is not None and (self.ts is None or ts > self.ts):
+            self.ts = ts
+
+    def _mark_ts(self) -> int | None:
+        return None if self.ts is None else min(self.ts, self.max_ts)
+
+    def _below(self, item: Any, sequence: tuple[int, int]) -> bool:
+        """A change below the mark: a re-send, unless it cannot be one (then a regression)."""
+        prev = self.prev
+        ts = getattr(item, "commit_ts_ms", None)
+        if prev is not None and sequence > prev:
+            # Between the last two sequences applied: never applied, so not a re-send.
+            self._regressed("unseen_gap", item, ts, keep_prev=True)
+            return False
+        mark_ts = self._mark_ts()
+        if mark_ts is None or ts is None or ts <= mark_ts + self.tolerance:
+            return True
+        self._regressed("later_commit", item, ts, keep_prev=False)
         return False
 
     def _regressed(self, kind: str, item: Any, ts: int | None, *, keep_prev: bool) -> None:
         assert self.pair is not None
-        self.found.append(Regression(self.key, kind, item.position.offset, self.pair, item.sequence, self.ts, ts))
+        offset = item.position.offset
+        self.found.append(Regression(self.key, kind, offset, self.pair, item.sequence, self._mark_ts(), ts))
         if not keep_prev:
             self.prev = None  # what was applied below the new mark is not known
         self.pair = item.sequence
         self.keys = {item.key}
-        self.stored_keys = frozenset()
-        self.ts = None if ts is None else min(ts, self.max_ts)
+        self.stored_keys = _NO_KEYS
+        self.ts = ts
 
     def position(self) -> Position:
         if self.pair is None:
             return Position(self.next_offset)
         keys = self.stored_keys | {key_digest(k) for k in self.keys}
-        return Position(self.next_offset, Mark(self.pair[0], self.pair[1], keys, self.ts, self.prev))
+        return Position(self.next_offset, Mark(self.pair[0], self.pair[1], keys, self._mark_ts(), self.prev))
 
 
 def admit(
