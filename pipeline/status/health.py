@@ -12,6 +12,9 @@ A part is unhealthy when:
   not move during the sample (stalled: a sink that is down, fenced, or retrying);
 - an HTTP endpoint's circuit breaker is not closed.
 
+- a content view's reader has not polled its topic for ``VIEW_STALE_S``, or restarted during the
+  sample (from the job's metrics; a restart before the sample is a note).
+
 Dead letters are reported by stage and reason, not judged: bad input is expected, and counted.
 Sequence marks a sink found wrong and replaced since the job started (the source's LSNs went back
 after a restore or failover, or a forged sequence; ``sinks.positions``) are notes, per sink, partition
@@ -27,7 +30,7 @@ from typing import Any
 from infra.capture_health import connector_problems, slot_problems
 from infra.settings import Settings
 
-__all__ = ["differences", "reason_kind", "report", "sequence_regressions"]
+__all__ = ["content_views", "differences", "reason_kind", "report", "sequence_regressions"]
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(\.\d+)?")
@@ -111,6 +114,32 @@ def sequence_regressions(metrics: Mapping[str, float] | None) -> list[dict[str, 
         if name == _REGRESSIONS and count > 0:
             found.append({**dict(_LABEL.findall(labels)), "count": int(count)})
     return found
+
+
+_VIEW_RESTARTS = "engagement_content_view_reader_restarts_total"
+_VIEW_POLL = "engagement_content_view_last_poll_timestamp_seconds"
+# A reader polls every 50 ms or so; this long without a poll, it is stuck or dead.
+VIEW_STALE_S = 30.0
+
+
+def content_views(
+    first: Mapping[str, float] | None, second: Mapping[str, float] | None, now: float
+) -> list[dict[str, Any]]:
+    """Each content view's reader, from the job's metrics: restarts since the job started, restarts
+    during the sample, and the age of its last poll."""
+    views: dict[str, dict[str, Any]] = {}
+    for sample, value in sorted((second or {}).items()):
+        name, _, labels = sample.partition("{")
+        if name not in (_VIEW_RESTARTS, _VIEW_POLL):
+            continue
+        topic = dict(_LABEL.findall(labels)).get("topic", "?")
+        view = views.setdefault(topic, {"topic": topic, "restarts": 0, "restarted_in_sample": 0, "poll_age_s": None})
+        if name == _VIEW_RESTARTS:
+            view["restarts"] = int(value)
+            view["restarted_in_sample"] = max(0, int(value - (first or {}).get(sample, value)))
+        elif value > 0:
+            view["poll_age_s"] = round(max(0.0, now - value), 1)
+    return list(views.values())
 
 
 def _stages(rates: Mapping[str, float]) -> dict[str, float]:
@@ -205,6 +234,22 @@ def report(raw: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             'not skipped as re-sends (docs/delivery.md "A wrong sequence mark")'
         )
 
+    views = content_views(first["metrics"], second["metrics"], second.get("wall", 0.0))
+    for view in views:
+        topic = view["topic"]
+        if view["poll_age_s"] is not None and view["poll_age_s"] > VIEW_STALE_S:
+            problems.append(
+                f"the content view of {topic} has not read its topic for {view['poll_age_s']:,.0f} s: its reader is "
+                "stuck; events wait parked until it reads again"
+            )
+        if view["restarted_in_sample"]:
+            problems.append(f"the content view reader of {topic} failed and restarted during the sample")
+        elif view["restarts"]:
+            notes.append(
+                f"the content view reader of {topic} failed and restarted {view['restarts']} time(s) since the "
+                "job started (it resumes where it was; the job's log says why)"
+            )
+
     rates = differences((first["metrics"] or {}), (second["metrics"] or {}), seconds)
     return {
         "healthy": not problems,
@@ -219,5 +264,6 @@ def report(raw: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "dead_letters": _letters(raw["letters"]),
         "breakers": breakers,
         "sequence_regressions": regressions,
+        "content_views": views,
         "freshness": {"leaderboard": raw["board"], "bigquery": raw["bigquery"]},
     }

@@ -161,7 +161,7 @@ def _moving(settings: Settings, kafka: _Kafka, client: redis.Redis, errors: dict
     metrics = None
     if settings.metrics.port:
         metrics = _errors_into(errors, "metrics", lambda: _job_metrics(settings.metrics.url))
-    return {"at": time.monotonic(), "ends": ends, "stored": sinks, "metrics": metrics}
+    return {"at": time.monotonic(), "wall": time.time(), "ends": ends, "stored": sinks, "metrics": metrics}
 
 
 def _lock(client: redis.Redis, group: str) -> dict[str, Any] | None:

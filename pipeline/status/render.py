@@ -83,6 +83,10 @@ def render(report: Mapping[str, Any]) -> str:
         lines += [
             f"  {b['endpoint']:<20} {b['state']:<10} {b['failures']} failure(s) in a row" for b in report["breakers"]
         ]
+    for view in report.get("content_views", []):
+        lines.append(
+            f"content view of {view['topic']}: last read {_age(view['poll_age_s'])}, reader restarts {view['restarts']}"
+        )
     board, bigquery = report["freshness"]["leaderboard"], report["freshness"]["bigquery"]
     lines.append(f"newest leaderboard update: {_age(board and board['age_s'])}")
     if bigquery is not None:

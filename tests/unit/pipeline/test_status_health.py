@@ -176,3 +176,31 @@ def test_sequence_marks_replaced_by_the_sinks_are_noted_per_sink_and_partition()
     assert note.startswith(f"sink redis_leaderboard, partition {E}:3: 2 sequence mark(s) replaced")
     assert "restore or failover" in note
     assert report(healthy_raw(), SETTINGS)["sequence_regressions"] == []
+
+
+def with_view(raw, restarts_before: int, restarts_after: int, polled_at: float):
+    restarts, poll = (
+        f'engagement_content_view_reader_restarts_total{{topic="{C}"}}',
+        f'engagement_content_view_last_poll_timestamp_seconds{{topic="{C}"}}',
+    )
+    raw["first"]["metrics"].update({restarts: restarts_before, poll: polled_at})
+    raw["second"]["metrics"].update({restarts: restarts_after, poll: polled_at})
+    raw["second"]["wall"] = 1_000.0
+    return raw
+
+
+def test_a_content_view_reader_that_restarted_before_the_sample_is_a_note_and_keeps_healthy():
+    out = report(with_view(healthy_raw(), 2, 2, 999.9), SETTINGS)
+    assert out["healthy"]
+    assert out["content_views"] == [{"topic": C, "restarts": 2, "restarted_in_sample": 0, "poll_age_s": 0.1}]
+    assert any("content view reader of" in note and "restarted 2 time(s)" in note for note in out["notes"])
+
+
+def test_a_content_view_reader_that_restarts_during_the_sample_or_stops_polling_is_a_problem():
+    restarted = report(with_view(healthy_raw(), 2, 3, 999.9), SETTINGS)
+    assert restarted["problems"] == [f"the content view reader of {C} failed and restarted during the sample"]
+    stuck = report(with_view(healthy_raw(), 0, 0, 900.0), SETTINGS)
+    assert stuck["problems"] == [
+        f"the content view of {C} has not read its topic for 100 s: its reader is stuck; events wait parked until "
+        "it reads again"
+    ]
