@@ -40,7 +40,7 @@ from infra.process import StackError
 from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
-from loadtest import fault_sequence
+from loadtest import fault_sequence, poison
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up
 from loadtest.fault_stack import (
     ENDPOINT,
@@ -74,6 +74,10 @@ class Run:
     stack: LocalStack
     procs: Processes
     notes: list[str] = field(default_factory=list)
+    # Dead letters the fault makes by design (poison records, a forged record); any other is a failure.
+    expected_letters: int = 0
+    # A fault of one record must not make the job fail (and be restarted by the supervisor).
+    restarts_fail: bool = False
     _supervisor: subprocess.Popen[bytes] | None = None
 
     @property
@@ -201,6 +205,16 @@ def redis_older_copy(run: Run) -> None:
     )
 
 
+def forged_sequence(run: Run) -> None:
+    # One dead letter by design: the forged record's content never arrives (loadtest/fault_sequence.py).
+    fault_sequence.inject(run.settings, run.procs.logs / "pipeline.log", 3, run.notes)
+    run.expected_letters, run.restarts_fail = 1, True
+
+
+def poison_records(run: Run) -> None:
+    run.expected_letters, run.restarts_fail = poison.inject(run.settings, run.notes), True
+
+
 FAULTS: dict[str, Callable[[Run], None]] = {
     "kafka-kill9": kill9("kafka"),
     "kafka-broker-kill9": lambda run: broker_kill9(run.stack, run.notes),
@@ -211,8 +225,8 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "supervisor-kill9": supervisor_kill9,
     "redis-down-60s": redis_down,
     "redis-older-copy": redis_older_copy,
-    # One dead letter by design: the forged record's content never arrives (loadtest/fault_sequence.py).
-    "forged-sequence": lambda run: fault_sequence.inject(run.settings, run.procs.logs / "pipeline.log", 3, run.notes),
+    "forged-sequence": forged_sequence,
+    "poison-records": poison_records,
 }
 
 
@@ -226,10 +240,13 @@ class Row:
     http: str = "not run"
     letters: str = "-"
     notes: list[str] = field(default_factory=list)
+    expected_letters: int = 0
+    restarts_failed: bool = False
 
     @property
     def passed(self) -> bool:
-        return all(check == "yes" for check in (self.redis, self.bigquery, self.http)) and self.letters == "0"
+        sinks = all(check == "yes" for check in (self.redis, self.bigquery, self.http))
+        return sinks and self.letters == str(self.expected_letters) and not self.restarts_failed
 
 
 def check(name: str, compare: Callable[[], object]) -> str:
@@ -332,6 +349,15 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
         with ReceiverClient(settings.http_receiver.control_url) as receiver:
             row.http = check("HTTP", lambda: assert_http_matches_sql(settings, receiver.changes(ENDPOINT), 0))
         row.letters = str(dead_letters(settings))
+        row.expected_letters = run.expected_letters
+        if run.expected_letters:
+            row.notes.append(f"{run.expected_letters} dead letter(s) by design")
+        # Restarts the supervisor made on its own (a job that failed); the faults that kill the
+        # pipeline start a new supervisor instead, which is not one.
+        restarts = poison.supervisor_restarts(run.procs.logs / "pipeline.log")
+        if restarts:
+            row.notes.append(f"the job failed and was restarted {restarts} time(s)")
+        row.restarts_failed = run.restarts_fail and restarts > 0
     except Exception as exc:  # noqa: BLE001 - one fault's crash is its row's note; the others still run
         row.notes.append(f"suite error: {type(exc).__name__}: {str(exc)[:200]}")
     finally:
