@@ -142,8 +142,14 @@ def redis_down(run: Run) -> None:
     process.start(run.settings.stack.start_timeout_s)
 
 
-OLDER_COPY_AGE_S = 20.0
 RECOVER_TIMEOUT_S = 180.0
+# The pipeline's log lines that say who noticed a Redis that came back older, and the restart.
+_NOTICED = re.compile(
+    rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (?:(sinks\.flush): PositionsRewound|"
+    rb"(pipeline\.instance_lock): the instance lock \S+ is gone|"
+    rb"(pipeline\.supervisor): (?:job stopped because|took the))",
+    re.MULTILINE,
+)
 
 
 def put_back_as_aof(rdb: Path, root: Path) -> None:
@@ -160,49 +166,65 @@ def put_back_as_aof(rdb: Path, root: Path) -> None:
     (root / "dump.rdb").unlink(missing_ok=True)
 
 
-def redis_older_copy(run: Run) -> None:
-    """Redis comes back ``OLDER_COPY_AGE_S`` older, as after a failover to a replica that lagged or a
-    restore from a snapshot: a consistent copy (BGSAVE: a fork's point-in-time view, unlike copying
-    the AOF files while Redis appends to them), Redis stopped later, the copy put back, Redis
-    started. Notes the figures: the records the copy lacks, when the pipeline noticed, and when the
-    positions were back where they were before the stop."""
-    redis_server, sink, topic = run.stack.redis, RedisLeaderboardSink.name, run.settings.cdc.engagement_topic
-    client = run.settings.redis.client()
-    saved = client.lastsave()
-    client.bgsave()
-    while client.lastsave() == saved or client.info("persistence")["rdb_bgsave_in_progress"]:
-        time.sleep(0.05)
-    copy = redis_server.root.parent / "redis-older-copy.rdb"
-    shutil.copyfile(Path(client.config_get("dir")["dir"]) / client.config_get("dbfilename")["dbfilename"], copy)
-    time.sleep(OLDER_COPY_AGE_S)
-    before = next_offsets(client, sink, topic)
-    client.close()
-    redis_server.process.stop(run.settings.stack.stop_timeout_s)
-    put_back_as_aof(copy, redis_server.root)
-    log = run.procs.logs / "pipeline.log"
-    log_at = log.stat().st_size
-    redis_server.process.start(run.settings.stack.start_timeout_s)
-    restarted = time.monotonic()
-    client = run.settings.redis.client()
-    restored = next_offsets(client, sink, topic)
-    lost = sum(end - restored.get(p, 0) for p, end in before.items())
-    run.notes.append(f"the copy lacks {lost:,} of {sink}'s records")
-    detected = recovered = None
-    while time.monotonic() - restarted < RECOVER_TIMEOUT_S and recovered is None:
-        if detected is None:
-            with log.open("rb") as text:
-                text.seek(log_at)
-                if re.search(rb"PositionsRewound|gone from Redis", text.read()):
-                    detected = time.monotonic() - restarted
-        now = next_offsets(client, sink, topic)
-        if all(now.get(p, 0) >= end for p, end in before.items()):
-            recovered = time.monotonic() - restarted
-        time.sleep(0.2)
-    run.notes.append("noticed " + ("never" if detected is None else f"{detected:.1f} s after Redis's restart"))
-    run.notes.append(
-        "positions back past the pre-stop ones "
-        + (f"{recovered:.1f} s after Redis's restart" if recovered is not None else "not within the timeout")
-    )
+def noticed(log: bytes, since: float) -> list[tuple[float, str]]:
+    """``(seconds after since, who)`` for the sinks', the lock's and the supervisor's lines in ``log``."""
+    found = []
+    for match in _NOTICED.finditer(log):
+        at = datetime.strptime(match.group(1).decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        who = next(g for g in match.groups()[1:] if g).decode().split(".")[-1]
+        found.append((at - since, {"flush": "sinks", "instance_lock": "lock"}.get(who, who)))
+    return found
+
+
+def redis_older_copy(age_s: float) -> Callable[[Run], None]:
+    """Redis comes back ``age_s`` older, as after a failover to a replica that lagged or a restore from
+    a snapshot: a consistent copy (BGSAVE: a fork's point-in-time view, unlike copying the AOF files
+    while Redis appends to them), Redis stopped ``age_s`` later, the copy put back, Redis started.
+    Older than the instance lock's TTL (10 s), the copy has lost the lock too; younger, it still
+    holds it and only the sinks can notice. Notes the figures: the records the copy lacks, who
+    noticed when, when the job was restarted, and when the positions were back where they were."""
+
+    def inject(run: Run) -> None:
+        redis_server, sink, topic = run.stack.redis, RedisLeaderboardSink.name, run.settings.cdc.engagement_topic
+        client = run.settings.redis.client()
+        saved = client.lastsave()
+        client.bgsave()
+        while client.lastsave() == saved or client.info("persistence")["rdb_bgsave_in_progress"]:
+            time.sleep(0.05)
+        copy = redis_server.root.parent / "redis-older-copy.rdb"
+        shutil.copyfile(Path(client.config_get("dir")["dir"]) / client.config_get("dbfilename")["dbfilename"], copy)
+        time.sleep(age_s)
+        before = next_offsets(client, sink, topic)
+        client.close()
+        redis_server.process.stop(run.settings.stack.stop_timeout_s)
+        put_back_as_aof(copy, redis_server.root)
+        log = run.procs.logs / "pipeline.log"
+        log_at = log.stat().st_size
+        redis_server.process.start(run.settings.stack.start_timeout_s)
+        restarted, wall = time.monotonic(), time.time()
+        client = run.settings.redis.client()
+        restored = next_offsets(client, sink, topic)
+        lost = sum(end - restored.get(p, 0) for p, end in before.items())
+        run.notes.append(f"the copy lacks {lost:,} of {sink}'s records (applied again)")
+        recovered = None
+        while time.monotonic() - restarted < RECOVER_TIMEOUT_S and recovered is None:
+            now = next_offsets(client, sink, topic)
+            if all(now.get(p, 0) >= end for p, end in before.items()):
+                recovered = time.monotonic() - restarted
+            time.sleep(0.2)
+        with log.open("rb") as text:
+            text.seek(log_at)
+            lines = noticed(text.read(), wall)
+        first: dict[str, float] = {}
+        for at, who in lines:
+            first.setdefault(who, at)
+        run.notes.append(
+            "after Redis's restart: "
+            + (", ".join(f"{who} {at:.1f} s" for who, at in first.items()) or "nobody noticed")
+            + (f"; positions back past the pre-stop ones at {recovered:.1f} s" if recovered else "; not recovered")
+        )
+
+    return inject
 
 
 def forged_sequence(run: Run) -> None:
@@ -224,7 +246,8 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "pipeline-group-kill9": pipeline_group_kill9,
     "supervisor-kill9": supervisor_kill9,
     "redis-down-60s": redis_down,
-    "redis-older-copy": redis_older_copy,
+    "redis-older-copy": redis_older_copy(20.0),
+    "redis-older-copy-5s": redis_older_copy(5.0),
     "forged-sequence": forged_sequence,
     "poison-records": poison_records,
 }
