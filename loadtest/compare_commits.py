@@ -1,0 +1,125 @@
+"""Before and after in one run: a benchmark of ``loadtest.bench_pipeline`` on an older commit and on
+the working tree, alternately, on the same stack, then the medians and their ratio.
+
+    python -m loadtest.compare_commits --base 96599ca --rounds 2 -- drain --events 300000
+    python -m loadtest.compare_commits --base 96599ca --rounds 2 -- latency --rate 3333 --duration 60
+
+The older commit is checked out in a git worktree (``.bench/worktrees/<commit>``, kept for the next
+run) and runs with this checkout's venv, stack folder and Prism binary, so only the code differs.
+Rounds alternate (after, before, after, before, ...) so that a machine that gets busier or quieter
+during the run weighs on both alike. The stack must be up (``make up``); run it on a quiet machine.
+Each round's full output goes to ``.bench/compare/``; the figures are read from the lines
+``PIPELINE DRAIN: ... at N events/s`` and ``on the topic -> on the board (the pipeline): p50 ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from infra.settings import REPO_ROOT, Settings
+
+WORKTREES = REPO_ROOT / ".bench" / "worktrees"
+OUTPUT = REPO_ROOT / ".bench" / "compare"
+_DRAIN = re.compile(r"PIPELINE DRAIN: [\d,]+ envelopes at ([\d,]+) events/s")
+_PIPELINE = re.compile(r"on the board \(the pipeline\): p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms")
+_END_TO_END = re.compile(
+    r"COMMIT -> LEADERBOARD at [\d,]+ events/s for \S+ s: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms"
+)
+
+
+def worktree(commit: str) -> Path:
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short=12", commit], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    path = WORKTREES / sha
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=REPO_ROOT, check=True)
+    return path
+
+
+def figures(output: str) -> dict[str, float]:
+    """What one round printed, by name."""
+    found: dict[str, float] = {}
+    if match := _DRAIN.search(output):
+        found["drain events/s"] = float(match.group(1).replace(",", ""))
+    if match := _PIPELINE.search(output):
+        found.update(
+            zip(
+                ("topic->board p50 ms", "topic->board p95 ms", "topic->board p99 ms"),
+                map(float, match.groups()),
+                strict=True,
+            )
+        )
+    if match := _END_TO_END.search(output):
+        found.update(
+            zip(
+                ("commit->board p50 ms", "commit->board p95 ms", "commit->board p99 ms"),
+                map(float, match.groups()),
+                strict=True,
+            )
+        )
+    return found
+
+
+def run_round(tree: Path, label: str, round_no: int, bench_args: list[str], settings: Settings) -> dict[str, float]:
+    env_extra = {
+        "STACK_DIR": str(settings.stack.dir),
+        "PIPELINE_PRISM_BINARY": str(settings.pipeline.prism_binary),
+    }
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    log = OUTPUT / f"{label}-{round_no}.log"
+    print(f"== round {round_no}, {label} ({tree})", flush=True)
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench_pipeline", *bench_args],
+        cwd=tree,
+        env={**os.environ, **env_extra},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    log.write_text(result.stdout + result.stderr)
+    found = figures(result.stdout)
+    print(f"   {time.monotonic() - began:.0f} s, exit {result.returncode}: {found or 'no figures'} ({log})", flush=True)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.compare_commits", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--base", required=True, help="the older commit (before)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each (default 2)")
+    parser.add_argument("bench", nargs=argparse.REMAINDER, help="after --: the bench_pipeline arguments")
+    args = parser.parse_args(argv)
+    bench_args = [a for a in args.bench if a != "--"]
+    settings = Settings()
+    trees = {"after": REPO_ROOT, "before": worktree(args.base)}
+    results: dict[str, list[dict[str, float]]] = {"after": [], "before": []}
+    for round_no in range(1, args.rounds + 1):
+        for label in ("after", "before"):
+            results[label].append(run_round(trees[label], label, round_no, bench_args, settings))
+    names = sorted({name for rounds in results.values() for found in rounds for name in found})
+    print(f"\n{' '.join(bench_args)}, {args.rounds} rounds each; before = {args.base}, after = the working tree")
+    print("| figure | before, per round | after, per round | median before | median after | after/before |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        before = [r[name] for r in results["before"] if name in r]
+        after = [r[name] for r in results["after"] if name in r]
+        if not before or not after:
+            continue
+        b, a = statistics.median(before), statistics.median(after)
+        per = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)  # noqa: E731
+        print(f"| {name} | {per(before)} | {per(after)} | {b:,.0f} | {a:,.0f} | {a / b:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
