@@ -94,7 +94,8 @@ def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
         specs = discover_partitions(consumer_config(settings), topic, resume, bounded=bounded)
         if bounded and settings.pipeline.stop_offsets is not None:
             specs = stop_at(specs, settings.pipeline.stop_offsets)
-        plans.append(LanePlan(lane, specs, parked))
+        read = tuple({key: position.next_offset for key, position in positions.items()} for positions in stored)
+        plans.append(LanePlan(lane, specs, parked, read))
     return plans
 
 

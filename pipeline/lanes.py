@@ -42,6 +42,9 @@ class LanePlan:
     lane: Lane
     partitions: list[PartitionSpec]
     parked: bool = False  # the lane's twin on the parking topic
+    # Per sink of the lane, the next offsets the plan read from it: its first load must not be lower
+    # (``sinks.flush``: a store that came back older in between).
+    read: tuple[dict[str, int], ...] = ()
 
     @property
     def label(self) -> str:
@@ -111,6 +114,7 @@ class WriteLane(beam.PTransform):
                         max_latency_ms=spec.max_latency_ms or s.pipeline.sink_flush_ms,
                         fence=Fence.of(s),
                         sequence_tolerance_ms=s.pipeline.sequence_tolerance_ms,
+                        planned=self._plan.read[index] if self._plan.read else None,
                     )
                 )
             )

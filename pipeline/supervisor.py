@@ -59,6 +59,8 @@ __all__ = ["LOCK_LOST_EXIT", "LockHeld", "Supervisor", "prism_process"]
 
 _log = logging.getLogger("pipeline.supervisor")
 HEALTHY_AFTER_S = 300.0
+AT_ONCE_LIMIT = 3
+AT_ONCE_WINDOW_S = 120.0
 LOCK_LOST_EXIT = 3
 
 
@@ -134,6 +136,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         runner_service, start_service = self._runner_service()
         backoff = ps.restart_backoff_initial_s
+        at_once: deque[float] = deque(maxlen=AT_ONCE_LIMIT)  # when rewinds were restarted without back-off
         try:
             while not self._stopping:
                 if lock.lost == LOST:
@@ -159,9 +162,11 @@ class Supervisor:
                 if code == 0:
                     _log.info("job finished")
                     return 0
-                if restart_at_once(code, rewound):
-                    _log.error("job stopped because a sink's stored positions went backwards: restarting it now")
+                if rewound:
                     record_restart(client, ps.consumer_group, "positions_rewound")
+                if restart_at_once(code, rewound, at_once, time.monotonic()):
+                    _log.error("job stopped because a sink's stored positions went backwards: restarting it now")
+                    at_once.append(time.monotonic())
                     continue
                 healthy = time.monotonic() - started > HEALTHY_AFTER_S
                 backoff = ps.restart_backoff_initial_s if healthy else backoff
@@ -257,7 +262,11 @@ def record_restart(client: redis.Redis, group: str, cause: str) -> None:
         _log.warning("could not record the restart in %s: %s", key, exc)
 
 
-def restart_at_once(code: int, rewound: bool) -> bool:
+def restart_at_once(code: int, rewound: bool, recent: Sequence[float], now: float) -> bool:
     """A failed job is restarted without back-off only when a sink found its positions rewound: its
-    next run is what reads the records the older store lacks. Other failures keep the back-off."""
-    return code != 0 and rewound
+    next run is what reads the records the older store lacks. Other failures keep the back-off, and
+    so do rewinds once ``AT_ONCE_LIMIT`` of them were restarted at once within ``AT_ONCE_WINDOW_S``
+    (a Redis that keeps going back, or a bug: never a tight restart loop)."""
+    if code == 0 or not rewound:
+        return False
+    return sum(1 for t in recent if now - t < AT_ONCE_WINDOW_S) < AT_ONCE_LIMIT

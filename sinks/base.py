@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -56,8 +56,10 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         clock: Callable[[], float] = time.monotonic,
         fence: Fence | None = None,
         sequence_tolerance_ms: int = DEFAULT_TOLERANCE_MS,
+        planned: Mapping[str, int] | None = None,
     ) -> None:
         self._factory = sink_factory
+        self._planned = dict(planned or {})  # the next offsets the job's plan read for this sink
         self._sequence_tolerance_ms = sequence_tolerance_ms
         self._fence = fence  # the job's fencing token (sinks.fencing); a refused write is never retried
         self._letters_factory = letters_factory
@@ -80,6 +82,7 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
             clock=self._clock,
             sleep=self._sleep,
             sequence_tolerance_ms=self._sequence_tolerance_ms,
+            planned=self._planned,
         )
         self._flusher.load()
         name = sink.name

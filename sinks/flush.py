@@ -104,6 +104,7 @@ class Flusher(Generic[T]):
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
         sequence_tolerance_ms: int = DEFAULT_TOLERANCE_MS,
+        planned: Mapping[str, int] | None = None,
     ) -> None:
         self.sink = sink
         self._wall_clock = wall_clock
@@ -115,8 +116,11 @@ class Flusher(Generic[T]):
         self._sleep = sleep
         self.stored: dict[str, Position] = {}
         # The highest next offset this flusher stored or read per partition: the store may never
-        # come back below it (``rewound``).
-        self._seen: dict[str, int] = {}
+        # come back below it (``rewound``). It starts from what the job's plan read for this sink
+        # (``planned``), so a store that went back between the plan and this first load is caught
+        # too: the lane's source starts past the records in between. Atomic sinks only: their store
+        # (Redis) is the one that can come back older.
+        self._seen: dict[str, int] = dict(planned or {}) if sink.atomic else {}
 
     def load(self) -> None:
         loaded = self._until_available("read positions", lambda: self.sink.positions(self._topics))

@@ -82,8 +82,12 @@ def test_other_failures_keep_the_back_off(settings):
     assert supervisor.starts == 2 and supervisor.slept == [7.0]
 
 
-def test_the_decision_needs_both_a_failure_and_the_marker():
-    assert restart_at_once(1, True) and not restart_at_once(1, False) and not restart_at_once(0, True)
+def test_the_decision_needs_both_a_failure_and_the_marker_and_never_loops_tightly():
+    assert restart_at_once(1, True, [], 100.0)
+    assert not restart_at_once(1, False, [], 100.0) and not restart_at_once(0, True, [], 100.0)
+    assert restart_at_once(1, True, [10.0, 90.0], 100.0)
+    assert not restart_at_once(1, True, [10.0, 50.0, 90.0], 100.0)  # three within two minutes
+    assert restart_at_once(1, True, [10.0, 50.0, 90.0], 140.0)  # the first is older than that now
 
 
 def later(seconds: float, action) -> None:  # type: ignore[no-untyped-def]

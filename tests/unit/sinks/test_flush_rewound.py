@@ -127,3 +127,20 @@ def test_redis_put_back_to_an_older_copy_is_noticed_and_a_restart_applies_the_wi
     assert float(client.hget("engagement:content:a", "total_seconds")) == 31.0
     assert client.hget("engagement:content:a", "events") == b"5"
     assert client.zscore("top_engagement:10min", "a") == 31.0
+
+
+def test_a_store_that_went_back_between_the_plan_and_the_first_load_is_caught():
+    sink = CasSink(atomic=True)
+    sink.stored = {"t:0": Position(3)}  # the plan read 7: the lane's source starts at 7
+    f = Flusher(sink, Letters(), ["t"], owns_upstream_letters=True, planned={"t:0": 7})
+    with pytest.raises(PositionsRewound) as raised:
+        f.load()
+    assert raised.value.behind == {"t:0": (3, 7)}
+    ahead = CasSink(atomic=True)
+    ahead.stored = {"t:0": Position(9)}  # moved on (a rebuild's swap): fine
+    Flusher(ahead, Letters(), ["t"], owns_upstream_letters=True, planned={"t:0": 7}).load()
+
+
+def test_sinks_that_keep_positions_elsewhere_are_not_held_to_the_plan():
+    sink = FakeSink()  # not atomic: BigQuery and HTTP keep their positions in Kafka
+    Flusher(sink, Letters(), ["t"], owns_upstream_letters=True, planned={"t:0": 7}).load()
