@@ -84,3 +84,21 @@ def test_healthy_capture_says_so_and_exits_0(capsys):
         "replication slot: engagement_slot active=True wal_status=reserved lag=2 KiB (0.2 s) retained=4 KiB",
         "capture: ok (connector and tasks RUNNING, slot active, lag within limits)",
     ]
+
+
+def test_topics_show_replicas_and_partitions_short_of_them(capsys):
+    healthy = {"partitions": 16, "cleanup.policy": "delete", "replicas": 3, "min.insync.replicas": "2"}
+    report = {
+        "services": SERVICES,
+        "topics": {
+            "engagement.dlq": {**healthy, "partitions": 4, "under_replicated": 0, "offline": 0},
+            "engagement.public.engagement_events": {**healthy, "under_replicated": 6, "offline": 0},
+        },
+    }
+    cli.cmd_status(FakeStack(report))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index("topics:") + 1 :][:2] == [
+        f"  {'engagement.dlq':<45} partitions=4   cleanup.policy=delete replicas=3 min.insync=2",
+        f"  {'engagement.public.engagement_events':<45} partitions=16  cleanup.policy=delete replicas=3 min.insync=2"
+        " under-replicated=6",
+    ]

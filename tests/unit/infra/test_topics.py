@@ -86,3 +86,25 @@ def test_storage_formatted_for_one_broker_is_refused_for_three(tmp_path):
     (tmp_path / "kafka" / "data" / "meta.properties").write_text("node.id=1\n")
     with pytest.raises(StackError, match="formatted for 1 broker"):
         kafka.ensure_formatted()
+
+
+def test_topic_health_counts_partitions_short_of_in_sync_replicas_and_without_leader():
+    from types import SimpleNamespace
+
+    from infra.stack.kafka import topic_health
+
+    def partition(leader, isrs):
+        return SimpleNamespace(leader=leader, replicas=[1, 2, 3], isrs=isrs)
+
+    meta = SimpleNamespace(
+        partitions={0: partition(1, [1, 2, 3]), 1: partition(3, [3, 1]), 2: partition(-1, []), 3: partition(1, [1, 3])}
+    )
+    config = {"cleanup.policy": "delete", "min.insync.replicas": "2"}
+    assert topic_health(meta, config) == {
+        "partitions": 4,
+        "cleanup.policy": "delete",
+        "replicas": 3,
+        "min.insync.replicas": "2",
+        "under_replicated": 3,
+        "offline": 1,
+    }
