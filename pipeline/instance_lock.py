@@ -132,6 +132,7 @@ class InstanceLock:
         self._failing = False  # the last refresh could not reach Redis
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_lost: Callable[[Loss], None] | None = None
         self.lost: Loss | None = None
 
     @property
@@ -219,7 +220,19 @@ class InstanceLock:
         value = self._lock.redis.get(self.key)
         return value.decode() if isinstance(value, bytes) else value
 
+    def confirm(self) -> Loss | None:
+        """One refresh now, from the caller's thread (the refresh thread is paused meanwhile): after
+        the job stopped for a Redis that came back older, a lock that copy lost too shows as
+        ``lost`` before the next job starts, instead of killing it a moment later."""
+        on_lost = self._on_lost
+        self.stop_refresh()
+        self.refresh()
+        if self.lost is None and on_lost is not None:
+            self.start_refresh(on_lost)
+        return self.lost
+
     def start_refresh(self, on_lost: Callable[[Loss], None]) -> None:
+        self._on_lost = on_lost
         self._stop.clear()
 
         def loop() -> None:

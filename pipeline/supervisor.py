@@ -167,6 +167,7 @@ class Supervisor:
                 if restart_at_once(code, rewound, at_once, time.monotonic()):
                     _log.error("job stopped because a sink's stored positions went backwards: restarting it now")
                     at_once.append(time.monotonic())
+                    lock.confirm()  # a lock the older Redis lost too is taken again before the start
                     continue
                 healthy = time.monotonic() - started > HEALTHY_AFTER_S
                 backoff = ps.restart_backoff_initial_s if healthy else backoff

@@ -114,3 +114,17 @@ def test_a_lock_held_by_another_instance_ends_the_supervisor(settings):
     assert supervisor.run() == LOCK_LOST_EXIT
     assert supervisor.starts == 1
     assert client.get(KEY) == b"elsewhere:4242:abc"  # left alone
+
+
+def test_after_a_rewind_a_lock_the_older_redis_lost_too_is_taken_again_before_the_next_start(monkeypatch):
+    monkeypatch.setenv("PIPELINE_LOCK_TTL_S", "30")  # the refresh thread would not look for 10 s
+    client = fakeredis.FakeRedis()
+    rewound_later = f"import sys, time; time.sleep(1); print('{REWOUND_MARKER}: ...'); sys.exit(1)"
+    supervisor = ScriptedSupervisor(Settings(), client, [rewound_later, DONE])
+    later(0.3, lambda: client.delete(KEY))
+    assert supervisor.run() == 0
+    assert supervisor.starts == 2 and supervisor.slept == []
+    first, second = (int(t) for t in supervisor.tokens)
+    assert second > first  # the second job already runs under the lock taken again
+    restarts = client.hgetall(RESTARTS)
+    assert restarts[b"positions_rewound"] == b"1" and restarts[b"lock_missing"] == b"1"
