@@ -1,7 +1,9 @@
 """The HTTP sink on the real stack and the local receiver: with 30 % of requests failing and the
 receiver down for 30 s, every change reaches the receiver or the HTTP dead-letter topic; replay
 delivers the rest once by key, refuses while the breaker is open, and a second replay sends nothing.
-The receiver's latest change per event equals Postgres, and the Redis board stays equal to SQL."""
+The receiver's latest change per event equals Postgres, and the Redis board stays equal to SQL.
+A receiver answering 200 with an HTML page, 5,000-deep JSON, 256 MB or a byte at a time is never
+believed and never fails the job: once it is healthy again, it has every change without a replay."""
 
 from __future__ import annotations
 
@@ -12,16 +14,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra.http_receiver.client import ReceiverClient
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
-from loadtest.http_truth import latest_by_event, wait_http_caught_up
+from loadtest.http_truth import assert_http_matches_sql, latest_by_event, wait_http_caught_up
 from sinks.http_breaker import BreakerBoard
 from sinks.kafka_positions import KafkaPositions, group_id
 
@@ -50,13 +54,19 @@ routes:
 """
 
 
-def sink_env(settings: Settings, routes: Path) -> dict[str, str]:
+def sink_env(settings: Settings, routes: Path, **extra: str) -> dict[str, str]:
     return {
         "PIPELINE_SINKS": "redis,http",
         "HTTP_SINK_ROUTES_FILE": str(routes),
         "HTTP_SINK_BUDGET_S": "8",
         "HTTP_SINK_BREAKER_RESET_TIMEOUT_S": "5",
+        **extra,
     }
+
+
+# An open breaker pauses the lane for as long as the outage lasts, by default; this test bounds
+# the wait so that the 30 s outage leaves letters for the replay to deliver.
+OUTAGE = {"HTTP_SINK_OUTAGE_BUDGET_S": "10"}
 
 
 def start_http_sinks_at_the_end(settings: Settings) -> dict[int, int]:
@@ -163,7 +173,7 @@ def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_c
     receiver.set_faults(error_rate=0.3, seed=7)
     flush_redis(settings)
     since = start_http_sinks_at_the_end(settings)
-    with streaming(settings, tmp_path / "pipeline.log", **sink_env(settings, routes)) as pipeline:
+    with streaming(settings, tmp_path / "pipeline.log", **sink_env(settings, routes, **OUTAGE)) as pipeline:
         generator = generate(settings, "--rate", "90000", "--duration", "40")  # 1,500 events/s
         time.sleep(10)
         receiver.down(30)
@@ -217,6 +227,60 @@ def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_c
     assert {i: c["engagement_seconds"] for i, c in alive.items()} == {
         i: (None if d is None else d / 1000) for i, d in rows.items()
     }
+
+
+def problems(settings: Settings) -> dict[str, float]:
+    """engagement_http_reply_problems_total of the endpoint 'everything', by problem, from the job."""
+    text = httpx.get(settings.metrics.url, timeout=5).text
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "engagement_http_reply_problems_total" and sample.labels["endpoint"] == "everything":
+                found[sample.labels["problem"]] = sample.value
+    return found
+
+
+def test_hostile_replies_are_never_believed_and_never_fail_the_job(
+    stack: LocalStack, settings: Settings, tmp_path: Path
+):
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES)
+    receiver = ReceiverClient(settings.http_receiver.control_url)
+    receiver.clear_faults()
+    receiver.reset()
+    flush_redis(settings)
+    wait_topic_settled(settings)
+    since = start_http_sinks_at_the_end(settings)
+    letters_since = end_offsets(settings.kafka, settings.cdc.http_dlq_topic)
+    with psycopg.connect(settings.postgres.conninfo()) as conn:
+        since_id = conn.execute("SELECT coalesce(max(id), 0) FROM engagement_events").fetchone()[0]
+    # A budget longer than the hostile phases: what is not believed is retried, not dead-lettered.
+    hostile_env = sink_env(settings, routes, HTTP_SINK_BUDGET_S="120", HTTP_SINK_REQUEST_DEADLINE_S="2")
+    log = tmp_path / "pipeline.log"
+    with streaming(settings, log, **hostile_env) as pipeline:
+        wait_caught_up(settings)
+        generator = generate(settings, "--rate", "18000", "--duration", "16")  # 300 events/s
+        for mode in ("html", "deep", "huge", "slow"):
+            receiver.set_faults(hostile=mode)
+            time.sleep(4)
+        receiver.clear_faults()
+        assert generator.wait(120) == 0, generator.stdout.read() if generator.stdout else ""
+        wait_caught_up(settings, timeout=180)
+        wait_http_caught_up(settings, ENDPOINTS, timeout=180)
+        assert pipeline.alive()
+        seen = problems(settings)
+    text = log.read_text(errors="replace")
+    assert "job failed" not in text, text[-3000:]
+    assert receiver.stats()["hostile_replies"] > 0
+    restarts = [line for line in text.splitlines() if "restart" in line or "starting" in line]
+    assert {p for p, n in seen.items() if n > 0} >= {"bad_reply", "too_deep", "too_large", "timeout"}, (seen, restarts)
+
+    expected = expected_keys(settings, since)
+    for endpoint in ENDPOINTS:
+        assert sorted(c["idempotency_key"] for c in receiver.changes(endpoint)) == sorted(expected[endpoint])
+    assert end_offsets(settings.kafka, settings.cdc.http_dlq_topic) == letters_since  # nothing dead-lettered
+    assert assert_http_matches_sql(settings, receiver.changes("everything"), since_id) > 0
+    assert_redis_matches_sql(settings)  # the other lane never noticed
 
 
 def test_an_event_parked_for_its_content_reaches_the_receiver_once_under_its_own_key(
