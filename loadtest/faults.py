@@ -40,7 +40,7 @@ from infra.process import StackError
 from infra.settings import Settings
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
-from loadtest import fault_sequence, poison
+from loadtest import fault_http, fault_sequence, poison
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up
 from loadtest.fault_stack import (
     ENDPOINT,
@@ -237,6 +237,12 @@ def poison_records(run: Run) -> None:
     run.expected_letters, run.restarts_fail = poison.inject(run.settings, run.notes), True
 
 
+def http_hostile(run: Run) -> None:
+    # A hostile reply must neither fail the job nor be believed; nothing is dead-lettered by design.
+    run.restarts_fail = True
+    fault_http.inject(run.settings, run.supervisor.pid, run.notes)
+
+
 FAULTS: dict[str, Callable[[Run], None]] = {
     "kafka-kill9": kill9("kafka"),
     "kafka-broker-kill9": lambda run: broker_kill9(run.stack, run.notes),
@@ -250,6 +256,7 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "redis-older-copy-5s": redis_older_copy(5.0),
     "forged-sequence": forged_sequence,
     "poison-records": poison_records,
+    "http-hostile": http_hostile,
 }
 
 
