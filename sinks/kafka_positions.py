@@ -48,7 +48,8 @@ def stored_form(position: Position, extra: str = "") -> str:
     if len(text) <= METADATA_MAX_BYTES or position.mark is None:
         return text
     # Only the digests go: the mark's commit time and previous sequence are a few bytes.
-    return encode(Position(position.next_offset, msgspec.structs.replace(position.mark, keys=frozenset()))) + suffix
+    mark = msgspec.structs.replace(position.mark, keys=frozenset(), prev_keys=frozenset())
+    return encode(Position(position.next_offset, mark)) + suffix
 
 
 def read_form(offset: int, metadata: str | None) -> Position:

@@ -73,6 +73,7 @@ class Mark(msgspec.Struct, frozen=True, gc=False):
     keys: frozenset[str] = frozenset()
     commit_ts_ms: int | None = None
     prev: tuple[int, int] | None = None
+    prev_keys: frozenset[str] = frozenset()  # digests of the keys applied at ``prev`` (empty: unknown)
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):
@@ -97,10 +98,11 @@ def encode(position: Position) -> str:
     if mark is None:
         return str(position.next_offset)
     text = f"{position.next_offset};{mark.commit_lsn};{mark.lsn};{','.join(sorted(mark.keys))}"
-    if mark.commit_ts_ms is None and mark.prev is None:
+    if mark.commit_ts_ms is None and mark.prev is None and not mark.prev_keys:
         return text  # the form stored before commit times and prev existed
     prev = mark.prev or (None, None)
-    return f"{text};{_text(mark.commit_ts_ms)};{_text(prev[0])};{_text(prev[1])}"
+    text = f"{text};{_text(mark.commit_ts_ms)};{_text(prev[0])};{_text(prev[1])}"
+    return f"{text};{','.join(sorted(mark.prev_keys))}" if mark.prev_keys else text
 
 
 def decode(text: str | bytes) -> Position:
@@ -109,12 +111,15 @@ def decode(text: str | bytes) -> Position:
     parts = text.split(";")
     if len(parts) == 1:
         return Position(int(parts[0]))
-    if len(parts) == 4:
-        parts += ["", "", ""]
-    offset, commit_lsn, lsn, keys, ts, prev_commit, prev_lsn = parts
+    parts += [""] * (8 - len(parts))  # 4 fields before commit times, 7 before prev's keys
+    offset, commit_lsn, lsn, keys, ts, prev_commit, prev_lsn, prev_keys = parts
     prev = None if not prev_commit else (int(prev_commit), int(prev_lsn))
-    mark = Mark(int(commit_lsn), int(lsn), frozenset(k for k in keys.split(",") if k), _int(ts), prev)
+    mark = Mark(int(commit_lsn), int(lsn), _digests(keys), _int(ts), prev, _digests(prev_keys))
     return Position(int(offset), mark)
+
+
+def _digests(text: str) -> frozenset[str]:
+    return frozenset(k for k in text.split(",") if k)
 
 
 class Regression(msgspec.Struct, frozen=True, gc=False):
@@ -147,7 +152,20 @@ def _plausible(pair: tuple[int, int]) -> bool:
 class _Partition:
     """``admit``'s working state for one partition: mutable, and raw keys digested only at the end."""
 
-    __slots__ = ("found", "key", "keys", "max_ts", "next_offset", "pair", "prev", "stored_keys", "tolerance", "ts")
+    __slots__ = (
+        "found",
+        "key",
+        "keys",
+        "max_ts",
+        "next_offset",
+        "pair",
+        "prev",
+        "prev_raw",
+        "prev_stored",
+        "stored_keys",
+        "tolerance",
+        "ts",
+    )
 
     def __init__(
         self, key: str, position: Position | None, now_ms: int, tolerance_ms: int, found: list[Regression]
@@ -163,6 +181,8 @@ class _Partition:
         self.ts: int | None = None
         self.keys: set[bytes | None] = set()  # raw keys applied at ``pair`` in this batch
         self.stored_keys: frozenset[str] = frozenset()
+        self.prev_raw: set[bytes | None] = set()  # the same for ``prev``
+        self.prev_stored: frozenset[str] = frozenset()
         if mark is None:
             return
         pair = (mark.commit_lsn, mark.lsn)
@@ -170,7 +190,8 @@ class _Partition:
             found.append(Regression(key, "implausible_mark", self.next_offset, pair, None, mark.commit_ts_ms))
             return
         self.pair, self.stored_keys = pair, mark.keys
-        self.prev = mark.prev if mark.prev is not None and _plausible(mark.prev) else None
+        if mark.prev is not None and _plausible(mark.prev):
+            self.prev, self.prev_stored = mark.prev, mark.prev_keys
         self.ts = mark.commit_ts_ms
 
     def is_resend(self, item: Any) -> bool:
@@ -191,7 +212,7 @@ class _Partition:
                 self.keys.add(key)
                 self._saw(item)
                 return False
-            self.prev = pair
+            self.prev, self.prev_raw, self.prev_stored = pair, self.keys, self.stored_keys
         self.pair = sequence
         self.keys = {item.key}
         self.stored_keys = _NO_KEYS
@@ -212,10 +233,19 @@ class _Partition:
         """A change below the mark: a re-send, unless it cannot be one (then a regression)."""
         prev = self.prev
         ts = getattr(item, "commit_ts_ms", None)
-        if prev is not None and sequence > prev:
-            # Between the last two sequences applied: never applied, so not a re-send.
-            self._regressed("unseen_gap", item, ts, keep_prev=True)
-            return False
+        if prev is not None and sequence >= prev:
+            if sequence > prev:
+                # Between the last two sequences applied: never applied, so not a re-send.
+                self._regressed("unseen_gap", item, ts, keep_prev=True)
+                return False
+            # At ``prev`` exactly: the other rows of a multi-row WAL record can still come after a
+            # forged mark. A key applied there is a re-send; with prev's keys known, any other is new.
+            key = item.key
+            if key in self.prev_raw or (self.prev_stored and key_digest(key) in self.prev_stored):
+                return True
+            if self.prev_raw or self.prev_stored:
+                self._regressed("unseen_gap", item, ts, keep_prev=False)
+                return False
         mark_ts = self._mark_ts()
         if mark_ts is None or ts is None or ts <= mark_ts + self.tolerance:
             return True
@@ -226,18 +256,24 @@ class _Partition:
         assert self.pair is not None
         offset = item.position.offset
         self.found.append(Regression(self.key, kind, offset, self.pair, item.sequence, self._mark_ts(), ts))
+        keys, stored = {item.key}, _NO_KEYS
+        if item.sequence == self.prev:  # back at prev's pair: its keys are the new mark's
+            keys, stored = self.prev_raw | keys, self.prev_stored
         if not keep_prev:
-            self.prev = None  # what was applied below the new mark is not known
+            # What was applied below the new mark is not known.
+            self.prev, self.prev_raw, self.prev_stored = None, set(), _NO_KEYS
         self.pair = item.sequence
-        self.keys = {item.key}
-        self.stored_keys = _NO_KEYS
+        self.keys = keys
+        self.stored_keys = stored
         self.ts = ts
 
     def position(self) -> Position:
         if self.pair is None:
             return Position(self.next_offset)
         keys = self.stored_keys | {key_digest(k) for k in self.keys}
-        return Position(self.next_offset, Mark(self.pair[0], self.pair[1], keys, self._mark_ts(), self.prev))
+        prev_keys = (self.prev_stored | {key_digest(k) for k in self.prev_raw}) if self.prev is not None else _NO_KEYS
+        mark = Mark(self.pair[0], self.pair[1], keys, self._mark_ts(), self.prev, prev_keys)
+        return Position(self.next_offset, mark)
 
 
 def admit(

@@ -108,6 +108,7 @@ def test_only_a_sink_with_nothing_stored_anywhere_begins_the_parking_topic_at_it
 # --- a wrong mark: LSNs that went back (restore, failover), a forged sequence, an old encoding ---
 T0 = 1_800_000_000_000  # a commit time (ms); the wall clock in these tests is T0 + 60 s
 NOW = T0 + 60_000
+TOP = (1 << 64) - 1
 TOL = 2_000
 
 
@@ -121,7 +122,8 @@ def run(batch, stored):
 
 def test_the_mark_keeps_its_commit_time_and_the_sequence_before_it():
     admitted = run([at(0, (100, 110), T0), at(1, (120, 130), T0 + 5)], {})
-    assert admitted.positions["t:0"].mark == Mark(120, 130, frozenset({key_digest(b'{"id": 1}')}), T0 + 5, (100, 110))
+    digests = frozenset({key_digest(b'{"id": 1}')}), frozenset({key_digest(b'{"id": 0}')})
+    assert admitted.positions["t:0"].mark == Mark(120, 130, digests[0], T0 + 5, (100, 110), digests[1])
 
 
 def test_resends_after_a_connect_crash_are_still_skipped_with_their_commit_times():
@@ -215,3 +217,29 @@ def test_old_and_new_encodings_decode_and_encode_back_to_the_same_string():
         assert decode(encode(decode(text))) == decode(text)
     assert decode("3;1;2;a,b") == Position(3, Mark(1, 2, frozenset({"a", "b"})))
     assert decode("3;1;2;a;5;0;1") == Position(3, Mark(1, 2, frozenset({"a"}), 5, (0, 1)))
+
+
+def test_the_other_rows_of_a_multi_row_wal_record_after_a_forged_mark_are_applied():
+    # A COPY's rows share one (commit LSN, LSN); a forged record lands between two of them.
+    rows = [b'{"id": 100}', b'{"id": 101}']
+    stored = run([at(9, (600, 610), T0), at(10, (700, 710), T0, rows[0]), at(11, (TOP, TOP), T0)], {}).positions
+    assert stored["t:0"].mark.prev == (700, 710)
+    # The second row of the COPY comes next, at exactly the sequence before the forged mark.
+    admitted = run([at(12, (700, 710), T0, rows[1]), at(13, (720, 730), T0)], stored)
+    assert offsets(admitted.fresh) == [12, 13]
+    assert [(r.kind, r.offset) for r in admitted.regressions] == [("unseen_gap", 12)]
+    # Connect re-sends both rows of the COPY: both are skipped.
+    again = run([at(14, (700, 710), T0, rows[0]), at(15, (700, 710), T0, rows[1])], admitted.positions)
+    assert again.resends == 2 and again.fresh == []
+
+
+def test_without_the_keys_before_the_mark_a_change_at_that_sequence_keeps_the_commit_time_rule():
+    stored = {"t:0": Position(10, Mark(600, 610, frozenset({"aa"}), T0, (500, 510)))}  # prev's keys unknown
+    assert run([at(10, (500, 510), T0)], stored).resends == 1
+    assert offsets(run([at(10, (500, 510), T0 + TOL + 1)], stored).fresh) == [10]
+
+
+def test_prev_keys_encode_as_an_eighth_field():
+    position = Position(3, Mark(1, 2, frozenset({"a"}), 5, (0, 1), frozenset({"b", "c"})))
+    assert encode(position) == "3;1;2;a;5;0;1;b,c"
+    assert decode(encode(position)) == position

@@ -12,8 +12,8 @@ from .fakes import FakeSink, Letters, change
 T0 = 1_800_000_000_000
 
 
-def at(offset: int, sequence, ts: int):
-    return msgspec.structs.replace(change(offset, sequence=sequence), commit_ts_ms=ts)
+def at(offset: int, sequence, ts: int, key: bytes | None = None):
+    return msgspec.structs.replace(change(offset, sequence=sequence, key=key), commit_ts_ms=ts)
 
 
 def flusher(sink: FakeSink, now_ms: int) -> Flusher:
@@ -34,7 +34,8 @@ def test_changes_after_a_restore_are_applied_and_the_regression_reported():
     sink = FakeSink()
     sink.stored = {"t:0": Position(10, Mark(600, 610, frozenset(), T0, (500, 510)))}
     later = T0 + 600_000
-    report = flusher(sink, later).flush([at(10, (300, 310), later), at(11, (300, 320), later), at(12, (300, 310), T0)])
+    resend = at(12, (300, 310), T0, b'{"id": 10}')
+    report = flusher(sink, later).flush([at(10, (300, 310), later), at(11, (300, 320), later), resend])
     assert sink.applied == [10, 11]  # 12 repeats 10's sequence with an earlier commit time: a re-send
     assert report.resends == 1 and report.written == 2
     [regression] = report.regressions
