@@ -385,8 +385,8 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
         # Restarts the supervisor made on its own (a job that failed); the faults that kill the
         # pipeline start a new supervisor instead, which is not one.
         restarts = poison.supervisor_restarts(run.procs.logs / "pipeline.log")
-        if restarts:
-            row.notes.append(f"the job failed and was restarted {restarts} time(s)")
+        if restarts or run.restarts_fail:
+            row.notes.append(f"job restarts: {restarts}")
         row.restarts_failed = run.restarts_fail and restarts > 0
     except Exception as exc:  # noqa: BLE001 - one fault's crash is its row's note; the others still run
         row.notes.append(f"suite error: {type(exc).__name__}: {str(exc)[:200]}")
