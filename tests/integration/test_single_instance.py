@@ -142,7 +142,7 @@ def test_kill_9_of_the_supervisor_alone_leaves_one_job_and_writes_no_letter_twic
             "the first job did not get past the garbage",
         )
         [old_worker] = workers(group)
-        old_prism = int(prism_pid_file.read_text())
+        old_prism = int(prism_pid_file.read_text().split()[0])  # "pid start boot-id"
         assert pid_alive(old_prism)
         os.kill(first.proc.pid, signal.SIGKILL)  # the supervisor alone, not its group
         first.proc.wait()
@@ -161,7 +161,7 @@ def test_kill_9_of_the_supervisor_alone_leaves_one_job_and_writes_no_letter_twic
         # Exactly one job: the new supervisor's worker, in the new supervisor's own Prism.
         [worker] = workers(group)
         assert worker in children(second.proc.pid)
-        new_prism = int(prism_pid_file.read_text())
+        new_prism = int(prism_pid_file.read_text().split()[0])  # "pid start boot-id"
         assert new_prism != old_prism and new_prism in children(second.proc.pid)
         assert second.alive()
     finally:
