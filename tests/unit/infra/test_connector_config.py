@@ -58,3 +58,22 @@ def test_exactly_once_source_support_is_a_setting(tmp_path, enabled, expected):
     connect.write_config()
     assert f"exactly.once.source.support={expected}\n" in connect.properties.read_text()
     assert connector_config(settings)["exactly.once.support"] == "requested"
+
+
+@pytest.mark.parametrize(("brokers", "replicas"), [(1, "1"), (3, "3")])
+def test_the_worker_replicates_its_topics_and_produces_with_acks_all(tmp_path, brokers, replicas):
+    from infra.settings import KafkaSettings, StackSettings
+    from infra.stack.connect import Connect
+
+    settings = Settings(kafka=KafkaSettings(brokers=brokers), stack=StackSettings(dir=tmp_path))
+    if not (settings.stack.lib_dir / "connect-plugins" / "debezium-postgres").is_dir():
+        pytest.skip("needs the Debezium plugin folder (make bootstrap)")
+    connect = Connect(settings)
+    connect.write_config()
+    props = dict(
+        line.split("=", 1) for line in connect.properties.read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert props["bootstrap.servers"] == settings.kafka.bootstrap_servers
+    for topic in ("config", "offset", "status"):
+        assert props[f"{topic}.storage.replication.factor"] == replicas
+    assert (props["producer.acks"], props["producer.enable.idempotence"]) == ("all", "true")
