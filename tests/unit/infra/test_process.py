@@ -173,3 +173,31 @@ def test_a_stack_object_needs_no_local_binaries_until_a_process_is_used(monkeypa
     stack = local.LocalStack(Settings(stack=StackSettings(dir=tmp_path)))
     with pytest.raises(StackError):
         _ = stack.redis.process  # looked up when the process is first used
+
+
+def test_stop_together_signals_all_at_once_and_kills_the_stubborn(tmp_path):
+    from infra.process import stop_together
+
+    ports = [free_port(), free_port()]
+    stubborn = (
+        "import signal, http.server as h; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"h.HTTPServer(('127.0.0.1', {ports[1]}), h.BaseHTTPRequestHandler).serve_forever()"
+    )
+    polite = server(tmp_path, ports[0])
+    for folder in ("b", "c"):
+        (tmp_path / folder).mkdir()
+    rude = server(tmp_path / "b", ports[1], code=stubborn)
+    never_started = server(tmp_path / "c", free_port())
+    try:
+        polite.start(timeout=10)
+        rude.start(timeout=10)
+        pids = [polite.pid(), rude.pid()]
+        began = time.monotonic()
+        assert stop_together([polite, rude, never_started], timeout=1) == [polite, rude]
+        # One timeout for all, not one each.
+        assert time.monotonic() - began < 5
+        assert not any(pid_alive(pid) for pid in pids)
+        assert not polite.pid_file.exists() and not rude.pid_file.exists()
+    finally:
+        polite.stop(timeout=5)
+        rude.stop(timeout=5)
