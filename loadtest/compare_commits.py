@@ -5,11 +5,14 @@ the working tree, alternately, on the same stack, then the medians and their rat
     python -m loadtest.compare_commits --base 96599ca --rounds 2 -- latency --rate 3333 --duration 60
 
 The older commit is checked out in a git worktree (``.bench/worktrees/<commit>``, kept for the next
-run) and runs with this checkout's venv, stack folder and Prism binary, so only the code differs.
+run) and runs with this checkout's venv, stack folder, Prism binary and emulator venv, so only the
+code differs.
 Rounds alternate (after, before, after, before, ...) so that a machine that gets busier or quieter
 during the run weighs on both alike. The stack must be up (``make up``); run it on a quiet machine.
-Each round's full output goes to ``.bench/compare/``; the figures are read from the lines
-``PIPELINE DRAIN: ... at N events/s`` and ``on the topic -> on the board (the pipeline): p50 ...``.
+Before each round the Redis sinks' stored positions are rewritten as bare offsets, which every
+commit reads (``portable_positions``). Each round's full output goes to ``.bench/compare/``; the
+figures are read from the lines ``PIPELINE DRAIN: ... at N events/s`` and ``on the topic -> on
+the board (the pipeline): p50 ...``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def worktree(commit: str) -> Path:
     path = WORKTREES / sha
     if not path.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=REPO_ROOT, check=True)
+    # What an older commit finds under its own root rather than through settings: the emulator's
+    # venv and the binaries, this checkout's.
+    (path / ".stack" / "logs").mkdir(parents=True, exist_ok=True)
+    for shared in ("bqemu-venv", "bin", "lib"):
+        link, target = path / ".stack" / shared, REPO_ROOT / ".stack" / shared
+        if target.exists() and not link.exists():
+            link.symlink_to(target)
     return path
 
 
@@ -68,6 +78,22 @@ def figures(output: str) -> dict[str, float]:
     return found
 
 
+def portable_positions(settings: Settings) -> int:
+    """Store every Redis sink's positions as bare next offsets, the one encoding every commit reads
+    (newer ones add a sequence mark an older commit cannot parse); returns the fields rewritten. A
+    benchmark loses nothing by it: only the re-send check of the next record starts afresh."""
+    client = settings.redis.client()
+    rewritten = 0
+    for key in client.scan_iter(match="*positions*", count=1000):
+        if client.type(key) != b"hash":
+            continue
+        fields = {f: v.split(b";", 1)[0] for f, v in client.hgetall(key).items() if b";" in v}
+        if fields:
+            client.hset(key, mapping=fields)
+            rewritten += len(fields)
+    return rewritten
+
+
 def run_round(tree: Path, label: str, round_no: int, bench_args: list[str], settings: Settings) -> dict[str, float]:
     env_extra = {
         "STACK_DIR": str(settings.stack.dir),
@@ -75,7 +101,7 @@ def run_round(tree: Path, label: str, round_no: int, bench_args: list[str], sett
     }
     OUTPUT.mkdir(parents=True, exist_ok=True)
     log = OUTPUT / f"{label}-{round_no}.log"
-    print(f"== round {round_no}, {label} ({tree})", flush=True)
+    print(f"== round {round_no}, {label} ({tree}); {portable_positions(settings)} positions made portable", flush=True)
     began = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "loadtest.bench_pipeline", *bench_args],

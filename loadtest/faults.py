@@ -349,6 +349,7 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
         seeded = run.procs.generator("--seed-only", "--seed", "14")
         if seeded.wait(120) != 0:
             raise RuntimeError("seeding the catalogue failed")
+        log_from = poison.log_size(run.procs.logs / "pipeline.log")
         run.start_pipeline()
         time.sleep(12)  # Prism, job submission, the content snapshot reaching the join
         gen = run.procs.generator("--rate", str(rate * 60), "--duration", str(load_s), "--seed", "15")
@@ -384,7 +385,7 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
             row.notes.append(f"{run.expected_letters} dead letter(s) by design")
         # Restarts the supervisor made on its own (a job that failed); the faults that kill the
         # pipeline start a new supervisor instead, which is not one.
-        restarts = poison.supervisor_restarts(run.procs.logs / "pipeline.log")
+        restarts = poison.supervisor_restarts(run.procs.logs / "pipeline.log", since=log_from)
         if restarts or run.restarts_fail:
             row.notes.append(f"job restarts: {restarts}")
         row.restarts_failed = run.restarts_fail and restarts > 0

@@ -116,9 +116,18 @@ def produce(settings: Settings, records: list[Poison]) -> None:
 _JOB_FAILED = re.compile(rb"job failed with exit code")
 
 
-def supervisor_restarts(pipeline_log: Path) -> int:
-    """How many times the supervisor restarted a job that failed (``pipeline.supervisor``'s log)."""
-    return len(_JOB_FAILED.findall(pipeline_log.read_bytes())) if pipeline_log.exists() else 0
+def log_size(pipeline_log: Path) -> int:
+    return pipeline_log.stat().st_size if pipeline_log.exists() else 0
+
+
+def supervisor_restarts(pipeline_log: Path, since: int = 0) -> int:
+    """How many times the supervisor restarted a job that failed (``pipeline.supervisor``'s log),
+    after byte ``since`` of the log (runs of a fault append to the same one)."""
+    if not pipeline_log.exists():
+        return 0
+    with pipeline_log.open("rb") as log:
+        log.seek(since)
+        return len(_JOB_FAILED.findall(log.read()))
 
 
 def inject(settings: Settings, notes: list[str]) -> int:
