@@ -32,7 +32,9 @@ before it (``prev``) and the commit time of the changes up to it (``commit_ts_ms
 when it cannot be a re-send:
 
 - its sequence lies strictly between ``prev`` and the mark: nothing was ever applied there (a
-  re-send repeats a sequence that was applied), so the mark was out of order (``unseen_gap``);
+  re-send repeats a sequence that was applied), so the mark was out of order (``unseen_gap``); at
+  exactly ``prev``, the keys applied there (``prev_keys``) decide, as at the mark: the other rows of
+  a multi-row WAL record can come after a forged mark;
 - or its commit time is later than the mark's by more than ``tolerance_ms``: a re-send is a change
   Debezium produced already, committed at or before the mark (``later_commit``). The tolerance
   absorbs commit-time jitter between concurrent commits and clock skew; a mark's commit time is
@@ -44,9 +46,10 @@ Marks stored before these fields existed have neither; they keep the old rule un
 
 Encoding (``encode``/``decode``): ``"<next offset>"`` or ``"<next offset>;<commit lsn>;<lsn>;<d1>,<d2>..."``
 with 16-hex-digit BLAKE2b digests of the keys at the mark, then, when known,
-``";<commit ts ms>;<prev commit lsn>;<prev lsn>"`` (empty when unknown); one string per partition, so a
-store can compare and set it in one step. ``decode(encode(p)) == p`` and ``encode(decode(s)) == s``
-for every stored form, old ones included: the stores compare stored strings exactly.
+``";<commit ts ms>;<prev commit lsn>;<prev lsn>"`` (empty when unknown) and ``";<prev's digests>"``;
+one string per partition, so a store can compare and set it in one step. ``decode(encode(p)) == p``
+and ``encode(decode(s)) == s`` for every stored form, old ones included: the stores compare stored
+strings exactly.
 """
 
 from __future__ import annotations
