@@ -171,6 +171,9 @@ def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_c
     receiver.reset()
     receiver.set_faults(error_rate=0.3, seed=7)
     flush_redis(settings)
+    # The snapshot on the topic first: the two endpoints' start positions are taken one after the
+    # other, and a record landing between them would be one endpoint's and not the other's.
+    wait_topic_settled(settings)
     since = start_http_sinks_at_the_end(settings)
     with streaming(settings, tmp_path / "pipeline.log", **sink_env(settings, routes, **OUTAGE)) as pipeline:
         generator = generate(settings, "--rate", "90000", "--duration", "40")  # 1,500 events/s
