@@ -76,7 +76,7 @@ test-flink: flink-bootstrap ## SLOW (~2 min), not in make test: the pipeline on 
 test-operations: bootstrap ## SLOW (~5 min), not in make test: backfill, rebuild-redis and replay against SQL on a stack of their own
 	@$(PY) -m pytest tests/operations -q
 
-faults: bootstrap ## SLOW (~12 min), not in make test: each issue-14 fault under 1,500 events/s, sinks vs SQL, a table
+faults: bootstrap ## SLOW (~25 min), not in make test: each fault under 1,500 events/s, sinks vs SQL, a table (ONLY=fault for one)
 	@$(PY) -m loadtest.faults $(if $(ONLY),--only $(ONLY))
 
 bench-generator: up ## generator write rate into Postgres (prints figures)
