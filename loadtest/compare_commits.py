@@ -100,7 +100,7 @@ def run_round(tree: Path, label: str, round_no: int, bench_args: list[str], sett
         "PIPELINE_PRISM_BINARY": str(settings.pipeline.prism_binary),
     }
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    log = OUTPUT / f"{label}-{round_no}.log"
+    log = OUTPUT / f"{bench_args[0] if bench_args else 'bench'}-{label}-{round_no}.log"
     print(f"== round {round_no}, {label} ({tree}); {portable_positions(settings)} positions made portable", flush=True)
     began = time.monotonic()
     result = subprocess.run(
