@@ -152,6 +152,7 @@ def json_column(text: str | None) -> str | None:
     return orjson.dumps(text).decode()
 
 
+_INT64_MAX: Final = 2**63 - 1
 _RANGE: Final = "0001-01-01 to 9999-12-31 UTC"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -179,11 +180,26 @@ def millis(ms: int | None) -> str | None:
         raise ValueError(f"commit time {ms} ms is outside BigQuery's range ({_RANGE})") from None
 
 
+def _int64(value: int) -> int | None:
+    """An LSN as BigQuery's INT64 holds it. ``pg_lsn`` is unsigned 64-bit, but no real LSN reaches
+    2**63 (eight exbibytes of WAL): one that does is forged, and is stored as NULL (it then sorts
+    below every real change of its event in the view) rather than refused by every insert."""
+    return value if value <= _INT64_MAX else None
+
+
+def _int64_or_refuse(name: str, value: int | None) -> int | None:
+    """A column value past INT64 (no Postgres column of this table holds one; a hand-made envelope
+    can) makes the record a dead letter with the reason, rather than an insert refused for ever."""
+    if value is not None and not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+        raise ValueError(f"{name} {value} is outside BigQuery's INT64")
+    return value
+
+
 def _source(position: SourcePosition, sequence: tuple[int, int] | None, commit_ts_ms: int, written_at: str) -> dict:
     return {
         "commit_ts": millis(commit_ts_ms),
-        "source_commit_lsn": None if sequence is None else sequence[0],
-        "source_lsn": None if sequence is None else sequence[1],
+        "source_commit_lsn": None if sequence is None else _int64(sequence[0]),
+        "source_lsn": None if sequence is None else _int64(sequence[1]),
         "source_topic": position.topic,
         "source_partition": position.partition,
         "source_offset": position.offset,
@@ -206,7 +222,7 @@ def change_row(change: EnrichedChange, written_at: str) -> dict[str, Any]:
         "event_type": row.event_type,
         "event_ts": timestamp(row.event_ts),
         "event_slot": event_slot(row.event_ts),
-        "duration_ms": row.duration_ms,
+        "duration_ms": _int64_or_refuse("duration_ms", row.duration_ms),
         "device": row.device,
         "raw_payload": json_column(row.raw_payload),
         "engagement_seconds": change.engagement_seconds,

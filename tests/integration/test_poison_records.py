@@ -72,7 +72,10 @@ def test_poison_records_on_every_topic_never_restart_the_job(stack: LocalStack, 
     # known: the event with the 5,000-digit sequence; known_too and late: one event each.
     assert counts == {known: "1", known_too: "1", late: "1"}, counts
     expected = sorted((r.stage, r.key) for r in records if r.stage is not None)
-    letters = [letter for letter in all_dead_letters(settings, since=since)]
+    # Only this test's: a start from offset 0 (the flushed Redis) dead-letters again the bad records
+    # earlier tests put on the topics (letters are at least once).
+    ours = {r.key for r in records}
+    letters = [letter for letter in all_dead_letters(settings, since=since) if letter["key"] in ours]
     assert sorted((letter["stage"], letter["key"]) for letter in letters) == expected, letters
     by_key = {letter["key"]: letter for letter in letters}
     for r in records:

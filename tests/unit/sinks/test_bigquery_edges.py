@@ -130,3 +130,17 @@ def test_added_columns_are_marked_done_only_once_tables_and_view_have_them(faili
     changelogs = [t for t in client.tables.values() if t.reference.startswith(changes_table_id(S, ""))]
     assert changelogs and all(added_fields(t.schema) == {"referrer": "STRING"} for t in changelogs)
     assert all(isinstance(f, bigquery.SchemaField) for t in changelogs for f in t.schema)
+
+
+def test_an_lsn_past_int64_is_stored_as_null_and_a_duration_past_it_is_a_dead_letter():
+    top = (1 << 64) - 1  # the forged mark of the fault suite: pg_lsn's largest, past BigQuery's INT64
+    row = change_row(enriched(1, sequence=(top, top)), WRITTEN)
+    assert (row["source_commit_lsn"], row["source_lsn"]) == (None, None)
+    row = change_row(enriched(1, sequence=(2**63 - 1, 5)), WRITTEN)
+    assert (row["source_commit_lsn"], row["source_lsn"]) == (2**63 - 1, 5)
+    client = FakeClient()
+    huge = enriched(2, row=event(2, duration=2**63))
+    outcome = sink(client).write(batch(enriched(1), huge, enriched(3)))
+    assert outcome.rejected == {1: "duration_ms 9223372036854775808 is outside BigQuery's INT64"}
+    [(_, rows, _, _)] = client.calls
+    assert [r["id"] for r in rows] == [1, 3]
