@@ -190,7 +190,8 @@ def _int64(value: int) -> int | None:
 def _int64_or_refuse(name: str, value: int | None) -> int | None:
     """A column value past INT64 (no Postgres column of this table holds one; a hand-made envelope
     can) makes the record a dead letter with the reason, rather than an insert refused for ever."""
-    if value is not None and not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+    # Only integers: a value of another type is BigQuery's to refuse, with its own reason.
+    if type(value) is int and not -_INT64_MAX - 1 <= value <= _INT64_MAX:
         raise ValueError(f"{name} {value} is outside BigQuery's INT64")
     return value
 

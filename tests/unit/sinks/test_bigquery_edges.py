@@ -144,3 +144,7 @@ def test_an_lsn_past_int64_is_stored_as_null_and_a_duration_past_it_is_a_dead_le
     assert outcome.rejected == {1: "duration_ms 9223372036854775808 is outside BigQuery's INT64"}
     [(_, rows, _, _)] = client.calls
     assert [r["id"] for r in rows] == [1, 3]
+    # A value of another type goes on to BigQuery as it is: its refusal names the column.
+    assert (
+        change_row(enriched(4, row=msgspec.structs.replace(event(4), duration_ms="x")), WRITTEN)["duration_ms"] == "x"
+    )
