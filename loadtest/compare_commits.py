@@ -59,22 +59,9 @@ def figures(output: str) -> dict[str, float]:
     found: dict[str, float] = {}
     if match := _DRAIN.search(output):
         found["drain events/s"] = float(match.group(1).replace(",", ""))
-    if match := _PIPELINE.search(output):
-        found.update(
-            zip(
-                ("topic->board p50 ms", "topic->board p95 ms", "topic->board p99 ms"),
-                map(float, match.groups()),
-                strict=True,
-            )
-        )
-    if match := _END_TO_END.search(output):
-        found.update(
-            zip(
-                ("commit->board p50 ms", "commit->board p95 ms", "commit->board p99 ms"),
-                map(float, match.groups()),
-                strict=True,
-            )
-        )
+    for pattern, name in ((_PIPELINE, "topic->board"), (_END_TO_END, "commit->board")):
+        if match := pattern.search(output):
+            found.update(zip((f"{name} p{q} ms" for q in (50, 95, 99)), map(float, match.groups()), strict=True))
     return found
 
 

@@ -59,6 +59,7 @@ from pipeline.model import (
     KafkaRecord,
     Skipped,
 )
+from sinks.flush import error_text
 
 __all__ = [
     "DecodeError",
@@ -76,7 +77,6 @@ _T = TypeVar("_T")
 
 _OPS: Final = frozenset({"c", "r", "u", "d"})
 _FULL_HINT: Final = " (a before-image needs REPLICA IDENTITY FULL on the table)"
-_MAX_REASON: Final = 300
 
 
 def _field_error(side: str, name: str, expected: str, value: Any) -> DecodeError:
@@ -340,11 +340,8 @@ def decode_content(record: KafkaRecord) -> ContentChange | Skipped:
 
 def error_reason(error: BaseException) -> str:
     """What a dead letter says of ``error``: a ``DecodeError``'s reason, or any other exception's
-    type and first line, bounded (an exception's text can quote the whole record)."""
-    if isinstance(error, DecodeError):
-        return error.reason
-    message = str(error).strip().splitlines()[0][:_MAX_REASON] if str(error).strip() else ""
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    type and first line, bounded (``sinks.flush.error_text``)."""
+    return error.reason if isinstance(error, DecodeError) else error_text(error)
 
 
 def decode_error_letter(record: KafkaRecord, stage: str, error: BaseException) -> DeadLetter:

@@ -90,6 +90,18 @@ class Clock:
         return self.now
 
 
+class Sleeps:
+    """A sleep that moves ``clock`` instead of waiting, and records each wait."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.slept: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock.now += seconds
+
+
 def http_sink(
     endpoint: Endpoint,
     settings: HttpSinkSettings | None = None,

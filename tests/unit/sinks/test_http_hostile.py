@@ -20,7 +20,7 @@ from sinks.http_client import make_client
 from sinks.http_routes import Route, everything
 
 from .fakes import Letters
-from .http_fakes import Clock, Endpoint, MemoryPositions, enriched, http_sink
+from .http_fakes import Clock, Endpoint, MemoryPositions, Sleeps, enriched, http_sink
 
 HTML = "<!DOCTYPE html><html><body>Bad gateway, but 200</body></html>"
 
@@ -35,16 +35,6 @@ def deep(levels: int = 5_000) -> bytes:
 
 def reply(code: int = 200, **kwargs):
     return lambda request: httpx.Response(code, **kwargs)
-
-
-class Sleeps:
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.slept: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.clock.now += seconds
 
 
 def flush(sink, clock: Clock, *records):

@@ -12,7 +12,7 @@ from sinks.http_payload import batch_key, retry_after_s
 from sinks.http_routes import Match, Route, Threshold
 
 from .fakes import Letters
-from .http_fakes import Clock, Endpoint, enriched, http_sink, row
+from .http_fakes import Clock, Endpoint, Sleeps, enriched, http_sink, row
 
 
 def batch(*records):
@@ -25,16 +25,6 @@ def ok(request: httpx.Request) -> httpx.Response:
 
 def status(code: int, **headers: str):
     return lambda request: httpx.Response(code, headers=headers, text=f"body of {code}")
-
-
-class Sleeps:
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.slept: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.clock.now += seconds
 
 
 def flusher(sink, clock: Clock, letters: Letters | None = None):
