@@ -136,7 +136,6 @@ class ContentView:
         self._proof_ms = 0  # everything the topic held at this time (ms since the epoch) is applied
         self._proof_wanted = threading.Event()
         self._probe: tuple[int, dict[int, int]] | None = None  # (time, end offsets then) being caught up
-        self.restarts = 0
         self._restarts_metric = telemetry.counter("engagement_content_view_reader_restarts", topic=topic)
         self._last_poll = telemetry.gauge("engagement_content_view_last_poll_timestamp_seconds", topic=topic)
         self._fault = reader_fault(fault)
@@ -230,7 +229,6 @@ class ContentView:
                 return
             except Exception:  # noqa: BLE001 - whatever stopped the reader, it must read again
                 failures += 1
-                self.restarts += 1
                 self._restarts_metric.inc()
                 _log.exception("content view reader for %s failed (%d in a row); reading again", self._topic, failures)
                 self._stop.wait(min(self.RESTART_BACKOFF_MAX_S, 0.1 * 2**failures))

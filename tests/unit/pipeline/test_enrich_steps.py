@@ -186,3 +186,19 @@ def test_a_known_content_is_joined_while_another_is_missing():
     join = join_at([0])
     (out,) = list(join.process([decoded(0, UNKNOWN), decoded(1, KNOWN)]))
     assert [type(item) for item in out] == [Parked, EnrichedChange]
+
+
+def test_the_join_replaces_a_view_whose_reader_died_at_its_next_bundle():
+    views: list[FakeView] = []
+
+    def factory():
+        views.append(FakeView())
+        return views[-1]
+
+    join = JoinContentFn({}, "content", late_content_timeout_s=1.0, startup_timeout_s=1, view_factory=factory)
+    join.setup()
+    join.start_bundle()
+    assert len(views) == 1  # alive: kept
+    views[0].alive = False
+    join.start_bundle()
+    assert len(views) == 2 and join._view is views[1]
