@@ -54,6 +54,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from infra import telemetry
 from pipeline.model import KafkaRecord, SourcePosition
 from pipeline.sources.discovery import discover_partitions
+from pipeline.sources.end_offsets import END_OFFSETS
 from pipeline.sources.partition_offsets import (
     UNBOUNDED,
     PartitionOffsets,
@@ -124,7 +125,7 @@ class _ReaderPool:
 
 
 _WATERMARKS = ManualWatermarkEstimator.default_provider()
-_RESTRICTIONS = ReaderRestrictions()
+_RESTRICTIONS = ReaderRestrictions(END_OFFSETS)
 
 
 class ReadPartitionsFn(beam.DoFn):
@@ -136,6 +137,7 @@ class ReadPartitionsFn(beam.DoFn):
         self._records = telemetry.counter("engagement_source_records", ("source", "records"))
         self._idle_calls = telemetry.counter("engagement_source_idle_calls", ("source", "idle_calls"))
         self._resets = telemetry.counter("engagement_source_offset_out_of_range", ("source", "offset_out_of_range"))
+        self._ends = END_OFFSETS
 
     def setup(self) -> None:
         self._consumer_config = {
@@ -235,6 +237,7 @@ class ReadPartitionsFn(beam.DoFn):
         budget = tuning.max_records
         read = 0
         reseek = False
+        sampled_bytes = samples = 0
         while budget > 0 and len(finished) < len(stops) and time.monotonic() < deadline:
             if read == 0 and tuning.idle_wait_ms > 0:
                 # consume(n) waits for n messages or the timeout: ask for one, then for the rest.
@@ -298,12 +301,18 @@ class ReadPartitionsFn(beam.DoFn):
             budget -= len(rows)
             read += len(rows)
             if rows:
+                # One record's size per consume(), not per record: enough for the backlog estimate.
+                _, _, key, value, _ = rows[-1]
+                sampled_bytes += len(key or b"") + len(value or b"")
+                samples += 1
                 # One element per consume() call, made only of tuples, ints and bytes: Beam's fast
                 # coder encodes these natively wherever a runner does not fuse the reader with the
                 # steps after it (Prism does fuse them).
                 yield TimestampedValue((topic, rows), Timestamp(micros=(oldest_ms or 0) * 1000))
         reader.assigned = {} if reseek else positions
         self._records.inc(read)
+        if samples:
+            self._ends.record_size(topic, sampled_bytes / samples)
         self._advance_watermark(watermark, reader, topic, positions)
         if len(finished) == len(stops):
             return  # bounded and read to every stop
@@ -318,8 +327,10 @@ class ReadPartitionsFn(beam.DoFn):
     ) -> None:
         idle = Timestamp.now() - Duration(self._tuning.idle_watermark_lag_s)
         candidate: Timestamp | None = None
+        held = False
         for partition, position in positions.items():
             _, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            self._ends.record_end(topic, partition, high)  # what the residual's size is estimated from
             caught_up = high is not None and high >= 0 and position >= high
             behind = 0 if high is None or high < 0 else max(0, high - position)
             gauge = self._lag.get((topic, partition))
@@ -334,8 +345,11 @@ class ReadPartitionsFn(beam.DoFn):
             newest = reader.newest_ms.get(partition)
             mark = idle if caught_up else (Timestamp(micros=newest * 1000) if newest is not None else None)
             if mark is None:
-                return  # a partition with nothing read yet holds the watermark back
+                held = True  # a partition with nothing read yet holds the watermark back
+                continue
             candidate = mark if candidate is None else min(candidate, mark)
+        if held:
+            return
         current = watermark.current_watermark()
         if candidate is not None and (current is None or candidate > current):
             watermark.set_watermark(candidate)

@@ -5,12 +5,19 @@ A reader element (``ReaderSpec``) owns some partitions of one topic; its restric
 end offset taken at start in bounded mode, else ``UNBOUNDED``). ``PartitionOffsetsTracker`` claims
 ``(partition, offset)`` positions in increasing order and splits only to self-checkpoint, so a
 partition is always one sequential reader. ``pipeline.sources.kafka_partitions`` reads with it.
+
+What is left to read, for the runner: a bounded restriction knows it exactly (its stops); an
+unbounded one is estimated from end offsets a ``BacklogEstimate`` knows without asking a broker
+(``pipeline.sources.end_offsets``, filled by the reader). An unknown end counts as nothing left.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
@@ -41,9 +48,43 @@ class PartitionOffsets:
     partitions: tuple[int, ...]
     starts: tuple[int, ...]
     stops: tuple[int, ...]
+    topic: str = ""  # for the backlog estimate only: Beam creates trackers from the restriction alone
 
     def is_empty(self) -> bool:
         return all(start >= stop for start, stop in zip(self.starts, self.stops, strict=True))
+
+
+class BacklogEstimate(Protocol):
+    """What the backlog of an unbounded partition is estimated from; ``None`` when not known."""
+
+    def end_offset(self, topic: str, partition: int) -> int | None: ...
+
+    def bytes_per_record(self, topic: str) -> float | None: ...
+
+
+class _NoEstimate:
+    def end_offset(self, topic: str, partition: int) -> int | None:
+        return None
+
+    def bytes_per_record(self, topic: str) -> float | None:
+        return None
+
+
+NO_ESTIMATE: BacklogEstimate = _NoEstimate()
+
+
+def offsets_left(
+    partitions: Sequence[int], nexts: Sequence[int], stops: Sequence[int], end_of: Callable[[int], int | None]
+) -> int:
+    """Offsets left to read, summed over the partitions: up to the stop of a bounded partition, up to
+    ``end_of(partition)`` of an unbounded one. An unknown end, or one at or below the next offset,
+    leaves nothing: the estimate never exceeds what the log is known to hold."""
+    left = 0
+    for partition, next_offset, stop in zip(partitions, nexts, stops, strict=True):
+        limit = end_of(partition) if stop == UNBOUNDED else stop
+        if limit is not None and limit > next_offset:
+            left += limit - next_offset
+    return left
 
 
 def readers(specs: list[PartitionSpec], count: int) -> list[ReaderSpec]:
@@ -58,8 +99,9 @@ def readers(specs: list[PartitionSpec], count: int) -> list[ReaderSpec]:
 class PartitionOffsetsTracker(RestrictionTracker):
     """Claims ``(partition, offset)`` positions; splits only to self-checkpoint."""
 
-    def __init__(self, restriction: PartitionOffsets) -> None:
+    def __init__(self, restriction: PartitionOffsets, estimate: BacklogEstimate = NO_ESTIMATE) -> None:
         self._restriction = restriction
+        self._estimate = estimate
         self._index = {p: i for i, p in enumerate(restriction.partitions)}
         self._next = list(restriction.starts)
         self._checkpointed = False
@@ -86,8 +128,8 @@ class PartitionOffsetsTracker(RestrictionTracker):
         if fraction_of_remainder != 0 or self._checkpointed:
             return None
         r = self._restriction
-        primary = PartitionOffsets(r.partitions, r.starts, tuple(self._next))
-        residual = PartitionOffsets(r.partitions, tuple(self._next), r.stops)
+        primary = PartitionOffsets(r.partitions, r.starts, tuple(self._next), r.topic)
+        residual = PartitionOffsets(r.partitions, tuple(self._next), r.stops, r.topic)
         self._restriction = primary
         self._checkpointed = True
         return primary, residual
@@ -103,28 +145,44 @@ class PartitionOffsetsTracker(RestrictionTracker):
     def current_progress(self) -> RestrictionProgress:
         r = self._restriction
         done = sum(n - s for n, s in zip(self._next, r.starts, strict=True))
-        left = sum(0 if stop == UNBOUNDED else max(0, stop - n) for n, stop in zip(self._next, r.stops, strict=True))
-        return RestrictionProgress(completed=float(done), remaining=float(left if self.is_bounded() else 1))
+        left = offsets_left(r.partitions, self._next, r.stops, partial(self._estimate.end_offset, r.topic))
+        if not self.is_bounded():
+            # Never reported done while unbounded: Beam answers a runner's checkpoint request (a split
+            # at 0) only for an element whose progress is below 1 (bundle_processor._compute_split).
+            left = max(left, 1)
+        return RestrictionProgress(completed=float(done), remaining=float(left))
 
     def is_bounded(self) -> bool:
         return all(stop != UNBOUNDED for stop in self._restriction.stops)
 
 
 class ReaderRestrictions(RestrictionProvider):
+    def __init__(self, estimate: BacklogEstimate = NO_ESTIMATE) -> None:
+        self._estimate = estimate
+
     def initial_restriction(self, element: ReaderSpec) -> PartitionOffsets:
         parts = element.partitions
         return PartitionOffsets(
-            tuple(p.partition for p in parts), tuple(p.start for p in parts), tuple(max(p.start, p.stop) for p in parts)
+            tuple(p.partition for p in parts),
+            tuple(p.start for p in parts),
+            tuple(max(p.start, p.stop) for p in parts),
+            element.topic,
         )
 
     def create_tracker(self, restriction: PartitionOffsets) -> PartitionOffsetsTracker:
-        return PartitionOffsetsTracker(restriction)
+        return PartitionOffsetsTracker(restriction, self._estimate)
 
     def restriction_size(self, element: ReaderSpec, restriction: PartitionOffsets) -> int:
-        # Unknown backlog for unbounded restrictions: a constant, so runners do not split.
-        if any(stop == UNBOUNDED for stop in restriction.stops):
-            return 1
-        return sum(max(0, stop - start) for start, stop in zip(restriction.starts, restriction.stops, strict=True))
+        """Bounded: the offsets left, exactly. Unbounded: the backlog in estimated bytes, because Dataflow
+        takes a deferred residual's size as the source's backlog in bytes and weighs it against the
+        bytes the step outputs (Beam's Java KafkaIO scales offsets by its mean record size too).
+        Beam calls this with each residual, whose starts are where the reader stopped."""
+        r = restriction
+        left = offsets_left(r.partitions, r.starts, r.stops, partial(self._estimate.end_offset, r.topic))
+        if all(stop != UNBOUNDED for stop in r.stops):
+            return left
+        record_bytes = self._estimate.bytes_per_record(r.topic)
+        return round(left * record_bytes) if record_bytes else left
 
     def truncate(self, element: ReaderSpec, restriction: PartitionOffsets) -> None:
         # On drain stop reading: what was not read stays in Kafka for the next run.
