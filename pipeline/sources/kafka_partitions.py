@@ -26,6 +26,10 @@ Shape (after Beam's ``periodicsequence.py`` and Bytewax's partitioned Kafka sour
 - The watermark is the oldest, over the reader's partitions, of the newest record timestamp seen
   (or, for a partition read to its end, wall-clock time minus ``idle_watermark_lag_s``); it never
   goes backwards.
+- Backlog for the runner: after each call the reader copies librdkafka's cached end offsets (and
+  one record's size per ``consume()``) into ``pipeline.sources.end_offsets``; Beam sizes the
+  deferred residual from them (``ReaderRestrictions.restriction_size``), which Dataflow reads as the
+  source's backlog in bytes. No broker call is made for it.
 - Read-ahead is bounded by librdkafka's ``queued.max.messages.kbytes``, so a slow sink cannot make
   the source buffer without limit.
 - Offsets are not committed as the source of truth: sinks store what they applied (see
