@@ -6,7 +6,7 @@ STACK := $(PY) -m infra.stack
 # The demo turns the HTTP sink on against the local receiver, unless it is configured already.
 DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
-.PHONY: flink-bootstrap flink test-flink test-operations
+.PHONY: flink-bootstrap flink-cluster flink-cluster-down flink flink-embedded test-flink test-operations
 .PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
 
 help: ## list the targets
@@ -64,10 +64,20 @@ test-integration: bootstrap ## integration tests on a real native stack the fixt
 
 test: lint test-unit test-integration ## everything CI runs
 
-flink-bootstrap: bootstrap ## Beam's Flink job server jars into .stack/lib/flink (about 160 MB from Maven Central; idempotent)
+flink-bootstrap: bootstrap ## Flink 1.19 and Beam's Flink job server jars into .stack/lib/flink (about 170 MB from Maven Central; idempotent)
 	@bash infra/bootstrap.sh --flink
 
-flink: up flink-bootstrap ## the streaming pipeline on a local Flink (parallelism 2) against the dev stack, in the foreground
+flink-cluster: flink-bootstrap ## a Flink session cluster: a JobManager, TASKMANAGERS (default 2) TaskManagers and a Python worker pool each (idempotent)
+	@$(PY) -m infra.stack.flink_cluster up $(if $(TASKMANAGERS),--taskmanagers $(TASKMANAGERS))
+
+flink-cluster-down: ## stop the Flink session cluster
+	@if [ -x $(PY) ]; then $(PY) -m infra.stack.flink_cluster down; fi
+
+flink: up flink-cluster ## the streaming pipeline on the Flink session cluster (one reader per partition), in the foreground
+	@FLINK_MASTER=$${FLINK_MASTER:-127.0.0.1:$${FLINK_REST_PORT:-58081}} FLINK_ENVIRONMENT=external \
+	  PIPELINE_READERS=$${PIPELINE_READERS:-16} $(PY) -m pipeline --runner flink
+
+flink-embedded: up flink-bootstrap ## the pipeline on Flink embedded in the job server (one JVM, Python in the job process), in the foreground
 	@PIPELINE_READERS=$${PIPELINE_READERS:-2} $(PY) -m pipeline --runner flink
 
 test-flink: flink-bootstrap ## SLOW (~2 min), not in make test: the pipeline on Flink vs SQL, bounded and after kill -9 of the job server and of the job

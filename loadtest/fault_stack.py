@@ -88,6 +88,7 @@ def fault_settings(brokers: int = 1) -> Settings:
         generator=GeneratorSettings(),
         metrics=base.metrics.model_copy(update={"port": base.metrics.port + PORT_OFFSET}),
         dashboard=base.dashboard.model_copy(update={"port": base.dashboard.port + PORT_OFFSET}),
+        flink=base.flink.shifted(PORT_OFFSET),
         pipeline=base.pipeline.model_copy(
             update={
                 "prism_port": base.pipeline.prism_port + PORT_OFFSET,

@@ -37,9 +37,10 @@ from datetime import UTC, datetime
 from infra.http_receiver.client import ReceiverClient
 from infra.process import StackError
 from infra.settings import Settings
+from infra.stack.flink_cluster import FlinkCluster
 from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack
-from loadtest import fault_http, fault_redis, fault_sequence, poison
+from loadtest import fault_flink, fault_http, fault_redis, fault_sequence, poison
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up
 from loadtest.fault_stack import (
     ENDPOINT,
@@ -177,6 +178,7 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "forged-sequence": forged_sequence,
     "poison-records": poison_records,
     "http-hostile": http_hostile,
+    "flink-cluster-kill9": fault_flink.flink_cluster_kill9,
 }
 
 
@@ -260,18 +262,25 @@ def start_stack(stack: LocalStack) -> str | None:
 def run_fault(name: str, rate: int, duration: float) -> Row:
     row = Row(name)
     settings = fault_settings(brokers=3 if name in THREE_BROKERS else 1)
+    on_flink = name in fault_flink.FLINK_FAULTS
+    if on_flink:
+        settings = fault_flink.cluster_settings(settings)
+    cluster = FlinkCluster(settings) if on_flink else None
     stack = LocalStack(settings)
     run = Run(settings, stack, Processes(settings, STACK_DIR / "runs" / name))
     load_s = max(duration, INJECT_AT_S + REDIS_OUTAGE_S + 10) if name == "redis-down-60s" else duration
     try:
         if retried := start_stack(stack):
             row.notes.append(retried)
+        if cluster is not None:
+            cluster.up(log=lambda _: None)
         seeded = run.procs.generator("--seed-only", "--seed", "14")
         if seeded.wait(120) != 0:
             raise RuntimeError("seeding the catalogue failed")
         log_from = poison.log_size(run.procs.logs / "pipeline.log")
         run.start_pipeline()
-        time.sleep(12)  # Prism, job submission, the content snapshot reaching the join
+        # Prism (or Flink: staging, scheduling), job submission, the content snapshot reaching the join
+        time.sleep(45 if on_flink else 12)
         gen = run.procs.generator("--rate", str(rate * 60), "--duration", str(load_s), "--seed", "15")
         time.sleep(INJECT_AT_S)
         say(f"  injecting {name}")
@@ -313,6 +322,8 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
         row.notes.append(f"suite error: {type(exc).__name__}: {str(exc)[:200]}")
     finally:
         run.procs.stop_all()
+        if cluster is not None:
+            cluster.down()
         # The services' logs, kept for a failed row's post-mortem (reset removes the stack's folder).
         if (settings.stack.dir / "logs").is_dir():
             shutil.copytree(settings.stack.dir / "logs", run.procs.logs / "stack", dirs_exist_ok=True)

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 import grpc
+import httpx
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
 from infra.process import ServiceProcess, StackError, port_open, refuse_if_taken
@@ -35,6 +37,7 @@ _log = logging.getLogger(__name__)
 
 MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 _STATE = beam_job_api_pb2.JobState.Enum
+_FLINK_TERMINAL = {"FINISHED", "CANCELED", "FAILED"}
 _ACTIVE = {_STATE.STOPPED, _STATE.STARTING, _STATE.RUNNING, _STATE.UPDATING, _STATE.DRAINING}
 
 
@@ -97,3 +100,36 @@ def cancel_running_jobs(endpoint: str, timeout_s: float = 30.0) -> list[str]:
                 stub.Cancel(beam_job_api_pb2.CancelJobRequest(job_id=job.job_id), timeout=timeout_s)
                 cancelled.append(job.job_id)
     return cancelled
+
+
+def job_name(settings: Settings) -> str:
+    """The Flink job's name: its consumer group, so the job of one instance is found on a cluster."""
+    return f"engagement-{settings.pipeline.consumer_group}"
+
+
+def cancel_cluster_jobs(rest_url: str, name: str, timeout_s: float = 30.0) -> list[str]:
+    """Cancel every job named ``name`` the Flink cluster at ``rest_url`` still runs; return their ids.
+
+    For a job the job server lost track of: a job server that died (or was restarted with the
+    supervisor) leaves its job running on the cluster, where ``cancel_running_jobs`` cannot see it.
+    """
+    cancelled = []
+    with httpx.Client(base_url=rest_url, timeout=timeout_s) as client:
+        jobs = client.get("/jobs/overview").raise_for_status().json()["jobs"]
+        for job in jobs:
+            if job["name"] == name and job["state"] not in _FLINK_TERMINAL:
+                _log.warning("cancelling job %s (%s, %s) left on the cluster", job["jid"], name, job["state"])
+                client.patch(f"/jobs/{job['jid']}", params={"mode": "cancel"}).raise_for_status()
+                cancelled.append(job["jid"])
+        for jid in cancelled:
+            _wait_terminal(client, jid, timeout_s)
+    return cancelled
+
+
+def _wait_terminal(client: httpx.Client, jid: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get(f"/jobs/{jid}").raise_for_status().json()["state"] in _FLINK_TERMINAL:
+            return
+        time.sleep(0.5)
+    raise StackError(f"Flink job {jid} was not cancelled within {timeout_s:.0f} s")

@@ -65,6 +65,7 @@ def tuning(settings: Settings) -> SourceTuning:
     ps = settings.pipeline
     return SourceTuning(
         readers=ps.readers,
+        subtasks=settings.flink.job_parallelism if ps.runner == "flink" else 1,
         max_records=ps.max_records_per_call,
         max_call_ms=ps.max_call_ms,
         idle_wait_ms=ps.idle_wait_ms,

@@ -6,8 +6,10 @@
   does, but with the Prism process owned and stopped by our supervisor.
 - ``flink``: the supervisor starts Beam's Flink job server from the jars ``make flink-bootstrap``
   resolved (``pipeline.flink_job_server``; Beam's own ``FlinkRunner`` would download a job-server
-  jar that Maven Central does not have) and the job is submitted to it with ``PortableRunner`` and
-  ``LOOPBACK`` workers, with the ``FLINK_*`` settings as Flink options (``flink_options``).
+  jar that Maven Central does not have) and the job is submitted to it with ``PortableRunner``,
+  with the ``FLINK_*`` settings as Flink options (``flink_options``): on a cluster with
+  ``EXTERNAL`` workers (the worker pool next to each TaskManager, ``pipeline.worker_pool``),
+  embedded with ``LOOPBACK`` workers.
 - ``dataflow``: ``DataflowRunner`` with ``--project``, ``--region``, ``--temp_location`` and the
   usual options; workers need network access to Kafka and Redis (private IPs, ``--subnetwork``).
 - ``direct``: Beam's DirectRunner. For a streaming job with our unbounded source it hands over to
@@ -16,9 +18,9 @@
 
 Extra Beam options can always be appended after ``--`` on the command line.
 
-With ``LOOPBACK`` (Prism and Flink here) the SDK harness runs inside the job process, so
-``tune_loopback_worker`` can adjust it (on Dataflow the harness is the runner's own process and keeps
-Beam's defaults).
+With ``LOOPBACK`` (Prism, embedded Flink) the SDK harness runs inside the job process, so
+``tune_harness`` can adjust it; ``pipeline.sdk_worker`` does the same in a worker pool's workers
+(on Dataflow the harness is the runner's own process and keeps Beam's defaults).
 """
 
 from __future__ import annotations
@@ -38,15 +40,16 @@ JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600  # ten years: a streaming job runs 
 # Beam's state sampler thread sleeps up to 200 ms between samples, and each bundle ends by joining
 # it: with our one-second source calls that idled the bundle thread for about 8 % of the time.
 STATE_SAMPLING_PERIOD_MS = 10
-# Young collections every 50,000 tracked allocations instead of 700 (see tune_loopback_worker).
+# Young collections every 50,000 tracked allocations instead of 700 (see tune_harness).
 GC_THRESHOLDS = (50_000, 20, 20)
 # The bundle thread gives the GIL up in every consume() and Redis call and must win it back from the
 # sink's writer thread: at Python's default of 5 ms that wait was a visible share of its time.
 SWITCH_INTERVAL_S = 0.0005
 
 
-def tune_loopback_worker() -> None:
-    """Tune the in-process SDK harness of a ``LOOPBACK`` job; call once, before submitting it.
+def tune_harness() -> None:
+    """Tune the process that runs an SDK harness: the job process of a ``LOOPBACK`` job (call once,
+    before submitting it) or a worker of a worker pool (``pipeline.sdk_worker``).
 
     - The state sampler's period: Beam gives no option for it, so the default of its constructor is
       changed; the sampler thread runs without the GIL and costs nothing measurable at 10 ms.
@@ -67,12 +70,20 @@ def flink_options(flink: FlinkSettings) -> list[str]:
     """Flink's options for a job on our job server; its runner options are described by the job
     server itself, so ``PortableRunner`` passes them on."""
     args = [
-        f"--parallelism={flink.parallelism}",
-        # LOOPBACK: the SDK harness is the job process; Flink cannot restart a job without it, so a
-        # failure fails the job and the supervisor submits it again (FlinkSettings.execution_retries).
-        f"--number_of_execution_retries={flink.execution_retries}",
+        f"--parallelism={flink.job_parallelism}",
         f"--max_bundle_time_mills={flink.max_bundle_time_ms}",
     ]
+    if flink.external:
+        args += [
+            "--environment_type=EXTERNAL",
+            f"--environment_config={flink.worker_pool}",
+            f"--sdk_worker_parallelism={flink.sdk_workers}",
+        ]
+    else:
+        args.append("--environment_type=LOOPBACK")
+    # -1: the option is left out and the cluster's restart strategy applies (FlinkSettings).
+    if flink.restarts >= 0:
+        args.append(f"--number_of_execution_retries={flink.restarts}")
     if flink.checkpoint_interval_ms > 0:
         args.append(f"--checkpointing_interval={flink.checkpoint_interval_ms}")
     return args
@@ -112,7 +123,6 @@ def pipeline_options(
         args += [
             "--runner=PortableRunner",
             f"--job_endpoint={job_endpoint}",
-            "--environment_type=LOOPBACK",
             f"--job_server_timeout={JOB_STREAM_DEADLINE_S}",  # as for Prism
             *flink_options(flink or FlinkSettings()),
         ]

@@ -14,8 +14,8 @@ import sys
 from infra import telemetry
 from infra.settings import Settings
 from pipeline import job
-from pipeline.flink_job_server import cancel_running_jobs
-from pipeline.runners import pipeline_options, tune_loopback_worker
+from pipeline.flink_job_server import cancel_cluster_jobs, cancel_running_jobs, job_name
+from pipeline.runners import pipeline_options, tune_harness
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO: dozens a second from the HTTP sink.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
-    if args.runner in ("prism", "flink"):
-        # LOOPBACK: the DoFns run in this process, so its registry holds the whole job's metrics.
+    loopback = args.runner == "prism" or (args.runner == "flink" and not settings.flink.external)
+    if loopback:
+        # The DoFns run in this process, so its registry holds the whole job's metrics.
         telemetry.serve(settings.metrics)
-        tune_loopback_worker()
+        tune_harness()
     if args.runner == "flink" and args.job_endpoint:
-        # A job of an earlier attempt whose harness died with its process: never two at once.
+        # A job of an earlier attempt (whose harness died with its process, or whose job server
+        # was lost with a cluster job still running): never two at once.
         cancel_running_jobs(args.job_endpoint)
+        if settings.flink.external:
+            cancel_cluster_jobs(settings.flink.rest_url, job_name(settings))
+        beam_args = [f"--job_name={job_name(settings)}", *beam_args]
     options = pipeline_options(
         args.runner,
         job_endpoint=args.job_endpoint,

@@ -55,6 +55,9 @@ def child_environment(settings: Settings) -> dict[str, str]:
         "HTTP_SINK_ROUTES_FILE": "",
         "METRICS_PORT": str(settings.metrics.port),
         "DASHBOARD_PORT": str(settings.dashboard.port),
+        "PIPELINE_RUNNER": settings.pipeline.runner,
+        "PIPELINE_READERS": str(settings.pipeline.readers),
+        **settings.flink.environment_variables(),
     }
 
 

@@ -59,6 +59,7 @@ from infra import telemetry
 from pipeline.model import KafkaRecord, SourcePosition
 from pipeline.sources.discovery import discover_partitions
 from pipeline.sources.end_offsets import END_OFFSETS
+from pipeline.sources.flink_subtasks import spread
 from pipeline.sources.partition_offsets import (
     UNBOUNDED,
     PartitionOffsets,
@@ -85,6 +86,9 @@ _log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SourceTuning:
     readers: int = 1
+    # The runner's parallelism when it places readers by their hash (Flink): the readers are spread
+    # evenly over that many subtasks (``pipeline.sources.flink_subtasks``); 1 elsewhere.
+    subtasks: int = 1
     max_records: int = 20_000
     max_call_ms: int = 1_000
     # A call returns when no record arrived for this long (the sinks flush when the bundle ends).
@@ -373,7 +377,7 @@ class ReadKafkaPartitions(beam.PTransform):
 
     def __init__(self, specs: list[PartitionSpec], consumer_config: dict[str, Any], tuning: SourceTuning) -> None:
         super().__init__()
-        self._readers = readers(specs, tuning.readers)
+        self._readers = spread(readers(specs, tuning.readers), tuning.subtasks)
         self._config = consumer_config
         self._tuning = tuning
 

@@ -39,6 +39,8 @@ class ReaderSpec:
 
     topic: str
     partitions: tuple[PartitionSpec, ...]
+    # Only places the element on a Flink subtask (``pipeline.sources.flink_subtasks``); never read.
+    slot: int = 0
 
 
 @dataclass(frozen=True, slots=True)

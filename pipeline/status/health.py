@@ -266,4 +266,6 @@ def report(raw: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "sequence_regressions": regressions,
         "content_views": views,
         "freshness": {"leaderboard": raw["board"], "bigquery": raw["bigquery"]},
+        # On the Flink cluster: per TaskManager, the partitions its workers read.
+        "taskmanagers": second.get("reads"),
     }

@@ -148,6 +148,36 @@ def _job_metrics(url: str) -> dict[str, float]:
     return samples
 
 
+def on_cluster(settings: Settings) -> bool:
+    """The job runs on the Flink cluster, its Python in the TaskManagers' worker pools."""
+    return settings.pipeline.runner == "flink" and settings.flink.external
+
+
+def _cluster_metrics(settings: Settings) -> tuple[dict[str, float], dict[str, dict[str, list[int]]]]:
+    """The samples of every worker of the cluster, merged (counters added up, gauges the highest),
+    and per TaskManager the partitions its workers read, ``topic -> [partition, ...]``."""
+    merged: dict[str, float] = {}
+    reads: dict[str, dict[str, list[int]]] = {}
+    for taskmanager, urls in settings.flink.worker_metrics_urls().items():
+        reads[taskmanager] = {}
+        for url in urls:
+            try:
+                samples = _job_metrics(url)
+            except httpx.TransportError:
+                continue  # a port of the pool that no worker holds
+            for key, value in samples.items():
+                is_counter = key.split("{", 1)[0].endswith("_total")
+                merged[key] = merged.get(key, 0.0) + value if is_counter else max(merged.get(key, value), value)
+                if key.startswith("engagement_source_lag_records{"):
+                    labels = dict(part.split("=", 1) for part in key[key.index("{") + 1 : -1].split(","))
+                    topic, partition = labels["topic"].strip('"'), int(labels["partition"].strip('"'))
+                    reads[taskmanager].setdefault(topic, []).append(partition)
+    for topics in reads.values():
+        for partitions in topics.values():
+            partitions.sort()
+    return merged, reads
+
+
 def _moving(settings: Settings, kafka: _Kafka, client: redis.Redis, errors: dict[str, str]) -> Sample:
     cdc = settings.cdc
     topics = [cdc.engagement_topic, cdc.content_topic, cdc.parked_topic]
@@ -158,10 +188,19 @@ def _moving(settings: Settings, kafka: _Kafka, client: redis.Redis, errors: dict
         sinks[spec.name] = _errors_into(
             errors, f"positions of {spec.name}", lambda s=spec, r=read: _stored(settings, client, s, r)
         )
-    metrics = None
-    if settings.metrics.port:
+    metrics, reads = None, None
+    if on_cluster(settings):
+        metrics, reads = _errors_into(errors, "metrics", lambda: _cluster_metrics(settings)) or (None, None)
+    elif settings.metrics.port:
         metrics = _errors_into(errors, "metrics", lambda: _job_metrics(settings.metrics.url))
-    return {"at": time.monotonic(), "wall": time.time(), "ends": ends, "stored": sinks, "metrics": metrics}
+    return {
+        "at": time.monotonic(),
+        "wall": time.time(),
+        "ends": ends,
+        "stored": sinks,
+        "metrics": metrics,
+        "reads": reads,
+    }
 
 
 def _lock(client: redis.Redis, group: str) -> dict[str, Any] | None:

@@ -55,6 +55,17 @@ def restarted_line(restarts: Mapping[str, str]) -> str:
     return f"  restarted for a Redis that came back older: {counts} (last {ago:,.0f} s ago)"
 
 
+def _ranges(partitions: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    runs: list[list[int]] = []
+    for p in partitions:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def render(report: Mapping[str, Any]) -> str:
     lines: list[str] = []
     lock = report["pipeline"]["lock"]
@@ -87,6 +98,11 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append(
             f"content view of {view['topic']}: last read {_age(view['poll_age_s'])}, reader restarts {view['restarts']}"
         )
+    if report.get("taskmanagers") is not None:
+        lines.append("Flink TaskManagers (partitions their workers read):")
+        for taskmanager, topics in report["taskmanagers"].items():
+            reading = "; ".join(f"{topic} {_ranges(partitions)}" for topic, partitions in sorted(topics.items()))
+            lines.append(f"  {taskmanager:<20} {reading or 'nothing (no worker answered)'}")
     board, bigquery = report["freshness"]["leaderboard"], report["freshness"]["bigquery"]
     lines.append(f"newest leaderboard update: {_age(board and board['age_s'])}")
     if bigquery is not None:

@@ -3,9 +3,11 @@
 Slow and not part of ``make test``: ``make test-flink`` (it installs the job server's jars first).
 Each run submits the job to Beam's Flink job server, which the supervisor starts and owns, running
 an embedded Flink cluster (JobManager and TaskManager in its JVM) at parallelism 2, with two source
-readers so both slots read partitions. Killing that JVM kills the TaskManager and the job; killing
-the job process kills the job's SDK harness. Either way the supervisor submits the job again, and
-the source resumes from the positions the sinks stored, never from a Flink checkpoint.
+readers so both slots read partitions: the fast path, with the job's Python in the job process
+(``LOOPBACK``). The session cluster, with the Python in worker pools and Flink's own recovery, is
+tested by the fault ``flink-cluster-kill9`` (``test_flink_cluster.py``). Killing that JVM kills the
+TaskManager and the job; killing the job process kills the job's SDK harness. Either way the
+supervisor submits the job again, and the source resumes from the positions the sinks stored.
 """
 
 from __future__ import annotations
@@ -42,17 +44,17 @@ pytestmark = [
 
 
 def flink_env(settings: Settings) -> dict[str, str]:
-    """The test stack's job server ports (the dev stack's + 100) and the Flink runner."""
+    """The Flink runner, embedded in the job server (the test stack's ports are the dev stack's + 100)."""
     return {
         "PIPELINE_RUNNER": "flink",
         "PIPELINE_READERS": "2",
-        "FLINK_JOB_PORT": str(settings.flink.job_port + 100),
-        "FLINK_ARTIFACT_PORT": str(settings.flink.artifact_port + 100),
+        "FLINK_MASTER": "[local]",
+        "FLINK_ENVIRONMENT": "loopback",
     }
 
 
 def job_server_pid(settings: Settings) -> int | None:
-    pid_file = settings.stack.dir / "pids" / f"flink-job-server-{settings.flink.job_port + 100}.pid"
+    pid_file = settings.stack.dir / "pids" / f"flink-job-server-{settings.flink.job_port}.pid"
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -54,6 +54,7 @@ def make_test_settings() -> Settings:
         generator=GeneratorSettings(),
         metrics=base.metrics.model_copy(update={"port": base.metrics.port + 100}),
         dashboard=base.dashboard.model_copy(update={"port": base.dashboard.port + 100}),
+        flink=base.flink.shifted(100),
         pipeline=base.pipeline.model_copy(
             # The Redis tests run the Redis lanes only; the BigQuery tests add theirs.
             update={"prism_port": base.pipeline.prism_port + 100, "consumer_group": f"pipeline-{run}", "sinks": "redis"}
