@@ -53,7 +53,7 @@ from infra.settings import REPO_ROOT, Settings
 from pipeline.flink_job_server import job_server_process, start_own_job_server
 from pipeline.instance_lock import LOST, MISSING, InstanceLock, LockHeld, Loss
 from sinks.contract import REWOUND_MARKER
-from sinks.fencing import quick_client, restarts_key
+from sinks.fencing import quick_client, restarts_key, rewound_key
 
 __all__ = ["LOCK_LOST_EXIT", "LockHeld", "Supervisor", "prism_process"]
 
@@ -112,6 +112,7 @@ class Supervisor:
         self._stopping = False
         self._child: subprocess.Popen[str] | None = None
         self._child_lock = threading.Lock()
+        self._rewind_seen = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -242,12 +243,48 @@ class Supervisor:
                 preexec_fn=parent_death_signal(),
             )
         assert self._child.stdout is not None
+        watch = self._watch_rewind(generation) if self._restarted_by_runner() else None
         for line in self._child.stdout:
             tail.append(line.rstrip())
             rewound = rewound or REWOUND_MARKER in line
             sys.stdout.write(line)
             sys.stdout.flush()
-        return self._child.wait(), "\n".join(tail), rewound
+        code = self._child.wait()
+        if watch is not None:
+            watch.set()
+            rewound = rewound or self._rewind_seen
+        return code, "\n".join(tail), rewound
+
+    def _restarted_by_runner(self) -> bool:
+        """The runner restarts a failed job itself, from a checkpoint (the Flink cluster)."""
+        return self.settings.pipeline.runner == "flink" and self.settings.flink.restarts != 0
+
+    def _watch_rewind(self, generation: int) -> threading.Event:
+        """While the job runs, watch for a sink's rewind (``sinks.fencing.rewound_key``): the runner's
+        own restart would resume from a checkpoint past what the older store lacks, so the job is
+        stopped here and submitted again from the stored positions, like any rewind."""
+        done = threading.Event()
+        self._rewind_seen = False
+        key = rewound_key(self.settings.pipeline.consumer_group)
+        client = self._client or quick_client(self.settings.redis, 2.0)
+
+        def watch() -> None:
+            while not done.wait(1.0):
+                try:
+                    if client.get(key) != str(generation).encode():
+                        continue
+                    client.delete(key)
+                except redis.RedisError:
+                    continue
+                _log.error("a sink found its stored positions rewound: stopping the job to submit it again")
+                self._rewind_seen = True
+                with self._child_lock:
+                    if self._child is not None and self._child.poll() is None:
+                        self._child.terminate()
+                return
+
+        threading.Thread(target=watch, name="rewind-watch", daemon=True).start()
+        return done
 
 
 def record_restart(client: redis.Redis, group: str, cause: str) -> None:

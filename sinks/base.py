@@ -30,8 +30,8 @@ from typing import Any, Generic, TypeVar
 import apache_beam as beam
 
 from infra import telemetry
-from sinks.contract import Sink
-from sinks.fencing import Fence, guard
+from sinks.contract import PositionsRewound, Sink
+from sinks.fencing import Fence, announce_rewind, guard
 from sinks.flush import Flusher, FlushReport, LetterSender
 from sinks.positions import DEFAULT_TOLERANCE_MS
 
@@ -142,7 +142,14 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         if self._in_flight is None:
             return
         future, self._in_flight = self._in_flight, None
-        report = future.result()
+        try:
+            report = future.result()
+        except PositionsRewound:
+            if self._fence is not None:
+                # Where the job is restarted from a checkpoint rather than a new plan (Flink), the
+                # supervisor reads this and submits the job again (pipeline.supervisor).
+                announce_rewind(self._fence)
+            raise
         self._written.inc(report.written)
         self._replays.inc(report.replays)
         self._resends.inc(report.resends)

@@ -62,6 +62,24 @@ def restarts_key(group: str) -> str:
     return f"engagement:pipeline:restarts:{group}"
 
 
+def rewound_key(group: str) -> str:
+    """Set by a sink that found its positions rewound, to the job's generation: the supervisor of a
+    job that a runner restarts on its own (Flink, from a checkpoint) submits it again from a new plan."""
+    return f"engagement:pipeline:rewound:{group}"
+
+
+def announce_rewind(fence: Fence, ttl_s: int = 600) -> None:
+    """Best effort: the job fails anyway; this only makes a runner's own restart a resubmission."""
+    try:
+        client = quick_client(fence.redis, CHECK_TIMEOUT_S)
+        try:
+            client.set(rewound_key(fence.group), fence.token, ex=ttl_s)
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        _log.warning("could not announce the rewind to the supervisor: %s", exc)
+
+
 @dataclass(frozen=True)
 class Fence:
     """The generation a job was started under, and where the current one is stored."""
@@ -75,6 +93,10 @@ class Fence:
         """The job's fence from ``PIPELINE_FENCE_TOKEN`` (set by the supervisor), or None."""
         ps = settings.pipeline
         return None if ps.fence_token is None else cls(fence_key(ps.consumer_group), ps.fence_token, settings.redis)
+
+    @property
+    def group(self) -> str:
+        return self.key.removeprefix(fence_key(""))
 
     def refused(self, current: int) -> bool:
         """A newer instance has taken the lock since this job's token was issued."""

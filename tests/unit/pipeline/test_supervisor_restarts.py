@@ -128,3 +128,41 @@ def test_after_a_rewind_a_lock_the_older_redis_lost_too_is_taken_again_before_th
     assert second > first  # the second job already runs under the lock taken again
     restarts = client.hgetall(RESTARTS)
     assert restarts[b"positions_rewound"] == b"1" and restarts[b"lock_missing"] == b"1"
+
+
+class ClusterSupervisor(ScriptedSupervisor):
+    """A job that its runner restarts itself (the Flink cluster), without a job server to start."""
+
+    def _runner_service(self):  # type: ignore[no-untyped-def]
+        return None, lambda service: None
+
+
+def test_a_rewind_announced_by_a_sink_on_the_cluster_stops_the_job_and_submits_it_again(monkeypatch):
+    monkeypatch.setenv("PIPELINE_RUNNER", "flink")
+    monkeypatch.setenv("FLINK_ENVIRONMENT", "external")
+    monkeypatch.setenv("PIPELINE_CONSUMER_GROUP", "engagement-pipeline")
+    monkeypatch.setenv("PIPELINE_LOCK_TTL_S", "1.5")
+    client = fakeredis.FakeRedis()
+    supervisor = ClusterSupervisor(Settings(), client, [LONG, DONE])
+
+    def announce() -> None:  # what sinks.fencing.announce_rewind does, once the job runs
+        while not supervisor.tokens:
+            threading.Event().wait(0.05)
+        client.set("engagement:pipeline:rewound:engagement-pipeline", supervisor.tokens[0], ex=600)
+
+    threading.Thread(target=announce, daemon=True).start()
+    assert supervisor.run() == 0
+    assert supervisor.starts == 2 and supervisor.slept == []  # at once, not after the back-off
+    assert client.get("engagement:pipeline:rewound:engagement-pipeline") is None
+    assert client.hget(RESTARTS, "positions_rewound") == b"1"
+
+
+def test_a_rewind_announced_for_an_older_generation_is_ignored(monkeypatch):
+    monkeypatch.setenv("PIPELINE_RUNNER", "flink")
+    monkeypatch.setenv("FLINK_ENVIRONMENT", "external")
+    monkeypatch.setenv("PIPELINE_CONSUMER_GROUP", "engagement-pipeline")
+    client = fakeredis.FakeRedis()
+    client.set("engagement:pipeline:rewound:engagement-pipeline", "1", ex=600)
+    supervisor = ClusterSupervisor(Settings(), client, ["import time; time.sleep(2.5)", DONE])
+    assert supervisor.run() == 0
+    assert supervisor.starts == 1
