@@ -6,7 +6,7 @@ STACK := $(PY) -m infra.stack
 # The demo turns the HTTP sink on against the local receiver, unless it is configured already.
 DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
-.PHONY: flink-bootstrap flink-cluster flink-cluster-down flink flink-embedded test-flink test-operations
+.PHONY: flink-bootstrap flink-cluster flink-cluster-down flink flink-embedded test-flink bench-flink test-operations
 .PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
 
 help: ## list the targets
@@ -80,8 +80,11 @@ flink: up flink-cluster ## the streaming pipeline on the Flink session cluster (
 flink-embedded: up flink-bootstrap ## the pipeline on Flink embedded in the job server (one JVM, Python in the job process), in the foreground
 	@PIPELINE_READERS=$${PIPELINE_READERS:-2} $(PY) -m pipeline --runner flink
 
-test-flink: flink-bootstrap ## SLOW (~2 min), not in make test: the pipeline on Flink vs SQL, bounded and after kill -9 of the job server and of the job
+test-flink: flink-bootstrap ## SLOW (~6 min), not in make test: embedded Flink vs SQL (bounded, kill -9 of job server and job), then the session cluster under load with kill -9 of a TaskManager and of the JobManager
 	@$(PY) -m pytest tests/flink -q
+
+bench-flink: up flink-bootstrap ## SLOW (~25 min): drain 2M envelopes on 1 and 2 TaskManagers and Prism (two rounds), then commit -> board at 3,333 events/s on the cluster and Prism
+	@$(PY) -m loadtest.bench_flink drain && $(PY) -m loadtest.bench_flink latency
 
 test-operations: bootstrap ## SLOW (~5 min), not in make test: backfill, rebuild-redis and replay against SQL on a stack of their own
 	@$(PY) -m pytest tests/operations -q

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.process import stop_group
@@ -230,6 +231,14 @@ def cmd_burst(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
         say(f"  {line}")
 
 
+def forget_positions(client: redis.Redis) -> None:
+    """Start from offset 0: forget the leaderboard sink's positions and everything it wrote."""
+    for pattern in ("engagement:minute:*", "engagement:content:*", "top_engagement:*"):
+        for key in client.scan_iter(pattern, count=1000):
+            client.delete(key)
+    client.delete(positions_key(RedisLeaderboardSink.name), LEGACY_OFFSETS_KEY)
+
+
 def plain_consume(settings: Settings, total: int) -> float:
     """The bare minimum: confluent-kafka + orjson over the same topic, one process."""
     topic = settings.cdc.engagement_topic
@@ -264,11 +273,7 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     say(f"{topic} holds {total:,} records in {len(ends)} partitions")
 
     client = settings.redis.client()
-    # Start from offset 0: forget this topic's positions and everything the pipeline wrote.
-    for pattern in ("engagement:minute:*", "engagement:content:*", "top_engagement:*"):
-        for key in client.scan_iter(pattern, count=1000):
-            client.delete(key)
-    client.delete(positions_key(RedisLeaderboardSink.name), LEGACY_OFFSETS_KEY)
+    forget_positions(client)
 
     sampler = stack_sampler(stack)
     log = open(REPO_ROOT / ".stack" / "logs" / "bench-drain.log", "w")  # noqa: SIM115
