@@ -6,13 +6,15 @@
   field without a word).
 - The submitter Job's pod spec against the Pod spec schema embedded in the same CRD; the other core
   kinds' specs against small schemas of the fields they may use.
-- What ties the files together: the worker pool's port and the job's environment config, the
-  parallelism and the cluster's slots, the volume and the HA and checkpoint paths, the network
-  policy and Flink's ports, every environment variable a setting, every secret from the Secret,
-  images pinned.
+- What ties the files together: the worker pool on the pod's loopback at the address the job is
+  told, the Flink options the job is submitted with (built from settings.env by the pipeline's own
+  code), the parallelism and the cluster's slots, the volume and the HA and checkpoint paths, the
+  network policy and Flink's and the workers' metrics ports, every environment variable a setting,
+  every secret from the Secret, images pinned.
 """
 
 import copy
+import ipaddress
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -25,15 +27,14 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from infra.settings import REPO_ROOT, Settings
+from pipeline.runners import flink_options
+from pipeline.worker_pool import port_range
 
 K8S = REPO_ROOT / "infra" / "k8s"
 CRD = K8S / "schema" / "flinkdeployments.flink.apache.org-v1.yml"
 SECRET_NAME = "engagement-secrets"
 SETTINGS_CONFIGMAP = "engagement-settings"
-# Names the lead is adding to infra/settings_flink.py for the EXTERNAL environment; drop them from
-# here once they are settings (the check below then covers them like every other name).
-PENDING_SETTINGS = {"FLINK_ENVIRONMENT", "FLINK_WORKER_POOL"}
-WORKER_POOL_MODULE = "apache_beam.runners.worker.worker_pool_main"
+WORKER_POOL_MODULE = "pipeline.worker_pool"
 
 KINDS = {
     ("v1", "Namespace"),
@@ -205,6 +206,19 @@ def worker_pool() -> dict[str, Any]:
     return pool
 
 
+def pool_args() -> dict[str, str]:
+    """The worker pool's ``--name=value`` arguments, by name."""
+    pairs = [arg.removeprefix("--").split("=", 1) for arg in worker_pool()["args"]]
+    return {name: value for name, value in pairs}
+
+
+def k8s_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings the submitter runs with: settings.env over the defaults."""
+    for name, value in active_env("settings.env").items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
 def setting_names() -> set[str]:
     names = set()
     for field in Settings.model_fields.values():
@@ -268,9 +282,9 @@ def test_the_flink_deployment_is_valid_against_the_operators_crd():
             "'comand' was unexpected",
         ),
         (
-            ("spec", "taskManager", "podTemplate", "spec", "containers", 0, "ports", 0, "containerPort"),
-            "50000",
-            "is not of type 'integer'",
+            ("spec", "taskManager", "podTemplate", "spec", "containers", 0, "args"),
+            "--address=127.0.0.1:50000",
+            "is not of type 'array'",
         ),
     ],
 )
@@ -338,19 +352,35 @@ def test_the_cluster_has_kubernetes_ha_checkpoints_and_a_restart_strategy():
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-def test_the_worker_pool_is_a_taskmanager_sidecar_on_the_port_the_job_is_told():
+def test_the_worker_pool_is_a_taskmanager_sidecar_on_the_pods_loopback_where_the_job_is_told():
     pool = worker_pool()
     assert pool["command"] == ["python", "-m", WORKER_POOL_MODULE]
-    (port_arg,) = pool["args"]
-    port = int(port_arg.removeprefix("--service_port="))
-    assert [p["containerPort"] for p in pool["ports"]] == [port]
+    args = pool_args()
+    assert args.keys() == {"address", "metrics-ports"}
+    host, port = args["address"].rsplit(":", 1)
+    # Nothing outside the pod reaches it (it starts processes for whoever asks), so nothing to declare.
+    assert ipaddress.ip_address(host).is_loopback
+    assert "ports" not in pool
+    # The TaskManager shares the pod's network: it reaches the pool on its own loopback.
     settings = active_env("settings.env")
     assert settings["FLINK_ENVIRONMENT"] == "external"
-    assert settings["FLINK_WORKER_POOL"] == f"localhost:{port}"
+    pool_host, pool_port = settings["FLINK_WORKER_POOL"].rsplit(":", 1)
+    assert pool_host in {"localhost", host}
+    assert pool_port == port
     # The SDK that builds the job runs it: the submitter and the pools share one image.
     (submitter,) = manifests()["Job"]["spec"]["template"]["spec"]["containers"]
     assert pool["image"] == submitter["image"]
     assert submitter["command"] == ["python", "-m", "pipeline", "--runner", "flink"]
+
+
+def test_every_worker_gets_a_metrics_port_that_stays_in_the_pod_by_default(monkeypatch):
+    ports = port_range(pool_args()["metrics-ports"])
+    assert len(ports) >= k8s_settings(monkeypatch).flink.sdk_workers
+    # The workers serve on METRICS_HOST; exposing them to the pod's network is a choice left to the
+    # operator (the commented-out env in flink-deployment.yaml).
+    env = {e["name"]: e.get("value") for e in worker_pool().get("env", [])}
+    host = env.get("METRICS_HOST", Settings().metrics.host)
+    assert ipaddress.ip_address(host).is_loopback
 
 
 def test_the_job_is_submitted_to_the_clusters_rest_service_at_the_parallelism_of_its_slots():
@@ -358,38 +388,67 @@ def test_the_job_is_submitted_to_the_clusters_rest_service_at_the_parallelism_of
     settings = active_env("settings.env")
     assert settings["FLINK_MASTER"] == f"{fd['metadata']['name']}-rest:8081"
     slots = int(fd["spec"]["flinkConfiguration"]["taskmanager.numberOfTaskSlots"])
+    # Always set: 0 would be the local cluster's FLINK_TASKMANAGERS x FLINK_SLOTS.
     parallelism = int(settings["FLINK_PARALLELISM"])
     # Flink starts parallelism / slots TaskManagers (native mode): whole ones. Replicas are ignored there.
     assert parallelism % slots == 0
     assert "replicas" not in fd["spec"]["taskManager"]
     assert parallelism <= Settings().cdc.engagement_partitions
     assert settings["PIPELINE_RUNNER"] == "flink"
-    # Flink restarts the job itself after a lost TaskManager (0 would leave it to the supervisor).
-    assert int(settings["FLINK_EXECUTION_RETRIES"]) > 0
-    assert int(settings["FLINK_CHECKPOINT_INTERVAL_MS"]) == 30_000
+
+
+def test_the_job_takes_the_clusters_restart_strategy_and_the_settings_checkpoints(monkeypatch):
+    flink = k8s_settings(monkeypatch).flink
+    conf = manifests()["FlinkDeployment"]["spec"]["flinkConfiguration"]
+    options = flink_options(flink)
+    # No restart strategy of the job's own: the cluster's applies (a job's own would take precedence).
+    assert flink.restarts == -1
+    assert not [o for o in options if o.startswith("--number_of_execution_retries")]
+    assert conf["restart-strategy.type"] == "exponential-delay"
+    assert options == [
+        "--parallelism=4",
+        f"--max_bundle_time_mills={flink.max_bundle_time_ms}",
+        "--environment_type=EXTERNAL",
+        "--environment_config=localhost:50000",
+        "--sdk_worker_parallelism=1",
+        "--checkpointing_interval=30000",
+    ]
+    # The cluster's interval is only a default for jobs that set none; this one sets the same.
+    assert conf["execution.checkpointing.interval"] == f"{flink.checkpoint_interval_ms // 1000}s"
 
 
 def test_settings_env_builds_the_settings(monkeypatch):
-    for name, value in active_env("settings.env").items():
-        monkeypatch.setenv(name, value)
-    settings = Settings()
+    settings = k8s_settings(monkeypatch)
     assert settings.pipeline.runner == "flink"
     assert settings.flink.master == "engagement-flink-rest:8081"
-    assert settings.flink.checkpoint_interval_ms == 30_000
+    # Where the job process looks for a job of this instance left running before it submits.
+    assert settings.flink.rest_url == f"http://{settings.flink.master}"
+    assert settings.flink.external
 
 
-def test_the_network_policy_admits_only_flinks_ports_to_the_taskmanagers():
+def test_the_network_policy_admits_flinks_ports_from_the_cluster_and_metrics_from_prometheus():
     fd = manifests()["FlinkDeployment"]
     conf = fd["spec"]["flinkConfiguration"]
     policy = manifests()["NetworkPolicy"]["spec"]
     # The labels Flink's native Kubernetes mode puts on its pods.
     assert policy["podSelector"]["matchLabels"] == {"app": fd["metadata"]["name"], "component": "taskmanager"}
     assert policy["policyTypes"] == ["Ingress"]
-    (rule,) = policy["ingress"]
-    assert rule["from"] == [{"podSelector": {"matchLabels": {"app": fd["metadata"]["name"]}}}]
-    ports = {p["port"] for p in rule["ports"]}
+    flink_rule, metrics_rule = policy["ingress"]
+    assert flink_rule["from"] == [{"podSelector": {"matchLabels": {"app": fd["metadata"]["name"]}}}]
+    ports = {p["port"] for p in flink_rule["ports"]}
     assert ports == {int(conf["taskmanager.rpc.port"]), int(conf["taskmanager.data.port"])}
-    assert worker_pool()["ports"][0]["containerPort"] not in ports
+    # One namespace, not everyone, and exactly the workers' metrics ports.
+    (peer,) = metrics_rule["from"]
+    assert peer.keys() == {"namespaceSelector"}
+    assert peer["namespaceSelector"]["matchLabels"]
+    (metrics,) = metrics_rule["ports"]
+    metrics_ports = port_range(pool_args()["metrics-ports"])
+    assert (metrics["port"], metrics["endPort"]) == (metrics_ports[0], metrics_ports[-1])
+    # The pool itself is never admitted: it is not on the pod's network at all.
+    pool_port = int(pool_args()["address"].rsplit(":", 1)[1])
+    assert all(
+        not p["port"] <= pool_port <= p.get("endPort", p["port"]) for rule in policy["ingress"] for p in rule["ports"]
+    )
 
 
 def test_the_image_carries_the_job_server_where_the_settings_look_for_it():
@@ -408,7 +467,7 @@ def test_every_environment_variable_is_a_setting():
     for _, spec in pod_specs():
         for container in containers(spec):
             names |= {env["name"] for env in container.get("env", [])}
-    assert names - setting_names() - PENDING_SETTINGS == set()
+    assert names - setting_names() == set()
 
 
 def test_secrets_come_only_from_the_secret():
