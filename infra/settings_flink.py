@@ -98,6 +98,9 @@ class FlinkSettings(BaseSettings):
 
     @property
     def rest_url(self) -> str:
+        """The cluster's REST API: ``master`` when it names one, else the local cluster's."""
+        if self.master not in ("[local]", "[auto]"):
+            return self.master if "://" in self.master else f"http://{self.master}"
         return f"http://{self.host}:{self.rest_port}"
 
     def shifted(self, offset: int) -> FlinkSettings:
