@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from infra.process import ServiceProcess, StackError, port_open, stop_together
+from infra.process import ServiceProcess, StackError, port_open, reserve_ports, stop_together
 from infra.settings import REPO_ROOT, Settings
 
 JOBMANAGER_CLASS = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
@@ -231,6 +231,16 @@ class FlinkCluster:
     def up(self, taskmanagers: int | None = None, log: Any = print) -> None:
         count = self.flink.taskmanagers if taskmanagers is None else taskmanagers
         timeout = self.flink.start_timeout_s
+        f = self.flink
+        reserve_ports(
+            [
+                f.rest_port,
+                f.rpc_port,
+                f.blob_port,
+                f.worker_pool_port,
+                *(self.taskmanager_rpc_port(i) for i in range(1, 17)),
+            ]
+        )
         self._start(self.jobmanager, timeout, log)
         for index in range(1, count + 1):
             self._start(self.worker_pool(index), timeout, log)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.capture_health import capture_problems
-from infra.process import ServiceProcess, StackError, stop_together
+from infra.process import ServiceProcess, StackError, reserve_ports, stop_together
 from infra.settings import Settings
 from infra.stack.bigquery_emulator import BigQueryEmulator
 from infra.stack.connect import Connect
@@ -93,6 +93,20 @@ class LocalStack:
             self.connect.process,
         ]
 
+    def ports(self) -> list[int]:
+        """Every port the stack and the pipeline on it listen on (``reserve_ports``)."""
+        s = self.settings
+        f = s.flink
+        ports = [p.port for p in self.processes]
+        if self.bigquery is not None:
+            ports.append(self.bigquery.process.port + 10)  # its gRPC port
+        ports += [node.controller_port for node in self.kafka.nodes]
+        ports += [s.http_receiver.control_port, s.pipeline.prism_port, s.metrics.port, s.dashboard.port]
+        ports += [f.job_port, f.artifact_port, f.rest_port, f.rpc_port, f.blob_port, f.worker_pool_port]
+        ports += [f.rest_port + 20 + i for i in range(16)]  # TaskManagers' RPC (infra.stack.flink_cluster)
+        ports += [f.worker_metrics_port + i for i in range(64)]
+        return ports
+
     def _start(self, process: ServiceProcess) -> None:
         began = time.monotonic()
         started = process.start(self.settings.stack.start_timeout_s)
@@ -101,6 +115,7 @@ class LocalStack:
 
     def up(self, *, connector: bool = True) -> None:
         timeout = self.settings.stack.start_timeout_s
+        reserve_ports(self.ports())
         if self.postgres.ensure_cluster():
             self.log("  postgres  initialised a new cluster")
         self._start(self.postgres.process)
