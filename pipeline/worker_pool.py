@@ -9,7 +9,10 @@ otherwise, and starts workers with ``python -c`` and no hook of ours. This pool 
 (``StopWorker`` and the clean-up on exit are Beam's) but binds the given address, and starts each
 worker as ``python -m pipeline.sdk_worker`` with the first free port of its own metrics ports, so
 each worker process serves its metrics on a port that ``make status`` and Prometheus know. Workers
-get a parent-death signal: a pool that is killed takes its workers with it, as a pod would.
+stay in the pool's process group, so stopping or killing the group (as ``infra.stack.flink_cluster``
+does) takes them with it, as a pod's end would. Not a parent-death signal: that fires when the
+*thread* that started the child ends, and ``StartWorker`` runs on gRPC's pool threads, which come
+and go (a worker was killed at birth that way).
 
     python -m pipeline.worker_pool --address 127.0.0.1:58050 --metrics-ports 59470-59473
 """
@@ -27,8 +30,6 @@ import grpc
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
 from apache_beam.utils import thread_pool_executor
-
-from infra.process import parent_death_signal
 
 _log = logging.getLogger("pipeline.worker_pool")
 
@@ -61,7 +62,6 @@ class WorkerPool(BeamFnExternalWorkerPoolServicer):
                 process = subprocess.Popen(
                     [sys.executable, "-m", "pipeline.sdk_worker", request.control_endpoint.url, request.worker_id],
                     env={**os.environ, "METRICS_PORT": str(port)},
-                    preexec_fn=parent_death_signal(),
                 )
             except OSError as exc:
                 return beam_fn_api_pb2.StartWorkerResponse(error=f"cannot start a worker: {exc}")
