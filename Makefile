@@ -7,7 +7,7 @@ STACK := $(PY) -m infra.stack
 DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
 .PHONY: flink-bootstrap flink-cluster flink-cluster-down flink flink-embedded test-flink bench-flink test-operations
-.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration test-slow lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,8 +59,11 @@ lint: bootstrap ## ruff
 test-unit: bootstrap ## unit tests (no services)
 	@$(PY) -m pytest tests/unit -q
 
-test-integration: bootstrap ## integration tests on a real native stack the fixtures start and stop
-	@$(PY) -m pytest tests/integration -q
+test-integration: bootstrap ## integration tests on a real native stack the fixtures start and stop (the slowest, marked slow, are left out)
+	@$(PY) -m pytest tests/integration -q -m "not slow" --durations=10
+
+test-slow: bootstrap ## SLOW (~2 min), not in make test: the integration tests marked slow
+	@$(PY) -m pytest tests/integration -q -m slow
 
 test: lint test-unit test-integration ## everything CI runs
 

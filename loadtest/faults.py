@@ -269,6 +269,8 @@ def run_fault(name: str, rate: int, duration: float) -> Row:
     stack = LocalStack(settings)
     run = Run(settings, stack, Processes(settings, STACK_DIR / "runs" / name))
     load_s = max(duration, INJECT_AT_S + REDIS_OUTAGE_S + 10) if name == "redis-down-60s" else duration
+    if on_flink:
+        load_s = max(duration, fault_flink.LOAD_S)  # load until both recoveries were measured
     try:
         if retried := start_stack(stack):
             row.notes.append(retried)

@@ -23,7 +23,7 @@ pytestmark = [
 
 
 def test_the_cluster_loses_nothing_when_a_taskmanager_and_then_the_jobmanager_are_killed():
-    row = run_fault("flink-cluster-kill9", rate=1500, duration=60)
+    row = run_fault("flink-cluster-kill9", rate=1500, duration=180)
     print(row.notes)
     assert (row.redis, row.bigquery, row.http, row.letters) == ("yes", "yes", "yes", "0"), row.notes
     assert row.passed, row.notes

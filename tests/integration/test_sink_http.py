@@ -233,6 +233,7 @@ def test_every_change_reaches_the_receiver_or_the_dead_letter_topic_and_replay_c
     }
 
 
+@pytest.mark.slow  # about a minute; make faults' http-hostile covers the same under load
 def test_hostile_replies_are_never_believed_and_never_fail_the_job(
     stack: LocalStack, settings: Settings, tmp_path: Path
 ):
