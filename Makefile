@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 STACK := $(PY) -m infra.stack
+# The Flink session cluster's TaskManagers: TASKMANAGERS=N on the command line, else FLINK_TASKMANAGERS, else 2.
+FLINK_TMS := $(or $(TASKMANAGERS),$(FLINK_TASKMANAGERS),2)
 # The demo turns the HTTP sink on against the local receiver, unless it is configured already.
 DEMO_HTTP := $(if $(HTTP_SINK_URL)$(HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
@@ -71,14 +73,14 @@ flink-bootstrap: bootstrap ## Flink 1.19 and Beam's Flink job server jars into .
 	@bash infra/bootstrap.sh --flink
 
 flink-cluster: flink-bootstrap ## a Flink session cluster: a JobManager, TASKMANAGERS (default 2) TaskManagers and a Python worker pool each (idempotent)
-	@$(PY) -m infra.stack.flink_cluster up $(if $(TASKMANAGERS),--taskmanagers $(TASKMANAGERS))
+	@$(PY) -m infra.stack.flink_cluster up --taskmanagers $(FLINK_TMS)
 
 flink-cluster-down: ## stop the Flink session cluster
 	@if [ -x $(PY) ]; then $(PY) -m infra.stack.flink_cluster down; fi
 
-flink: up flink-cluster ## the streaming pipeline on the Flink session cluster (one reader per partition), in the foreground
+flink: up flink-cluster ## the streaming pipeline on the Flink session cluster (a source reader per TaskManager), in the foreground
 	@FLINK_MASTER=$${FLINK_MASTER:-127.0.0.1:$${FLINK_REST_PORT:-58081}} FLINK_ENVIRONMENT=external \
-	  PIPELINE_READERS=$${PIPELINE_READERS:-16} $(PY) -m pipeline --runner flink
+	  FLINK_TASKMANAGERS=$(FLINK_TMS) PIPELINE_READERS=$${PIPELINE_READERS:-$(FLINK_TMS)} $(PY) -m pipeline --runner flink
 
 flink-embedded: up flink-bootstrap ## the pipeline on Flink embedded in the job server (one JVM, Python in the job process), in the foreground
 	@PIPELINE_READERS=$${PIPELINE_READERS:-2} $(PY) -m pipeline --runner flink

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.capture_health import read_connector, read_slot
 from infra.settings import Settings
+from pipeline.flink_job_server import job_name
 from pipeline.instance_lock import parse_holder
 from sinks.fencing import lock_key, restarts_key
 from sinks.http_breaker import BreakerBoard
@@ -149,8 +150,17 @@ def _job_metrics(url: str) -> dict[str, float]:
 
 
 def on_cluster(settings: Settings) -> bool:
-    """The job runs on the Flink cluster, its Python in the TaskManagers' worker pools."""
-    return settings.pipeline.runner == "flink" and settings.flink.external
+    """The job runs on the Flink cluster, its Python in the TaskManagers' worker pools: configured
+    so, or (``make status`` from another shell, without ``make flink``'s settings) the cluster at
+    ``FLINK_MASTER`` or the local one runs this consumer group's job."""
+    if settings.pipeline.runner == "flink" and settings.flink.external:
+        return True
+    try:
+        reply = httpx.get(f"{settings.flink.rest_url}/jobs/overview", timeout=1.0)
+        jobs = reply.raise_for_status().json()["jobs"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
+    return any(job["name"] == job_name(settings) and job["state"] == "RUNNING" for job in jobs)
 
 
 def _cluster_metrics(settings: Settings) -> tuple[dict[str, float], dict[str, dict[str, list[int]]]]:
