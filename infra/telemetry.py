@@ -6,7 +6,8 @@ end, and a streaming job does not end. So every count, level and spread the tran
 record goes through here and also lands in ``prometheus_client``'s registry, which ``serve`` exposes
 on ``METRICS_HOST:METRICS_PORT`` (``/metrics``) from the process that runs the DoFns: the job process
 with Prism's ``LOOPBACK`` workers (``pipeline.worker`` calls ``serve``), so one scrape sees the
-whole job. On Flink or Dataflow, read the Beam side.
+whole job; on the Flink session cluster, each worker of a worker pool on the port its pool gives it
+(``pipeline.sdk_worker``). On Dataflow, read the Beam side.
 
 Every Prometheus name is declared once, in ``METRICS`` (docs/observability.md lists them), so a
 typo fails at import rather than creating a new series. The handles (``counter``, ``gauge``,
