@@ -94,7 +94,7 @@ bench-flink: up flink-bootstrap ## SLOW (~25 min): drain 2M envelopes on 1 and 2
 test-operations: bootstrap ## SLOW (~5 min), not in make test: backfill, rebuild-redis and replay against SQL on a stack of their own
 	@$(PY) -m pytest tests/operations -q
 
-faults: bootstrap ## SLOW (~25 min), not in make test: each fault under 1,500 events/s, sinks vs SQL, a table (ONLY=fault for one)
+faults: bootstrap ## SLOW (~35 min), not in make test: each fault under 1,500 events/s, sinks vs SQL, a table (ONLY=fault for one)
 	@$(PY) -m loadtest.faults $(if $(ONLY),--only $(ONLY))
 
 bench-generator: up ## generator write rate into Postgres (prints figures)

@@ -1,6 +1,6 @@
 """The fault suite (issue 14): each fault under load, then every sink compared with SQL. Slow.
 
-    make faults                                   # every fault, about 25 minutes on 2 cores
+    make faults                                   # every fault, about 35 minutes on 2 cores
     python -m loadtest.faults --only kafka-kill9 --rate 1500 --duration 40
 
 For each fault, from a clean stack of its own (``loadtest.fault_stack``: ``.stack-faults/``, ports
