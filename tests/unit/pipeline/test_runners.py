@@ -64,3 +64,12 @@ def test_flink_checkpoints_only_when_asked():
         "flink", job_endpoint="localhost:1", streaming=True, flink=FlinkSettings(checkpoint_interval_ms=5000)
     )
     assert options.get_all_options(retain_unknown_options=True)["checkpointing_interval"] == "5000"
+
+
+def test_a_bounded_flink_job_runs_without_checkpoints():
+    flink = FlinkSettings(master="127.0.0.1:58081", environment="external", checkpoint_interval_ms=30_000)
+    args = pipeline_options("flink", job_endpoint="localhost:1", streaming=False, flink=flink).get_all_options(
+        retain_unknown_options=True
+    )
+    assert "checkpointing_interval" not in args
+    assert args["environment_type"] == "EXTERNAL"
