@@ -85,7 +85,7 @@ flink: up flink-cluster ## the streaming pipeline on the Flink session cluster (
 flink-embedded: up flink-bootstrap ## the pipeline on Flink embedded in the job server (one JVM, Python in the job process), in the foreground
 	@PIPELINE_READERS=$${PIPELINE_READERS:-2} $(PY) -m pipeline --runner flink
 
-test-flink: flink-bootstrap ## SLOW (~6 min), not in make test: embedded Flink vs SQL (bounded, kill -9 of job server and job), then the session cluster under load with kill -9 of a TaskManager and of the JobManager
+test-flink: flink-bootstrap ## SLOW (~11 min), not in make test: embedded Flink vs SQL (bounded, kill -9 of job server and job), then the session cluster under load with kill -9 of a TaskManager and of the JobManager
 	@$(PY) -m pytest tests/flink -q
 
 bench-flink: up flink-bootstrap ## SLOW (~25 min): drain 2M envelopes on 1 and 2 TaskManagers and Prism (two rounds), then commit -> board at 3,333 events/s on the cluster and Prism

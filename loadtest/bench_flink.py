@@ -7,8 +7,8 @@
 - drain: the engagement topic holds at least ``--events`` Debezium envelopes (the generator tops
   it up). Each round drains all of it from offset 0 with the streaming job (the Redis lanes, the
   Redis keys cleared first; stopped once every partition is stored to its end) on the cluster with
-  1 TaskManager, then with 2, then on Prism, alternating; streaming, because that is how the job
-  runs, and Beam's Flink runner in batch mode reschedules the source's deferred residuals slowly;
+  1 TaskManager, then with 2, then on Prism, alternating (streaming, because that is how the job
+  runs);
   each TaskManager has one slot and one Python worker, and the job's parallelism is the number of
   TaskManagers. Rate: from the first to the last position stored in Redis. CPU: every process of
   the pipeline side (the supervisor's job server and job process, the JobManager, the TaskManagers,
