@@ -55,7 +55,10 @@ def test_status_running_then_stopped_then_behind(stack, settings: Settings, db, 
         code, report = run_status(settings)
         metrics = httpx.get(settings.metrics.url, timeout=10).text
 
-        assert (code, report["problems"], report["notes"]) == (0, [], [])
+        # The session's event topic holds test_forged_sequence's forged mark: an event of this test
+        # that lands on its partition is rightly noted as a mark replaced (about one run in five).
+        notes = [note for note in report["notes"] if "sequence mark(s) replaced" not in note]
+        assert (code, report["problems"], notes) == (0, [], [])
         assert report["pipeline"]["lock"]["pid"] == pipeline.proc.pid
         assert set(report["sinks"]) == {RedisLeaderboardSink.name, "redis_content"}
         assert report["sinks"][RedisLeaderboardSink.name]["lag"] == 0
