@@ -84,7 +84,10 @@ def test_headless_run_reports_exactly_what_it_wrote(
     assert {name: row.failures for name, row in stats.items()} == dict.fromkeys(kinds, 0)
     inserts, deletes, sla = stats["insert events"], stats["delete event"], stats[SLA_NAME]
     assert events_after - events_before == inserts.rows - deletes.rows
-    assert probes_after - probes_before == sla.requests == sla.rows
+    # The SLA user stopped in the middle of a probe's COMMIT cannot know whether it landed (the
+    # server may have committed it), so Postgres may hold one probe more than the report; never fewer.
+    assert sla.requests == sla.rows
+    assert probes_after - probes_before - sla.requests in (0, 1)
 
 
 def test_psycopg_and_redis_wait_cooperatively_under_gevent(stack: LocalStack, settings: Settings) -> None:
