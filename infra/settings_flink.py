@@ -135,6 +135,10 @@ class FlinkSettings(BaseSettings):
         ]
         return {f"FLINK_{name.upper()}": str(getattr(self, name)) for name in names}
 
+    def taskmanager_rpc_port(self, index: int) -> int:
+        """TaskManager ``index``'s RPC port on the local cluster (1-based): 58101, 58102, ..."""
+        return self.rest_port + 19 + index
+
     def worker_metrics_ports(self, index: int) -> list[int]:
         """The metrics ports of the workers of TaskManager ``index``'s pool (1-based)."""
         first = self.worker_metrics_port + WORKER_METRICS_PORTS * (index - 1)

@@ -31,6 +31,8 @@ from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
 from apache_beam.utils import thread_pool_executor
 
+from infra.reserved_ports import parse_ranges
+
 _log = logging.getLogger("pipeline.worker_pool")
 
 
@@ -83,14 +85,6 @@ def serve(address: str, metrics_ports: list[int]) -> grpc.Server:
     return server
 
 
-def port_range(text: str) -> list[int]:
-    """``"59470-59473"`` -> the four ports; ``"0"`` or ``""`` -> none (metrics off)."""
-    if not text or text == "0":
-        return []
-    first, _, last = text.partition("-")
-    return list(range(int(first), int(last or first) + 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.worker_pool", description=__doc__.split("\n")[0])
     parser.add_argument("--address", default="127.0.0.1:50000", help="host:port to listen on (default %(default)s)")
@@ -99,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = serve(args.address, port_range(args.metrics_ports))
+    server = serve(args.address, sorted(parse_ranges(args.metrics_ports)))
     _log.info("listening for TaskManagers on %s", args.address)
     server.wait_for_termination()
     return 0

@@ -35,14 +35,14 @@ from typing import Any
 
 import httpx
 
-from infra.process import ServiceProcess, StackError, port_open, reserve_ports, stop_together
+from infra.process import ServiceProcess, StackError, port_open, stop_together
+from infra.reserved_ports import reserve_ports
 from infra.settings import REPO_ROOT, Settings
 
 JOBMANAGER_CLASS = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
 TASKMANAGER_CLASS = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
 BASH_JAVA_UTILS = "org.apache.flink.runtime.util.bash.BashJavaUtils"
 POOL_ADDRESS_BASE = 10  # pool i listens on 127.0.0.<10 + i>
-TASKMANAGER_RPC_OFFSET = 19  # TaskManager i's RPC port: FLINK_REST_PORT + 19 + i (58101.. by default)
 
 
 class FlinkCluster:
@@ -60,9 +60,6 @@ class FlinkCluster:
 
     def pool_host(self, index: int) -> str:
         return f"127.0.0.{POOL_ADDRESS_BASE + index}"
-
-    def taskmanager_rpc_port(self, index: int) -> int:
-        return self.flink.rest_port + TASKMANAGER_RPC_OFFSET + index
 
     def config(self) -> dict[str, Any]:
         """Flink's configuration for every process of the cluster (``conf/config.yaml``)."""
@@ -140,7 +137,7 @@ class FlinkCluster:
 
     def taskmanager(self, index: int) -> ServiceProcess:
         jvm, dynamic = self._taskmanager_params
-        port = self.taskmanager_rpc_port(index)
+        port = self.flink.taskmanager_rpc_port(index)
         hosts = f"-Djdk.net.hosts.file={self._hosts_file(index)}"
         return ServiceProcess.in_stack(
             self.stack_dir,
@@ -238,7 +235,7 @@ class FlinkCluster:
                 f.rpc_port,
                 f.blob_port,
                 f.worker_pool_port,
-                *(self.taskmanager_rpc_port(i) for i in range(1, 17)),
+                *(self.flink.taskmanager_rpc_port(i) for i in range(1, 17)),
             ]
         )
         self._start(self.jobmanager, timeout, log)

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.capture_health import capture_problems
-from infra.process import ServiceProcess, StackError, reserve_ports, stop_together
+from infra.process import ServiceProcess, StackError, stop_together
+from infra.reserved_ports import reserve_ports
 from infra.settings import Settings
 from infra.stack.bigquery_emulator import BigQueryEmulator
 from infra.stack.connect import Connect
@@ -103,8 +104,8 @@ class LocalStack:
         ports += [node.controller_port for node in self.kafka.nodes]
         ports += [s.http_receiver.control_port, s.pipeline.prism_port, s.metrics.port, s.dashboard.port]
         ports += [f.job_port, f.artifact_port, f.rest_port, f.rpc_port, f.blob_port, f.worker_pool_port]
-        ports += [f.rest_port + 20 + i for i in range(16)]  # TaskManagers' RPC (infra.stack.flink_cluster)
-        ports += [f.worker_metrics_port + i for i in range(64)]
+        for index in range(1, 17):  # the local Flink cluster's TaskManagers, at most 16
+            ports += [f.taskmanager_rpc_port(index), *f.worker_metrics_ports(index)]
         return ports
 
     def _start(self, process: ServiceProcess) -> None:

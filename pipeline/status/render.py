@@ -6,6 +6,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from infra.reserved_ports import format_ranges
+
 MIB = 1024 * 1024
 
 
@@ -55,17 +57,6 @@ def restarted_line(restarts: Mapping[str, str]) -> str:
     return f"  restarted for a Redis that came back older: {counts} (last {ago:,.0f} s ago)"
 
 
-def _ranges(partitions: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
-    runs: list[list[int]] = []
-    for p in partitions:
-        if runs and p == runs[-1][1] + 1:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
 def render(report: Mapping[str, Any]) -> str:
     lines: list[str] = []
     lock = report["pipeline"]["lock"]
@@ -101,7 +92,7 @@ def render(report: Mapping[str, Any]) -> str:
     if report.get("taskmanagers") is not None:
         lines.append("Flink TaskManagers (partitions their workers read):")
         for taskmanager, topics in report["taskmanagers"].items():
-            reading = "; ".join(f"{topic} {_ranges(partitions)}" for topic, partitions in sorted(topics.items()))
+            reading = "; ".join(f"{topic} {format_ranges(partitions)}" for topic, partitions in sorted(topics.items()))
             lines.append(f"  {taskmanager:<20} {reading or 'nothing (no worker answered)'}")
     board, bigquery = report["freshness"]["leaderboard"], report["freshness"]["bigquery"]
     lines.append(f"newest leaderboard update: {_age(board and board['age_s'])}")

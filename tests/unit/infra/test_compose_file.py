@@ -26,9 +26,9 @@ import jsonschema
 import pytest
 import yaml
 
+from infra.reserved_ports import parse_ranges
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.flink_cluster import FlinkCluster
-from pipeline.worker_pool import port_range
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 SCHEMA = REPO_ROOT / "tests" / "unit" / "infra" / "schema" / "compose-spec.json"
@@ -242,7 +242,7 @@ def sidecar_problems(doc: dict[str, Any], settings: Settings) -> list[str]:
         if host != "127.0.0.1" or port != pool_port:
             problems.append(f"{name} listens on {args['address']}, the TaskManager asks 127.0.0.1:{pool_port}")
         wanted = settings.flink.worker_metrics_ports(resource_index(tms[tm]))
-        if port_range(args.get("metrics-ports", "")) != wanted:
+        if sorted(parse_ranges(args.get("metrics-ports", ""))) != wanted:
             problems.append(f"{name}'s metrics ports are {args.get('metrics-ports')}, {tm}'s are {wanted}")
     if sorted(served) != sorted(tms):
         problems.append(f"worker pools serve {sorted(served)}, not one each of {sorted(tms)}")

@@ -26,9 +26,10 @@ import yaml
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
+from infra.reserved_ports import parse_ranges
 from infra.settings import REPO_ROOT, Settings
+from pipeline.dataflow_launch import setting_names
 from pipeline.runners import flink_options
-from pipeline.worker_pool import port_range
 
 K8S = REPO_ROOT / "infra" / "k8s"
 CRD = K8S / "schema" / "flinkdeployments.flink.apache.org-v1.yml"
@@ -219,16 +220,6 @@ def k8s_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings()
 
 
-def setting_names() -> set[str]:
-    names = set()
-    for field in Settings.model_fields.values():
-        model = field.annotation
-        if isinstance(model, type) and issubclass(model, BaseSettings):
-            prefix = model.model_config.get("env_prefix", "")
-            names |= {f"{prefix}{name}".upper() for name in model.model_fields}
-    return names
-
-
 def secret_settings() -> dict[str, str]:
     """Every secret setting's variable, with its local default ('' if none)."""
     secrets = {}
@@ -374,7 +365,7 @@ def test_the_worker_pool_is_a_taskmanager_sidecar_on_the_pods_loopback_where_the
 
 
 def test_every_worker_gets_a_metrics_port_that_stays_in_the_pod_by_default(monkeypatch):
-    ports = port_range(pool_args()["metrics-ports"])
+    ports = sorted(parse_ranges(pool_args()["metrics-ports"]))
     assert len(ports) >= k8s_settings(monkeypatch).flink.sdk_workers
     # The workers serve on METRICS_HOST; exposing them to the pod's network is a choice left to the
     # operator (the commented-out env in flink-deployment.yaml).
@@ -442,7 +433,7 @@ def test_the_network_policy_admits_flinks_ports_from_the_cluster_and_metrics_fro
     assert peer.keys() == {"namespaceSelector"}
     assert peer["namespaceSelector"]["matchLabels"]
     (metrics,) = metrics_rule["ports"]
-    metrics_ports = port_range(pool_args()["metrics-ports"])
+    metrics_ports = sorted(parse_ranges(pool_args()["metrics-ports"]))
     assert (metrics["port"], metrics["endPort"]) == (metrics_ports[0], metrics_ports[-1])
     # The pool itself is never admitted: it is not on the pod's network at all.
     pool_port = int(pool_args()["address"].rsplit(":", 1)[1])

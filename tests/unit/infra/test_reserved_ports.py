@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from infra.process import format_port_ranges, parse_port_ranges, reserve_ports
+from infra.reserved_ports import format_ranges, parse_ranges, reserve_ports
 
 
 def test_the_kernels_format_both_ways():
-    assert parse_port_ranges("58073,59092-59094\n") == {58073, 59092, 59093, 59094}
-    assert parse_port_ranges("\n") == set()
-    assert format_port_ranges([59094, 58073, 59092, 59093]) == "58073,59092-59094"
+    assert parse_ranges("58073,59092-59094\n") == {58073, 59092, 59093, 59094}
+    assert parse_ranges("\n") == set()
+    assert format_ranges([59094, 58073, 59092, 59093]) == "58073,59092-59094"
 
 
 def test_reserving_adds_to_what_is_reserved_and_never_removes(tmp_path: Path):
