@@ -54,10 +54,15 @@ class PostgresSettings(BaseSettings):
     superuser_password: SecretStr = SecretStr("postgres-local")
     cdc_user: str = "debezium"
     cdc_password: SecretStr = SecretStr("debezium-local")
+    # What `make status` reads with: pg_monitor (slots, replication stats), no table access.
+    monitor_user: str = "engagement_monitor"
+    monitor_password: SecretStr = SecretStr("monitor-local")
 
-    def conninfo(self, *, superuser: bool = False, dbname: str | None = None) -> str:
-        user = self.superuser if superuser else self.user
-        password = self.superuser_password if superuser else self.password
+    def conninfo(self, *, superuser: bool = False, monitor: bool = False, dbname: str | None = None) -> str:
+        if superuser and monitor:
+            raise ValueError("conninfo: superuser or monitor, not both")
+        user = self.superuser if superuser else self.monitor_user if monitor else self.user
+        password = self.superuser_password if superuser else self.monitor_password if monitor else self.password
         return (
             f"host={self.host} port={self.port} dbname={dbname or self.db} user={user} "
             f"password={password.get_secret_value()} connect_timeout=5 application_name=engagement"
