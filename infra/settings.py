@@ -256,6 +256,13 @@ class StackSettings(BaseSettings):
     dir: Path = REPO_ROOT / ".stack"
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 30.0
+    # Secure mode: TLS and authentication on every service's listener, certificates from a local CA
+    # under <dir>/tls (infra/stack/certificates.py). Off by default so the plain stack stays unchanged.
+    secure: bool = False
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir / "tls"
 
     @property
     def lib_dir(self) -> Path:
