@@ -4,9 +4,15 @@ The cluster is created once with ``initdb`` (password auth on TCP, peer auth on 
 ``trust`` anywhere), started in the foreground under our supervisor with the logical-replication
 settings on the command line, and provisioned idempotently: an application role that owns the
 tables, a CDC role with REPLICATION and SELECT on the two captured tables only (plus UPDATE on the
-one-row heartbeat table), the schema from ``infra/sql`` (every script idempotent, applied in name
-order on every start: ``002_row_bound.sql`` adds the row size bound to an existing database), and a
-publication we create ourselves so the CDC role needs no table ownership.
+one-row heartbeat table), a monitoring role with ``pg_monitor`` and no table access (``make
+status``), the schema from ``infra/sql`` (every script idempotent, applied in name order on every
+start: ``002_row_bound.sql`` adds the row size bound to an existing database), and a publication we
+create ourselves so the CDC role needs no table ownership.
+
+Client authentication is our own ``pg_hba.conf`` (``hba_rules``, written on every start), not
+initdb's: the CDC role may connect to the application database only, and no role may open a
+physical replication connection (``pg_basebackup`` would copy every table of the cluster). Logical
+replication, which is what Debezium opens, names its database and so matches the database lines.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 CAPTURED_TABLES = ("content", "engagement_events")
 HEARTBEAT_TABLE = "cdc_heartbeat"
 OS_USER = "postgres"
+# Where clients may connect from over TCP: the loopback, as initdb's defaults.
+LOOPBACK_NETS = ("127.0.0.1/32", "::1/128")
 _log = logging.getLogger(__name__)
 
 
@@ -66,6 +74,24 @@ def _reachable_by(user: str, path: Path) -> bool:
     return result.returncode == 0
 
 
+def hba_rules(settings: PostgresSettings, *, connection_type: str = "host") -> str:
+    """The server's ``pg_hba.conf``: first match wins. Peer auth on the socket (the supervisor's
+    OS user); SCRAM over TCP from the loopback; the CDC role only to the application database.
+    No line names the ``replication`` keyword, so physical replication is refused to everyone."""
+    lines = [
+        "# Written by infra/stack/postgres.py on every start: edits here are lost.",
+        "local all all peer",
+    ]
+    # Quoted, so a role or database named like a keyword ("all", "replication") is taken literally.
+    db, cdc = f'"{settings.db}"', f'"{settings.cdc_user}"'
+    for net in LOOPBACK_NETS:
+        lines.append(f"{connection_type} {db} {cdc} {net} scram-sha-256")
+    lines.append(f"host all {cdc} all reject")
+    for net in LOOPBACK_NETS:
+        lines.append(f"{connection_type} all all {net} scram-sha-256")
+    return "\n".join(lines) + "\n"
+
+
 def cluster_root(stack_dir: Path) -> Path:
     """Where the cluster lives: under the stack folder, unless the ``postgres`` OS user cannot reach
     it (a checkout under /root, say); then in a folder of its own under /var/tmp, named after the
@@ -87,6 +113,7 @@ class Postgres:
         self.root = cluster_root(stack_dir)
         self.data = self.root / "data"
         self.sockets = self.root / "run"
+        self.hba_file = self.root / "pg_hba.conf"
         self._stack_dir = stack_dir
 
     @functools.cached_property
@@ -107,6 +134,8 @@ class Postgres:
                 f"listen_addresses={settings.host}",
                 "-c",
                 f"unix_socket_directories={self.sockets}",
+                "-c",
+                f"hba_file={self.hba_file}",
                 "-c",
                 "wal_level=logical",
                 "-c",
@@ -130,8 +159,15 @@ class Postgres:
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
+    def write_hba(self) -> None:
+        """``hba_rules`` into the file the server reads (on every start, so it follows the settings)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hba_file.write_text(hba_rules(self.settings))
+        self.hba_file.chmod(0o644)
+
     def ensure_cluster(self) -> bool:
-        """initdb once; return True if a new cluster was created."""
+        """initdb once; return True if a new cluster was created. Writes ``pg_hba.conf`` every time."""
+        self.write_hba()
         if (self.data / "PG_VERSION").exists():
             return False
         self.root.mkdir(parents=True, exist_ok=True)
@@ -187,6 +223,9 @@ class Postgres:
         with psycopg.connect(s.conninfo(superuser=True, dbname="postgres"), autocommit=True) as conn:
             self._ensure_role(conn, s.user, s.password.get_secret_value(), replication=False)
             self._ensure_role(conn, s.cdc_user, s.cdc_password.get_secret_value(), replication=True)
+            self._ensure_role(conn, s.monitor_user, s.monitor_password.get_secret_value(), replication=False)
+            # Slots, pg_stat_replication's lag columns and the WAL position; no table, no write.
+            conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(s.monitor_user)))
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.db,)).fetchone()
             if not exists:
                 conn.execute(
@@ -200,11 +239,20 @@ class Postgres:
                 conn.execute(script.read_text())
         with psycopg.connect(s.conninfo(superuser=True), autocommit=True) as conn:
             cdc = sql.Identifier(s.cdc_user)
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(s.db), cdc))
+            db = sql.Identifier(s.db)
+            # Only the project's roles connect to its database (PUBLIC has CONNECT by default).
+            conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
+            for role in (s.user, s.cdc_user, s.monitor_user):
+                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(role)))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(cdc))
+            # Debezium's snapshot reads the captured tables; nothing else (no ALL TABLES, no default
+            # privileges: a table added later is not readable by the CDC role until granted here).
             tables = sql.SQL(", ").join(sql.Identifier(t) for t in CAPTURED_TABLES)
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables, cdc))
-            conn.execute(sql.SQL("GRANT SELECT, UPDATE ON {} TO {}").format(sql.Identifier(HEARTBEAT_TABLE), cdc))
+            # heartbeat.action.query: UPDATE ... SET beat_at WHERE id = 1 reads id and writes beat_at.
+            heartbeat = sql.Identifier(HEARTBEAT_TABLE)
+            conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(heartbeat, cdc))
+            conn.execute(sql.SQL("GRANT SELECT (id), UPDATE (beat_at) ON {} TO {}").format(heartbeat, cdc))
             self._ensure_publication(conn)
 
     @staticmethod
@@ -233,7 +281,7 @@ class Postgres:
     # --- replication slot --------------------------------------------------------------------
     def slot_status(self) -> dict[str, object] | None:
         """The slot's state and lag (``infra.capture_health.read_slot``)."""
-        return read_slot(self.settings.conninfo(superuser=True), self.cdc.slot_name)
+        return read_slot(self.settings.conninfo(monitor=True), self.cdc.slot_name)
 
     def drop_slot(self) -> bool:
         """Drop the slot (after the connector is gone); return True if one was dropped."""

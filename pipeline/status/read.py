@@ -273,7 +273,7 @@ def read_once(settings: Settings, client: redis.Redis, errors: dict[str, str]) -
     report: dict[str, Any] = {
         "connector": _errors_into(errors, "connect", lambda: read_connector(settings.connect.url, cdc.connector_name)),
         "slot": _errors_into(
-            errors, "postgres", lambda: read_slot(settings.postgres.conninfo(superuser=True), cdc.slot_name)
+            errors, "postgres", lambda: read_slot(settings.postgres.conninfo(monitor=True), cdc.slot_name)
         ),
         "lock": _errors_into(errors, "redis", lambda: _lock(client, settings.pipeline.consumer_group)),
         "breakers": _errors_into(errors, "redis", lambda: BreakerBoard(client).read()) or {},

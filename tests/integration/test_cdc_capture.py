@@ -144,6 +144,49 @@ def test_cdc_role_has_only_the_grants_it_needs(stack: LocalStack, settings: Sett
             conn.execute(
                 "INSERT INTO content (id, slug, title, publish_ts) VALUES (gen_random_uuid(), 'x', 'x', now())"
             )
+        # The heartbeat row: its id may be read and beat_at written (heartbeat.action.query), no more.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT beat_at FROM cdc_heartbeat")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM cdc_heartbeat")
+
+
+def test_cdc_role_reads_only_the_published_tables(stack: LocalStack, settings: Settings, db):
+    """A table the application adds later is not readable by the CDC role (no default privileges),
+    the role reaches no other database, and physical replication (a copy of every table of the
+    cluster) is refused to it by pg_hba.conf while Debezium's logical replication runs."""
+    pg = settings.postgres
+    db.execute("CREATE TABLE IF NOT EXISTS private_notes (id INTEGER PRIMARY KEY, note TEXT)")
+    cdc = f"host={pg.host} port={pg.port} user={pg.cdc_user} password={pg.cdc_password.get_secret_value()}"
+    with psycopg.connect(f"{cdc} dbname={pg.db}", autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM private_notes")
+        readable = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r' AND has_table_privilege(c.oid, 'SELECT') "
+            "ORDER BY 1"
+        ).fetchall()
+        assert [r[0] for r in readable] == ["content", "engagement_events"]
+    with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+        psycopg.connect(f"{cdc} dbname=postgres")
+    with pytest.raises(psycopg.OperationalError, match="replication connection"):
+        psycopg.connect(f"{cdc} dbname={pg.db} replication=true")
+    slot = stack.postgres.slot_status()
+    assert slot is not None and slot["active"] is True
+
+
+def test_the_monitoring_role_reads_the_slot_and_no_table(stack: LocalStack, settings: Settings):
+    with psycopg.connect(settings.postgres.conninfo(monitor=True), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM engagement_events")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE cdc_heartbeat SET beat_at = now()")
+    # The lag columns of pg_stat_replication are NULL to a role without pg_monitor (or superuser).
+    slot = stack.postgres.slot_status()
+    assert slot is not None and slot["active"] is True and isinstance(slot["lag_bytes"], int)
+    with psycopg.connect(settings.postgres.conninfo(monitor=True), autocommit=True) as conn:
+        sender = conn.execute("SELECT state FROM pg_stat_replication").fetchall()
+    assert sender and all(row[0] == "streaming" for row in sender)
 
 
 def test_network_connections_need_a_password(stack: LocalStack, settings: Settings):
