@@ -28,10 +28,11 @@ A new endpoint's sink (no stored position for the event topic or its parking top
 time; the last two are stored as its positions the first time they are read (``positions``, which
 ``pipeline.job.plan`` calls before the lanes start).
 
-Each dead letter carries ``dlq.http.endpoint``, ``dlq.http.url``, ``dlq.http.status`` (a status
-code, ``timeout``, ``connection``, ``circuit_open``, or what was wrong with a 2xx: ``bad_reply``,
-``too_large``, ``too_deep``, ``unreadable``, ``error``) and ``dlq.http.change``, the change exactly
-as it was sent, which ``make http-replay`` (``sinks.http_replay``) sends again.
+Each dead letter carries ``dlq.http.endpoint``, ``dlq.http.url`` (its credentials masked,
+``sinks.http_redact``; replay posts to the configured URL, not this one), ``dlq.http.status`` (a
+status code, ``timeout``, ``connection``, ``circuit_open``, or what was wrong with a 2xx:
+``bad_reply``, ``too_large``, ``too_deep``, ``unreadable``, ``error``) and ``dlq.http.change``, the
+change exactly as it was sent, which ``make http-replay`` (``sinks.http_replay``) sends again.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from sinks.http_breaker import (
 )
 from sinks.http_client import ClientPolicy, EndpointClient, Sent, make_client
 from sinks.http_payload import change_json, idempotency_key
+from sinks.http_redact import redact_url
 from sinks.http_routes import Route
 from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.positions import Position
@@ -199,7 +201,8 @@ class HttpSink(Sink[EnrichedChange]):
         status, change = self._letter_info.get(idempotency_key(record), ("", b""))
         return (
             ("dlq.http.endpoint", self.route.endpoint.encode()),
-            ("dlq.http.url", self.route.url.encode()),
+            # Credentials in the URL (userinfo, ?token=...) never reach a letter (sinks/http_redact.py).
+            ("dlq.http.url", redact_url(self.route.url).encode()),
             ("dlq.http.status", status.encode()),
             ("dlq.http.change", change),
         )

@@ -52,6 +52,7 @@ from sinks.http_payload import (
     retry_after_s,
     verdict,
 )
+from sinks.http_redact import scrub, url_secrets
 
 MAX_SPLITS = 32
 _deadline = threading.local()  # the monotonic time the current thread's request must end by
@@ -77,6 +78,17 @@ class Sent:
         self.endpoint_failed = self.endpoint_failed or other.endpoint_failed
         self.failure = self.failure or other.failure
         self.requests += other.requests
+
+    def scrubbed(self, url: str) -> Sent:
+        """These outcomes with every secret of ``url`` out of their reasons (sinks/http_redact.py):
+        an exception's message or the endpoint's reply may quote the URL, and reasons reach dead
+        letters, logs and the breaker state ``make status`` shows."""
+        if not url_secrets(url):
+            return self
+        self.rejected = {i: (label, scrub(why, url)) for i, (label, why) in self.rejected.items()}
+        self.retry = {i: (label, scrub(why, url), wait) for i, (label, why, wait) in self.retry.items()}
+        self.failure = scrub(self.failure, url)
+        return self
 
 
 @dataclass(frozen=True)
@@ -109,10 +121,10 @@ class EndpointClient:
         splits = [MAX_SPLITS] if splits is None else splits
         everything = range(len(changes))
         try:
-            return self._post(keys, changes, splits)
+            return self._post(keys, changes, splits).scrubbed(self.url)
         except Exception as exc:  # noqa: BLE001 - whatever a reply holds, it never fails the job
             why = f"error while handling the reply of {self.endpoint}: {type(exc).__name__}: {exc}"
-            return self._all_retry(everything, "error", why[:1000], None, failed=False)
+            return self._all_retry(everything, "error", why[:1000], None, failed=False).scrubbed(self.url)
 
     def _post(self, keys: Sequence[str], changes: Sequence[bytes], splits: list[int]) -> Sent:
         policy = self._policy
