@@ -336,6 +336,10 @@ class PipelineSettings(BaseSettings):
     runner: str = "prism"  # prism | flink | dataflow | direct (see pipeline/runners.py)
     prism_binary: Path = REPO_ROOT / ".stack" / "bin" / "prism"
     prism_port: int = 58073
+    # Where the job's own listeners bind: Prism's job server (its FnAPI endpoints share the port),
+    # the Flink job server, and the SDK harness pool of a LOOPBACK job process. They accept jobs
+    # and code without authentication: loopback unless a firewall or network policy guards them.
+    bind_host: str = "127.0.0.1"
     consumer_group: str = "engagement-pipeline"
     # An event whose content is not in the view waits this long before it is dead-lettered.
     late_content_timeout_s: float = Field(default=10.0, ge=0)
