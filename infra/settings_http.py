@@ -42,6 +42,9 @@ class HttpSinkSettings(BaseSettings):
 
     url: str = ""
     routes_file: Path | None = None
+    # ${NAME} in the routing file may read only variables named HTTP_SINK_ROUTE_* and these (commas);
+    # any other is refused at start (sinks/http_routes.py), so the file cannot read other secrets.
+    routes_env_allow: str = "HTTP_RECEIVER_URL"
     # Changes per POST and bytes of JSON per POST; one flush sends up to `concurrency` POSTs at once.
     batch_max_records: int = Field(default=500, ge=1, le=50_000)
     batch_max_bytes: int = Field(default=1_000_000, ge=1_024)
@@ -114,6 +117,10 @@ class HttpSinkSettings(BaseSettings):
     @property
     def enabled(self) -> bool:
         return bool(self.url or self.routes_file)
+
+    @property
+    def routes_env_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.routes_env_allow.split(",") if name.strip())
 
     @property
     def retryable(self) -> frozenset[int]:

@@ -4,7 +4,7 @@
 endpoints:
   analytics:
     url: ${HTTP_RECEIVER_URL:-http://127.0.0.1:58088}/ingest/analytics
-    headers: {Authorization: "Bearer ${ANALYTICS_TOKEN}"}
+    headers: {Authorization: "Bearer ${HTTP_SINK_ROUTE_ANALYTICS_TOKEN}"}
 routes:
   - name: deep-video-completions
     endpoint: analytics
@@ -24,8 +24,11 @@ the update that takes it out of its filter. ``engagement_pct`` thresholds never 
 whose percentage is unknown (no duration, or content without a length).
 
 ``${NAME}`` and ``${NAME:-default}`` in URLs and header values are read from the environment when
-the file is loaded, so tokens stay out of the file. The file is checked at start, and every error
-names the rule (or endpoint) and the field.
+the file is loaded, so tokens stay out of the file. Only variables named ``HTTP_SINK_ROUTE_*`` and
+those listed in ``HTTP_SINK_ROUTES_ENV_ALLOW`` may be read: whoever can edit the file must not be
+able to copy another secret of the process (a database password, say) into a request to a host of
+their choosing. The file is checked at start, and every error names the rule (or endpoint) and the
+field.
 
 With only ``HTTP_SINK_URL`` set, there is one endpoint, ``default``, with one rule that takes
 everything.
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +50,7 @@ from sinks.records import EngagementRow, EnrichedChange
 
 _NAME = re.compile(r"^(?=.{1,40}$)[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")  # one name, one Beam label
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ROUTE_ENV_PREFIX = "HTTP_SINK_ROUTE_"
 Op = Literal["c", "r", "u", "d"]
 
 
@@ -198,8 +202,9 @@ def everything(url: str, headers: Mapping[str, str] | None = None) -> list[Route
     return [Route("default", url, dict(headers or {}), (Match(),))]
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None) -> list[Route]:
-    """Read and check a routing file; raise :class:`RoutesError` naming what is wrong."""
+def load(path: Path, environ: Mapping[str, str] | None = None, allowed: Collection[str] = ()) -> list[Route]:
+    """Read and check a routing file; raise :class:`RoutesError` naming what is wrong. ``${NAME}``
+    may name ``HTTP_SINK_ROUTE_*`` or a name in ``allowed`` (``HTTP_SINK_ROUTES_ENV_ALLOW``)."""
     env = os.environ if environ is None else environ
     try:
         raw = yaml.safe_load(path.read_text())
@@ -216,18 +221,30 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> list[Route]:
     routes = []
     for name, endpoint in parsed.endpoints.items():
         where = f"routing file {path}: endpoint {name!r}"
-        url = _expand(endpoint.url, env, f"{where}: url")
+        url = _expand(endpoint.url, env, allowed, f"{where}: url")
         if not url.startswith(("http://", "https://")) or len(url) < len("http://h"):
             raise RoutesError(f"{where}: url: {url!r} is not an http:// or https:// URL")
-        headers = {key: _expand(value, env, f"{where}: headers.{key}") for key, value in endpoint.headers.items()}
+        headers = {
+            key: _expand(value, env, allowed, f"{where}: headers.{key}") for key, value in endpoint.headers.items()
+        }
         rules = tuple(rule.match for rule in parsed.routes if rule.endpoint == name)
         routes.append(Route(name, url, headers, rules, endpoint.accept))
     return routes
 
 
-def _expand(text: str, env: Mapping[str, str], where: str) -> str:
+def may_expand(name: str, allowed: Collection[str]) -> bool:
+    return name.startswith(ROUTE_ENV_PREFIX) or name in allowed
+
+
+def _expand(text: str, env: Mapping[str, str], allowed: Collection[str], where: str) -> str:
     def value(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
+        if not may_expand(name, allowed):
+            # Refused even with a default or when unset: the file means the same in every environment.
+            raise RoutesError(
+                f"{where}: ${{{name}}} may not be read: name it {ROUTE_ENV_PREFIX}... or add it to "
+                "HTTP_SINK_ROUTES_ENV_ALLOW"
+            )
         if name in env and env[name] != "":
             return env[name]
         if default is None:

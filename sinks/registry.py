@@ -67,7 +67,7 @@ def http_routes(settings: Settings) -> list[Any]:
 
     hs = settings.http_sink
     if hs.routes_file is not None:
-        return routes.load(hs.routes_file)
+        return routes.load(hs.routes_file, allowed=hs.routes_env_names)
     return routes.everything(hs.url) if hs.url else []
 
 

@@ -46,7 +46,7 @@ endpoints:
   everything: {url: "${HTTP_RECEIVER_URL}/ingest/everything"}
   finishes:
     url: "${HTTP_RECEIVER_URL}/ingest/finishes"
-    headers: {Authorization: "Bearer ${FINISHES_TOKEN:-test-token}"}
+    headers: {Authorization: "Bearer ${HTTP_SINK_ROUTE_FINISHES_TOKEN:-test-token}"}
 routes:
   - {name: all, endpoint: everything}
   - {name: finishes, endpoint: finishes, match: {event_type: [finish]}}

