@@ -86,7 +86,7 @@ def test_make_status_reads_the_slot_as_the_monitoring_role(monkeypatch):
 
     seen: list[str] = []
     monkeypatch.setattr(read, "read_slot", lambda conninfo, slot: seen.append(conninfo))
-    monkeypatch.setattr(read, "read_connector", lambda url, name: None)
+    monkeypatch.setattr(read, "read_connector", lambda url, name, **kwargs: None)
     settings = Settings(pipeline={"sinks": "redis"})
     read.read_once(settings, fakeredis.FakeRedis(), {})
     pg = settings.postgres
