@@ -106,10 +106,12 @@ def capture_problems(report: Mapping[str, Any], cdc: CdcSettings) -> list[str]:
     ]
 
 
-def read_connector(connect_url: str, name: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+def read_connector(
+    connect_url: str, name: str, timeout_s: float = 5.0, *, auth: tuple[str, str] | None = None
+) -> dict[str, Any] | None:
     """Connect's REST status of connector ``name``; None when it is not registered. Raises
-    ``httpx.HTTPError`` when Connect does not answer."""
-    response = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=timeout_s)
+    ``httpx.HTTPError`` when Connect does not answer. ``auth``: ``ConnectSettings.auth()``."""
+    response = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=timeout_s, auth=auth)
     if response.status_code == 404:
         return None
     response.raise_for_status()

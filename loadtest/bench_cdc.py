@@ -40,12 +40,7 @@ NO_CHANGES = {
 def tail_consumer(settings: Settings) -> Consumer:
     """A consumer on every partition of the engagement topic, positioned at the current end."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": "bench-cdc",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 5,
-        }
+        settings.kafka.client_config(**{"group.id": "bench-cdc", "enable.auto.commit": False, "fetch.wait.max.ms": 5})
     )
     topic = settings.cdc.engagement_topic
     consumer.assign([TopicPartition(topic, p, end) for p, end in end_offsets(settings.kafka, topic).items()])

@@ -242,9 +242,7 @@ def forget_positions(client: redis.Redis) -> None:
 def plain_consume(settings: Settings, total: int) -> float:
     """The bare minimum: confluent-kafka + orjson over the same topic, one process."""
     topic = settings.cdc.engagement_topic
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "bench-plain", "enable.auto.commit": False}
-    )
+    consumer = Consumer(settings.kafka.client_config(**{"group.id": "bench-plain", "enable.auto.commit": False}))
     ends = end_offsets(settings.kafka, topic)
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
     seen, began = 0, time.monotonic()

@@ -82,11 +82,7 @@ class ArrivalWatch:
     def __init__(self, settings: Settings, content_id: str) -> None:
         self._needle = content_id.encode()
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
-                "group.id": "bench-arrivals",
-                "fetch.wait.max.ms": 5,
-            }
+            settings.kafka.client_config(**{"group.id": "bench-arrivals", "fetch.wait.max.ms": 5})
         )
         topic = settings.cdc.engagement_topic
         ends = end_offsets(settings.kafka, topic)

@@ -100,12 +100,9 @@ def cmd_logs(stack: LocalStack, lines: int, service: str | None) -> int:
 def _read_recent(settings: Settings, topic: str, per_partition: int, timeout: float) -> list[tuple[int, int, Any]]:
     """The last ``per_partition`` records of every partition of ``topic``, decoded."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": "stack-tail",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+        settings.kafka.client_config(
+            **{"group.id": "stack-tail", "enable.auto.commit": False, "enable.partition.eof": True}
+        )
     )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]

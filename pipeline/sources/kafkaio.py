@@ -117,7 +117,15 @@ def java_consumer_config(consumer_config: dict[str, Any]) -> dict[str, str]:
     """The lane's consumer settings for the Java consumer: the cluster and the group.
 
     The rest of ours are librdkafka names (``message.max.bytes``, ``queued.max.messages.kbytes``);
-    the Java consumer's defaults already fetch a record of any size the topic accepts."""
+    the Java consumer's defaults already fetch a record of any size the topic accepts.
+
+    Not with SASL_SSL (secure mode, docs/security.md): the Java consumer takes its password in
+    ``sasl.jaas.config``, which would travel in the job graph; our source resolves it on the worker."""
+    if consumer_config.get("security.protocol", "PLAINTEXT") != "PLAINTEXT":
+        raise KafkaIOUnavailable(
+            "PIPELINE_SOURCE=kafkaio does not support KAFKA_SECURITY_PROTOCOL=SASL_SSL (the Kafka password "
+            "would be in the job graph): use PIPELINE_SOURCE=sdf"
+        )
     config = {key: str(consumer_config[key]) for key in ("bootstrap.servers", "group.id") if key in consumer_config}
     # KafkaIO commits in finalize itself.
     config["enable.auto.commit"] = "false"
