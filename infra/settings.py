@@ -8,7 +8,9 @@ and ``BURST_COUNT`` keep the names seed 004 gave them). The HTTP groups live in 
 those of the metrics endpoint, the status view and the live page in ``infra.settings_views``; both
 are re-exported here. Defaults are safe for a laptop: every service listens on 127.0.0.1 only, on
 ports away from the usual ones so that a system Postgres or Redis never collides with ours.
-Passwords are ``SecretStr`` so they never appear in logs or reprs.
+Passwords and tokens are ``infra.secrets.Secret``: never in logs or reprs, and never in the job graph
+(they pickle as references to their setting). The local default passwords are refused for any host
+that is not loopback.
 
 Read it once at the entry point (``Settings()``) and pass the sub-models down; nothing else in the
 code base reads ``os.environ``. ``.env.example`` lists every variable.
@@ -19,12 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from infra.row_bound import required_max_message_bytes
+from infra.secrets import Secret, SecretConfig, local_defaults_in_use
 from infra.settings_backfill import BackfillSettings as BackfillSettings
 from infra.settings_base import REPO_ROOT as REPO_ROOT
+from infra.settings_base import Group
 from infra.settings_base import config as _config
 from infra.settings_bigquery import BigQuerySettings as BigQuerySettings
 from infra.settings_flink import FlinkSettings as FlinkSettings
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     import redis
 
 
-class PostgresSettings(BaseSettings):
+class PostgresSettings(Group):
     """The source database: an application user for writers, a CDC user for Debezium."""
 
     model_config = _config("POSTGRES_")
@@ -48,28 +52,54 @@ class PostgresSettings(BaseSettings):
     port: int = 55432
     db: str = "engagement_db"
     user: str = "engagement"
-    password: SecretStr = SecretStr("engagement-local")
+    password: Secret = Secret("engagement-local")
     # The bootstrap superuser: used only by the stack supervisor for DDL and roles.
     superuser: str = "postgres"
-    superuser_password: SecretStr = SecretStr("postgres-local")
+    superuser_password: Secret = Secret("postgres-local")
     cdc_user: str = "debezium"
-    cdc_password: SecretStr = SecretStr("debezium-local")
+    cdc_password: Secret = Secret("debezium-local")
     # What `make status` reads with: pg_monitor (slots, replication stats), no table access.
     monitor_user: str = "engagement_monitor"
-    monitor_password: SecretStr = SecretStr("monitor-local")
+    monitor_password: Secret = Secret("monitor-local")
+    # TLS to the server: libpq's sslmode and sslrootcert. Unset, they follow STACK_SECURE: verify-full
+    # against the stack's CA (<STACK_DIR>/tls/ca.pem) in secure mode, libpq's default (prefer) otherwise.
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: Path | None = None
+    # The stack's CA when STACK_SECURE, set by ``Settings`` (a group does not see STACK_SECURE itself).
+    _stack_ca: Path | None = PrivateAttr(default=None)
+
+    @property
+    def effective_sslmode(self) -> str | None:
+        return self.sslmode or ("verify-full" if self._stack_ca else None)
+
+    @property
+    def effective_sslrootcert(self) -> Path | None:
+        return self.sslrootcert or self._stack_ca
 
     def conninfo(self, *, superuser: bool = False, monitor: bool = False, dbname: str | None = None) -> str:
         if superuser and monitor:
             raise ValueError("conninfo: superuser or monitor, not both")
         user = self.superuser if superuser else self.monitor_user if monitor else self.user
         password = self.superuser_password if superuser else self.monitor_password if monitor else self.password
+        tls = ""
+        if self.effective_sslmode:
+            tls += f" sslmode={self.effective_sslmode}"
+        if self.effective_sslrootcert:
+            tls += f" sslrootcert={_conninfo_value(str(self.effective_sslrootcert))}"
         return (
             f"host={self.host} port={self.port} dbname={dbname or self.db} user={user} "
-            f"password={password.get_secret_value()} connect_timeout=5 application_name=engagement"
+            f"password={password.get_secret_value()} connect_timeout=5 application_name=engagement{tls}"
         )
 
 
-class KafkaSettings(BaseSettings):
+def _conninfo_value(value: str) -> str:
+    # libpq's keyword=value syntax: quote a value with spaces, escaping quotes and backslashes.
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class KafkaSettings(Group):
     """KRaft Kafka: one JVM that is broker and controller, or three (``KAFKA_BROKERS=3``)."""
 
     model_config = _config("KAFKA_")
@@ -92,6 +122,22 @@ class KafkaSettings(BaseSettings):
     # clients' message.max.bytes and the dead-letter cap all follow it. 5 MiB carries the largest
     # change the schema allows (an update of a row at the bound, worst-case escaped) and its letter.
     max_message_bytes: int = Field(default=5_242_880, ge=required_max_message_bytes())
+    # The clients' transport and authentication (docs/security.md). Unset, it follows STACK_SECURE:
+    # SASL_SSL with SCRAM-SHA-512 against the stack's CA in secure mode, PLAINTEXT otherwise.
+    security_protocol: Literal["PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    # The pipeline's and the tools' user (read and write the project's topics, nothing else).
+    sasl_username: str = "engagement"
+    sasl_password: Secret = Secret("kafka-engagement-local")
+    # PEM file of the CA the brokers' certificates are checked against. Unset: the stack's CA
+    # (<STACK_DIR>/tls/ca.pem) in secure mode, the system's trust store otherwise.
+    ssl_ca_location: str = ""
+    # The brokers' own user (inter-broker and controller listeners) and the stack's provisioning
+    # (topics, users, ACLs): a super user. Set before the storage is formatted (`make reset` to change).
+    admin_username: str = "admin"
+    admin_password: Secret = Secret("kafka-admin-local")
+    # The stack's CA when STACK_SECURE, set by ``Settings`` (a group does not see STACK_SECURE itself).
+    _stack_ca: Path | None = PrivateAttr(default=None)
 
     @field_validator("brokers")
     @classmethod
@@ -123,12 +169,36 @@ class KafkaSettings(BaseSettings):
     def bootstrap_servers(self) -> str:
         return self.bootstrap or ",".join(f"{self.host}:{port}" for port in self.broker_ports)
 
-    def client_config(self, **extra: Any) -> dict[str, Any]:
-        """librdkafka settings for a producer or consumer of this cluster."""
+    @property
+    def effective_security_protocol(self) -> str:
+        return self.security_protocol or ("SASL_SSL" if self._stack_ca else "PLAINTEXT")
+
+    @property
+    def effective_ssl_ca_location(self) -> str:
+        return self.ssl_ca_location or (str(self._stack_ca) if self._stack_ca else "")
+
+    def client_config(self, *, admin: bool = False, **extra: Any) -> dict[str, Any]:
+        """librdkafka settings for a producer, consumer or admin client of this cluster; with SASL_SSL
+        as KAFKA_SASL_USERNAME, or as the admin user (``admin``: the stack's provisioning only). The
+        password is a ``SecretConfig`` entry, which pickles as a reference (infra/secrets.py)."""
         # message.max.bytes is global in librdkafka: a producer's largest message, and a consumer
         # keeps fetch.max.bytes at least this (and receive.message.max.bytes above that), so it reads
         # any record a topic accepts; max.partition.fetch.bytes is only its first try per partition.
-        return {"bootstrap.servers": self.bootstrap_servers, "message.max.bytes": self.max_message_bytes, **extra}
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "message.max.bytes": self.max_message_bytes,
+        }
+        if self.effective_security_protocol == "PLAINTEXT":
+            return {**config, **extra}
+        config |= {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": self.sasl_mechanism,
+            "sasl.username": self.admin_username if admin else self.sasl_username,
+        }
+        if self.effective_ssl_ca_location:
+            config["ssl.ca.location"] = self.effective_ssl_ca_location
+        password = self.admin_password if admin else self.sasl_password
+        return SecretConfig({**config, **extra}, {"sasl.password": password})
 
     def producer_config(self, **extra: Any) -> dict[str, Any]:
         """``client_config`` for a producer: a write is acknowledged once every in-sync replica has
@@ -138,7 +208,7 @@ class KafkaSettings(BaseSettings):
         return self.client_config(**{"acks": "all", "enable.idempotence": True, **extra})
 
 
-class ConnectSettings(BaseSettings):
+class ConnectSettings(Group):
     """Kafka Connect in distributed mode with one worker, hosting the Debezium connector."""
 
     model_config = _config("CONNECT_")
@@ -151,20 +221,38 @@ class ConnectSettings(BaseSettings):
     # transaction. Off: the sinks skip Debezium's re-sends themselves (docs/delivery.md, which has
     # what it costs on commit -> Kafka latency).
     exactly_once_source: bool = False
+    # The REST API asks for HTTP basic authentication (Kafka's BasicAuthSecurityRestExtension) with
+    # CONNECT_USERNAME / CONNECT_PASSWORD. Unset, it follows STACK_SECURE: on in secure mode.
+    rest_auth: bool | None = None
+    username: str = "engagement"
+    password: Secret = Secret("connect-local")
+    # Connect's own Kafka user in secure mode: its worker, the connector's producer, its admin client.
+    kafka_username: str = "connect"
+    kafka_password: Secret = Secret("kafka-connect-local")
+    # Set by ``Settings`` when STACK_SECURE (a group does not see STACK_SECURE itself).
+    _stack_ca: Path | None = PrivateAttr(default=None)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def effective_rest_auth(self) -> bool:
+        return self.rest_auth if self.rest_auth is not None else self._stack_ca is not None
 
-class RedisSettings(BaseSettings):
+    def auth(self) -> tuple[str, str] | None:
+        """What every caller of the REST API passes as ``httpx``'s ``auth``."""
+        return (self.username, self.password.get_secret_value()) if self.effective_rest_auth else None
+
+
+class RedisSettings(Group):
     """Redis for the live leaderboards; it always has a password."""
 
     model_config = _config("REDIS_")
 
     host: str = "127.0.0.1"
     port: int = 56379
-    password: SecretStr = SecretStr("redis-local")
+    password: Secret = Secret("redis-local")
     maxmemory: str = "512mb"
     # How long the Redis sinks remember the id of an event they parked (sinks/parking.py): at least
     # the parking topic's retention (CDC_ENGAGEMENT_RETENTION_MS), after which it cannot come back.
@@ -172,16 +260,58 @@ class RedisSettings(BaseSettings):
     # Put before every key the Redis sinks write (sinks/redis_keys.py). Empty for the live boards; a
     # rebuild (python -m pipeline rebuild-redis) writes a fresh copy under rebuild:<id>: and swaps it in.
     key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9:_.\-]*$")
+    # Secure mode (STACK_SECURE): TLS, the server verified against the stack's CA, and named ACL users
+    # (infra/stack/redis_server.py) with the default user off. Unset, tls / ca_file / username follow
+    # STACK_SECURE: on, <STACK_DIR>/tls/ca.pem and "engagement-pipeline" (REDIS_PASSWORD is its password)
+    # in secure mode; off, none and the default user otherwise.
+    tls: bool | None = None
+    ca_file: Path | None = None
+    username: str | None = None
+    # The read-only user of `make status`, the dashboard and the stack's probes in secure mode.
+    reader_username: str = "engagement-reader"
+    reader_password: Secret = Secret("reader-local")
+    # The stack's CA when STACK_SECURE, set by ``Settings`` (a group does not see STACK_SECURE itself).
+    _stack_ca: Path | None = PrivateAttr(default=None)
 
-    def client(self, *, decode_responses: bool = False, timeout_s: float | None = None) -> redis.Redis:
+    @property
+    def secure(self) -> bool:
+        """Named users, default user off: the stack's secure mode (or REDIS_USERNAME set by hand)."""
+        return self._stack_ca is not None or bool(self.username)
+
+    @property
+    def effective_tls(self) -> bool:
+        return self.tls if self.tls is not None else self._stack_ca is not None
+
+    @property
+    def effective_ca_file(self) -> Path | None:
+        return self.ca_file or self._stack_ca
+
+    @property
+    def effective_username(self) -> str | None:
+        return self.username or ("engagement-pipeline" if self._stack_ca else None)
+
+    def client(
+        self, *, decode_responses: bool = False, timeout_s: float | None = None, reader: bool = False
+    ) -> redis.Redis:
         """The one way the project opens a Redis client (sinks, supervisor, tools, the stack's probes);
-        ``timeout_s`` for callers that must never wait on Redis long (best-effort status)."""
+        ``timeout_s`` for callers that must never wait on Redis long (best-effort status); ``reader``
+        for those that only read (status, dashboard, probes): the read-only user when there are users."""
         import redis
 
+        username, password = self.effective_username, self.password
+        if reader and self.secure:
+            username, password = self.reader_username, self.reader_password
+        tls: dict[str, Any] = {}
+        if self.effective_tls:
+            ca = self.effective_ca_file
+            tls = {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+            tls["ssl_ca_certs"] = str(ca) if ca else None
         return redis.Redis(
             host=self.host,
             port=self.port,
-            password=self.password.get_secret_value(),
+            username=username,
+            password=password.get_secret_value(),
+            **tls,
             socket_connect_timeout=timeout_s or 2,
             socket_timeout=timeout_s or 10,
             health_check_interval=10,
@@ -417,6 +547,44 @@ class Settings(BaseSettings):
     status: StatusSettings = Field(default_factory=StatusSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    # Docker Compose only: its services reach each other by name on a private network, where the
+    # local default passwords are as safe as on loopback. Never set it for reachable services.
+    allow_local_default_passwords: bool = False
+
+    @model_validator(mode="after")
+    def _no_local_passwords_off_loopback(self) -> Settings:
+        if self.allow_local_default_passwords:
+            return self
+        # Only the passwords in use: a PLAINTEXT Kafka has no SASL password to set.
+        pg, kafka, redis_ = self.postgres, self.kafka, self.redis
+        kafka_hosts = [server.rsplit(":", 1)[0] for server in kafka.bootstrap_servers.split(",")]
+        sasl = kafka.effective_security_protocol != "PLAINTEXT"
+        found = [
+            *local_defaults_in_use(
+                pg, [pg.host], ["password", "superuser_password", "cdc_password", "monitor_password"]
+            ),
+            *local_defaults_in_use(kafka, kafka_hosts, ["sasl_password", "admin_password"] if sasl else []),
+            *local_defaults_in_use(
+                redis_, [redis_.host], ["password", "reader_password"] if redis_.secure else ["password"]
+            ),
+        ]
+        if found:
+            raise ValueError(
+                f"the local default password of {', '.join(found)} is refused for a service that is not on "
+                "loopback: set your own (docs/security.md)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _secure_mode(self) -> Settings:
+        # The groups' TLS defaults follow STACK_SECURE and STACK_DIR; each gets its own copy, so a group
+        # shared with another Settings (model_copy in the test fixtures) keeps that one's view.
+        ca = self.stack.tls_dir / "ca.pem" if self.stack.secure else None
+        for name in ("postgres", "redis", "kafka", "connect"):
+            group = getattr(self, name).model_copy()
+            group._stack_ca = ca
+            object.__setattr__(self, name, group)  # frozen: the one place a group is replaced
+        return self
 
     @model_validator(mode="after")
     def _letters_fit_the_topic(self) -> Settings:

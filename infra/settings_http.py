@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
+from infra.secrets import Secret
+from infra.settings_base import Group
 from infra.settings_base import config as _config
 
 
@@ -30,7 +32,7 @@ def parse_statuses(text: str) -> frozenset[int]:
     return frozenset(statuses)
 
 
-class HttpSinkSettings(BaseSettings):
+class HttpSinkSettings(Group):
     """The HTTP sink (docs/http.md): where it posts, how it batches, retries and trips its breaker.
 
     Off unless ``HTTP_SINK_URL`` (one endpoint, named ``default``, gets every change) or
@@ -64,7 +66,7 @@ class HttpSinkSettings(BaseSettings):
     split_statuses: str = "400,413,422"
     # Extra headers on every request, as JSON ({"X-Tenant": "newsroom"}); a token goes in auth_token.
     headers: dict[str, str] = Field(default_factory=dict)
-    auth_token: SecretStr | None = None
+    auth_token: Secret | None = None
     # The breaker opens after breaker_fail_max failed requests in a row, or when at least
     # breaker_min_calls requests in breaker_window_s failed at breaker_failure_rate or more. Open,
     # it dead-letters at once; after breaker_reset_timeout_s one trial request may close it.

@@ -8,6 +8,10 @@
   environment variable (``--pipeline_sinks`` is ``PIPELINE_SINKS``, ``--kafka_host`` is
   ``KAFKA_HOST``) sets that setting: this is how Flex Template parameters arrive
   (infra/dataflow/metadata.json). Everything else goes to Beam's ``PipelineOptions``.
+- **Secrets by reference.** A password or token given as a parameter must be a Secret Manager
+  version (``--redis_password=secretmanager:projects/P/secrets/NAME/versions/V``): parameters are
+  shown with the job, and the workers fetch the value themselves (``infra.secrets``). A literal one
+  is refused.
 - **Real BigQuery.** ``BIGQUERY_EMULATOR_HOST`` defaults to empty here (the local default points at
   the emulator on 127.0.0.1, which no Dataflow worker has).
 - **What it runs.** The worker's steps without the supervisor and without waiting: plan from Kafka
@@ -34,6 +38,7 @@ from collections.abc import Mapping
 import redis
 from pydantic_settings import BaseSettings
 
+from infra.secrets import SECRET_MANAGER_PREFIX
 from infra.settings import Settings
 from pipeline import job
 from pipeline.instance_lock import InstanceLock, LockHeld
@@ -55,6 +60,23 @@ def setting_names() -> set[str]:
             prefix = model.model_config.get("env_prefix", "")
             names |= {f"{prefix}{name}".upper() for name in model.model_fields}
     return names
+
+
+def secret_names() -> set[str]:
+    """The environment variable of every password or token setting."""
+    names = set()
+    for field in Settings.model_fields.values():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseSettings):
+            prefix = model.model_config.get("env_prefix", "")
+            names |= {f"{prefix}{n}".upper() for n, f in model.model_fields.items() if "Secret" in str(f.annotation)}
+    return names
+
+
+def literal_secrets(values: Mapping[str, str]) -> list[str]:
+    """The secret settings among ``values`` given as a value rather than a Secret Manager reference."""
+    secret = secret_names()
+    return sorted(n for n, v in values.items() if n in secret and v and not v.startswith(SECRET_MANAGER_PREFIX))
 
 
 def split_args(argv: list[str], names: set[str]) -> tuple[dict[str, str], list[str]]:
@@ -105,6 +127,13 @@ def main(argv: list[str] | None = None, *, client: redis.Redis | None = None) ->
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     values, beam_args = split_args(argv, setting_names())
+    if literal := literal_secrets(values):
+        print(
+            f"error: {', '.join(literal)} given as a value; give a Secret Manager version instead "
+            f"({SECRET_MANAGER_PREFIX}projects/P/secrets/NAME/versions/V): parameters are shown with the job",
+            file=sys.stderr,
+        )
+        return 2
     settings = launch_settings(values, os.environ)
     try:
         generation = take_generation(settings, client)

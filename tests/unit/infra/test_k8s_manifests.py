@@ -217,6 +217,8 @@ def k8s_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The settings the submitter runs with: settings.env over the defaults."""
     for name, value in active_env("settings.env").items():
         monkeypatch.setenv(name, value)
+    for name in secret_settings():  # from the Secret, as on the cluster
+        monkeypatch.setenv(name, f"k8s-{name.lower()}")
     return Settings()
 
 
@@ -228,7 +230,7 @@ def secret_settings() -> dict[str, str]:
         if isinstance(model, type) and issubclass(model, BaseSettings):
             prefix = model.model_config.get("env_prefix", "")
             for name, sub in model.model_fields.items():
-                if "SecretStr" in str(sub.annotation):
+                if "Secret" in str(sub.annotation):
                     default = sub.default
                     secrets[f"{prefix}{name}".upper()] = (
                         default.get_secret_value() if isinstance(default, SecretStr) else ""
