@@ -439,3 +439,67 @@ def test_interpolation_applies_compose_defaults():
     assert interpolate("${A:-x}/${B-y}/${C}/$$", {"A": "", "B": ""}) == "x///$"
     with pytest.raises(KeyError):
         interpolate("${GRAFANA_ADMIN_PASSWORD:?set it}")
+
+
+# --- Each container gets only its own secrets ----------------------------------------------------
+
+NOT_SECRETS = {"ALLOW_LOCAL_DEFAULT_PASSWORDS"}  # a switch, named after what it is about
+# Every secret a service receives (environment or command line), and why it needs it. A service
+# missing from the map receives none.
+SECRETS: dict[str, dict[str, str]] = {
+    "postgres": {"POSTGRES_PASSWORD": "the image sets the superuser's password from it (initdb)"},
+    "connect": {"POSTGRES_CDC_PASSWORD": "Debezium's database.password, ${env:...} in the connector config"},
+    "redis": {"REDIS_PASSWORD": "requirepass, and the health check's redis-cli"},
+    "init": {
+        "POSTGRES_SUPERUSER_PASSWORD": "creates the roles and grants (python -m infra.stack provision)",
+        "POSTGRES_PASSWORD": "sets the application role's password; creates the schema as that role",
+        "POSTGRES_CDC_PASSWORD": "sets the CDC role's password",
+        "POSTGRES_MONITOR_PASSWORD": "sets the monitoring role's password",
+    },
+    "generator": {"POSTGRES_PASSWORD": "writes content and events as the application role"},
+    "pipeline": {
+        "REDIS_PASSWORD": "the Redis sinks, the instance lock, positions",
+        "POSTGRES_MONITOR_PASSWORD": "python -m pipeline status reads the replication slot",
+    },
+    "pipeline-flink": {
+        "REDIS_PASSWORD": "the instance lock and positions in the supervisor",
+        "POSTGRES_MONITOR_PASSWORD": "python -m pipeline status reads the replication slot",
+    },
+    "flink-worker-pool-1": {"REDIS_PASSWORD": "the Redis sinks on the workers resolve it here (infra/secrets.py)"},
+    "flink-worker-pool-2": {"REDIS_PASSWORD": "the Redis sinks on the workers resolve it here (infra/secrets.py)"},
+    "dashboard": {"REDIS_PASSWORD": "reads the boards"},
+    "grafana": {"GF_SECURITY_ADMIN_PASSWORD": "Grafana's admin login"},
+}
+
+
+def secrets_received(doc: dict[str, Any]) -> dict[str, set[str]]:
+    """Per service, the secret variables it receives: in its environment, or interpolated into its
+    command (``--requirepass ${REDIS_PASSWORD}``)."""
+    received = {}
+    for name, svc in doc["services"].items():
+        names = {key for key in (svc.get("environment") or {}) if SECRET_NAME.search(key)}
+        command = json.dumps(svc.get("command", []))
+        names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", command))
+        names = {n for n in names if SECRET_NAME.search(n)} - NOT_SECRETS
+        if names:
+            received[name] = names
+    return received
+
+
+def test_each_service_receives_only_the_secrets_it_uses():
+    expected = {service: set(secrets) for service, secrets in SECRETS.items()}
+    assert secrets_received(compose()) == expected
+
+
+def test_the_secret_check_finds_a_password_handed_to_a_service_that_does_not_use_it():
+    doc = compose()
+    doc["services"]["generator"]["environment"]["POSTGRES_SUPERUSER_PASSWORD"] = "${POSTGRES_SUPERUSER_PASSWORD}"
+    doc["services"]["bigquery"]["environment"] = {"REDIS_PASSWORD": "${REDIS_PASSWORD}"}
+    received = secrets_received(doc)
+    assert received["generator"] == {"POSTGRES_PASSWORD", "POSTGRES_SUPERUSER_PASSWORD"}
+    assert received["bigquery"] == {"REDIS_PASSWORD"}
+
+
+def test_no_secret_is_shared_through_the_common_environment():
+    # x-app-env reaches most services: a password there would reach all of them.
+    assert not [key for key in _raw()["x-app-env"] if SECRET_NAME.search(key) and key not in NOT_SECRETS]
