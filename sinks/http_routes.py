@@ -23,8 +23,10 @@ of a delete, and for an update either image, so an endpoint that received a row 
 the update that takes it out of its filter. ``engagement_pct`` thresholds never match a change
 whose percentage is unknown (no duration, or content without a length).
 
-``${NAME}`` and ``${NAME:-default}`` in URLs and header values are read from the environment when
-the file is loaded, so tokens stay out of the file. Only variables named ``HTTP_SINK_ROUTE_*`` and
+``${NAME}`` and ``${NAME:-default}`` in URLs and header values are read from the environment, so
+tokens stay out of the file. URLs are expanded when the file is loaded; header values are checked
+then, but read again where the sink runs (``EnvHeaders``), so a token in a header never travels in
+the job graph: the workers' environment must have it. Only variables named ``HTTP_SINK_ROUTE_*`` and
 those listed in ``HTTP_SINK_ROUTES_ENV_ALLOW`` may be read: whoever can edit the file must not be
 able to copy another secret of the process (a database password, say) into a request to a host of
 their choosing. The file is checked at start, and every error names the rule (or endpoint) and the
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +149,41 @@ class RoutesFile(_Strict):
         return self
 
 
+class EnvHeaders(Mapping[str, str]):
+    """Header values whose ``${NAME}`` are read from the environment of the process that uses them.
+    A ``Route`` is pickled into its sink's step; this pickles as the templates, not the values."""
+
+    def __init__(
+        self, templates: Mapping[str, str], allowed: Collection[str], where: str, env: Mapping[str, str] | None = None
+    ) -> None:
+        self._templates = dict(templates)
+        self._allowed = frozenset(allowed)
+        self._where = where
+        self._env = env
+        self._values: dict[str, str] | None = None
+
+    def _expanded(self) -> dict[str, str]:
+        if self._values is None:
+            env = os.environ if self._env is None else self._env
+            self._values = {
+                key: _expand(value, env, self._allowed, f"{self._where}: headers.{key}")
+                for key, value in self._templates.items()
+            }
+        return self._values
+
+    def __getitem__(self, key: str) -> str:
+        return self._expanded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._templates)
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (EnvHeaders, (self._templates, self._allowed, self._where))
+
+
 @dataclass(frozen=True)
 class Route:
     """One endpoint and the rules that feed it: what ``HttpSink`` needs."""
@@ -224,9 +261,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None, allowed: Collecti
         url = _expand(endpoint.url, env, allowed, f"{where}: url")
         if not url.startswith(("http://", "https://")) or len(url) < len("http://h"):
             raise RoutesError(f"{where}: url: {url!r} is not an http:// or https:// URL")
-        headers = {
-            key: _expand(value, env, allowed, f"{where}: headers.{key}") for key, value in endpoint.headers.items()
-        }
+        headers = EnvHeaders(endpoint.headers, allowed, where, env)
+        dict(headers)  # every variable checked at start
         rules = tuple(rule.match for rule in parsed.routes if rule.endpoint == name)
         routes.append(Route(name, url, headers, rules, endpoint.accept))
     return routes

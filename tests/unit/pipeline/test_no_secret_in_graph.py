@@ -6,6 +6,7 @@ import base64
 import binascii
 import bz2
 import json
+import pickle
 import re
 import socket
 import zlib
@@ -22,6 +23,7 @@ from infra.settings import Settings
 from pipeline import dataflow_launch
 from pipeline.dataflow_graph import dry_run
 from pipeline.job import build, offline_plans
+from sinks.registry import http_routes
 
 
 def secret_settings() -> list[str]:
@@ -153,3 +155,24 @@ def test_a_launch_refuses_a_literal_secret_parameter(secret_env, capsys):
     assert dataflow_launch.main(["--redis_password=hunter2", "--project=p"]) == 2
     err = capsys.readouterr().err
     assert "REDIS_PASSWORD" in err and "secretmanager:" in err and "hunter2" not in err
+
+
+def test_a_token_read_by_the_routing_file_stays_out_of_the_graph(secret_env, monkeypatch, tmp_path):
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "endpoints:\n"
+        "  analytics:\n"
+        "    url: http://127.0.0.1:9/ingest\n"
+        "    headers: {Authorization: 'Bearer ${HTTP_SINK_ROUTE_TOKEN}'}\n"
+        "routes:\n"
+        "  - {name: everything, endpoint: analytics}\n"
+    )
+    monkeypatch.setenv("HTTP_SINK_ROUTES_FILE", str(routes))
+    monkeypatch.setenv("HTTP_SINK_ROUTE_TOKEN", marker("HTTP_SINK_ROUTE_TOKEN"))
+    settings = Settings()
+    graph = portable_graph(settings)
+    assert found(blobs(graph), ["HTTP_SINK_ROUTE_TOKEN"]) == set()
+    # The sink reads it where it runs: the step's route, unpickled, still sends the header.
+    (route,) = http_routes(settings)
+    restored = pickle.loads(pickle.dumps(route))
+    assert restored.headers == {"Authorization": f"Bearer {marker('HTTP_SINK_ROUTE_TOKEN')}"}
