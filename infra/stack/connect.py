@@ -33,12 +33,18 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 
 def connector_config(settings: Settings, template: Path = CONNECTOR_FILE) -> dict[str, str]:
-    """The connector JSON with ``${NAME}`` filled from settings; ``${env:...}`` left to Connect."""
+    """The connector JSON with ``${NAME}`` filled from settings; ``${env:...}`` left to Connect. A key
+    whose value fills to nothing is left out, so Debezium's default applies (``database.sslmode`` and
+    ``database.sslrootcert`` outside secure mode)."""
+    pg = settings.postgres
     values = {
         "POSTGRES_HOST": settings.postgres.host,
         "POSTGRES_PORT": str(settings.postgres.port),
         "POSTGRES_DB": settings.postgres.db,
         "POSTGRES_CDC_USER": settings.postgres.cdc_user,
+        # TLS to Postgres as every other client's (PostgresSettings.conninfo): verify-full in secure mode.
+        "POSTGRES_SSLMODE": pg.effective_sslmode or "",
+        "POSTGRES_SSLROOTCERT": str(pg.effective_sslrootcert or ""),
         "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
         "CDC_SLOT_NAME": settings.cdc.slot_name,
         "CDC_PUBLICATION_NAME": settings.cdc.publication_name,
@@ -55,7 +61,8 @@ def connector_config(settings: Settings, template: Path = CONNECTOR_FILE) -> dic
         return values[name]
 
     config = json.loads(template.read_text())
-    return {key: _PLACEHOLDER.sub(fill, str(value)) for key, value in config.items()}
+    filled = {key: _PLACEHOLDER.sub(fill, str(value)) for key, value in config.items()}
+    return {key: value for key, value in filled.items() if value != ""}
 
 
 class Connect:

@@ -24,6 +24,7 @@ from infra.process import ServiceProcess, StackError, stop_together
 from infra.reserved_ports import reserve_ports
 from infra.settings import Settings
 from infra.stack.bigquery_emulator import BigQueryEmulator
+from infra.stack.certificates import TlsFiles, ensure_certificates
 from infra.stack.connect import Connect
 from infra.stack.http_receiver import HttpReceiver
 from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_health, topic_specs
@@ -45,6 +46,7 @@ def child_environment(settings: Settings) -> dict[str, str]:
         "REDIS_PORT": str(settings.redis.port),
         "CDC_TOPIC_PREFIX": settings.cdc.topic_prefix,
         "STACK_DIR": str(settings.stack.dir),
+        "STACK_SECURE": str(settings.stack.secure).lower(),
         "PIPELINE_PRISM_PORT": str(settings.pipeline.prism_port),
         "PIPELINE_CONSUMER_GROUP": settings.pipeline.consumer_group,
         "PIPELINE_SINKS": settings.pipeline.sinks,
@@ -71,8 +73,10 @@ class LocalStack:
         self.settings = settings
         self.log = log
         stack_dir = settings.stack.dir
-        self.postgres = Postgres(settings.postgres, settings.cdc, stack_dir)
-        self.redis = RedisServer(settings.redis, stack_dir)
+        # Secure mode: the certificates every service presents (made in ``up``, infra/stack/certificates.py).
+        self.tls = TlsFiles(settings.stack.tls_dir) if settings.stack.secure else None
+        self.postgres = Postgres(settings.postgres, settings.cdc, stack_dir, self.tls)
+        self.redis = RedisServer(settings.redis, stack_dir, self.tls)
         self.bigquery = (
             BigQueryEmulator(settings.bigquery, stack_dir, settings.stack.bigquery_emulator_venv)
             if settings.bigquery.emulated
@@ -117,6 +121,9 @@ class LocalStack:
     def up(self, *, connector: bool = True) -> None:
         timeout = self.settings.stack.start_timeout_s
         reserve_ports(self.ports())
+        if self.tls is not None:
+            ensure_certificates(self.tls.dir)
+            self.log(f"  tls       certificates in {self.tls.dir}")
         if self.postgres.ensure_cluster():
             self.log("  postgres  initialised a new cluster")
         self._start(self.postgres.process)
@@ -232,6 +239,6 @@ class LocalStack:
         if report["services"]["redis"]["state"] == "healthy":
             from sinks.http_breaker import BreakerBoard
 
-            report["http_breakers"] = BreakerBoard(self.settings.redis.client(timeout_s=2.0)).read()
+            report["http_breakers"] = BreakerBoard(self.settings.redis.client(timeout_s=2.0, reader=True)).read()
         report["capture_problems"] = capture_problems(report, self.settings.cdc)
         return report

@@ -13,6 +13,12 @@ Client authentication is our own ``pg_hba.conf`` (``hba_rules``, written on ever
 initdb's: the CDC role may connect to the application database only, and no role may open a
 physical replication connection (``pg_basebackup`` would copy every table of the cluster). Logical
 replication, which is what Debezium opens, names its database and so matches the database lines.
+
+Secure mode (``STACK_SECURE``, a ``TlsFiles`` given): ``ssl=on`` with the stack's server certificate
+(a copy of it and its key in the cluster's folder, owned by the server's OS user, which Postgres
+requires of its key), and every TCP line of ``pg_hba.conf`` is ``hostssl``: a client that does not
+use TLS matches no line and is refused. Clients verify the server (``POSTGRES_SSLMODE``
+``verify-full`` against ``ca.pem``, ``PostgresSettings.conninfo``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from psycopg import sql
 from infra.capture_health import read_slot
 from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import CdcSettings, PostgresSettings
+from infra.stack.certificates import TlsFiles
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 CAPTURED_TABLES = ("content", "engagement_events")
@@ -107,7 +114,9 @@ def cluster_root(stack_dir: Path) -> Path:
 
 
 class Postgres:
-    def __init__(self, settings: PostgresSettings, cdc: CdcSettings, stack_dir: Path) -> None:
+    def __init__(
+        self, settings: PostgresSettings, cdc: CdcSettings, stack_dir: Path, tls: TlsFiles | None = None
+    ) -> None:
         self.settings = settings
         self.cdc = cdc
         self.root = cluster_root(stack_dir)
@@ -115,6 +124,9 @@ class Postgres:
         self.sockets = self.root / "run"
         self.hba_file = self.root / "pg_hba.conf"
         self._stack_dir = stack_dir
+        self.tls = tls
+        # The server's copy of the certificate and key (module doc).
+        self.server_tls = TlsFiles(self.root / "tls")
 
     @functools.cached_property
     def process(self) -> ServiceProcess:
@@ -149,6 +161,7 @@ class Postgres:
                 "password_encryption=scram-sha-256",
                 "-c",
                 "log_min_messages=warning",
+                *self._tls_options(),
             ],
             ready=self.ready,
             host=settings.host,
@@ -158,16 +171,53 @@ class Postgres:
             stop_signal=signal.SIGINT,
         )
 
+    def _tls_options(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "-c",
+            "ssl=on",
+            "-c",
+            f"ssl_cert_file={self.server_tls.server_cert}",
+            "-c",
+            f"ssl_key_file={self.server_tls.server_key}",
+            "-c",
+            "ssl_min_protocol_version=TLSv1.2",
+        ]
+
     # --- lifecycle ---------------------------------------------------------------------------
     def write_hba(self) -> None:
         """``hba_rules`` into the file the server reads (on every start, so it follows the settings)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.hba_file.write_text(hba_rules(self.settings))
+        self.hba_file.write_text(hba_rules(self.settings, connection_type="host" if self.tls is None else "hostssl"))
         self.hba_file.chmod(0o644)
 
+    def write_tls(self) -> None:
+        """Copy the server certificate and key where the server reads them, owned by its OS user
+        (Postgres refuses a key that another user owns, or that others can read)."""
+        if self.tls is None:
+            return
+        folder = self.server_tls.dir
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = _run_as_postgres()
+        entry = pwd.getpwnam(owner) if owner else None
+        for source, target, mode in (
+            (self.tls.server_cert, self.server_tls.server_cert, 0o644),
+            (self.tls.server_key, self.server_tls.server_key, 0o600),
+        ):
+            shutil.copyfile(source, target)
+            target.chmod(mode)
+            if entry:
+                os.chown(target, entry.pw_uid, entry.pw_gid)
+        folder.chmod(0o700)
+        if entry:
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+
     def ensure_cluster(self) -> bool:
-        """initdb once; return True if a new cluster was created. Writes ``pg_hba.conf`` every time."""
+        """initdb once; return True if a new cluster was created. Writes ``pg_hba.conf`` (and in
+        secure mode the server's certificate and key) every time."""
         self.write_hba()
+        self.write_tls()
         if (self.data / "PG_VERSION").exists():
             return False
         self.root.mkdir(parents=True, exist_ok=True)

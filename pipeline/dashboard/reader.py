@@ -31,7 +31,7 @@ class Reader:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._redis = client or settings.redis.client(timeout_s=2.0)
+        self._redis = client or settings.redis.client(timeout_s=2.0, reader=True)
         self._consumer = consumer
         self._clock = clock
         self._letters: dict[str, int] | None = None

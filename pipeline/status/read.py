@@ -289,7 +289,7 @@ def sample(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> d
     """Everything ``make status`` shows, raw: ``first`` and ``second`` samples, the parts read once,
     the letters, and ``errors`` (what did not answer)."""
     errors: dict[str, str] = {}
-    client = settings.redis.client(timeout_s=2.0)
+    client = settings.redis.client(timeout_s=2.0, reader=True)
     kafka = _Kafka(settings)
     try:
         first = _moving(settings, kafka, client, errors)
