@@ -1,7 +1,10 @@
 # The project's Python image for Docker Compose users: stack provisioning, generator, pipeline.
-# Prism (Beam's local runner) is built from the Go module proxy, as `make bootstrap` does.
+# Prism (Beam's local runner) is built from the Go module proxy with our loopback patch, as
+# `make bootstrap` does (infra/prism/build.sh).
 FROM golang:1.26 AS prism
-RUN GOBIN=/out go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends patch && rm -rf /var/lib/apt/lists/*
+COPY infra/prism /prism
+RUN mkdir /out && /prism/build.sh 2.77.0 /out/prism
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \

@@ -22,6 +22,7 @@ if ! command -v java >/dev/null 2>&1 || ! java -version 2>&1 | grep -Eq 'version
 fi
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v setpriv >/dev/null 2>&1 || packages+=(util-linux)
+command -v patch >/dev/null 2>&1 || packages+=(patch)  # Prism's listen-host patch
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
 # The dashboard's browser test (Playwright drives the system browser; `playwright install` is never run).
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
@@ -93,17 +94,19 @@ fetch_jars "Debezium PostgreSQL connector" infra/maven/debezium/pom.xml "$LIB/co
 
 # --- Beam's Prism runner ------------------------------------------------------------------------
 # Beam would download Prism from GitHub at run time, which fails without general internet access:
-# build it once from the Go module proxy, pinned to the Beam version in pyproject.toml.
+# build it once from the Go module proxy, pinned to the Beam version in pyproject.toml, with our
+# patch that makes it listen on loopback (-job_host; infra/prism/listen-host.patch, build.sh).
 BEAM_VERSION=$(sed -n 's/.*"apache-beam\[gcp\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
 PRISM="$ROOT/.stack/bin/prism"
-if [ ! -x "$PRISM" ] || [ "$(cat "$PRISM.version" 2>/dev/null)" != "$BEAM_VERSION" ]; then
-  command -v go >/dev/null 2>&1 || die "Go 1.23 or newer is needed to build Beam's Prism runner (go install); install it from go.dev or your distribution"
-  step "building Beam's Prism runner v$BEAM_VERSION with go install (about 2-3 minutes the first time)"
+PRISM_BUILD="$BEAM_VERSION+$(cat infra/prism/listen-host.patch infra/prism/build.sh | sha1sum | cut -c1-12)"
+if [ ! -x "$PRISM" ] || [ "$(cat "$PRISM.version" 2>/dev/null)" != "$PRISM_BUILD" ]; then
+  command -v go >/dev/null 2>&1 || die "Go 1.23 or newer is needed to build Beam's Prism runner; install it from go.dev or your distribution"
+  step "building Beam's Prism runner v$BEAM_VERSION with infra/prism/listen-host.patch (about 2-3 minutes the first time)"
   mkdir -p "$ROOT/.stack/bin"
-  log="$ROOT/.stack/go-install-prism.log"
-  GOBIN="$ROOT/.stack/bin" go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$BEAM_VERSION" >"$log" 2>&1 \
+  log="$ROOT/.stack/go-build-prism.log"
+  infra/prism/build.sh "$BEAM_VERSION" "$PRISM" >"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; die "building Prism failed (full log: ${log#$ROOT/})"; }
-  echo "$BEAM_VERSION" > "$PRISM.version"
+  echo "$PRISM_BUILD" > "$PRISM.version"
 fi
 
 # --- Beam's Flink job server (only with --flink: make flink-bootstrap) ---------------------------

@@ -32,6 +32,7 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
 from infra.process import ServiceProcess, StackError, port_open, refuse_if_taken
 from infra.settings import Settings
+from pipeline.runners import connect_host
 
 _log = logging.getLogger(__name__)
 
@@ -59,15 +60,16 @@ def job_server_process(settings: Settings) -> ServiceProcess:
             f"{fs.lib_dir}/*",
             MAIN_CLASS,
             f"--flink-master={fs.master}",
-            "--job-host=127.0.0.1",
+            # The job, artifact (and expansion) services; loopback by default (PIPELINE_BIND_HOST).
+            f"--job-host={settings.pipeline.bind_host}",
             f"--job-port={fs.job_port}",
             f"--artifact-port={fs.artifact_port}",
             # No Java expansion service: the pipeline has no cross-language transforms.
             "--expansion-port=-1",
             f"--artifacts-dir={work / 'artifacts'}",
         ],
-        ready=lambda: port_open("127.0.0.1", fs.job_port),
-        host="127.0.0.1",
+        ready=lambda: port_open(connect_host(settings.pipeline.bind_host), fs.job_port),
+        host=connect_host(settings.pipeline.bind_host),
         port=fs.job_port,
         stop_signal=signal.SIGTERM,
         new_session=False,

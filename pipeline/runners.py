@@ -1,12 +1,13 @@
 """Everything that differs between runners lives here: the transforms in ``pipeline.job`` do not change.
 
 - ``prism`` (local, the default): the supervisor starts the Prism binary built by ``make bootstrap``
-  (``go install``; Beam would otherwise download it from GitHub at run time) and submits the job to
-  it with ``PortableRunner`` and ``LOOPBACK`` workers, i.e. what ``PrismRunner --prism_location``
-  does, but with the Prism process owned and stopped by our supervisor.
+  (from the Go module proxy, with ``infra/prism/listen-host.patch``; Beam would otherwise download
+  it from GitHub at run time) and submits the job to it with ``PortableRunnerOnHost`` (Beam's
+  ``PortableRunner``, see below) and ``LOOPBACK`` workers, i.e. what ``PrismRunner
+  --prism_location`` does, but with the Prism process owned and stopped by our supervisor.
 - ``flink``: the supervisor starts Beam's Flink job server from the jars ``make flink-bootstrap``
   resolved (``pipeline.flink_job_server``; Beam's own ``FlinkRunner`` would download a job-server
-  jar that Maven Central does not have) and the job is submitted to it with ``PortableRunner``,
+  jar that Maven Central does not have) and the job is submitted to it with ``PortableRunnerOnHost``,
   with the ``FLINK_*`` settings as Flink options (``flink_options``): on a cluster with
   ``EXTERNAL`` workers (the worker pool next to each TaskManager, ``pipeline.worker_pool``),
   embedded with ``LOOPBACK`` workers.
@@ -18,6 +19,11 @@
 
 Extra Beam options can always be appended after ``--`` on the command line.
 
+Nothing the job opens listens beyond ``PIPELINE_BIND_HOST`` (loopback by default): Prism is built
+with a ``-job_host`` flag (``infra/prism/listen-host.patch``), and the job is submitted with
+``PortableRunnerOnHost``, whose ``LOOPBACK`` worker pool binds that host where Beam's binds every
+interface.
+
 With ``LOOPBACK`` (Prism, embedded Flink) the SDK harness runs inside the job process, so
 ``tune_harness`` can adjust it; ``pipeline.sdk_worker`` does the same in a worker pool's workers
 (on Dataflow the harness is the runner's own process and keeps Beam's defaults).
@@ -25,12 +31,23 @@ With ``LOOPBACK`` (Prism, embedded Flink) the SDK harness runs inside the job pr
 
 from __future__ import annotations
 
+import atexit
+import copy
 import gc
+import ipaddress
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.worker import statesampler
+import grpc
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, PortableOptions
+from apache_beam.portability import python_urns
+from apache_beam.portability.api import beam_fn_api_pb2_grpc
+from apache_beam.runners.portability.portable_runner import PortableRunner
+from apache_beam.runners.worker import sdk_worker_main, statesampler
+from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer, kill_process_gracefully
+from apache_beam.transforms import environments
+from apache_beam.utils import thread_pool_executor
 
 from infra.settings import FlinkSettings
 
@@ -66,6 +83,94 @@ def tune_harness() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
+def connect_host(host: str) -> str:
+    """The host a client on this machine connects to for a listener bound to ``host``: the host
+    itself, or ``127.0.0.1`` for a wildcard (every interface, loopback included)."""
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        unspecified = not host
+    return "127.0.0.1" if unspecified else host
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` for a gRPC client of a listener bound to ``host`` (IPv6 in brackets)."""
+    host = connect_host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_address(host: str, port: int) -> str:
+    """``host:port`` for a gRPC server to listen on (an empty host: every interface)."""
+    host = host or "::"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class LoopbackHostOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument(
+            "--loopback_host",
+            default="127.0.0.1",
+            help="where the SDK harness pool of a LOOPBACK job listens (PortableRunnerOnHost); empty: every interface",
+        )
+
+
+class PortableRunnerOnHost(PortableRunner):
+    """Beam's ``PortableRunner``, whose ``LOOPBACK`` worker pool listens on ``--loopback_host``.
+
+    For a ``LOOPBACK`` environment, ``PortableRunner`` starts an SDK worker pool in the job process
+    and submits the environment as ``EXTERNAL`` at that pool's address. Beam's pool
+    (``BeamFnExternalWorkerPoolServicer.start``) listens on every interface with no way to say
+    otherwise, and it starts SDK harnesses for whoever asks. This is the same method with the
+    pool bound to the given host (Beam 2.77's, otherwise unchanged: the same servicer, state cache
+    size, data buffer time limit and ``use_loopback_process_worker`` experiment).
+    """
+
+    @staticmethod
+    def start_and_replace_loopback_environments(pipeline: Any, options: PipelineOptions) -> list[Callable[[], None]]:
+        host = options.view_as(LoopbackHostOptions).loopback_host
+        portable_options = copy.deepcopy(options.view_as(PortableOptions))
+        experiments = options.view_as(DebugOptions).experiments or []
+        cleanup: list[Callable[[], None]] = []
+        for env in pipeline.components.environments.values():
+            if env.urn != python_urns.EMBEDDED_PYTHON_LOOPBACK:
+                continue
+            servicer = BeamFnExternalWorkerPoolServicer(
+                use_process=options.view_as(DebugOptions).lookup_experiment("use_loopback_process_worker", False),
+                state_cache_size=sdk_worker_main._get_state_cache_size_bytes(options=options),
+                data_buffer_time_limit_ms=sdk_worker_main._get_data_buffer_time_limit_ms(experiments),
+            )
+            server, port = serve_worker_pool(servicer, host)
+            portable_options.environment_type = "EXTERNAL"
+            portable_options.environment_config = address(host, port)
+            external = environments.ExternalEnvironment.from_options(portable_options).to_runner_api(None)
+            env.urn = external.urn
+            env.payload = external.payload
+            cleanup.append(lambda server=server: server.stop(1))
+        return cleanup
+
+
+def serve_worker_pool(servicer: BeamFnExternalWorkerPoolServicer, host: str) -> tuple[grpc.Server, int]:
+    """Serve ``servicer`` on ``host`` at a free port (as Beam's ``start`` does on every interface);
+    the server and its port."""
+    server = grpc.server(
+        thread_pool_executor.shared_unbounded_instance(),
+        options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)],
+    )
+    port = server.add_insecure_port(bind_address(host, 0))
+    if not port:
+        raise OSError(f"the SDK harness pool cannot listen on {host!r}")
+    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(servicer, server)
+    server.start()
+
+    def kill_workers() -> None:
+        for process in servicer._worker_processes.values():
+            kill_process_gracefully(process)
+
+    atexit.register(kill_workers)
+    return server, port
+
+
 def flink_options(flink: FlinkSettings, *, streaming: bool = True) -> list[str]:
     """Flink's options for a job on our job server; its runner options are described by the job
     server itself, so ``PortableRunner`` passes them on. A bounded job runs in Flink's batch mode,
@@ -98,7 +203,10 @@ def pipeline_options(
     streaming: bool,
     extra: Sequence[str] = (),
     flink: FlinkSettings | None = None,
+    bind_host: str = "127.0.0.1",
 ) -> PipelineOptions:
+    """The options of a job on ``runner``; ``bind_host`` is where a ``LOOPBACK`` job's SDK harness
+    pool listens (``PIPELINE_BIND_HOST``)."""
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
     args: list[str] = []
@@ -106,9 +214,10 @@ def pipeline_options(
         if job_endpoint is None:
             raise ValueError("the prism runner needs the job endpoint of a running Prism")
         args += [
-            "--runner=PortableRunner",
+            "--runner=pipeline.runners.PortableRunnerOnHost",
             f"--job_endpoint={job_endpoint}",
             "--environment_type=LOOPBACK",
+            f"--loopback_host={bind_host}",
             # Prism splits long-running SDF calls on its own; our restrictions refuse runner splits
             # anyway, and Beam 2.77's split path can fail on them ("cannot convert float NaN").
             "--experiments=prism_disable_sdf_split",
@@ -123,8 +232,9 @@ def pipeline_options(
         if job_endpoint is None:
             raise ValueError("the flink runner needs the job endpoint of a running Flink job server")
         args += [
-            "--runner=PortableRunner",
+            "--runner=pipeline.runners.PortableRunnerOnHost",
             f"--job_endpoint={job_endpoint}",
+            f"--loopback_host={bind_host}",
             f"--job_server_timeout={JOB_STREAM_DEADLINE_S}",  # as for Prism
             *flink_options(flink or FlinkSettings(), streaming=streaming),
         ]

@@ -52,6 +52,7 @@ from infra.process import ServiceProcess, StackError, parent_death_signal, port_
 from infra.settings import REPO_ROOT, Settings
 from pipeline.flink_job_server import job_server_process, start_own_job_server
 from pipeline.instance_lock import LOST, MISSING, InstanceLock, LockHeld, Loss
+from pipeline.runners import address, connect_host
 from sinks.contract import REWOUND_MARKER
 from sinks.fencing import quick_client, restarts_key, rewound_key
 
@@ -75,12 +76,15 @@ def prism_process(settings: Settings) -> ServiceProcess:
         command=[
             str(ps.prism_binary),
             f"--job_port={ps.prism_port}",
+            # Loopback by default; Beam's Prism listens on every interface, ours is patched to take
+            # a host (infra/prism/listen-host.patch). The web UI stays off: nothing here uses it.
+            f"--job_host={ps.bind_host}",
             "--serve_http=false",
             "--log_level=warn",
             "--log_kind=text",
         ],
-        ready=lambda: port_open("127.0.0.1", ps.prism_port),
-        host="127.0.0.1",
+        ready=lambda: port_open(connect_host(ps.bind_host), ps.prism_port),
+        host=connect_host(ps.bind_host),
         port=ps.prism_port,
         stop_signal=signal.SIGINT,
         # Same process group as the supervisor: `kill -9 -<pgid>` must take Prism down too.
@@ -218,9 +222,9 @@ class Supervisor:
         ps = self.settings.pipeline
         command = [sys.executable, "-m", "pipeline.worker", "--runner", ps.runner]
         if ps.runner == "prism":
-            command += ["--job-endpoint", f"localhost:{ps.prism_port}"]
+            command += ["--job-endpoint", address(ps.bind_host, ps.prism_port)]
         elif ps.runner == "flink":
-            command += ["--job-endpoint", f"localhost:{self.settings.flink.job_port}"]
+            command += ["--job-endpoint", address(ps.bind_host, self.settings.flink.job_port)]
         return command + self.worker_args
 
     def _run_worker(self, generation: int, lock: InstanceLock) -> tuple[int, str, bool]:

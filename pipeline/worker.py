@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         streaming=not args.bounded,
         extra=beam_args,
         flink=settings.flink,
+        bind_host=settings.pipeline.bind_host,
     )
     result = job.run(settings, options, bounded=args.bounded)
     state = result.wait_until_finish()

@@ -22,7 +22,8 @@ def test_embedded_flink_job_runs_its_python_in_the_job_process_and_never_restart
     flink = FlinkSettings(parallelism=2, checkpoint_interval_ms=0, max_bundle_time_ms=100)
     options = pipeline_options("flink", job_endpoint="localhost:58099", streaming=True, flink=flink)
     args = options.get_all_options(retain_unknown_options=True)
-    assert args["runner"] == "PortableRunner"
+    assert args["runner"] == "pipeline.runners.PortableRunnerOnHost"
+    assert args["loopback_host"] == "127.0.0.1"
     assert args["job_endpoint"] == "localhost:58099"
     assert args["environment_type"] == "LOOPBACK"
     assert args["parallelism"] == 2
