@@ -118,7 +118,7 @@ def test_the_job_is_given_the_endpoint_of_the_supervisors_own_prism():
         "--runner",
         "prism",
         "--job-endpoint",
-        "localhost:12345",
+        "127.0.0.1:12345",  # where Prism listens: PIPELINE_BIND_HOST
         "--bounded",
     ]
 
