@@ -175,7 +175,7 @@ def quiet_admin(settings: Settings) -> AdminClient:
     """An admin client that does not print librdkafka's "connection refused" to the dead broker."""
     silent = logging.getLogger("loadtest.fault_stack.kafka")
     silent.setLevel(logging.CRITICAL)
-    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers}, logger=silent)
+    return AdminClient(settings.kafka.client_config(admin=True), logger=silent)
 
 
 def leaders(admin: AdminClient, topic: str) -> dict[int, int]:

@@ -11,6 +11,14 @@ The password stays a ``${env:...}`` reference that the worker resolves from its 
 so it is never stored in the config topic. Readiness is the connector *and* its task reporting
 RUNNING over REST; Debezium's "Processing messages" log line only appears once a change arrives,
 so it is no readiness signal.
+
+Secure mode (docs/security.md): when the clients use SASL_SSL (``KafkaSettings``), the worker, its
+producers, consumers and admin clients (``producer.``/``consumer.``/``admin.``, which the connector's
+own clients inherit: Debezium's Postgres connector has no Kafka client of its own here, no schema
+history, and topic creation is off) authenticate as Connect's user (``CONNECT_KAFKA_USERNAME``) and
+check the brokers against the stack's CA. When ``ConnectSettings.effective_rest_auth`` is on, the REST
+API answers 401 without HTTP basic credentials (Kafka's ``BasicAuthSecurityRestExtension``, users in
+a 0600 file under the stack), and every call made here passes ``CONNECT_USERNAME``/``CONNECT_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import httpx
 
 from infra.capture_health import read_connector
 from infra.process import ServiceProcess, StackError, port_open
-from infra.settings import Settings
+from infra.settings import KafkaSettings, Settings
+from infra.stack.kafka import jaas_quote
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONNECTOR_FILE = Path(__file__).resolve().parent.parent / "connectors" / "engagement-postgres.json"
@@ -65,13 +74,57 @@ def connector_config(settings: Settings, template: Path = CONNECTOR_FILE) -> dic
     return {key: value for key, value in filled.items() if value != ""}
 
 
+REST_AUTH_EXTENSION = "org.apache.kafka.connect.rest.basic.auth.extension.BasicAuthSecurityRestExtension"
+CLIENT_PREFIXES = ("", "producer.", "consumer.", "admin.")
+
+
+def worker_security(kafka: KafkaSettings, username: str, password: str) -> str:
+    """The worker's lines for SASL_SSL to the brokers, for itself and each client prefix (empty with
+    PLAINTEXT). The password is in the file (0600), which only the worker reads."""
+    if kafka.effective_security_protocol == "PLAINTEXT":
+        return ""
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f"username={jaas_quote(username)} password={jaas_quote(password)};"
+    )
+    lines = ["", "# Secure mode: SASL_SSL as Connect's own user, for the worker and every client it makes."]
+    for prefix in CLIENT_PREFIXES:
+        lines += [
+            f"{prefix}security.protocol=SASL_SSL",
+            f"{prefix}sasl.mechanism={kafka.sasl_mechanism}",
+            f"{prefix}sasl.jaas.config={jaas}",
+        ]
+        if kafka.effective_ssl_ca_location:
+            lines += [
+                f"{prefix}ssl.truststore.type=PEM",
+                f"{prefix}ssl.truststore.location={kafka.effective_ssl_ca_location}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def properties_escape(value: str, *, key: bool = False) -> str:
+    """``value`` as java.util.Properties reads it back (a key also escapes its separators)."""
+    if "\n" in value or "\r" in value:
+        raise StackError("a Connect user name or password may not contain line breaks")
+    value = value.replace("\\", "\\\\")
+    if key:
+        for c in "=: #!":
+            value = value.replace(c, "\\" + c)
+    return value
+
+
 class Connect:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         stack_dir = settings.stack.dir
         self.root = stack_dir / "connect"
         self.properties = self.root / "connect.properties"
+        # REST authentication: the JAAS configuration naming the users file (PropertyFileLoginModule).
+        self.rest_jaas = self.root / "rest-jaas.conf"
+        self.rest_users = self.root / "rest-users.properties"
         self.url = settings.connect.url
+        self.auth = settings.connect.auth()
+        jaas = [f"-Djava.security.auth.login.config={self.rest_jaas}"] if settings.connect.effective_rest_auth else []
         # Ids of tasks that failed before a config change restarts them (see register).
         self._restarting: set[int] = set()
         self.process = ServiceProcess.in_stack(
@@ -85,6 +138,7 @@ class Connect:
                 "-XX:MaxGCPauseMillis=20",
                 "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
+                *jaas,
                 "-cp",
                 str(settings.stack.lib_dir / "kafka" / "*"),
                 "org.apache.kafka.connect.cli.ConnectDistributed",
@@ -102,7 +156,7 @@ class Connect:
             raise StackError("The Debezium connector plugin is missing. Run `make bootstrap`.")
         self.root.mkdir(parents=True, exist_ok=True)
         s = self.settings.connect
-        self.properties.write_text(
+        text = (
             (CONF_DIR / "connect.properties")
             .read_text()
             .format(
@@ -115,12 +169,28 @@ class Connect:
                 exactly_once="enabled" if s.exactly_once_source else "disabled",
             )
         )
+        text += worker_security(self.settings.kafka, s.kafka_username, s.kafka_password.get_secret_value())
+        if s.effective_rest_auth:
+            text += (
+                "\n# Secure mode: the REST API asks for HTTP basic credentials (rest-users.properties).\n"
+                f"rest.extension.classes={REST_AUTH_EXTENSION}\n"
+            )
+            _write_private(
+                self.rest_jaas,
+                "KafkaConnect {\n  org.apache.kafka.connect.rest.basic.auth.extension.PropertyFileLoginModule "
+                f'required\n  file="{self.rest_users}";\n}};\n',
+            )
+            _write_private(
+                self.rest_users,
+                f"{properties_escape(s.username, key=True)}={properties_escape(s.password.get_secret_value())}\n",
+            )
+        _write_private(self.properties, text)
 
     def ready(self) -> bool:
         if not port_open(self.settings.connect.host, self.settings.connect.port):
             return False
         try:
-            return httpx.get(f"{self.url}/connectors", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/connectors", timeout=2, auth=self.auth).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -128,9 +198,9 @@ class Connect:
     def register(self) -> None:
         name = self.settings.cdc.connector_name
         config = connector_config(self.settings)
-        stored = httpx.get(f"{self.url}/connectors/{name}/config", timeout=30)
+        stored = httpx.get(f"{self.url}/connectors/{name}/config", timeout=30, auth=self.auth)
         before = self.status()
-        response = httpx.put(f"{self.url}/connectors/{name}/config", json=config, timeout=30)
+        response = httpx.put(f"{self.url}/connectors/{name}/config", json=config, timeout=30, auth=self.auth)
         if response.status_code not in (200, 201):
             raise StackError(f"registering connector {name} failed ({response.status_code}): {response.text}")
         changed = stored.status_code != 200 or {k: v for k, v in stored.json().items() if k != "name"} != config
@@ -141,7 +211,7 @@ class Connect:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return read_connector(self.url, self.settings.cdc.connector_name)
+            return read_connector(self.url, self.settings.cdc.connector_name, auth=self.auth)
         except httpx.HTTPError:
             return None
 
@@ -168,7 +238,7 @@ class Connect:
     def delete(self) -> bool:
         name = self.settings.cdc.connector_name
         try:
-            response = httpx.delete(f"{self.url}/connectors/{name}", timeout=30)
+            response = httpx.delete(f"{self.url}/connectors/{name}", timeout=30, auth=self.auth)
         except httpx.HTTPError:
             return False
         return response.status_code in (200, 204)
@@ -181,7 +251,7 @@ class Connect:
 
     def _lifecycle(self, verb: str, state: str, timeout: float = 30.0) -> None:
         name = self.settings.cdc.connector_name
-        httpx.put(f"{self.url}/connectors/{name}/{verb}", timeout=30).raise_for_status()
+        httpx.put(f"{self.url}/connectors/{name}/{verb}", timeout=30, auth=self.auth).raise_for_status()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status()
@@ -193,4 +263,13 @@ class Connect:
     def restart(self) -> None:
         """Restart the connector and its tasks (e.g. after a database outage)."""
         name = self.settings.cdc.connector_name
-        httpx.post(f"{self.url}/connectors/{name}/restart?includeTasks=true", timeout=30).raise_for_status()
+        httpx.post(
+            f"{self.url}/connectors/{name}/restart?includeTasks=true", timeout=30, auth=self.auth
+        ).raise_for_status()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (it holds passwords in secure mode)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)

@@ -19,6 +19,14 @@ the stack's one size limit as ``max.message.bytes``. An existing topic with fewe
 grown, and any config that drifted is set again (an incremental alter: `make up` on an older dev
 stack raises the size limit in place); one with more partitions, or that cannot be brought to the
 wanted config, is reported instead of silently used.
+
+Secure mode (``STACK_SECURE=1``, docs/security.md): every listener is SASL_SSL with the stack's
+certificates (``infra/stack/certificates.py``). Clients and the brokers among themselves authenticate
+with SCRAM-SHA-512; the controller listener with PLAIN over TLS (Kafka has no SCRAM between KRaft
+controllers). The admin user (the brokers themselves, and the stack when it creates topics, users and
+ACLs) is a super user whose SCRAM credential is written at format time (``--add-scram``); the
+pipeline's and Connect's users are created over the admin API after start (``ensure_users``) and
+get only the ACLs ``acl_bindings`` lists. Storage formatted in one mode is refused in the other.
 """
 
 from __future__ import annotations
@@ -32,16 +40,26 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
     NewPartitions,
     NewTopic,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
 )
 
 from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import CdcSettings, KafkaSettings
+from infra.stack.certificates import TlsFiles
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -101,12 +119,13 @@ def topic_specs(cdc: CdcSettings, *, max_message_bytes: int, min_insync_replicas
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "socket.connection.setup.timeout.ms": 3000})
+    """The stack's own admin client: as the admin user in secure mode (topics, users, ACLs)."""
+    return AdminClient(settings.client_config(admin=True, **{"socket.connection.setup.timeout.ms": 3000}))
 
 
 def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
     """``{partition: offset the next record will get}`` for every partition of ``topic``."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "engagement-tools"})
+    consumer = Consumer(settings.client_config(**{"group.id": "engagement-tools"}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
@@ -238,7 +257,13 @@ class KafkaNode:
         if not port_open(self.settings.host, self.port):
             return False
         admin = AdminClient(
-            {"bootstrap.servers": f"{self.settings.host}:{self.port}", "socket.connection.setup.timeout.ms": 3000}
+            self.settings.client_config(
+                admin=True,
+                **{
+                    "bootstrap.servers": f"{self.settings.host}:{self.port}",
+                    "socket.connection.setup.timeout.ms": 3000,
+                },
+            )
         )
         try:
             return self.node_id in admin.list_topics(timeout=2).brokers
@@ -246,10 +271,14 @@ class KafkaNode:
             return False
 
 
-def server_properties(template: str, settings: KafkaSettings, node: KafkaNode) -> str:
-    """``infra/conf/server.properties`` filled for ``node`` of the cluster ``settings`` describe."""
+def server_properties(
+    template: str, settings: KafkaSettings, node: KafkaNode, *, secure: str = "", tls: TlsFiles | None = None
+) -> str:
+    """``infra/conf/server.properties`` filled for ``node`` of the cluster ``settings`` describe; in
+    secure mode (``tls`` given) followed by ``secure``, ``infra/conf/server-secure.properties``."""
     quorum = ",".join(f"{settings.host}:{port}" for port in settings.controller_ports)
-    return template.format(
+    plain = template.format(
+        listener="PLAINTEXT" if tls is None else "SASL_SSL",
         node_id=node.node_id,
         host=settings.host,
         port=node.port,
@@ -260,6 +289,112 @@ def server_properties(template: str, settings: KafkaSettings, node: KafkaNode) -
         replication_factor=settings.replication_factor,
         min_insync_replicas=settings.min_insync_replicas,
     )
+    if tls is None:
+        return plain
+    admin = settings.admin_username
+    return (
+        plain
+        + "\n"
+        + secure.format(
+            admin_user=jaas_quote(admin),
+            admin_name=admin,
+            admin_password=jaas_quote(settings.admin_password.get_secret_value()),
+            keystore=tls.server_keystore,
+            truststore=tls.ca_cert,
+        )
+    )
+
+
+def jaas_quote(value: str) -> str:
+    """A JAAS option value in double quotes (inside ``sasl.jaas.config``)."""
+    if any(c in value for c in '"\\\n\r'):
+        raise StackError("a Kafka user name or password may not contain quotes, backslashes or line breaks")
+    return f'"{value}"'
+
+
+def scram_argument(user: str, password: str) -> str:
+    """The storage tool's ``--add-scram`` value (KIP-900), which has no quoting: refuse what breaks it."""
+    if any(c in user + password for c in ',[]="\\\n\r'):
+        raise StackError('KAFKA_ADMIN_USERNAME and KAFKA_ADMIN_PASSWORD may not contain , [ ] = " \\ or line breaks')
+    return f"{SCRAM_MECHANISM}=[name={user},password={password}]"
+
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 8192
+
+
+def ensure_users(admin: AdminClient, users: dict[str, str], timeout: float = 30.0) -> list[str]:
+    """Create or update each user's SCRAM-SHA-512 credential (``{name: password}``); idempotent, and
+    a changed password takes effect. Returns the names."""
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    upserts = [UserScramCredentialUpsertion(name, info, password.encode()) for name, password in users.items()]
+    for name, future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise StackError(f"could not set Kafka user {name}'s credential: {exc}") from exc
+    return list(users)
+
+
+def acl_bindings(cdc: CdcSettings, *, pipeline_user: str, connect_user: str, connect_group: str) -> list[AclBinding]:
+    """What each user may do, and nothing more (the admin is a super user and needs none).
+
+    - Connect: everything on its own internal topics (``<group>-configs`` ...), transactional ids
+      and group; write the capture topics and Debezium's heartbeat topic; describe the cluster.
+    - The pipeline and the tools: read and write the project's topics (``<CDC_TOPIC_PREFIX>.*``: the
+      capture topics, dead letters, parked events) and use consumer groups (each lane, sink
+      positions, tools: many names, so any group). They cannot create or delete topics, alter
+      configs or ACLs, or touch Connect's topics.
+    """
+    prefix = f"{cdc.topic_prefix}."
+    allow = AclPermissionType.ALLOW
+
+    def grant(user: str, kind: ResourceType, name: str, pattern: ResourcePatternType, *ops: AclOperation) -> list:
+        return [AclBinding(kind, name, pattern, f"User:{user}", "*", op, allow) for op in ops]
+
+    topic, group, txn = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
+    cluster = ResourceType.BROKER  # librdkafka's name for Kafka's CLUSTER resource ("kafka-cluster")
+    literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+    op = AclOperation
+    return [
+        *grant(connect_user, topic, f"{connect_group}-", prefixed, op.ALL),
+        *grant(connect_user, topic, prefix, prefixed, op.WRITE, op.DESCRIBE, op.DESCRIBE_CONFIGS),
+        *grant(connect_user, topic, cdc.heartbeat_topic, literal, op.WRITE, op.DESCRIBE, op.DESCRIBE_CONFIGS),
+        *grant(connect_user, group, connect_group, prefixed, op.ALL),
+        # Exactly-once source (CONNECT_EXACTLY_ONCE_SOURCE): the tasks' and the leader's transactions.
+        *grant(connect_user, txn, connect_group, prefixed, op.ALL),
+        *grant(connect_user, txn, f"connect-cluster-{connect_group}", prefixed, op.ALL),
+        *grant(connect_user, cluster, "kafka-cluster", literal, op.DESCRIBE, op.DESCRIBE_CONFIGS, op.IDEMPOTENT_WRITE),
+        *grant(pipeline_user, topic, prefix, prefixed, op.READ, op.WRITE, op.DESCRIBE, op.DESCRIBE_CONFIGS),
+        *grant(pipeline_user, group, "*", literal, op.READ, op.DESCRIBE, op.DELETE),
+        *grant(pipeline_user, cluster, "kafka-cluster", literal, op.DESCRIBE),
+    ]
+
+
+def ensure_acls(admin: AdminClient, bindings: list[AclBinding], timeout: float = 30.0) -> int:
+    """Create the ACLs that are missing (creating an existing one is a no-op); returns how many were new."""
+    existing = {
+        (b.restype, b.name, b.resource_pattern_type, b.principal, b.operation)
+        for b in admin.describe_acls(
+            AclBindingFilter(
+                ResourceType.ANY,
+                None,
+                ResourcePatternType.ANY,
+                None,
+                None,
+                AclOperation.ANY,
+                AclPermissionType.ANY,
+            ),
+            request_timeout=timeout,
+        ).result()
+    }
+    missing = [
+        b for b in bindings if (b.restype, b.name, b.resource_pattern_type, b.principal, b.operation) not in existing
+    ]
+    if missing:
+        for future in admin.create_acls(missing, request_timeout=timeout).values():
+            future.result()
+    return len(missing)
 
 
 def initial_controllers(settings: KafkaSettings, directory_ids: list[str]) -> str:
@@ -273,14 +408,22 @@ def initial_controllers(settings: KafkaSettings, directory_ids: list[str]) -> st
 class Kafka:
     """The cluster: ``KAFKA_BROKERS`` nodes, formatted, started and stopped together."""
 
-    def __init__(self, settings: KafkaSettings, stack_dir: Path, lib_dir: Path) -> None:
+    def __init__(self, settings: KafkaSettings, stack_dir: Path, lib_dir: Path, tls: TlsFiles | None = None) -> None:
         self.settings = settings
         self.stack_dir = stack_dir
+        # Secure mode: the stack's certificates (None: plaintext listeners, no authentication).
+        self.tls = tls
         self.nodes = [KafkaNode(settings, stack_dir, lib_dir, n) for n in range(1, settings.brokers + 1)]
         self.root = self.nodes[0].root
         self.classpath = self.nodes[0].classpath
         # The broker count the storage was formatted for (none: one, as before three existed).
         self.count_file = self.root / "brokers"
+        # The listeners' protocol it was formatted for (none: PLAINTEXT, as before secure mode existed).
+        self.protocol_file = self.root / "protocol"
+
+    @property
+    def protocol(self) -> str:
+        return "PLAINTEXT" if self.tls is None else "SASL_SSL"
 
     @property
     def process(self) -> ServiceProcess:
@@ -303,9 +446,14 @@ class Kafka:
 
     def write_config(self) -> None:
         template = (CONF_DIR / "server.properties").read_text()
+        secure = (CONF_DIR / "server-secure.properties").read_text()
         for node in self.nodes:
             node.root.mkdir(parents=True, exist_ok=True)
-            node.properties.write_text(server_properties(template, self.settings, node))
+            text = server_properties(template, self.settings, node, secure=secure, tls=self.tls)
+            # 0600 before anything is written: in secure mode the file holds the admin password.
+            node.properties.touch(mode=0o600)
+            node.properties.chmod(0o600)
+            node.properties.write_text(text)
 
     def ensure_formatted(self) -> bool:
         """Format the KRaft storage of every node once; return True if it was formatted now."""
@@ -316,6 +464,13 @@ class Kafka:
                 raise StackError(
                     f"Kafka's storage under {self.stack_dir} was formatted for {recorded} broker(s), and "
                     f"KAFKA_BROKERS is {self.settings.brokers}: set it back, or `make reset` (removes all data)"
+                )
+            protocol = self.protocol_file.read_text().strip() if self.protocol_file.exists() else "PLAINTEXT"
+            if protocol != self.protocol:
+                # The admin's SCRAM credential exists only in storage formatted for secure mode.
+                raise StackError(
+                    f"Kafka's storage under {self.stack_dir} was formatted for {protocol} listeners, and this "
+                    f"stack wants {self.protocol} (STACK_SECURE): set it back, or `make reset` (removes all data)"
                 )
             return False
         if not list(Path(self.classpath[:-2]).glob("kafka_*.jar")):
@@ -328,6 +483,10 @@ class Kafka:
                 "--initial-controllers",
                 initial_controllers(self.settings, [new_cluster_id() for _ in self.nodes]),
             ]
+        if self.tls is not None:
+            # The brokers authenticate to each other as the admin before any client could create it.
+            s = self.settings
+            quorum += ["--add-scram", scram_argument(s.admin_username, s.admin_password.get_secret_value())]
         # The nodes at once: each format is a JVM start (3-4 s).
         formats = [
             (
@@ -346,6 +505,7 @@ class Kafka:
             if run.returncode != 0:
                 raise StackError(f"formatting {node.process.name}'s storage failed:\n{output}")
         self.count_file.write_text(f"{self.settings.brokers}\n")
+        self.protocol_file.write_text(f"{self.protocol}\n")
         return True
 
     @property

@@ -27,7 +27,17 @@ from infra.stack.bigquery_emulator import BigQueryEmulator
 from infra.stack.certificates import TlsFiles, ensure_certificates
 from infra.stack.connect import Connect
 from infra.stack.http_receiver import HttpReceiver
-from infra.stack.kafka import Kafka, admin_client, describe_topic_config, ensure_topics, topic_health, topic_specs
+from infra.stack.kafka import (
+    Kafka,
+    acl_bindings,
+    admin_client,
+    describe_topic_config,
+    ensure_acls,
+    ensure_topics,
+    ensure_users,
+    topic_health,
+    topic_specs,
+)
 from infra.stack.postgres import Postgres
 from infra.stack.redis_server import RedisServer
 
@@ -83,7 +93,7 @@ class LocalStack:
             else None
         )
         self.http_receiver = HttpReceiver(settings.http_receiver, stack_dir)
-        self.kafka = Kafka(settings.kafka, stack_dir, settings.stack.lib_dir)
+        self.kafka = Kafka(settings.kafka, stack_dir, settings.stack.lib_dir, self.tls)
         self.connect = Connect(settings)
 
     @property
@@ -144,6 +154,8 @@ class LocalStack:
             verb = "started" if started else "already running"
             self.log(f"  {process.name:<9} {verb} on {process.host}:{process.port} ({time.monotonic() - began:.1f} s)")
         self._ensure_topics()
+        if self.tls is not None:
+            self._ensure_kafka_users()
         self.connect.write_config()
         self._start(self.connect.process)
         if connector:
@@ -158,6 +170,24 @@ class LocalStack:
         )
         for change in ensure_topics(admin_client(kafka), specs, replication_factor=kafka.replication_factor):
             self.log(f"  topics    {change}")
+
+    def _ensure_kafka_users(self) -> None:
+        """Secure mode: the pipeline's and Connect's Kafka users, and what each may do (ACLs)."""
+        s = self.settings
+        admin = admin_client(s.kafka)
+        users = {
+            s.kafka.sasl_username: s.kafka.sasl_password.get_secret_value(),
+            s.connect.kafka_username: s.connect.kafka_password.get_secret_value(),
+        }
+        ensure_users(admin, users)
+        bindings = acl_bindings(
+            s.cdc,
+            pipeline_user=s.kafka.sasl_username,
+            connect_user=s.connect.kafka_username,
+            connect_group=s.connect.group_id,
+        )
+        added = ensure_acls(admin, bindings)
+        self.log(f"  kafka     users {', '.join(users)} in place, {added} ACL(s) added")
 
     def _ensure_dataset(self) -> None:
         from sinks.bigquery_dataset import Dataset, make_client

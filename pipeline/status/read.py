@@ -271,7 +271,11 @@ def read_once(settings: Settings, client: redis.Redis, errors: dict[str, str]) -
     """The parts read once: capture, the instance lock, breakers, freshness."""
     cdc = settings.cdc
     report: dict[str, Any] = {
-        "connector": _errors_into(errors, "connect", lambda: read_connector(settings.connect.url, cdc.connector_name)),
+        "connector": _errors_into(
+            errors,
+            "connect",
+            lambda: read_connector(settings.connect.url, cdc.connector_name, auth=settings.connect.auth()),
+        ),
         "slot": _errors_into(
             errors, "postgres", lambda: read_slot(settings.postgres.conninfo(monitor=True), cdc.slot_name)
         ),
