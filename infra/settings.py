@@ -43,6 +43,11 @@ if TYPE_CHECKING:
     import redis
 
 
+def _none_if_empty(value: Any) -> Any:
+    # An empty variable (as .env.example lists them) means unset: the secure-mode default applies.
+    return None if value == "" else value
+
+
 class PostgresSettings(Group):
     """The source database: an application user for writers, a CDC user for Debezium."""
 
@@ -67,6 +72,8 @@ class PostgresSettings(Group):
     sslrootcert: Path | None = None
     # The stack's CA when STACK_SECURE, set by ``Settings`` (a group does not see STACK_SECURE itself).
     _stack_ca: Path | None = PrivateAttr(default=None)
+
+    _empty_is_unset = field_validator("sslmode", "sslrootcert", mode="before")(_none_if_empty)
 
     @property
     def effective_sslmode(self) -> str | None:
@@ -272,6 +279,8 @@ class RedisSettings(Group):
     reader_password: Secret = Secret("reader-local")
     # The stack's CA when STACK_SECURE, set by ``Settings`` (a group does not see STACK_SECURE itself).
     _stack_ca: Path | None = PrivateAttr(default=None)
+
+    _empty_is_unset = field_validator("tls", "ca_file", "username", mode="before")(_none_if_empty)
 
     @property
     def secure(self) -> bool:
