@@ -68,7 +68,9 @@ test-unit: bootstrap ## unit tests (no services)
 	@$(PY) -m pytest tests/unit -q
 
 test-integration: bootstrap ## integration tests on a real native stack the fixtures start and stop (the slowest, marked slow, are left out)
-	@$(PY) -m pytest tests/integration -q -m "not slow" --durations=10
+	@$(PY) -m pytest tests/integration -q -m "not slow" --durations=10 --ignore=tests/integration/secure
+	@# The secure stack (STACK_SECURE=1) in a run of its own, so the two stacks are never up together.
+	@$(PY) -m pytest tests/integration/secure -q -m "not slow" --durations=5
 
 test-slow: bootstrap ## SLOW (~2 min), not in make test: the integration tests marked slow
 	@$(PY) -m pytest tests/integration -q -m slow
@@ -160,4 +162,4 @@ dataflow-graph: bootstrap ## build the Dataflow job offline (DataflowRunner --dr
 	@$(PY) -m pipeline.dataflow_graph --depth "$${DEPTH:-3}"
 
 clean: reset ## reset, and remove the venv and downloaded jars
-	rm -rf .venv .stack .stack-test .stack-faults
+	rm -rf .venv .stack .stack-test .stack-faults .stack-secure-test
