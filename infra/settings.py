@@ -145,6 +145,7 @@ class KafkaSettings(Group):
     admin_password: Secret = Secret("kafka-admin-local")
     # The stack's CA when STACK_SECURE, set by ``Settings`` (a group does not see STACK_SECURE itself).
     _stack_ca: Path | None = PrivateAttr(default=None)
+    _empty_is_unset = field_validator("security_protocol", mode="before")(_none_if_empty)
 
     @field_validator("brokers")
     @classmethod
@@ -238,6 +239,7 @@ class ConnectSettings(Group):
     kafka_password: Secret = Secret("kafka-connect-local")
     # Set by ``Settings`` when STACK_SECURE (a group does not see STACK_SECURE itself).
     _stack_ca: Path | None = PrivateAttr(default=None)
+    _empty_is_unset = field_validator("rest_auth", mode="before")(_none_if_empty)
 
     @property
     def url(self) -> str:

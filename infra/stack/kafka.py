@@ -343,8 +343,9 @@ def acl_bindings(cdc: CdcSettings, *, pipeline_user: str, connect_user: str, con
       and group; write the capture topics and Debezium's heartbeat topic; describe the cluster.
     - The pipeline and the tools: read and write the project's topics (``<CDC_TOPIC_PREFIX>.*``: the
       capture topics, dead letters, parked events) and use consumer groups (each lane, sink
-      positions, tools: many names, so any group). They cannot create or delete topics, alter
-      configs or ACLs, or touch Connect's topics.
+      positions, tools: many names, so any group); create and grow only the backfill's empty
+      position topics (``<prefix>.backfill.*``, pipeline/backfill). They cannot create or delete
+      other topics, alter configs or ACLs, or touch Connect's topics.
     """
     prefix = f"{cdc.topic_prefix}."
     allow = AclPermissionType.ALLOW
@@ -366,6 +367,7 @@ def acl_bindings(cdc: CdcSettings, *, pipeline_user: str, connect_user: str, con
         *grant(connect_user, txn, f"connect-cluster-{connect_group}", prefixed, op.ALL),
         *grant(connect_user, cluster, "kafka-cluster", literal, op.DESCRIBE, op.DESCRIBE_CONFIGS, op.IDEMPOTENT_WRITE),
         *grant(pipeline_user, topic, prefix, prefixed, op.READ, op.WRITE, op.DESCRIBE, op.DESCRIBE_CONFIGS),
+        *grant(pipeline_user, topic, f"{prefix}backfill.", prefixed, op.CREATE, op.ALTER),
         *grant(pipeline_user, group, "*", literal, op.READ, op.DESCRIBE, op.DELETE),
         *grant(pipeline_user, cluster, "kafka-cluster", literal, op.DESCRIBE),
     ]

@@ -135,6 +135,10 @@ def test_the_pipeline_user_stays_inside_its_acls(secure_settings: Settings) -> N
     with pytest.raises(KafkaException) as refused:
         admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result()
     assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    # Except the backfill's empty position topics (pipeline/backfill), which it creates itself.
+    backfill = f"{s.cdc.topic_prefix}.backfill.secure-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(backfill, num_partitions=1, replication_factor=1)])[backfill].result()
+    admin_client(s.kafka).delete_topics([backfill])[backfill].result()
     # Connect's internal topics are invisible to it; its own topics are not.
     topics = admin.list_topics(timeout=10).topics
     assert s.cdc.engagement_topic in topics

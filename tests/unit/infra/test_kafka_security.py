@@ -167,9 +167,11 @@ def test_each_user_gets_only_its_own_acls():
     assert {(t, n, p, o) for t, n, p, o in pipeline if t == topic} == {
         (topic, "engagement.", prefixed, op)
         for op in (AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS)
+    } | {(topic, "engagement.backfill.", prefixed, op) for op in (AclOperation.CREATE, AclOperation.ALTER)}
+    # The pipeline can create and grow only the backfill's position topics; nothing of Connect's.
+    assert {g[1] for g in pipeline if g[3] in (AclOperation.CREATE, AclOperation.ALTER, AclOperation.ALL)} == {
+        "engagement.backfill."
     }
-    # The pipeline can neither create, delete nor alter topics, nor anything of Connect's.
-    assert not {g for g in pipeline if g[3] in (AclOperation.CREATE, AclOperation.ALTER, AclOperation.ALL)}
     connect = {g[1:] for g in granted if g[0] == "User:cx"}
     assert (topic, "engagement-connect-", prefixed, AclOperation.ALL) in connect
     assert (topic, "__debezium-heartbeat.engagement", ResourcePatternType.LITERAL, AclOperation.WRITE) in connect
@@ -230,6 +232,14 @@ def test_kafkaio_refuses_sasl(tmp_path):
     with pytest.raises(KafkaIOUnavailable, match="SASL_SSL"):
         java_consumer_config(secure(tmp_path).kafka.client_config(**{"group.id": "g"}))
     assert java_consumer_config(Settings().kafka.client_config(**{"group.id": "g"}))["group.id"] == "g"
+
+
+def test_empty_variables_follow_secure_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "")
+    monkeypatch.setenv("CONNECT_REST_AUTH", "")
+    settings = Settings(stack=StackSettings(dir=tmp_path, secure=True))
+    assert settings.kafka.effective_security_protocol == "SASL_SSL"
+    assert settings.connect.effective_rest_auth is True
 
 
 def test_env_example_lists_every_kafka_and_connect_security_setting():
