@@ -40,6 +40,10 @@ _held: dict[str, str] = {}
 _lock = threading.Lock()
 
 
+class LocalDefaultPasswordError(ValueError):
+    """A password printed in this repository, about to guard a service beyond loopback."""
+
+
 class UnresolvedSecretError(RuntimeError):
     """A secret's reference could not be resolved where it was unpickled."""
 

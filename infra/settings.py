@@ -25,7 +25,7 @@ from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_va
 from pydantic_settings import BaseSettings
 
 from infra.row_bound import required_max_message_bytes
-from infra.secrets import Secret, SecretConfig, local_defaults_in_use
+from infra.secrets import Secret, SecretConfig
 from infra.settings_backfill import BackfillSettings as BackfillSettings
 from infra.settings_base import REPO_ROOT as REPO_ROOT
 from infra.settings_base import Group
@@ -87,7 +87,9 @@ class PostgresSettings(Group):
         if superuser and monitor:
             raise ValueError("conninfo: superuser or monitor, not both")
         user = self.superuser if superuser else self.monitor_user if monitor else self.user
-        password = self.superuser_password if superuser else self.monitor_password if monitor else self.password
+        password = self.checked(
+            "superuser_password" if superuser else "monitor_password" if monitor else "password", self.host
+        )
         tls = ""
         if self.effective_sslmode:
             tls += f" sslmode={self.effective_sslmode}"
@@ -205,7 +207,8 @@ class KafkaSettings(Group):
         }
         if self.effective_ssl_ca_location:
             config["ssl.ca.location"] = self.effective_ssl_ca_location
-        password = self.admin_password if admin else self.sasl_password
+        hosts = [server.rsplit(":", 1)[0] for server in self.bootstrap_servers.split(",")]
+        password = self.checked("admin_password" if admin else "sasl_password", *hosts)
         return SecretConfig({**config, **extra}, {"sasl.password": password})
 
     def producer_config(self, **extra: Any) -> dict[str, Any]:
@@ -251,7 +254,9 @@ class ConnectSettings(Group):
 
     def auth(self) -> tuple[str, str] | None:
         """What every caller of the REST API passes as ``httpx``'s ``auth``."""
-        return (self.username, self.password.get_secret_value()) if self.effective_rest_auth else None
+        if not self.effective_rest_auth:
+            return None
+        return (self.username, self.checked("password", self.host).get_secret_value())
 
 
 class RedisSettings(Group):
@@ -309,9 +314,9 @@ class RedisSettings(Group):
         for those that only read (status, dashboard, probes): the read-only user when there are users."""
         import redis
 
-        username, password = self.effective_username, self.password
+        username, password = self.effective_username, self.checked("password", self.host)
         if reader and self.secure:
-            username, password = self.reader_username, self.reader_password
+            username, password = self.reader_username, self.checked("reader_password", self.host)
         tls: dict[str, Any] = {}
         if self.effective_tls:
             ca = self.effective_ca_file
@@ -563,37 +568,15 @@ class Settings(BaseSettings):
     allow_local_default_passwords: bool = False
 
     @model_validator(mode="after")
-    def _no_local_passwords_off_loopback(self) -> Settings:
-        if self.allow_local_default_passwords:
-            return self
-        # Only the passwords in use: a PLAINTEXT Kafka has no SASL password to set.
-        pg, kafka, redis_ = self.postgres, self.kafka, self.redis
-        kafka_hosts = [server.rsplit(":", 1)[0] for server in kafka.bootstrap_servers.split(",")]
-        sasl = kafka.effective_security_protocol != "PLAINTEXT"
-        found = [
-            *local_defaults_in_use(
-                pg, [pg.host], ["password", "superuser_password", "cdc_password", "monitor_password"]
-            ),
-            *local_defaults_in_use(kafka, kafka_hosts, ["sasl_password", "admin_password"] if sasl else []),
-            *local_defaults_in_use(
-                redis_, [redis_.host], ["password", "reader_password"] if redis_.secure else ["password"]
-            ),
-        ]
-        if found:
-            raise ValueError(
-                f"the local default password of {', '.join(found)} is refused for a service that is not on "
-                "loopback: set your own (docs/security.md)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _secure_mode(self) -> Settings:
-        # The groups' TLS defaults follow STACK_SECURE and STACK_DIR; each gets its own copy, so a group
-        # shared with another Settings (model_copy in the test fixtures) keeps that one's view.
+        # The groups' TLS defaults follow STACK_SECURE and STACK_DIR, and whether they may keep the
+        # local default passwords follows ALLOW_LOCAL_DEFAULT_PASSWORDS; each gets its own copy, so a
+        # group shared with another Settings (model_copy in the test fixtures) keeps that one's view.
         ca = self.stack.tls_dir / "ca.pem" if self.stack.secure else None
         for name in ("postgres", "redis", "kafka", "connect"):
             group = getattr(self, name).model_copy()
             group._stack_ca = ca
+            group._local_defaults_allowed = self.allow_local_default_passwords
             object.__setattr__(self, name, group)  # frozen: the one place a group is replaced
         return self
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from infra.secrets import name_secrets
+from infra.secrets import LocalDefaultPasswordError, Secret, local_defaults_in_use, name_secrets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +20,23 @@ def config(prefix: str) -> SettingsConfigDict:
 
 class Group(BaseSettings):
     """A settings group whose ``Secret`` fields know their setting, so that they pickle as
-    references to it (``infra.secrets``)."""
+    references to it, and whose local default passwords are refused off loopback (``infra.secrets``)."""
+
+    # Set by ``Settings`` from ALLOW_LOCAL_DEFAULT_PASSWORDS (Docker Compose's private network).
+    _local_defaults_allowed: bool = PrivateAttr(default=False)
 
     def model_post_init(self, context: Any, /) -> None:
         name_secrets(self)
+
+    def checked(self, field: str, *hosts: str) -> Secret:
+        """The secret ``field`` for a connection to ``hosts``: refused while it still holds the
+        repository's local default and a host is not loopback. Checked where it is used, so a
+        process that never connects to a service needs none of its passwords."""
+        found = [] if self._local_defaults_allowed else local_defaults_in_use(self, hosts, [field])
+        if found:
+            raise LocalDefaultPasswordError(
+                f"{found[0]} holds the local default from this repository, refused for {', '.join(hosts)}, "
+                "which is not loopback: set your own (docs/security.md)"
+            )
+        secret: Secret = getattr(self, field)
+        return secret
