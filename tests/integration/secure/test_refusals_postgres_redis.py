@@ -16,6 +16,7 @@ from infra.settings import LeaderboardSettings, Settings
 from infra.stack.certificates import ensure_certificates
 from infra.stack.local import LocalStack
 from pipeline.instance_lock import InstanceLock
+from pipeline.status.read import sample
 from sinks.flush import Flusher
 from sinks.records import Contribution, EnrichedChange, SourcePosition
 from sinks.redis_leaderboard import RedisLeaderboardSink
@@ -198,3 +199,20 @@ def test_the_leaderboard_sink_and_instance_lock_work_inside_the_grant(
 class _NoLetters:
     def send(self, letters: object) -> None:
         raise AssertionError(f"no dead letters expected: {letters}")
+
+
+def test_make_status_reads_everything_as_the_reader_and_the_monitor(
+    secure_stack: LocalStack, secure_settings: Settings
+) -> None:
+    # make status (pipeline/status) and the stack's own report read Redis as the read-only user and the
+    # slot as the monitoring role over TLS: nothing they read may be refused.
+    report = secure_stack.status()
+    assert {name: report["services"][name]["state"] for name in ("postgres", "redis")} == {
+        "postgres": "healthy",
+        "redis": "healthy",
+    }
+    assert report["slot"] is not None and report["slot"]["active"] is True
+    assert report["http_breakers"] == {}
+    sampled = sample(secure_settings, sleep=lambda _: None)
+    assert {k: v for k, v in sampled["errors"].items() if k in ("postgres", "redis")} == {}
+    assert sampled["slot"]["slot"] == secure_settings.cdc.slot_name
