@@ -138,12 +138,13 @@ def test_the_pipeline_user_stays_inside_its_acls(secure_settings: Settings) -> N
     # Except the backfill's empty position topics (pipeline/backfill), which it creates itself.
     backfill = f"{s.cdc.topic_prefix}.backfill.secure-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(backfill, num_partitions=1, replication_factor=1)])[backfill].result()
-    admin_client(s.kafka).delete_topics([backfill])[backfill].result()
+    root = admin_client(s.kafka)  # held: a client collected before its future resolves cancels it
+    root.delete_topics([backfill])[backfill].result()
     # Connect's internal topics are invisible to it; its own topics are not.
     topics = admin.list_topics(timeout=10).topics
     assert s.cdc.engagement_topic in topics
     assert not [t for t in topics if t.startswith(f"{s.connect.group_id}-")]
-    assert [t for t in admin_client(s.kafka).list_topics(timeout=10).topics if t.startswith(f"{s.connect.group_id}-")]
+    assert [t for t in root.list_topics(timeout=10).topics if t.startswith(f"{s.connect.group_id}-")]
 
 
 # --- Kafka Connect ----------------------------------------------------------------------------------
