@@ -118,3 +118,12 @@ def test_redis_config_listens_on_tls_only_in_secure_mode(tmp_path: Path) -> None
     text = plain.conf.read_text().splitlines()
     assert "port 56379" in text and "requirepass redis-local" in text
     assert not [line for line in text if line.startswith(("tls-", "user "))]
+
+
+def test_debezium_verifies_postgres_in_secure_mode_only(tmp_path: Path) -> None:
+    from infra.stack.connect import connector_config
+
+    secure = connector_config(settings(tmp_path, secure=True))
+    assert (secure["database.sslmode"], secure["database.sslrootcert"]) == ("verify-full", f"{tmp_path}/tls/ca.pem")
+    plain = connector_config(settings(tmp_path, secure=False))
+    assert "database.sslmode" not in plain and "database.sslrootcert" not in plain  # Debezium's default
