@@ -18,6 +18,17 @@ streaming inserts) into its catalog only, and the next insertAll naming the new 
 DuckDB ("table t has 6 columns but 3 values were supplied"). The wrapper adds the missing columns to
 the DuckDB table in the same call (``add_columns_on_schema_update``), as BigQuery would.
 
+And it makes a Storage Write append to a COMMITTED stream all or nothing, which the sink's
+exactly-once argument needs (``sinks.bigquery_storage_write``): bqemulator 1.4.0 advances the
+stream's offset and row count first and inserts the rows after, so an insert that failed left the
+offset past rows the table never got; the client's retry at the same offset was then answered
+ALREADY_EXISTS ("applied already") and those rows were lost, and a ``FinalizeWriteStream`` could
+count rows not inserted yet. Inserts failed when the emulator's catalog lagged its DuckDB table by
+a column: an append that read the schema just before a ``tables.patch`` added one ("table has N
+columns but N-1 values were supplied"), or a row-count update written from a copy of the table
+read before the patch, which dropped the new column from the catalog for good
+(``atomic_storage_write``).
+
 Usage: ``python launch.py --extension-dir DIR start [bqemulator start options]``.
 """
 
@@ -26,11 +37,21 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import duckdb_extension_spatial
+
+# Held by every catalog table update (a REST thread) and by a Storage Write append's insert and
+# read-modify-write of the table's row count (a gRPC thread): that must never write back a schema
+# read before an update changed it, nor run on the shared DuckDB connection during an ALTER TABLE.
+CATALOG_LOCK = threading.RLock()
+
+
+class NotInserted(Exception):  # noqa: N818 - a state
+    """The rows of a Storage Write append did not reach the table."""
 
 
 def install_spatial(extension_dir: Path) -> None:
@@ -68,17 +89,77 @@ def add_columns_on_schema_update() -> None:
     update_table = DuckDBCatalogRepository.update_table
 
     def update_table_and_columns(self: Any, table: Any) -> Any:
-        existing = self.get_table(table.project_id, table.dataset_id, table.table_id)
-        if existing is not None and existing.table_type == "TABLE" and table.table_type == "TABLE":
-            known = {field.name for field in existing.schema_.fields}
-            added = [_field_to_rest(field) for field in table.schema_.fields if field.name not in known]
-            if added:
-                ref = quoted_table_ref(table.project_id, table.dataset_id, table.table_id)
-                for name, dtype in bq_schema_to_duckdb_columns(added):
-                    self._engine.execute(f'ALTER TABLE {ref} ADD COLUMN IF NOT EXISTS "{name}" {dtype}')
-        return update_table(self, table)
+        with CATALOG_LOCK:  # against a Storage Write append's row-count update (atomic_storage_write)
+            existing = self.get_table(table.project_id, table.dataset_id, table.table_id)
+            if existing is not None and existing.table_type == "TABLE" and table.table_type == "TABLE":
+                known = {field.name for field in existing.schema_.fields}
+                added = [_field_to_rest(field) for field in table.schema_.fields if field.name not in known]
+                if added:
+                    ref = quoted_table_ref(table.project_id, table.dataset_id, table.table_id)
+                    for name, dtype in bq_schema_to_duckdb_columns(added):
+                        self._engine.execute(f'ALTER TABLE {ref} ADD COLUMN IF NOT EXISTS "{name}" {dtype}')
+            return update_table(self, table)
 
     DuckDBCatalogRepository.update_table = update_table_and_columns  # type: ignore[method-assign]
+
+
+def atomic_storage_write() -> None:
+    """A COMMITTED (or default) stream's append is applied whole or not at all (module docstring)."""
+    import grpc
+    from bqemulator.grpc_api import write_servicer
+    from bqemulator.storage.sql_identifiers import quoted_table_ref, register_name
+    from bqemulator.streaming.write_stream import WriteStreamType
+
+    handler = write_servicer.BigQueryWriteHandler
+    perform_append = handler._perform_append
+    finalize = handler._handle_finalize_write_stream
+    immediate = (WriteStreamType.COMMITTED, WriteStreamType.DEFAULT)
+
+    def flush_to_target(self: Any, stream: Any, rows: Any) -> None:
+        target = quoted_table_ref(stream.project_id, stream.dataset_id, stream.table_id)
+        registered = register_name(f"__bqemu_write_{os.urandom(6).hex()}")
+        # CATALOG_LOCK too: a column added (ALTER TABLE from a REST thread) on the one DuckDB
+        # connection while this insert's rows are registered on it deadlocked both threads.
+        with self._write_lock, CATALOG_LOCK:
+            connection = self._ctx.engine.connection
+            connection.register(registered, rows)
+            try:
+                # BY NAME: a column the catalog does not list yet (a schema update under way) is NULL.
+                self._ctx.engine.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {registered}")
+            except Exception as exc:
+                raise NotInserted(str(exc)) from exc
+            finally:
+                connection.unregister(registered)
+            # The rows are in: what follows is bookkeeping, and must not undo the append.
+            meta = self._ctx.catalog.get_table(stream.project_id, stream.dataset_id, stream.table_id)
+            if meta is not None:
+                self._ctx.catalog.update_table(meta.model_copy(update={"num_rows": meta.num_rows + rows.num_rows}))
+            self._ctx.snapshots.record_change(stream.project_id, stream.dataset_id, stream.table_id)
+
+    def perform_append_or_nothing(self: Any, stream: Any, rows: Any, offset: Any, max_buffered_rows: int) -> bytes:
+        with stream.lock:
+            before = (stream.next_offset, stream.row_count)
+            try:
+                return perform_append(self, stream, rows, offset, max_buffered_rows)
+            except NotInserted as exc:
+                if stream.stream_type not in immediate:
+                    raise
+                stream.next_offset, stream.row_count = before
+                detail = f"rows not appended, offset {before[0]} is still the stream's end: {exc}"
+                return write_servicer._error_response(stream.name, detail, status_code=grpc.StatusCode.INTERNAL)
+
+    def finalize_after_appends(self: Any, request_bytes: bytes, context: Any) -> bytes:
+        from google.cloud.bigquery_storage_v1 import types
+
+        stream = self._manager.get(types.FinalizeWriteStreamRequest.deserialize(request_bytes).name)
+        if stream is None:
+            return finalize(self, request_bytes, context)
+        with stream.lock:  # the row count of appends that are done, never of one still inserting
+            return finalize(self, request_bytes, context)
+
+    handler._flush_to_target = flush_to_target  # type: ignore[method-assign]
+    handler._perform_append = perform_append_or_nothing  # type: ignore[method-assign]
+    handler._handle_finalize_write_stream = finalize_after_appends  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -98,6 +179,7 @@ def main() -> None:
     if os.environ.get("BQEMU_TIME_TRAVEL_RETENTION_DAYS") == "0":
         no_time_travel_snapshots()
     add_columns_on_schema_update()
+    atomic_storage_write()
     from bqemulator.cli import main as bqemulator
 
     sys.argv = ["bqemulator", *args[2:]]
