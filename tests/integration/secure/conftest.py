@@ -6,7 +6,8 @@ Its own folder (``.stack-secure-test``, with the local CA under ``tls/``) and po
 stack's + 200), so it never meets the plain test stack even when both suites run in one session;
 ``make test-integration`` runs this folder in a pytest run of its own after the rest, so the two
 stacks are never up together. Reset before starting and again at the end: nothing stays running.
-The BigQuery emulator is left out (no test here writes to BigQuery).
+The BigQuery emulator runs too (plain HTTP on loopback, as BigQuery itself is only reached over
+Google's TLS): the pipeline test writes every sink.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def make_secure_settings() -> Settings:
         kafka=_shifted(plain.kafka, "port", "controller_port"),
         connect=_shifted(plain.connect, "port"),
         redis=_shifted(plain.redis, "port"),
-        bigquery=plain.bigquery.model_copy(update={"emulator_host": ""}),
+        bigquery=plain.bigquery.model_copy(update={"emulator_host": f"http://127.0.0.1:{59150 + SHIFT}"}),
         http_receiver=_shifted(plain.http_receiver, "port", "control_port"),
         cdc=plain.cdc,
         stack=StackSettings(dir=REPO_ROOT / ".stack-secure-test", stop_timeout_s=60.0, secure=True),
