@@ -55,7 +55,14 @@ from sinks.bigquery_storage_write import (
     make_write_client,
     record_batch,
 )
-from sinks.bigquery_tables import AUDIT_SCHEMA, CHANGES_SCHEMA, CONTENT_SCHEMA, changes_table_id, period_of
+from sinks.bigquery_tables import (
+    AUDIT_SCHEMA,
+    CHANGES_SCHEMA,
+    CONTENT_SCHEMA,
+    added_field,
+    changes_table_id,
+    period_of,
+)
 from sinks.contract import BatchLimits, Outcome, Retry, RetryPolicy, Sink, SinkUnavailable
 from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.positions import Position
@@ -113,7 +120,7 @@ class BigQuerySink(Sink[Any], abc.ABC):
         self.retry_policy = RetryPolicy(initial_s=0.2, max_backoff_s=settings.max_backoff_s)
         self.limits = BatchLimits(max_records=settings.max_rows_per_request, max_bytes=settings.max_request_bytes)
         self._appender: StreamAppender | None = None  # built in open() for BIGQUERY_WRITE_MODE=storage_write
-        self._arrow: dict[str, pa.Schema] = {}  # table id -> its Arrow schema (Storage Write)
+        self._arrow: dict[tuple[str, int], pa.Schema] = {}  # (table id, columns) -> Arrow schema (Storage Write)
 
     def open(self) -> None:
         self.client = make_client(self.settings)
@@ -192,7 +199,11 @@ class BigQuerySink(Sink[Any], abc.ABC):
         s = self.settings
         if table_id.endswith(f".{s.audit_table}"):
             return AUDIT_SCHEMA
-        return CONTENT_SCHEMA if table_id.endswith(f".{s.content_table}") else CHANGES_SCHEMA
+        if table_id.endswith(f".{s.content_table}"):
+            return CONTENT_SCHEMA
+        # With the columns added to engagement_events so far: an Arrow batch has only the columns
+        # of its schema, so without them Storage Write dropped those values.
+        return [*CHANGES_SCHEMA, *(added_field(name, kind) for name, kind in self.dataset.added.items())]
 
     def _append(
         self,
@@ -208,9 +219,10 @@ class BigQuerySink(Sink[Any], abc.ABC):
         appender = self._appender
         if appender is None:
             raise RuntimeError("Storage Write append without an appender")
-        arrow = self._arrow.get(table_id)
+        schema = self._schema(table_id)
+        arrow = self._arrow.get((table_id, len(schema)))  # columns are only ever added
         if arrow is None:
-            arrow = self._arrow[table_id] = arrow_schema(self._schema(table_id))
+            arrow = self._arrow[table_id, len(schema)] = arrow_schema(schema)
         keep_rows, keep = rows, indexes
         try:
             converted: pa.RecordBatch | None = record_batch(rows, arrow)  # the common case: all convert

@@ -75,6 +75,11 @@ class Dataset:
         self._added: dict[str, str] = {}  # columns added to engagement_events, and their types
         self._ready = False
 
+    @property
+    def added(self) -> Mapping[str, str]:
+        """The columns added to the changelog tables so far, and their types."""
+        return self._added
+
     def forget(self) -> None:
         """Someone dropped a table (a NotFound on insert): check everything again on next use."""
         self._ready = False

@@ -137,3 +137,53 @@ def test_a_second_crash_before_the_first_crash_s_tail_is_covered_still_skips_it(
     assert [r["id"] for stream in writer.rows.values() for r in stream] == [1, 2, 3, 4, 5, 6]
     # Once the positions cover its tail, the old stream leaves the stored form.
     assert run2.stored_form("t:0") == f"{T}={T}/streams/2@1"
+
+
+class RecordingWriter(FakeWriter):
+    """What the sink appends, as rows."""
+
+    def append(self, stream: Stream, rows) -> None:
+        super().append(stream, rows.to_pylist())
+
+
+class ColumnsDataset:
+    """A dataset whose changelog tables get the columns a row asks for."""
+
+    def __init__(self) -> None:
+        self.added: dict[str, str] = {}
+
+    def ensure(self) -> None:
+        pass
+
+    def ensure_period(self, period: str) -> None:
+        pass
+
+    def ensure_columns(self, wanted: dict[str, str]) -> None:
+        self.added.update(wanted)
+
+
+class NoPositions:
+    def store(self, positions, extras=None) -> None:
+        pass
+
+
+def test_the_values_of_a_column_added_to_engagement_events_are_appended_too():
+    import msgspec
+
+    from infra.settings import BigQuerySettings, KafkaSettings
+    from sinks.bigquery import BigQueryChangesSink
+    from sinks.contract import Batch
+
+    from .test_bigquery_sink import NOW, enriched, event
+
+    sink = BigQueryChangesSink(
+        BigQuerySettings(project_id="p", dataset="analytics"), KafkaSettings(), "g", clock=lambda: NOW
+    )
+    sink.dataset, sink._positions = ColumnsDataset(), NoPositions()  # type: ignore[assignment]
+    writer = RecordingWriter()
+    sink._appender = StreamAppender(writer)  # type: ignore[arg-type]
+    before = enriched(1)
+    after = enriched(2, row=msgspec.structs.replace(event(2), extra=(("referrer", "search"),)))
+    assert sink.write(Batch([before, after], {}, {})).complete
+    [appended] = writer.rows.values()
+    assert [(row["id"], row.get("referrer")) for row in appended] == [(1, None), (2, "search")]
