@@ -191,7 +191,8 @@ def record_series(
 
 
 def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
-    latency_phase(settings, stack, args.rate, args.duration, record_as=f"pipeline-latency-{args.rate}")
+    name = args.record_as or f"pipeline-latency-{args.rate}"
+    latency_phase(settings, stack, args.rate, args.duration, record_as=name)
 
 
 def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
@@ -304,6 +305,12 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     say(f"PIPELINE DRAIN: {total:,} envelopes at {rate:,.0f} events/s (bounded run, first to last stored position)")
     for line in sampler.report():
         say(f"  {line}")
+    used = sampler.cpu_seconds()
+    say(
+        "  CPU s from the bounded run's start to its end: "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items())
+        + f"; in all {sum(used.values()):.1f}"
+    )
     plain = plain_consume(settings, total)
     say(
         f"PLAIN confluent-kafka + orjson consume-and-decode: {plain:,.0f} events/s; pipeline/plain = {rate / plain:.2f}"
@@ -318,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     latency = sub.add_parser("latency")
     latency.add_argument("--rate", type=int, default=3333, help="events per second")
     latency.add_argument("--duration", type=float, default=300)
+    latency.add_argument("--record-as", help="name of the time series in .bench/ (default pipeline-latency-RATE)")
     max_rate = sub.add_parser("max-rate")
     max_rate.add_argument("--rates", default="5000,7500,10000,12500,15000")
     max_rate.add_argument("--step-duration", type=float, default=60)

@@ -132,6 +132,10 @@ class ProcessSampler:
 
         threading.Thread(target=loop, name="process-sampler", daemon=True).start()
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each process used since it was added, as of the last sample."""
+        return {name: self.cpu_last[name] - self.cpu_start[name] for name in self.pids}
+
     def report(self) -> list[str]:
         elapsed = time.monotonic() - self.started
         lines = []
