@@ -26,8 +26,10 @@ ALREADY_EXISTS ("applied already") and those rows were lost, and a ``FinalizeWri
 count rows not inserted yet. Inserts failed when the emulator's catalog lagged its DuckDB table by
 a column: an append that read the schema just before a ``tables.patch`` added one ("table has N
 columns but N-1 values were supplied"), or a row-count update written from a copy of the table
-read before the patch, which dropped the new column from the catalog for good
-(``atomic_storage_write``).
+read before the patch, which dropped the new column from the catalog for good. And the insert ran
+on the one DuckDB connection every REST request shares: with queries polling meanwhile it clobbered
+their pending results, or deadlocked against an ALTER TABLE, and the emulator stopped answering. The
+insert now runs on a cursor of its own (``atomic_storage_write``).
 
 Usage: ``python launch.py --extension-dir DIR start [bqemulator start options]``.
 """
@@ -118,18 +120,18 @@ def atomic_storage_write() -> None:
     def flush_to_target(self: Any, stream: Any, rows: Any) -> None:
         target = quoted_table_ref(stream.project_id, stream.dataset_id, stream.table_id)
         registered = register_name(f"__bqemu_write_{os.urandom(6).hex()}")
-        # CATALOG_LOCK too: a column added (ALTER TABLE from a REST thread) on the one DuckDB
-        # connection while this insert's rows are registered on it deadlocked both threads.
-        with self._write_lock, CATALOG_LOCK:
-            connection = self._ctx.engine.connection
-            connection.register(registered, rows)
+        # A cursor of its own (a DuckDB connection to the same database): on the connection every
+        # REST request shares, this insert clobbered a query's pending result ("closed pending query
+        # result") or deadlocked against an ALTER TABLE, and the emulator stopped answering.
+        with self._write_lock, CATALOG_LOCK, self._ctx.engine.connection.cursor() as cursor:
+            cursor.register(registered, rows)
             try:
                 # BY NAME: a column the catalog does not list yet (a schema update under way) is NULL.
-                self._ctx.engine.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {registered}")
+                cursor.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {registered}")
             except Exception as exc:
                 raise NotInserted(str(exc)) from exc
             finally:
-                connection.unregister(registered)
+                cursor.unregister(registered)
             # The rows are in: what follows is bookkeeping, and must not undo the append.
             meta = self._ctx.catalog.get_table(stream.project_id, stream.dataset_id, stream.table_id)
             if meta is not None:

@@ -28,14 +28,30 @@ CHECKS = textwrap.dedent(
     from bqemulator.grpc_api.write_servicer import BigQueryWriteHandler
     from bqemulator.streaming.write_stream import WriteStream, WriteStreamType
 
+    class Statements:  # a DuckDB connection or cursor whose next INSERT can be made to fail
+        def __init__(self, engine, inner):
+            self.engine, self.inner = engine, inner
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.inner.close()
+        def cursor(self):
+            return Statements(self.engine, self.inner.cursor())
+        def register(self, name, rows):
+            self.inner.register(name, rows)
+        def unregister(self, name):
+            self.inner.unregister(name)
+        def execute(self, sql):
+            if sql.startswith("INSERT") and self.engine.fail_next_insert:
+                self.engine.fail_next_insert = False
+                raise duckdb.IOException("disk hiccup")
+            return self.inner.execute(sql)
+
     class Engine:
         def __init__(self):
-            self.connection = duckdb.connect()
             self.fail_next_insert = False
+            self.connection = Statements(self, duckdb.connect())
         def execute(self, sql):
-            if sql.startswith("INSERT") and self.fail_next_insert:
-                self.fail_next_insert = False
-                raise duckdb.IOException("disk hiccup")
             return self.connection.execute(sql)
 
     class Catalog:
