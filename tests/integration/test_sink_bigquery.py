@@ -4,6 +4,7 @@ a replay changes nothing, a wrong-typed row is dead-lettered, and an outage is w
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -11,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
 
@@ -211,6 +211,9 @@ def test_storage_write_appends_each_change_exactly_once_after_three_kill_9(
     )
     rng = random.Random(13)
     kills: list[str] = []
+    assert stack.bigquery is not None
+    emulator_log = stack.bigquery.process.log_file
+    emulator_log_from = emulator_log.stat().st_size if emulator_log.exists() else 0
     with streaming(settings, tmp_path / "pipeline.log", **extra) as pipeline:
         generator = generate(settings, "--rate", "60000", "--duration", "20")  # 1,000 events/s
         for _ in range(3):
@@ -236,7 +239,8 @@ def test_storage_write_appends_each_change_exactly_once_after_three_kill_9(
     [counts] = run_query(client, f"SELECT COUNT(*) AS n, COUNT(DISTINCT FORMAT('%d/%d', p, o)) AS d FROM ({changelog})")
     records = [r for r in read_to_the_end(settings) if event_id(r.value) < HAND_MADE_IDS]
     if (counts["n"], counts["d"]) != (len(records), len(records)):  # every change, once
-        pytest.fail(storage_write_report(own, client, changelog, records, kills, tmp_path / "pipeline.log"))
+        log = tmp_path / "pipeline.log"
+        pytest.fail(storage_write_report(own, client, changelog, records, kills, log, emulator_log, emulator_log_from))
     assert_view_matches_sql(own)
 
 
@@ -245,12 +249,22 @@ def event_id(value: object) -> int:
     return row.get("id", HAND_MADE_IDS)
 
 
+EMULATOR_ERROR = re.compile(r"Error|Exception|Traceback")
+
+
 def storage_write_report(
-    settings: Settings, client: Any, changelog: str, records: list[Record], kills: list[str], log: Path
+    settings: Settings,
+    client: Any,
+    changelog: str,
+    records: list[Record],
+    kills: list[str],
+    log: Path,
+    emulator_log: Path,
+    emulator_log_from: int,
 ) -> str:
     """What a failure needs to be understood: the changes missing or repeated (partition and offset
     ranges, with the first's Debezium commit time, against the kill times), the positions and streams
-    the sink stored, and the rows the emulator's streams say they took against the rows its tables hold."""
+    the sink stored, and the errors the emulator logged during the test."""
     seen = Counter((r["p"], r["o"]) for r in run_query(client, f"SELECT p, o FROM ({changelog})"))
     by_position = {(r.partition, r.offset): r for r in records}
     missing = sorted(set(by_position) - set(seen))
@@ -271,18 +285,12 @@ def storage_write_report(
         store.close()
     for key, (position, streams) in sorted(stored.items()):
         lines.append(f"  stored {key}: next offset {position.next_offset}, streams {streams or '-'}")
-    try:
-        streams = httpx.get(f"{settings.bigquery.emulator_host}/admin/streams", timeout=10).json()["writeStreams"]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        lines.append(f"  the emulator's streams: unavailable ({exc})")
-        streams = []
-    claimed: Counter[str] = Counter()
-    for stream in streams:
-        if stream["datasetId"] == settings.bigquery.dataset:
-            claimed[stream["tableId"]] += stream["rowCount"]
-    for table, rows in sorted(claimed.items()):
-        [held] = run_query(client, f"SELECT COUNT(*) AS n FROM {settings.bigquery.dataset}.{table}")
-        lines.append(f"  emulator: the streams of {table} took {rows} rows, the table holds {held['n']}")
+    # The emulator's own errors meanwhile (an append whose insert failed shows here).
+    with emulator_log.open("rb") as written:
+        written.seek(emulator_log_from)
+        text = written.read().decode(errors="replace")
+    found = [line for line in text.splitlines() if EMULATOR_ERROR.search(line)]
+    lines += [f"  emulator: {line[:300]}" for line in found[-20:]] or ["  emulator: no error logged"]
     lines.append(f"  the pipeline's log: {log}")
     return "\n".join(lines)
 
