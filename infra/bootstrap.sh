@@ -23,6 +23,8 @@ fi
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v setpriv >/dev/null 2>&1 || packages+=(util-linux)
 command -v patch >/dev/null 2>&1 || packages+=(patch)  # Prism's listen-host patch
+# make flink-bootstrap compiles Beam's patched ServerFactory (infra/beam-java): a JDK, not only a JRE.
+if [[ " $* " == *" --flink "* ]] && ! command -v javac >/dev/null 2>&1; then packages+=(openjdk-17-jdk-headless); fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
 # The dashboard's browser test (Playwright drives the system browser; `playwright install` is never run).
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
@@ -114,6 +116,18 @@ fi
 # stand in for it (infra/maven/flink/pom.xml, pipeline/flink_job_server.py). About 160 MB.
 if [[ " $* " == *" --flink "* ]]; then
   fetch_jars "Beam's Flink 1.19 job server" infra/maven/flink/pom.xml "$LIB/flink"
+  # Beam's gRPC servers on the runner side listen on every interface: its ServerFactory, patched to
+  # bind the address it is given, goes ahead of the jars (infra/beam-java/server-factory.patch).
+  patched="$LIB/flink-patch"
+  stamp="$patched/.complete-$(cat infra/beam-java/server-factory.patch infra/beam-java/build.sh "$LIB"/flink/.complete-* | sha1sum | cut -c1-12)"
+  if [ ! -e "$stamp" ]; then
+    command -v javac >/dev/null 2>&1 || die "a JDK (javac) is needed to compile Beam's patched ServerFactory: apt-get install openjdk-17-jdk-headless"
+    step "compiling Beam's ServerFactory with infra/beam-java/server-factory.patch into ${patched#$ROOT/}"
+    log="$ROOT/.stack/javac-server-factory.log"
+    infra/beam-java/build.sh "$LIB/flink" "$patched" >"$log" 2>&1 \
+      || { tail -n 30 "$log" >&2; die "building Beam's patched ServerFactory failed (full log: ${log#$ROOT/})"; }
+    touch "$stamp"
+  fi
 fi
 
 step "bootstrap complete"

@@ -3,8 +3,9 @@
 Beam's Python ``FlinkRunner`` starts a job server from a ``beam-runners-flink-<ver>-job-server``
 jar it downloads at run time. That download fails here, and Maven Central has no such jar for any
 Beam version, so ``make flink-bootstrap`` resolves the runner module and its dependencies into
-``FLINK_LIB_DIR`` (``infra/maven/flink/pom.xml``) and the supervisor starts the job server's main
-class from that classpath itself:
+``FLINK_LIB_DIR`` (``infra/maven/flink/pom.xml``) and the supervisor starts the job server from that
+classpath itself (with Beam's gRPC server factory patched to bind the address it is given, ahead of
+the jars: ``flink_classpath``):
 
 - its own JVM, with a bounded heap (``FLINK_HEAP``; Beam leaves it unbounded), its log in
   ``<STACK_DIR>/logs/flink-job-server-<port>.log``;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import httpx
@@ -32,6 +34,7 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
 from infra.process import ServiceProcess, StackError, port_open, refuse_if_taken
 from infra.settings import Settings
+from infra.stack.flink_cluster import flink_classpath
 from pipeline.runners import connect_host
 
 _log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ def job_server_process(settings: Settings) -> ServiceProcess:
         raise StackError(f"Beam's Flink job server is not installed in {fs.lib_dir}. Run `make flink-bootstrap`.")
     stack_dir = settings.stack.dir
     work = stack_dir / "flink"
+    conf = []
+    if fs.master == "[local]":
+        conf = [f"--flink-conf-dir={write_embedded_config(work / 'conf', settings.pipeline.bind_host)}"]
     return ServiceProcess.in_stack(
         stack_dir,
         f"flink-job-server-{fs.job_port}",
@@ -57,16 +63,18 @@ def job_server_process(settings: Settings) -> ServiceProcess:
             # The embedded cluster's temporary files (blobs, spilled state) stay under the stack.
             f"-Djava.io.tmpdir={work / 'tmp'}",
             "-cp",
-            f"{fs.lib_dir}/*",
+            flink_classpath(fs),
             MAIN_CLASS,
             f"--flink-master={fs.master}",
-            # The job, artifact (and expansion) services; loopback by default (PIPELINE_BIND_HOST).
+            # Where the job and artifact services listen: loopback by default (PIPELINE_BIND_HOST;
+            # 0.0.0.0 for every interface).
             f"--job-host={settings.pipeline.bind_host}",
             f"--job-port={fs.job_port}",
             f"--artifact-port={fs.artifact_port}",
             # No Java expansion service: the pipeline has no cross-language transforms.
             "--expansion-port=-1",
             f"--artifacts-dir={work / 'artifacts'}",
+            *conf,
         ],
         ready=lambda: port_open(connect_host(settings.pipeline.bind_host), fs.job_port),
         host=connect_host(settings.pipeline.bind_host),
@@ -75,6 +83,29 @@ def job_server_process(settings: Settings) -> ServiceProcess:
         new_session=False,
         die_with_parent=True,
     )
+
+
+def embedded_config(host: str) -> dict[str, str]:
+    """Flink's configuration for the cluster embedded in the job server (``FLINK_MASTER=[local]``):
+    its blob server, RPC, REST endpoint and TaskManagers' data ports listen on ``host``. Flink's
+    defaults bind every interface (eight listeners of the job server's JVM while a job ran)."""
+    reach = connect_host(host)
+    bind = host or "0.0.0.0"
+    return {
+        "jobmanager.rpc.address": reach,
+        "jobmanager.bind-host": bind,
+        "rest.address": reach,
+        "rest.bind-address": bind,
+        "taskmanager.host": reach,
+        "taskmanager.bind-host": bind,
+    }
+
+
+def write_embedded_config(folder: Path, host: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{key}: {value}" for key, value in embedded_config(host).items()]
+    (folder / "config.yaml").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 def start_own_job_server(process: ServiceProcess, timeout: float) -> None:

@@ -37,7 +37,7 @@ import httpx
 
 from infra.process import ServiceProcess, StackError, port_open, stop_together
 from infra.reserved_ports import reserve_ports
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import REPO_ROOT, FlinkSettings, Settings
 
 JOBMANAGER_CLASS = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
 TASKMANAGER_CLASS = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
@@ -118,8 +118,10 @@ class FlinkCluster:
 
     # --- processes ------------------------------------------------------------------------------
     def _java(self, main_class: str, jvm: list[str], dynamic: list[str]) -> list[str]:
-        lib = self.flink.lib_dir
-        return ["java", *jvm, "-cp", f"{lib}/*", main_class, "--configDir", str(self.conf_dir), *dynamic]
+        # Beam's ServerFactory patched to bind loopback, ahead of the jars: the FnAPI servers a
+        # TaskManager opens for each SDK harness would listen on every interface (flink_classpath).
+        classpath = flink_classpath(self.flink)
+        return ["java", *jvm, "-cp", classpath, main_class, "--configDir", str(self.conf_dir), *dynamic]
 
     @functools.cached_property
     def jobmanager(self) -> ServiceProcess:
@@ -276,6 +278,19 @@ class FlinkCluster:
         """``kill -9`` of TaskManager ``index`` and its worker pool (fault tests)."""
         self.taskmanager(index).kill()
         self.worker_pool(index).kill()
+
+
+def flink_classpath(fs: FlinkSettings) -> str:
+    """The classpath of every Flink JVM (the job server, the session cluster's JobManager and
+    TaskManagers): the jars of ``FLINK_LIB_DIR``, behind Beam's ``ServerFactory`` patched to listen
+    on the address it is given (``infra/beam-java/server-factory.patch``, compiled into
+    ``<FLINK_LIB_DIR>-patch`` by ``make flink-bootstrap``). Beam's own listens on every interface:
+    the job and artifact services whatever ``--job-host`` says, and the FnAPI servers each Flink
+    operator opens for its SDK harness."""
+    patched = fs.lib_dir.with_name(fs.lib_dir.name + "-patch") / "beam-server-factory-patched.jar"
+    if not patched.exists():
+        raise StackError(f"Beam's patched ServerFactory is not built ({patched}). Run `make flink-bootstrap`.")
+    return f"{patched}:{fs.lib_dir}/*"
 
 
 def _yaml(value: object) -> str:

@@ -17,7 +17,7 @@ from infra.settings import REPO_ROOT, Settings
 from infra.stack.local import LocalStack
 
 from .listeners import exposed, listeners, process_trees
-from .pipeline_helpers import env, streaming, wait_caught_up
+from .pipeline_helpers import env, flush_redis, streaming, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +32,10 @@ def test_every_listener_is_on_loopback(stack: LocalStack, settings: Settings, tm
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    flush_redis(settings)  # no positions: caught up means this job applied every record
     try:
         with streaming(settings, tmp_path / "pipeline.log") as pipeline:
-            # The snapshot rows in Redis: the job is submitted and its SDK harness runs bundles.
+            # The job is submitted and its SDK harness runs bundles.
             wait_caught_up(settings, timeout=120)
             wait_healthy(settings.dashboard.url + "healthz", dashboard)
             assert pipeline.proc is not None and pipeline.alive()

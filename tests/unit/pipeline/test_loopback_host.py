@@ -10,6 +10,9 @@ import pytest
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2, endpoints_pb2
 
+from infra.process import StackError
+from infra.settings import FlinkSettings, PipelineSettings, Settings, StackSettings
+from pipeline.flink_job_server import embedded_config, job_server_process
 from pipeline.runners import PortableRunnerOnHost, address, connect_host, pipeline_options
 
 
@@ -72,3 +75,39 @@ def test_no_loopback_environment_starts_no_pool():
 def test_clients_reach_a_listener_where_it_is_bound(host, connect, endpoint):
     assert connect_host(host) == connect
     assert address(host, 58073) == endpoint
+
+
+def test_the_flink_job_server_binds_the_host_behind_the_patched_server_factory(tmp_path):
+    lib = tmp_path / "flink"
+    lib.mkdir()
+    (lib / "beam-runners-flink-1.19-2.70.0.jar").touch()
+    patched = tmp_path / "flink-patch" / "beam-server-factory-patched.jar"
+    settings = Settings(
+        flink=FlinkSettings(lib_dir=lib, master="[local]"),
+        pipeline=PipelineSettings(bind_host="127.0.0.1"),
+        stack=StackSettings(dir=tmp_path / "stack"),
+    )
+    with pytest.raises(StackError, match="make flink-bootstrap"):
+        job_server_process(settings)  # Beam's ServerFactory alone would listen on every interface
+    patched.parent.mkdir()
+    patched.touch()
+    command = job_server_process(settings).command
+    assert command[command.index("-cp") + 1] == f"{patched}:{lib}/*"
+    assert "--job-host=127.0.0.1" in command
+    conf = tmp_path / "stack" / "flink" / "conf"
+    assert f"--flink-conf-dir={conf}" in command
+    written = dict(line.split(": ") for line in (conf / "config.yaml").read_text().splitlines())
+    assert written == embedded_config("127.0.0.1")
+
+
+def test_the_embedded_flink_cluster_binds_the_host():
+    assert embedded_config("127.0.0.1") == {
+        "jobmanager.rpc.address": "127.0.0.1",
+        "jobmanager.bind-host": "127.0.0.1",
+        "rest.address": "127.0.0.1",
+        "rest.bind-address": "127.0.0.1",
+        "taskmanager.host": "127.0.0.1",
+        "taskmanager.bind-host": "127.0.0.1",
+    }
+    assert embedded_config("0.0.0.0")["jobmanager.bind-host"] == "0.0.0.0"
+    assert embedded_config("0.0.0.0")["jobmanager.rpc.address"] == "127.0.0.1"
