@@ -307,7 +307,8 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
         say(f"  {line}")
     used = sampler.cpu_seconds()
     say(
-        "  CPU s from the bounded run's start to its end: "
+        "  CPU s of the bounded run (the stack's processes from its start, Prism and the job from the first "
+        "stored position): "
         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items())
         + f"; in all {sum(used.values()):.1f}"
     )

@@ -12,7 +12,9 @@ Each mode has a stack of its own, never the development stack: the plain one in
 round starts its mode's stack, measures, and stops it. The first round of a mode resets the stack
 (a new cluster, topics, users and certificates) and fills the topic with ``--events`` envelopes
 (a generator burst, waited for until Debezium has published all of it); later rounds start the
-same stack again on its kept data. At the end both stacks are reset (stopped, state removed), also
+same stack again on its kept data and send a ``--warmup`` burst the same way first (without it,
+the restarted Connect's cold JVM stalled the capture for the first 30 s of the latency load:
+commit -> topic p99 4-8 s in both modes). At the end both stacks are reset (stopped, state removed), also
 when a round fails.
 
 Rounds alternate (plain, secure, plain, secure, ...) so that a machine that gets busier or quieter
@@ -21,9 +23,9 @@ weighs on both alike. In each round:
 - drain: ``bench_pipeline drain`` reads the whole topic with ``pipeline --bounded`` from offset 0,
   events/s from the first to the last stored position, and the CPU seconds of the stack's processes,
   Prism and the job from the bounded run's start to its end; then a bare confluent-kafka + orjson
-  consumer over the same topic (what SASL_SSL costs a Kafka client alone). The latency load of a
-  round stays on the topic, so the second round drains about ``--rate * --duration`` more envelopes
-  than the first, in both modes alike.
+  consumer over the same topic (what SASL_SSL costs a Kafka client alone). The latency load and the
+  warm-up of a round stay on the topic, so each round drains about ``--rate * --duration +
+  --warmup`` more envelopes than the one before, in both modes alike (hence CPU s per 100k).
 - latency: ``bench_pipeline latency``: the streaming pipeline while the generator writes ``--rate``
   events/s for ``--duration`` s, commit -> board p50/p95/p99, split into commit -> topic (the
   capture) and topic -> board (the pipeline), and the CPU cores of each process.
@@ -57,7 +59,7 @@ OUTPUT = REPO_ROOT / ".bench" / "security"
 ROUND_TIMEOUT_S = 1200.0  # one bench_pipeline command; a hang must not hold the stack lock for good
 
 _ENVELOPES = re.compile(r"PIPELINE DRAIN: ([\d,]+) envelopes")
-_DRAIN_CPU = re.compile(r"CPU s from the bounded run's start to its end: .*; in all ([\d.]+)")
+_DRAIN_CPU = re.compile(r"CPU s of the bounded run \(.*\): .*; in all ([\d.]+)")
 _PLAIN = re.compile(r"PLAIN confluent-kafka \+ orjson consume-and-decode: ([\d,]+) events/s")
 _CAPTURE = re.compile(r"commit -> on the Kafka topic: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms")
 _CORES = re.compile(r"^\s+(\S+)\s+cpu\s+([\d.]+) cores", re.MULTILINE)
@@ -67,6 +69,7 @@ ORDER = (
     "drain envelopes",
     "drain events/s",
     "drain CPU s (stack, Prism, job)",
+    "drain CPU s per 100k envelopes",
     "bare consumer events/s",
     "commit->board p50 ms",
     "commit->board p95 ms",
@@ -117,6 +120,10 @@ def parse(output: str) -> dict[str, float]:
     ):
         if match := pattern.search(output):
             found[name] = float(match.group(1).replace(",", ""))
+    if "drain envelopes" in found and "drain CPU s (stack, Prism, job)" in found:
+        found["drain CPU s per 100k envelopes"] = (
+            found["drain CPU s (stack, Prism, job)"] / found["drain envelopes"] * 100_000
+        )
     if match := _CAPTURE.search(output):
         found.update(zip((f"commit->topic p{q} ms" for q in (50, 95, 99)), map(float, match.groups()), strict=True))
     # The latency phase's process report comes after its COMMIT -> LEADERBOARD line.
@@ -172,10 +179,10 @@ def run_round(mode: str, round_no: int, fresh: bool, args: argparse.Namespace) -
             stack.reset()
         stack.up()
         say(f"   stack up in {time.monotonic() - began:.0f} s")
-        if fresh:
-            filled = time.monotonic()
-            total = fill_topic(settings, args.events)
-            say(f"   topic filled: {total:,} envelopes in {time.monotonic() - filled:.0f} s")
+        filled = time.monotonic()
+        total = fill_topic(settings, args.events if fresh else args.warmup)
+        what = "topic filled" if fresh else "warm-up burst, topic"
+        say(f"   {what}: {total:,} envelopes in {time.monotonic() - filled:.0f} s")
         output = bench(settings, mode, round_no, ["drain", "--events", str(args.events)])
         output += bench(
             settings,
@@ -229,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each mode (default 2)")
     parser.add_argument("--events", type=int, default=300_000, help="envelopes on the topic for the drain")
+    parser.add_argument(
+        "--warmup", type=int, default=20_000, help="rows of the burst that warms a restarted stack's capture"
+    )
     parser.add_argument("--rate", type=int, default=3333, help="events per second during the latency run")
     parser.add_argument("--duration", type=float, default=60, help="seconds of load during the latency run")
     args = parser.parse_args(argv)
