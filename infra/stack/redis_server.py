@@ -33,6 +33,8 @@ from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import RedisSettings
 from infra.stack.certificates import TlsFiles
 
+# Reads of the project's own checks (loadtest/truth.py, the operations tests), which use these users too.
+_INSPECTION = ("zrange", "zcard", "ttl", "type", "hlen", "hvals")
 # What the pipeline's Redis code runs: redis-py's Script (EVALSHA, then SCRIPT LOAD on a cold cache, EVAL
 # for one-off scripts), the commands its Lua scripts call (they run with the caller's ACL), and the
 # Python side's own (sinks/redis_*.py, sinks/leaderboard_view.py, sinks/fencing.py, sinks/http_breaker.py,
@@ -45,9 +47,10 @@ PIPELINE_COMMANDS = (
     *("hget", "hgetall", "hset", "hsetnx", "hdel", "hincrby", "hincrbyfloat"),
     *("zadd", "zincrby", "zrem", "zremrangebyscore", "zscore", "zunionstore", "zrevrange"),
     *("scan", "time", "ping", "multi", "exec", "discard"),
+    *_INSPECTION,
 )
 # pipeline/status/read.py, pipeline/dashboard/reader.py, sinks/http_breaker.py's BreakerBoard.read.
-READER_COMMANDS = ("get", "pttl", "exists", "hget", "hgetall", "zrevrange", "zscore", "scan", "ping")
+READER_COMMANDS = ("get", "pttl", "exists", "hget", "hgetall", "zrevrange", "zscore", "scan", "ping", *_INSPECTION)
 # Every key the sinks write (sinks/redis_keys.py) under the live prefix, a rebuild's copies under
 # <prefix>rebuild:<id>:, the instance lock and fencing keys (engagement:pipeline:*), the HTTP breakers'.
 _KEY_ROOTS = ("engagement:", "top_engagement:", "content:", "rebuild:")
