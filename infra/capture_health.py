@@ -20,6 +20,7 @@ the two inputs by address, for the local stack's ``make status`` and for the pip
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,11 +108,16 @@ def capture_problems(report: Mapping[str, Any], cdc: CdcSettings) -> list[str]:
 
 
 def read_connector(
-    connect_url: str, name: str, timeout_s: float = 5.0, *, auth: tuple[str, str] | None = None
+    connect_url: str,
+    name: str,
+    timeout_s: float = 5.0,
+    *,
+    auth: tuple[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> dict[str, Any] | None:
     """Connect's REST status of connector ``name``; None when it is not registered. Raises
-    ``httpx.HTTPError`` when Connect does not answer. ``auth``: ``ConnectSettings.auth()``."""
-    response = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=timeout_s, auth=auth)
+    ``httpx.HTTPError`` when Connect does not answer. ``auth``, ``verify``: ``ConnectSettings.http_options()``."""
+    response = httpx.get(f"{connect_url}/connectors/{name}/status", timeout=timeout_s, auth=auth, verify=verify)
     if response.status_code == 404:
         return None
     response.raise_for_status()

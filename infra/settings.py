@@ -18,6 +18,7 @@ code base reads ``os.environ``. ``.env.example`` lists every variable.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -240,17 +241,36 @@ class ConnectSettings(Group):
     # Connect's own Kafka user in secure mode: its worker, the connector's producer, its admin client.
     kafka_username: str = "connect"
     kafka_password: Secret = Secret("kafka-connect-local")
+    # The REST API over HTTPS (the stack's server certificate). Unset, it follows STACK_SECURE. Callers
+    # check it against CONNECT_SSL_CA_LOCATION (unset: the stack's CA in secure mode, else the system's).
+    rest_tls: bool | None = None
+    ssl_ca_location: str = ""
     # Set by ``Settings`` when STACK_SECURE (a group does not see STACK_SECURE itself).
     _stack_ca: Path | None = PrivateAttr(default=None)
-    _empty_is_unset = field_validator("rest_auth", mode="before")(_none_if_empty)
+    _empty_is_unset = field_validator("rest_auth", "rest_tls", mode="before")(_none_if_empty)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.effective_rest_tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def effective_rest_auth(self) -> bool:
         return self.rest_auth if self.rest_auth is not None else self._stack_ca is not None
+
+    @property
+    def effective_rest_tls(self) -> bool:
+        return self.rest_tls if self.rest_tls is not None else self._stack_ca is not None
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What every caller of the REST API passes as ``httpx``'s ``verify``."""
+        if not self.effective_rest_tls:
+            return True
+        ca = self.ssl_ca_location or (str(self._stack_ca) if self._stack_ca else None)
+        return ssl.create_default_context(cafile=ca)
+
+    def http_options(self) -> dict[str, Any]:
+        """``auth`` and ``verify`` for ``httpx`` calls to the REST API."""
+        return {"auth": self.auth(), "verify": self.verify()}
 
     def auth(self) -> tuple[str, str] | None:
         """What every caller of the REST API passes as ``httpx``'s ``auth``."""

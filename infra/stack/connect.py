@@ -18,22 +18,29 @@ own clients inherit: Debezium's Postgres connector has no Kafka client of its ow
 history, and topic creation is off) authenticate as Connect's user (``CONNECT_KAFKA_USERNAME``) and
 check the brokers against the stack's CA. When ``ConnectSettings.effective_rest_auth`` is on, the REST
 API answers 401 without HTTP basic credentials (Kafka's ``BasicAuthSecurityRestExtension``, users in
-a 0600 file under the stack), and every call made here passes ``CONNECT_USERNAME``/``CONNECT_PASSWORD``.
+a 0600 file under the stack), and every call made here passes ``CONNECT_USERNAME``/``CONNECT_PASSWORD``;
+with ``effective_rest_tls`` it listens on HTTPS only, with the stack's server certificate (a PKCS12
+copy, as Jetty reads no PEM), and callers check it against the stack's CA.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from infra.capture_health import read_connector
 from infra.process import ServiceProcess, StackError, port_open
 from infra.settings import KafkaSettings, Settings
+from infra.stack.certificates import TlsFiles
 from infra.stack.kafka import jaas_quote
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -122,8 +129,8 @@ class Connect:
         # REST authentication: the JAAS configuration naming the users file (PropertyFileLoginModule).
         self.rest_jaas = self.root / "rest-jaas.conf"
         self.rest_users = self.root / "rest-users.properties"
+        self.rest_keystore = self.root / "rest-keystore.p12"
         self.url = settings.connect.url
-        self.auth = settings.connect.auth()
         jaas = [f"-Djava.security.auth.login.config={self.rest_jaas}"] if settings.connect.effective_rest_auth else []
         # Ids of tasks that failed before a config change restarts them (see register).
         self._restarting: set[int] = set()
@@ -150,6 +157,11 @@ class Connect:
             env={"POSTGRES_CDC_PASSWORD": settings.postgres.cdc_password.get_secret_value()},
         )
 
+    @property
+    def http(self) -> dict[str, Any]:
+        """``auth`` and ``verify`` of every REST call (read when used: the CA exists once ``up`` made it)."""
+        return self.settings.connect.http_options()
+
     def write_config(self) -> None:
         plugin_path = self.settings.stack.lib_dir / "connect-plugins"
         if not (plugin_path / "debezium-postgres").is_dir():
@@ -163,6 +175,7 @@ class Connect:
                 bootstrap_servers=self.settings.kafka.bootstrap_servers,
                 replication_factor=self.settings.kafka.replication_factor,
                 group_id=s.group_id,
+                scheme="https" if s.effective_rest_tls else "http",
                 host=s.host,
                 port=s.port,
                 plugin_path=plugin_path,
@@ -184,13 +197,25 @@ class Connect:
                 self.rest_users,
                 f"{properties_escape(s.username, key=True)}={properties_escape(s.password.get_secret_value())}\n",
             )
+        if s.effective_rest_tls:
+            # A fresh random password each time: it only guards the copy of the key beside it.
+            password = secrets.token_urlsafe(24)
+            write_rest_keystore(TlsFiles(self.settings.stack.tls_dir), self.rest_keystore, password)
+            text += (
+                "\n# Secure mode: the REST API on HTTPS only, the stack's server certificate (PKCS12 for Jetty).\n"
+                "rest.advertised.listener=https\n"
+                "listeners.https.ssl.keystore.type=PKCS12\n"
+                f"listeners.https.ssl.keystore.location={self.rest_keystore}\n"
+                f"listeners.https.ssl.keystore.password={password}\n"
+                f"listeners.https.ssl.key.password={password}\n"
+            )
         _write_private(self.properties, text)
 
     def ready(self) -> bool:
         if not port_open(self.settings.connect.host, self.settings.connect.port):
             return False
         try:
-            return httpx.get(f"{self.url}/connectors", timeout=2, auth=self.auth).status_code == 200
+            return httpx.get(f"{self.url}/connectors", timeout=2, **self.http).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -198,9 +223,9 @@ class Connect:
     def register(self) -> None:
         name = self.settings.cdc.connector_name
         config = connector_config(self.settings)
-        stored = httpx.get(f"{self.url}/connectors/{name}/config", timeout=30, auth=self.auth)
+        stored = httpx.get(f"{self.url}/connectors/{name}/config", timeout=30, **self.http)
         before = self.status()
-        response = httpx.put(f"{self.url}/connectors/{name}/config", json=config, timeout=30, auth=self.auth)
+        response = httpx.put(f"{self.url}/connectors/{name}/config", json=config, timeout=30, **self.http)
         if response.status_code not in (200, 201):
             raise StackError(f"registering connector {name} failed ({response.status_code}): {response.text}")
         changed = stored.status_code != 200 or {k: v for k, v in stored.json().items() if k != "name"} != config
@@ -211,7 +236,7 @@ class Connect:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return read_connector(self.url, self.settings.cdc.connector_name, auth=self.auth)
+            return read_connector(self.url, self.settings.cdc.connector_name, **self.http)
         except httpx.HTTPError:
             return None
 
@@ -238,7 +263,7 @@ class Connect:
     def delete(self) -> bool:
         name = self.settings.cdc.connector_name
         try:
-            response = httpx.delete(f"{self.url}/connectors/{name}", timeout=30, auth=self.auth)
+            response = httpx.delete(f"{self.url}/connectors/{name}", timeout=30, **self.http)
         except httpx.HTTPError:
             return False
         return response.status_code in (200, 204)
@@ -251,7 +276,7 @@ class Connect:
 
     def _lifecycle(self, verb: str, state: str, timeout: float = 30.0) -> None:
         name = self.settings.cdc.connector_name
-        httpx.put(f"{self.url}/connectors/{name}/{verb}", timeout=30, auth=self.auth).raise_for_status()
+        httpx.put(f"{self.url}/connectors/{name}/{verb}", timeout=30, **self.http).raise_for_status()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status()
@@ -264,8 +289,23 @@ class Connect:
         """Restart the connector and its tasks (e.g. after a database outage)."""
         name = self.settings.cdc.connector_name
         httpx.post(
-            f"{self.url}/connectors/{name}/restart?includeTasks=true", timeout=30, auth=self.auth
+            f"{self.url}/connectors/{name}/restart?includeTasks=true", timeout=30, **self.http
         ).raise_for_status()
+
+
+def write_rest_keystore(tls: TlsFiles, path: Path, password: str) -> None:
+    """The stack's server key and certificate (and the CA) as PKCS12 for Connect's Jetty, 0600."""
+    if not tls.server_key.exists():
+        raise StackError(f"no server certificate under {tls.dir}: the stack makes it when it starts in secure mode")
+    key = serialization.load_pem_private_key(tls.server_key.read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(tls.server_cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(tls.ca_cert.read_bytes())
+    blob = pkcs12.serialize_key_and_certificates(
+        b"connect-rest", key, cert, [ca], serialization.BestAvailableEncryption(password.encode())
+    )
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_bytes(blob)
 
 
 def _write_private(path: Path, text: str) -> None:

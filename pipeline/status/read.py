@@ -274,7 +274,7 @@ def read_once(settings: Settings, client: redis.Redis, errors: dict[str, str]) -
         "connector": _errors_into(
             errors,
             "connect",
-            lambda: read_connector(settings.connect.url, cdc.connector_name, auth=settings.connect.auth()),
+            lambda: read_connector(settings.connect.url, cdc.connector_name, **settings.connect.http_options()),
         ),
         "slot": _errors_into(
             errors, "postgres", lambda: read_slot(settings.postgres.conninfo(monitor=True), cdc.slot_name)

@@ -9,6 +9,7 @@ read metadata and fail)."""
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -153,14 +154,34 @@ def test_the_pipeline_user_stays_inside_its_acls(secure_settings: Settings) -> N
 def test_connect_rest_api_needs_credentials(secure_stack: LocalStack, secure_settings: Settings) -> None:
     connect = secure_settings.connect
     url = f"{connect.url}/connectors"
-    assert httpx.get(url, timeout=10).status_code == 401
-    assert httpx.get(url, timeout=10, auth=(connect.username, "not-the-password")).status_code == 401
+    assert url.startswith("https://")
+    verify = connect.verify()
+    assert httpx.get(url, timeout=10, verify=verify).status_code == 401
+    assert httpx.get(url, timeout=10, verify=verify, auth=(connect.username, "not-the-password")).status_code == 401
     # A write without credentials is refused too (pointing the connector elsewhere is the threat).
     config_url = f"{url}/{secure_settings.cdc.connector_name}/config"
-    assert httpx.put(config_url, json={"database.hostname": "elsewhere"}, timeout=10).status_code == 401
-    answer = httpx.get(url, timeout=10, auth=connect.auth())
+    assert httpx.put(config_url, json={"database.hostname": "elsewhere"}, timeout=10, verify=verify).status_code == 401
+    answer = httpx.get(url, timeout=10, **connect.http_options())
     assert answer.status_code == 200
     assert answer.json() == [secure_settings.cdc.connector_name]
+
+
+def test_connect_rest_api_is_https_only(secure_stack: LocalStack, secure_settings: Settings, foreign_ca: Path) -> None:
+    connect = secure_settings.connect
+    plain = f"http://{connect.host}:{connect.port}/connectors"
+    try:
+        answer = httpx.get(plain, timeout=10, auth=connect.auth())
+    except httpx.HTTPError as exc:
+        answer = exc
+    # Jetty's TLS connector takes no plain HTTP request: no answer of the API's, credentials or not.
+    assert not isinstance(answer, httpx.Response) or answer.status_code == 400, answer
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(
+            f"{connect.url}/connectors",
+            timeout=10,
+            auth=connect.auth(),
+            verify=ssl.create_default_context(cafile=foreign_ca),
+        )
 
 
 def test_the_connector_runs_and_its_changes_arrive_over_sasl_ssl(

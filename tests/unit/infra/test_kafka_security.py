@@ -9,7 +9,7 @@ from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceTyp
 
 from infra.process import StackError
 from infra.settings import CdcSettings, ConnectSettings, KafkaSettings, Settings, StackSettings
-from infra.stack.certificates import TlsFiles
+from infra.stack.certificates import TlsFiles, ensure_certificates
 from infra.stack.kafka import (
     CONF_DIR,
     Kafka,
@@ -185,6 +185,7 @@ def connect_in(tmp_path, **connect):
     settings = Settings(connect=ConnectSettings(**connect), stack=StackSettings(dir=tmp_path, secure=True))
     if not (settings.stack.lib_dir / "connect-plugins" / "debezium-postgres").is_dir():
         pytest.skip("needs the Debezium plugin folder (make bootstrap)")
+    ensure_certificates(tmp_path / "tls")
     return Connect(settings)
 
 
@@ -214,7 +215,7 @@ def test_the_connect_rest_api_asks_for_credentials_in_secure_mode(tmp_path):
     assert f"-Djava.security.auth.login.config={connect.rest_jaas}" in connect.process.command
     for path in (connect.rest_users, connect.rest_jaas):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert connect.auth == ("ops", "rest-pw")
+    assert connect.http["auth"] == ("ops", "rest-pw")
 
 
 def test_the_connect_rest_api_stays_open_in_plain_mode(tmp_path):
@@ -252,5 +253,29 @@ def test_env_example_lists_every_kafka_and_connect_security_setting():
                 assert f"\n{prefix}{name.upper()}=" in example
     for name in ("KAFKA_ADMIN_USERNAME", "KAFKA_ADMIN_PASSWORD", "CONNECT_REST_AUTH", "CONNECT_USERNAME"):
         assert f"\n{name}=" in example
-    for name in ("CONNECT_PASSWORD", "CONNECT_KAFKA_USERNAME", "CONNECT_KAFKA_PASSWORD"):
+    for name in ("CONNECT_PASSWORD", "CONNECT_KAFKA_USERNAME", "CONNECT_KAFKA_PASSWORD", "CONNECT_REST_TLS"):
         assert f"\n{name}=" in example
+
+
+def test_the_connect_rest_api_is_https_only_in_secure_mode(tmp_path):
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    connect = connect_in(tmp_path)
+    assert connect.url == "https://127.0.0.1:58083"
+    connect.write_config()
+    p = props(connect.properties.read_text())
+    assert p["listeners"] == "https://127.0.0.1:58083"
+    assert p["rest.advertised.listener"] == "https"
+    assert p["listeners.https.ssl.keystore.type"] == "PKCS12"
+    password = p["listeners.https.ssl.keystore.password"]
+    key, cert, cas = pkcs12.load_key_and_certificates(connect.rest_keystore.read_bytes(), password.encode())
+    assert cert.subject.rfc4514_string() == "CN=engagement-server"
+    assert key is not None and len(cas) == 1
+    assert stat.S_IMODE(connect.rest_keystore.stat().st_mode) == 0o600
+    verify = connect.http["verify"]
+    assert verify is not True and verify.verify_mode.name == "CERT_REQUIRED"
+
+
+def test_the_connect_rest_api_stays_http_in_plain_mode():
+    assert Settings().connect.url == "http://127.0.0.1:58083"
+    assert Settings().connect.http_options() == {"auth": None, "verify": True}
