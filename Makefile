@@ -105,7 +105,7 @@ test-operations: bootstrap ## SLOW (~5 min), not in make test: backfill, rebuild
 faults: bootstrap ## SLOW (~35 min), not in make test: each fault under 1,500 events/s, sinks vs SQL, a table (ONLY=fault for one)
 	@$(PY) -m loadtest.faults $${ONLY:+--only "$$ONLY"}
 
-bench-security: bootstrap ## SLOW (~12 min a round of each, 2 rounds by default): TLS and SASL cost, plain vs STACK_SECURE stacks of its own, alternating (drain, then commit -> board at 3,333 events/s)
+bench-security: bootstrap ## SLOW (~12 min with the default 2 rounds): TLS and SASL cost, plain vs STACK_SECURE stacks of its own, alternating (drain, then commit -> board at 3,333 events/s)
 	@$(PY) -m loadtest.bench_security --rounds "$${BENCH_ROUNDS:-2}"
 
 bench-generator: up ## generator write rate into Postgres (prints figures)

@@ -136,14 +136,21 @@ def parse(output: str) -> dict[str, float]:
 
 
 def fill_topic(settings: Settings, events: int) -> int:
-    """A generator burst of ``events`` rows, then wait until Debezium has published all of it."""
+    """A generator burst of ``events`` rows, then wait until Debezium has published all of it: one
+    envelope per row (no updates or deletes), and then no more for 3 s. Waiting for a pause alone
+    is not enough: a restarted connector may not have resumed yet, and would then capture the burst
+    during the drain."""
     topic = settings.cdc.engagement_topic
+    before = sum(end_offsets(settings.kafka, topic).values())
     gen = generator("--burst", str(events), extra_env=child_environment(settings))
     output = gen.communicate(timeout=900)[0]
     if gen.returncode != 0:
         raise SystemExit(f"generator burst failed: {output[-2000:]}")
+    deadline = time.monotonic() + 600
     total, previous = sum(end_offsets(settings.kafka, topic).values()), -1
-    while total != previous:
+    while total < before + events or total != previous:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"Debezium published {total - before:,} of the burst's {events:,} rows in 600 s")
         time.sleep(3)
         previous, total = total, sum(end_offsets(settings.kafka, topic).values())
     return total
