@@ -33,9 +33,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import redis
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from infra.secrets import SECRET_MANAGER_PREFIX
@@ -51,26 +52,24 @@ _log = logging.getLogger("pipeline.dataflow_launch")
 DATAFLOW_DEFAULTS = {"BIGQUERY_EMULATOR_HOST": ""}
 
 
-def setting_names() -> set[str]:
-    """The environment variable of every setting in a group of ``Settings`` (``PIPELINE_SINKS``, ...)."""
-    names = set()
+def _setting_fields() -> Iterator[tuple[str, FieldInfo]]:
+    """``(environment variable, field)`` of every setting in a group of ``Settings``."""
     for field in Settings.model_fields.values():
         model = field.annotation
         if isinstance(model, type) and issubclass(model, BaseSettings):
             prefix = model.model_config.get("env_prefix", "")
-            names |= {f"{prefix}{name}".upper() for name in model.model_fields}
-    return names
+            for name, sub in model.model_fields.items():
+                yield f"{prefix}{name}".upper(), sub
+
+
+def setting_names() -> set[str]:
+    """The environment variable of every setting in a group of ``Settings`` (``PIPELINE_SINKS``, ...)."""
+    return {name for name, _ in _setting_fields()}
 
 
 def secret_names() -> set[str]:
     """The environment variable of every password or token setting."""
-    names = set()
-    for field in Settings.model_fields.values():
-        model = field.annotation
-        if isinstance(model, type) and issubclass(model, BaseSettings):
-            prefix = model.model_config.get("env_prefix", "")
-            names |= {f"{prefix}{n}".upper() for n, f in model.model_fields.items() if "Secret" in str(f.annotation)}
-    return names
+    return {name for name, field in _setting_fields() if "Secret" in str(field.annotation)}
 
 
 def literal_secrets(values: Mapping[str, str]) -> list[str]:

@@ -8,7 +8,6 @@ import bz2
 import json
 import pickle
 import re
-import socket
 import zlib
 from collections.abc import Iterator
 
@@ -24,16 +23,11 @@ from pipeline import dataflow_launch
 from pipeline.dataflow_graph import dry_run
 from pipeline.job import build, offline_plans
 from sinks.registry import http_routes
+from tests.unit.pipeline.test_dataflow_graph import no_network  # noqa: F401 - an autouse fixture
 
 
 def secret_settings() -> list[str]:
-    names = []
-    for field in Settings.model_fields.values():
-        model = field.annotation
-        if isinstance(model, type) and issubclass(model, BaseSettings):
-            prefix = model.model_config.get("env_prefix", "")
-            names += [f"{prefix}{n}".upper() for n, f in model.model_fields.items() if "Secret" in str(f.annotation)]
-    return names
+    return sorted(dataflow_launch.secret_names())
 
 
 def marker(name: str) -> str:
@@ -47,15 +41,6 @@ def secret_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PIPELINE_SINKS", "redis,bigquery,http")
     monkeypatch.setenv("HTTP_SINK_URL", "http://127.0.0.1:9/changes")
     monkeypatch.chdir(tmp_path)  # no .env file
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"the offline graph build opened a connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{32,}={0,2}")
