@@ -1,7 +1,7 @@
 """The hot-path cost of TLS and SASL in one run: ``loadtest.bench_pipeline``'s drain and latency on a
 plain stack and on a secure one (``STACK_SECURE=1``), alternately, then the medians and their ratio.
 
-    make bench-security                                   # about 20 minutes
+    make bench-security                                   # about 11 minutes (2 rounds; 3 rounds: 13)
     python -m loadtest.bench_security --rounds 2 --events 300000 --rate 3333 --duration 60
 
 Each mode has a stack of its own, never the development stack: the plain one in
