@@ -66,7 +66,7 @@ def unpacked(blob: bytes) -> Iterator[bytes]:
 def blobs(message: Message) -> Iterator[bytes]:
     """Every bytes and string value in a proto, recursively, each also unpacked."""
     for field, value in message.ListFields():
-        values = value if field.label == field.LABEL_REPEATED else [value]
+        values = value if field.is_repeated else [value]
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             values = [v for v in value.values()] if hasattr(value, "values") else values
         for v in values:
