@@ -72,7 +72,7 @@ test-integration: bootstrap ## integration tests on a real native stack the fixt
 	@# The secure stack (STACK_SECURE=1) in a run of its own, so the two stacks are never up together.
 	@$(PY) -m pytest tests/integration/secure -q -m "not slow" --durations=5
 
-test-slow: bootstrap ## SLOW (~2 min), not in make test: the integration tests marked slow
+test-slow: bootstrap ## SLOW (~4 min), not in make test: the integration tests marked slow
 	@$(PY) -m pytest tests/integration -q -m slow
 
 test: lint test-unit test-integration ## everything CI runs

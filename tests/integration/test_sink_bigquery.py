@@ -80,6 +80,7 @@ def test_the_view_equals_postgres_after_three_kill_9(stack: LocalStack, settings
     assert_redis_matches_sql(settings)
 
 
+@pytest.mark.slow  # about 2 minutes; make test-operations' replay of BigQuery checks the view the same way
 def test_a_replay_from_earlier_positions_leaves_the_view_unchanged(stack: LocalStack, settings: Settings):
     assert generate(settings, "--burst", "3000", "--seed", "5").wait(120) == 0
     run_bounded(settings, PIPELINE_SINKS="bigquery")
