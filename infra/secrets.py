@@ -160,19 +160,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def local_defaults_in_use(model: Any, hosts: Iterable[str], fields: Iterable[str]) -> list[str]:
-    """The settings among ``fields`` of ``model`` that still hold their local default secret while a
-    host is not loopback: a password printed in this repository guards nothing beyond one machine."""
+def holds_local_default(model: Any, field: str, hosts: Iterable[str]) -> bool:
+    """Whether the secret ``field`` of ``model`` still holds its local default while a host is not
+    loopback: a password printed in this repository guards nothing beyond one machine."""
     if all(not h or is_loopback(h) for h in hosts):
-        return []
-    found = []
-    for name in fields:
-        default, value = type(model).model_fields[name].default, getattr(model, name)
-        # The configured value, not a fetch: a Secret Manager reference is never a local default.
-        if (
-            isinstance(default, SecretStr)
-            and isinstance(value, Secret)
-            and value._secret_value == default._secret_value
-        ):
-            found.append(setting_name((type(model).__module__, type(model).__qualname__, name)))
-    return found
+        return False
+    default, value = type(model).model_fields[field].default, getattr(model, field)
+    # The configured value, not a fetch: a Secret Manager reference is never a local default.
+    return isinstance(default, SecretStr) and isinstance(value, Secret) and value._secret_value == default._secret_value

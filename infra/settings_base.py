@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from infra.secrets import LocalDefaultPasswordError, Secret, local_defaults_in_use, name_secrets
+from infra.secrets import LocalDefaultPasswordError, Secret, holds_local_default, name_secrets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,11 +32,10 @@ class Group(BaseSettings):
         """The secret ``field`` for a connection to ``hosts``: refused while it still holds the
         repository's local default and a host is not loopback. Checked where it is used, so a
         process that never connects to a service needs none of its passwords."""
-        found = [] if self._local_defaults_allowed else local_defaults_in_use(self, hosts, [field])
-        if found:
+        secret: Secret = getattr(self, field)
+        if not self._local_defaults_allowed and holds_local_default(self, field, hosts):
             raise LocalDefaultPasswordError(
-                f"{found[0]} holds the local default from this repository, refused for {', '.join(hosts)}, "
+                f"{secret.setting} holds the local default from this repository, refused for {', '.join(hosts)}, "
                 "which is not loopback: set your own (docs/security.md)"
             )
-        secret: Secret = getattr(self, field)
         return secret

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from infra.stack.kafka import end_offsets
 from infra.stack.local import LocalStack, child_environment
 from loadtest.bench_harness import generator, say
 from loadtest.compare_commits import figures as latency_and_drain_figures
+from loadtest.compare_commits import median_table
 from loadtest.procstats import machine
 
 MODES = ("plain", "secure")
@@ -224,17 +224,8 @@ def summary(results: dict[str, list[dict[str, float]]], args: argparse.Namespace
         f"\ndrain of the whole topic, then latency --rate {args.rate} --duration {args.duration:g}; "
         f"{args.rounds} rounds each, plain and STACK_SECURE=1 alternately"
     )
-    say("| figure | plain, per round | secure, per round | median plain | median secure | secure/plain |")
-    say("|---|---|---|---|---|---|")
-    for name in ordered:
-        plain = [r[name] for r in results["plain"] if name in r]
-        secure = [r[name] for r in results["secure"] if name in r]
-        if not plain or not secure:
-            continue
-        p, s = statistics.median(plain), statistics.median(secure)
-        ratio = f"{s / p:.2f}" if p else "-"
-        per = lambda xs: ", ".join(fmt(x) for x in xs)  # noqa: E731
-        say(f"| {name} | {per(plain)} | {per(secure)} | {fmt(p)} | {fmt(s)} | {ratio} |")
+    for line in median_table(results, ordered, ("plain", "secure"), fmt, ratio_digits=2):
+        say(line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from infra.settings import REPO_ROOT, Settings
@@ -121,17 +122,35 @@ def main(argv: list[str] | None = None) -> int:
             results[label].append(run_round(trees[label], label, round_no, bench_args, settings))
     names = sorted({name for rounds in results.values() for found in rounds for name in found})
     print(f"\n{' '.join(bench_args)}, {args.rounds} rounds each; before = {args.base}, after = the working tree")
-    print("| figure | before, per round | after, per round | median before | median after | after/before |")
-    print("|---|---|---|---|---|---|")
-    for name in names:
-        before = [r[name] for r in results["before"] if name in r]
-        after = [r[name] for r in results["after"] if name in r]
-        if not before or not after:
-            continue
-        b, a = statistics.median(before), statistics.median(after)
-        per = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)  # noqa: E731
-        print(f"| {name} | {per(before)} | {per(after)} | {b:,.0f} | {a:,.0f} | {a / b:.3f} |")
+    for line in median_table(results, names, ("before", "after")):
+        print(line)
     return 0
+
+
+def median_table(
+    results: dict[str, list[dict[str, float]]],
+    names: list[str],
+    labels: tuple[str, str],
+    fmt: Callable[[float], str] = lambda x: f"{x:,.0f}",
+    ratio_digits: int = 3,
+) -> list[str]:
+    """A Markdown table of each figure per round under ``labels`` (base, new), their medians and the
+    ratio new/base; a figure missing from either side is left out."""
+    base, new = labels
+    lines = [
+        f"| figure | {base}, per round | {new}, per round | median {base} | median {new} | {new}/{base} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        b_rounds = [r[name] for r in results[base] if name in r]
+        n_rounds = [r[name] for r in results[new] if name in r]
+        if not b_rounds or not n_rounds:
+            continue
+        b, n = statistics.median(b_rounds), statistics.median(n_rounds)
+        ratio = f"{n / b:.{ratio_digits}f}" if b else "-"
+        per = ", ".join(fmt(x) for x in b_rounds), ", ".join(fmt(x) for x in n_rounds)
+        lines.append(f"| {name} | {per[0]} | {per[1]} | {fmt(b)} | {fmt(n)} | {ratio} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def secret_env(monkeypatch, tmp_path):
     for name in secret_settings():
         monkeypatch.setenv(name, marker(name))
     monkeypatch.setenv("PIPELINE_SINKS", "redis,bigquery,http")
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")  # the clients' configs carry a password
     monkeypatch.setenv("HTTP_SINK_URL", "http://127.0.0.1:9/changes")
     monkeypatch.chdir(tmp_path)  # no .env file
 
