@@ -1,16 +1,19 @@
 """The pipeline's speed on the local stack: drain rate, end-to-end latency, highest sustained rate, burst.
 
     make bench-pipeline                                   # everything, about 15-20 minutes
-    python -m loadtest.bench_pipeline drain --events 1000000
+    python -m loadtest.bench_pipeline drain --events 1000000 --rounds 2
     python -m loadtest.bench_pipeline latency --rate 3333 --duration 300
     python -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500,15000 --step-duration 60
     python -m loadtest.bench_pipeline burst --events 100000
 
 - drain: the engagement topic holds at least ``--events`` real Debezium envelopes (the generator
-  tops it up); the pipeline reads all of them with ``--bounded`` from offset 0 (the Redis keys of
-  the run are cleared first), timed from the first to the last position stored in Redis. In the same
-  run, a plain confluent-kafka + orjson consume-and-decode loop reads the same topic: the ratio says
-  what Beam costs on top of the bare minimum.
+  tops it up). Alternating, ``--rounds`` times each: the pipeline reads all of them with
+  ``--bounded`` from offset 0 with the Redis lanes (the Redis keys of the run are cleared first),
+  timed from the first to the last position stored in Redis; and ``loadtest.baseline_consumer``, a
+  hand-written at-least-once consumer doing the same Redis work without Beam, timed from its first
+  fetch. A table gives each round, the medians and the ratio pipeline/baseline: events/s, CPU
+  seconds of the consumer side (Prism and the worker, or the baseline process), its peak RSS, and
+  the CPU seconds Kafka and Redis spent meanwhile.
 - latency: the streaming pipeline runs while the generator writes ``--rate`` events/s; every 100 ms a
   probe row is committed for a probe content item and the time until ``top_engagement:10min`` shows
   it is measured (commit returned -> ZSCORE sees it).
@@ -35,7 +38,6 @@ from pathlib import Path
 
 import orjson
 import redis
-from confluent_kafka import Consumer, TopicPartition
 
 from infra.process import stop_group
 from infra.settings import REPO_ROOT, Settings
@@ -52,6 +54,7 @@ from loadtest.bench_harness import (
     streaming_pipeline,
     wait_until_caught_up,
 )
+from loadtest.compare_commits import median_table
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, describe, machine, percentile
 from sinks.redis_leaderboard import RedisLeaderboardSink
@@ -240,50 +243,30 @@ def forget_positions(client: redis.Redis) -> None:
     client.delete(positions_key(RedisLeaderboardSink.name), LEGACY_OFFSETS_KEY)
 
 
-def plain_consume(settings: Settings, total: int) -> float:
-    """The bare minimum: confluent-kafka + orjson over the same topic, one process."""
+def start_bounded_drain(
+    extra_env: dict[str, str] | None = None, log_name: str = "bench-drain.log"
+) -> subprocess.Popen[bytes]:
+    """The supervisor with ``--bounded`` and the Redis lanes, in its own process group, logging to
+    ``.stack/logs/<log_name>``."""
+    with open(REPO_ROOT / ".stack" / "logs" / log_name, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "--bounded"],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PIPELINE_SINKS": "redis", **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def pipeline_drain(settings: Settings, stack: LocalStack, total: int) -> dict[str, float]:
+    """One bounded run of the pipeline with the Redis lanes from offset 0, timed from the first to the
+    last position stored in Redis."""
     topic = settings.cdc.engagement_topic
-    consumer = Consumer(settings.kafka.client_config(**{"group.id": "bench-plain", "enable.auto.commit": False}))
-    ends = end_offsets(settings.kafka, topic)
-    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-    seen, began = 0, time.monotonic()
-    while seen < total:
-        for message in consumer.consume(5000, timeout=1.0):
-            if message.error() is None:
-                seen += 1
-                if message.value() is not None:
-                    envelope = orjson.loads(message.value())
-                    if envelope["after"] and envelope["after"].get("raw_payload"):
-                        orjson.loads(envelope["after"]["raw_payload"])
-    consumer.close()
-    return seen / (time.monotonic() - began)
-
-
-def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
-    topic = settings.cdc.engagement_topic
-    have = sum(end_offsets(settings.kafka, topic).values())
-    if have < args.events:
-        missing = args.events - have
-        say(f"topping the topic up with {missing:,} events (it holds {have:,})")
-        generator("--burst", str(missing)).communicate()
-        time.sleep(5)
-    ends = end_offsets(settings.kafka, topic)
-    total = sum(ends.values())
-    say(f"{topic} holds {total:,} records in {len(ends)} partitions")
-
     client = settings.redis.client()
     forget_positions(client)
-
     sampler = stack_sampler(stack)
-    log = open(REPO_ROOT / ".stack" / "logs" / "bench-drain.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--bounded"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PIPELINE_SINKS": "redis"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_bounded_drain()
     first = None
     try:
         while proc.poll() is None:
@@ -296,26 +279,65 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
             time.sleep(0.05)
     finally:
         stop_group(proc)  # a Ctrl-C here must not leave the bounded job running
-        log.close()
     last = time.monotonic()
     done = sum(stored(client, topic).values())
     if proc.returncode != 0 or first is None or done < total:
         raise SystemExit(f"bounded run failed (exit {proc.returncode}, {done:,} of {total:,} stored)")
-    rate = (done - first[1]) / (last - first[0])
-    say(f"PIPELINE DRAIN: {total:,} envelopes at {rate:,.0f} events/s (bounded run, first to last stored position)")
-    for line in sampler.report():
-        say(f"  {line}")
     used = sampler.cpu_seconds()
-    say(
-        "  CPU s of the bounded run (the stack's processes from its start, Prism and the job from the first "
-        "stored position): "
-        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items())
-        + f"; in all {sum(used.values()):.1f}"
+    return {
+        "events/s": (done - first[1]) / (last - first[0]),
+        "CPU s, consumer side": used.get("job", 0.0) + used.get("prism", 0.0),
+        "peak RSS MiB": sampler.peak_rss.get("job", 0.0) + sampler.peak_rss.get("prism", 0.0),
+        "CPU s, Kafka": used["kafka"],
+        "CPU s, Redis": used["redis"],
+    }
+
+
+def baseline_drain(stack: LocalStack) -> dict[str, float]:
+    """One run of ``loadtest.baseline_consumer`` in its own process."""
+    sampler = stack_sampler(stack)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.baseline_consumer"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
     )
-    plain = plain_consume(settings, total)
-    say(
-        f"PLAIN confluent-kafka + orjson consume-and-decode: {plain:,.0f} events/s; pipeline/plain = {rate / plain:.2f}"
-    )
+    sampler.add("baseline", proc.pid)
+    while proc.poll() is None:
+        sampler.sample()
+        time.sleep(0.05)
+    out = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"the baseline consumer failed (exit {proc.returncode})")
+    result = orjson.loads(out.strip().splitlines()[-1])
+    used = sampler.cpu_seconds()
+    return {
+        "events/s": result["events_per_s"],
+        "CPU s, consumer side": used["baseline"],
+        "peak RSS MiB": sampler.peak_rss["baseline"],
+        "CPU s, Kafka": used["kafka"],
+        "CPU s, Redis": used["redis"],
+    }
+
+
+def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    topic = settings.cdc.engagement_topic
+    have = sum(end_offsets(settings.kafka, topic).values())
+    if have < args.events:
+        missing = args.events - have
+        say(f"topping the topic up with {missing:,} events (it holds {have:,})")
+        generator("--burst", str(missing)).communicate()
+        time.sleep(5)
+    ends = end_offsets(settings.kafka, topic)
+    total = sum(ends.values())
+    say(f"{topic} holds {total:,} records in {len(ends)} partitions; {args.rounds} rounds, alternating")
+    results: dict[str, list[dict[str, float]]] = {"baseline": [], "pipeline": []}
+    for n in range(1, args.rounds + 1):
+        for name in ("pipeline", "baseline") if n % 2 else ("baseline", "pipeline"):
+            result = pipeline_drain(settings, stack, total) if name == "pipeline" else baseline_drain(stack)
+            results[name].append(result)
+            say(f"round {n}, {name}: " + ", ".join(f"{k} {v:,.1f}" for k, v in result.items()))
+    say(f"DRAIN of {total:,} envelopes: the pipeline (exactly once) against loadtest.baseline_consumer")
+    figures = list(results["pipeline"][0])
+    for line in median_table(results, figures, ("baseline", "pipeline"), fmt=lambda x: f"{x:,.1f}", ratio_digits=2):
+        print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     drain = sub.add_parser("drain")
     drain.add_argument("--events", type=int, default=1_000_000)
+    drain.add_argument("--rounds", type=int, default=2, help="rounds of each, alternating")
     latency = sub.add_parser("latency")
     latency.add_argument("--rate", type=int, default=3333, help="events per second")
     latency.add_argument("--duration", type=float, default=300)
