@@ -331,9 +331,15 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "pipeline": []}
     for n in range(1, args.rounds + 1):
         for name in ("pipeline", "baseline") if n % 2 else ("baseline", "pipeline"):
+            if name == "baseline" and args.pipeline_only:
+                continue
             result = pipeline_drain(settings, stack, total) if name == "pipeline" else baseline_drain(stack)
             results[name].append(result)
             say(f"round {n}, {name}: " + ", ".join(f"{k} {v:,.1f}" for k, v in result.items()))
+            if name == "pipeline":
+                say(f"PIPELINE DRAIN: {total:,} envelopes at {result['events/s']:,.0f} events/s")
+    if args.pipeline_only:
+        return
     say(f"DRAIN of {total:,} envelopes: the pipeline (exactly once) against loadtest.baseline_consumer")
     figures = list(results["pipeline"][0])
     for line in median_table(results, figures, ("baseline", "pipeline"), fmt=lambda x: f"{x:,.1f}", ratio_digits=2):
@@ -346,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     drain = sub.add_parser("drain")
     drain.add_argument("--events", type=int, default=1_000_000)
     drain.add_argument("--rounds", type=int, default=2, help="rounds of each, alternating")
+    drain.add_argument("--pipeline-only", action="store_true", help="leave the baseline out (loadtest.compare_commits)")
     latency = sub.add_parser("latency")
     latency.add_argument("--rate", type=int, default=3333, help="events per second")
     latency.add_argument("--duration", type=float, default=300)
