@@ -4,6 +4,7 @@
     python -m loadtest.bench_bigquery insert --batches 100,500,1000,2000
     python -m loadtest.bench_bigquery drain --events 100000
     python -m loadtest.bench_bigquery latency --rate 3333 --duration 120
+    python -m loadtest.bench_bigquery ceiling --events 400000 --rounds 2
 
 - ``insert``: insertAll alone (no pipeline), changelog rows of the sink's shape into a scratch table,
   per request size: the emulator's ceiling, and its CPU.
@@ -16,6 +17,8 @@
   commit -> in the changelog, which the view reads at query time (so it is also commit -> visible
   in ``analytics.engagement_events``), polled every 250 ms. The polls scan the changelog, so run
   it on a small one (``make reset`` first): on the emulator they cost more as the table grows.
+- ``ceiling``: the BigQuery lane's own ceiling against a null BigQuery, apart from the emulator
+  (``loadtest.bench_bigquery_ceiling``).
 
 Run on a quiet machine with the stack up (``make up``).
 """
@@ -33,6 +36,7 @@ from google.cloud import bigquery
 
 from infra.settings import Settings
 from infra.stack.local import LocalStack
+from loadtest.bench_bigquery_ceiling import cmd_ceiling
 from loadtest.bench_harness import say, stack_sampler
 from loadtest.bench_pipeline import burst_then_drain, latency_phase
 from loadtest.probes import Prober
@@ -49,7 +53,7 @@ CONTENT = ContentRow("bench", "bench", "Benchmark", "video", 600, None)
 def sample_rows(n: int, base: int) -> tuple[list[dict], list[str]]:
     rows, ids = [], []
     for i in range(n):
-        row = EngagementRow(base + i, "bench", str(uuid.uuid4()), "play", datetime.now(UTC), 61_000, "web", {"a": 1})
+        row = EngagementRow(base + i, "bench", str(uuid.uuid4()), "play", datetime.now(UTC), 61_000, "web", '{"a": 1}')
         change = EnrichedChange(
             SourcePosition("bench", 0, base + i), b"k", b"v", "c", (1, base + i), 0, None, row, CONTENT, (), 61.0, 10.2
         )
@@ -234,11 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     latency.add_argument("--duration", type=float, default=120)
     latency.add_argument("--modes", default="insert_all,storage_write", help="BIGQUERY_WRITE_MODE values, in turn")
     latency.add_argument("--linger", type=float, default=180, help="seconds to wait for BigQuery after the load")
+    ceiling = commands.add_parser("ceiling")
+    ceiling.add_argument("--events", type=int, default=400_000, help="envelopes per round, from the topic's start")
+    ceiling.add_argument("--rounds", type=int, default=2, help="rounds of each mode, alternating")
+    ceiling.add_argument("--modes", default="insert_all,storage_write", help="BIGQUERY_WRITE_MODE values, in turn")
+    ceiling.add_argument("--port", type=int, default=59150, help="the null endpoint's REST port (gRPC: ten above)")
     args = parser.parse_args(argv)
     settings = Settings()
     stack = LocalStack(settings)
     say(f"machine: {machine()}")
-    {"insert": cmd_insert, "drain": cmd_drain, "latency": cmd_latency}[args.command](settings, stack, args)
+    commands_by_name = {"insert": cmd_insert, "drain": cmd_drain, "latency": cmd_latency, "ceiling": cmd_ceiling}
+    commands_by_name[args.command](settings, stack, args)
     return 0
 
 
