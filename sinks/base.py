@@ -6,12 +6,15 @@ latency goal allows): the shape of Beam's ``BigQueryWriteFn`` and Quix Streams' 
 What a flush does is ``sinks.flush.Flusher``, the same for every sink.
 
 Flushes run on one writer thread per DoFn instance, one at a time and in order, so the bundle
-thread decodes and joins the next records while the target applies the previous batch (waiting on
-Redis took a quarter of the bundle thread's time when it was synchronous). At most one flush is in
-flight: the next one waits for it, which holds the lane's source back (Prism has no back-pressure
-of its own; Kafka keeps the backlog), and ``finish_bundle`` waits for both, so a finished bundle is
-a written bundle. Nothing transient escapes a bundle: one exception that does fails the whole
-streaming job on Prism, and every lane with it.
+thread decodes and joins the next records while the target applies the previous batch. At most one
+flush is in flight. While it runs, the bundle thread goes on buffering even past
+``max_latency_ms``, and hands the buffer over as soon as the writer is free: under load the batches
+grow by themselves, which spreads a flush's fixed cost (a script, an fsync, a request) over more
+records, and at a trickle they stay small. Only a full buffer (``max_buffer``) waits for the flush
+in flight, which holds the lane's source back (Prism has no back-pressure of its own; Kafka keeps
+the backlog). ``finish_bundle`` waits for both, so a finished bundle is a written bundle. Nothing
+transient escapes a bundle: one exception that does fails the whole streaming job on Prism, and
+every lane with it.
 
 Clients (the sink's, the dead-letter producer) are built in ``setup()``: they hold sockets and
 locks that do not pickle. Beam metrics are reported on the bundle thread, from the flush's report:
@@ -120,7 +123,9 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
             self._buffer.extend(element)
         else:
             self._buffer.append(element)
-        if len(self._buffer) >= self._max_buffer or time.monotonic() - self._oldest >= self._max_latency_s:
+        full = len(self._buffer) >= self._max_buffer  # waits for the flush in flight: back-pressure
+        due = time.monotonic() - self._oldest >= self._max_latency_s
+        if full or (due and (self._in_flight is None or self._in_flight.done())):
             self._submit()
 
     def finish_bundle(self) -> None:

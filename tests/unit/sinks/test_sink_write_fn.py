@@ -44,6 +44,55 @@ def test_a_flush_runs_beside_the_bundle_thread_and_the_bundle_waits_for_it():
     fn.teardown()
 
 
+def test_the_bundle_thread_buffers_past_the_latency_while_a_flush_is_in_flight():
+    started, release = threading.Event(), threading.Event()
+
+    def blocked(batch):
+        started.set()
+        assert release.wait(5)
+        return Outcome()
+
+    sink = FakeSink([blocked])
+    fn = SinkWriteFn(lambda: sink, Letters, ["t"], max_buffer=10, max_latency_ms=0)
+    fn.setup()
+    fn.start_bundle()
+    fn.process(change(0))
+    assert started.wait(5)
+    for offset in range(1, 4):
+        fn.process(change(offset))  # past the latency, but the writer is busy: no wait, no flush
+    assert fn._buffer == [change(offset) for offset in range(1, 4)] and sink.log == []
+    release.set()
+    fn.finish_bundle()
+    assert [line for line in sink.log if line.startswith("write")] == ["write 0", "write 1,2,3"]
+    fn.teardown()
+
+
+def test_a_full_buffer_waits_for_the_flush_in_flight():
+    started, release = threading.Event(), threading.Event()
+
+    def blocked(batch):
+        started.set()
+        assert release.wait(5)
+        return Outcome()
+
+    sink = FakeSink([blocked])
+    fn = SinkWriteFn(lambda: sink, Letters, ["t"], max_buffer=2, max_latency_ms=0)
+    fn.setup()
+    fn.start_bundle()
+    fn.process(change(0))
+    assert started.wait(5)
+    fn.process(change(1))
+    waiter = threading.Thread(target=fn.process, args=(change(2),))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # the buffer is full: it waits for "write 0"
+    release.set()
+    waiter.join(5)
+    fn.finish_bundle()
+    assert [line for line in sink.log if line.startswith("write")] == ["write 0", "write 1,2"]
+    fn.teardown()
+
+
 def test_metrics_of_flushes_on_the_writer_thread_are_reported():
     def refuse_once(batch):
         raise SinkUnavailable("down")
