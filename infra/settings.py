@@ -502,6 +502,10 @@ class PipelineSettings(BaseSettings):
     runner: str = "prism"  # prism | flink | dataflow | direct (see pipeline/runners.py)
     prism_binary: Path = REPO_ROOT / ".stack" / "bin" / "prism"
     prism_port: int = 58073
+    # On Prism, each event lane is dealt by partition into this many stages (pipeline.lanes.shards),
+    # so that one's bundle runs while another's waits: a faster drain for more CPU per event
+    # (docs/benchmarks.md, "Performance per process"). Other runners ignore it.
+    lane_shards: int = Field(default=1, ge=1, le=16)
     # Where the job's own listeners bind: Prism's job server (its FnAPI endpoints share the port),
     # the Flink job server, and the SDK harness pool of a LOOPBACK job process. They accept jobs
     # and code without authentication: loopback unless a firewall or network policy guards them.

@@ -287,6 +287,7 @@ def pipeline_drain(settings: Settings, stack: LocalStack, total: int) -> dict[st
     return {
         "events/s": (done - first[1]) / (last - first[0]),
         "CPU s, consumer side": used.get("job", 0.0) + used.get("prism", 0.0),
+        "CPU s, of which Prism": used.get("prism", 0.0),
         "peak RSS MiB": sampler.peak_rss.get("job", 0.0) + sampler.peak_rss.get("prism", 0.0),
         "CPU s, Kafka": used["kafka"],
         "CPU s, Redis": used["redis"],
@@ -311,6 +312,7 @@ def baseline_drain(stack: LocalStack) -> dict[str, float]:
     return {
         "events/s": result["events_per_s"],
         "CPU s, consumer side": used["baseline"],
+        "CPU s, of which Prism": 0.0,
         "peak RSS MiB": sampler.peak_rss["baseline"],
         "CPU s, Kafka": used["kafka"],
         "CPU s, Redis": used["redis"],

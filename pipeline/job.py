@@ -8,10 +8,12 @@ for each lane of PIPELINE_SINKS (sinks.registry), e.g. "redis":
 dead letters (decode, join, sink) ─> the dead-letter topic, produced by the lane's sink, confirmed
 ```
 
-Each lane reads its topic from the lowest position its sinks stored (``plan``) and is fused into
-one stage (``pipeline.lanes``), so a slow or unavailable sink in one lane never delays another:
-Kafka holds each lane's backlog. ``build`` is runner-agnostic; ``pipeline.runners`` holds the
-options that differ between Prism, Flink and Dataflow.
+Each lane reads its topic from the lowest position its sinks stored (``plan``) and is fused into one
+stage (``pipeline.lanes``), so a slow or unavailable sink in one lane never delays another: Kafka
+holds each lane's backlog. On Prism each lane is also dealt by partition into shards
+(``PIPELINE_LANE_SHARDS``, ``pipeline.lanes.shards``): ``Leaderboards-1`` and ``Leaderboards-2``
+read half the partitions each, each its own stage. ``build`` is runner-agnostic;
+``pipeline.runners`` holds the options that differ between Prism, Flink and Dataflow.
 
 Run it through the supervisor: ``python -m pipeline`` (``--help`` lists the options).
 """
@@ -26,7 +28,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.settings import Settings
-from pipeline.lanes import LanePlan, RunLane, consumer_config, topic_name
+from pipeline.lanes import LanePlan, RunLane, consumer_config, lane_shards, shards, topic_name
 from pipeline.sources import kafkaio
 from pipeline.sources.discovery import end_offsets
 from pipeline.sources.kafka_partitions import UNBOUNDED, PartitionSpec, discover_partitions
@@ -95,7 +97,7 @@ def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
         if bounded and settings.pipeline.stop_offsets is not None:
             specs = stop_at(specs, settings.pipeline.stop_offsets)
         read = tuple({key: position.next_offset for key, position in positions.items()} for positions in stored)
-        plans.append(LanePlan(lane, specs, parked, read))
+        plans += shards(LanePlan(lane, specs, parked, read), lane_shards(settings))
     return plans
 
 

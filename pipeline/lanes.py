@@ -17,6 +17,7 @@ decode and join travel in the stream to the lane's sinks (``pipeline.transforms.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,10 +46,42 @@ class LanePlan:
     # Per sink of the lane, the next offsets the plan read from it: its first load must not be lower
     # (``sinks.flush``: a store that came back older in between).
     read: tuple[dict[str, int], ...] = ()
+    # Which of the lane's ``shards`` this plan is (``shards``).
+    shard: int = 0
+    shard_count: int = 1
 
     @property
     def label(self) -> str:
-        return f"{self.lane.label}Parked" if self.parked else self.lane.label
+        label = f"{self.lane.label}Parked" if self.parked else self.lane.label
+        return label if self.shard_count == 1 else f"{label}-{self.shard + 1}"
+
+
+def shards(plan: LanePlan, count: int) -> list[LanePlan]:
+    """The plan dealt by partition into at most ``count`` plans, each its own stage: a partition
+    belongs to exactly one, so each sink position still has one writer. A lane of one partition
+    stays whole, and so does a parked twin: it carries a trickle, and Prism runs at most eight
+    bundles at a time over the whole job, so a stage that is mostly idle would only take a turn
+    from a busy one.
+
+    Why on Prism: a stage's reader is one element whose bundles run one after another (each ends
+    with its sinks' flush, then its residual goes back to Prism before the next begins), so one
+    stage per lane leaves the worker idle between bundles; with two, one shard's bundle decodes
+    while the other's waits."""
+    count = min(count, len(plan.partitions))
+    if count <= 1 or plan.parked:
+        return [plan]
+    return [
+        dataclasses.replace(plan, partitions=plan.partitions[k::count], shard=k, shard_count=count)
+        for k in range(count)
+    ]
+
+
+def lane_shards(settings: Settings) -> int:
+    """``PIPELINE_LANE_SHARDS`` on Prism with our source; one elsewhere, where the runner spreads
+    the readers over its workers itself (``PIPELINE_READERS``), and with KafkaIO, which reads every
+    partition of its topic whatever the plan holds."""
+    ps = settings.pipeline
+    return ps.lane_shards if ps.runner == "prism" and ps.source == "sdf" else 1
 
 
 def consumer_config(settings: Settings, lane: Lane | None = None) -> dict[str, str]:

@@ -1,0 +1,63 @@
+"""A lane dealt by partition into shards (pipeline.lanes.shards): one stage each on Prism."""
+
+import apache_beam as beam
+
+from infra.settings import PipelineSettings, Settings
+from pipeline.job import build
+from pipeline.lanes import LanePlan, lane_shards, shards
+from pipeline.sources.kafka_partitions import PartitionSpec
+from sinks.registry import lanes
+
+REDIS = lanes("redis")[0]
+
+
+def plan(partitions: int) -> LanePlan:
+    return LanePlan(REDIS, [PartitionSpec("t", p, 10 * p) for p in range(partitions)], read=({"t:0": 0},))
+
+
+def test_partitions_are_dealt_so_each_belongs_to_exactly_one_shard():
+    parts = shards(plan(5), 2)
+    assert [[s.partition for s in part.partitions] for part in parts] == [[0, 2, 4], [1, 3]]
+    assert [(part.label, part.shard, part.shard_count) for part in parts] == [
+        ("Leaderboards-1", 0, 2),
+        ("Leaderboards-2", 1, 2),
+    ]
+    assert [s.start for s in parts[1].partitions] == [10, 30]  # where each partition starts is kept
+    assert all(part.read == ({"t:0": 0},) and part.lane is REDIS for part in parts)
+
+
+def test_a_lane_of_one_partition_or_one_shard_stays_whole_and_keeps_its_label():
+    assert shards(plan(1), 2) == [plan(1)]
+    assert shards(plan(16), 1) == [plan(16)]
+    assert shards(plan(1), 2)[0].label == "Leaderboards"
+
+
+def test_a_parked_twin_stays_whole():
+    parked = LanePlan(REDIS, plan(4).partitions, parked=True)
+    assert shards(parked, 2) == [parked] and parked.label == "LeaderboardsParked"
+
+
+def test_never_more_shards_than_partitions():
+    assert [len(part.partitions) for part in shards(plan(3), 8)] == [1, 1, 1]
+
+
+def test_only_prism_with_our_source_shards_lanes():
+    for runner, expected in (("prism", 2), ("flink", 1), ("dataflow", 1), ("direct", 1)):
+        settings = Settings(pipeline=PipelineSettings(runner=runner, lane_shards=2))
+        assert lane_shards(settings) == expected, runner
+    assert lane_shards(Settings(pipeline=PipelineSettings(source="kafkaio", lane_shards=2))) == 1
+    assert lane_shards(Settings(pipeline=PipelineSettings())) == 1  # off unless asked for
+
+
+def test_each_shard_is_its_own_step_of_the_graph():
+    settings = Settings(pipeline=PipelineSettings(sinks="redis"))
+    p = beam.Pipeline()
+    build(p, settings, shards(plan(4), 2))
+    found: set[str] = set()
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node) -> None:
+            found.add(node.full_label)
+
+    p.visit(Visitor())
+    assert {"Leaderboards-1", "Leaderboards-2"} <= found and "Leaderboards" not in found
