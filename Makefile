@@ -15,7 +15,7 @@ FLINK_TMS := $${TASKMANAGERS:-$${FLINK_TASKMANAGERS:-2}}
 DEMO_HTTP := $(if $(value HTTP_SINK_URL)$(value HTTP_SINK_ROUTES_FILE),,HTTP_SINK_ROUTES_FILE=infra/http/routes.example.yaml)
 
 .PHONY: flink-bootstrap flink-cluster flink-cluster-down flink flink-embedded test-flink bench-flink test-operations
-.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration test-slow lint bench bench-generator bench-cdc bench-pipeline bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
+.PHONY: help bootstrap up down status logs reset demo pipeline leaderboard test test-unit test-integration test-slow lint bench bench-generator bench-cdc bench-pipeline bench-drain bench-profile bench-ceiling bench-lanes bench-bigquery bench-http faults http-replay bigquery-roll bigquery-query rebuild-redis replay backfill clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -122,6 +122,15 @@ bench-pipeline: up ## pipeline drain rate, end-to-end latency, highest sustained
 
 bench-lanes: up ## Redis latency while another sink is down for 60 s; the cost of an extra lane
 	@$(PY) -m loadtest.bench_lanes --rate 3333 --duration "$${BENCH_LANE_SECONDS:-120}" --outage 60
+
+bench-drain: up ## drain: the pipeline (exactly once) against a hand-written consumer (loadtest/baseline_consumer.py), alternating, 3 rounds
+	@$(PY) -m loadtest.bench_pipeline drain --events "$${BENCH_EVENTS:-1000000}" --rounds "$${BENCH_ROUNDS:-3}"
+
+bench-profile: up ## py-spy on the worker during a drain: docs/img/drain-profile.svg and where each thread's time goes
+	@$(PY) -m loadtest.profile_drain --seconds "$${BENCH_SECONDS:-20}"
+
+bench-ceiling: up ## the BigQuery lane against a null BigQuery (loadtest/null_bigquery.py): rows/s per worker process, both write modes
+	@$(PY) -m loadtest.bench_bigquery ceiling --events "$${BENCH_EVENTS:-400000}" --rounds "$${BENCH_ROUNDS:-2}"
 
 bench-bigquery: up ## BigQuery: insertAll rate per request size, drain rate, commit -> visible, the board's cost
 	@$(PY) -m loadtest.bench_bigquery insert --batches 100,500,1000,2000

@@ -529,8 +529,9 @@ class PipelineSettings(BaseSettings):
     # resumes after idle_resume_ms: together they bound how long a record waits to be read.
     idle_wait_ms: int = Field(default=250, ge=0)
     idle_resume_ms: int = Field(default=50, ge=0)
-    # The sinks flush at least this often while records flow (and whenever a bundle ends).
-    sink_flush_ms: int = Field(default=50, gt=0)
+    # A record waits at most this long for its sink's batch while records flow (a bundle's end
+    # flushes too); a flush waits for the one in flight (sinks.base), so load grows the batches.
+    sink_flush_ms: int = Field(default=10, gt=0)
     # A change below a partition's sequence mark committed later than the mark by more than this is
     # not a Debezium re-send but the source's LSNs gone back (a restore, a failover): it is applied.
     # Covers commit-time jitter and clock skew between Postgres and the job (docs/delivery.md).
