@@ -5,7 +5,8 @@ metric reporters). On Prism nothing serves them while a job runs: the job's resu
 end, and a streaming job does not end. So every count, level and spread the transforms and sinks
 record goes through here and also lands in ``prometheus_client``'s registry, which ``serve`` exposes
 on ``METRICS_HOST:METRICS_PORT`` (``/metrics``) from the process that runs the DoFns: the job process
-with Prism's ``LOOPBACK`` workers (``pipeline.worker`` calls ``serve``), so one scrape sees the
+with Prism's ``LOOPBACK`` workers (``pipeline.worker`` calls ``serve``), which also merges the
+endpoints of its worker processes (``PIPELINE_PRISM_WORKERS``: port + N), so one scrape sees the
 whole job; on the Flink session cluster, each worker of a worker pool on the port its pool gives it
 (``pipeline.sdk_worker``). On Dataflow, read the Beam side.
 
@@ -19,16 +20,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Iterator
 from typing import Any, Final, Literal
 
+import httpx
 from apache_beam.metrics import Metrics
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings_views import MetricsSettings
 
-__all__ = ["METRICS", "Count", "Level", "Spread", "counter", "gauge", "histogram", "serve"]
+__all__ = ["METRICS", "Count", "Level", "Spread", "counter", "gauge", "histogram", "serve", "worker_urls"]
 
 _log = logging.getLogger(__name__)
+_SCRAPE_TIMEOUT_S = 1.0
 Kind = Literal["counter", "gauge", "histogram"]
 
 # name -> (kind, help, label names). Counters get Prometheus's "_total" suffix from the client.
@@ -199,8 +205,56 @@ def histogram(metric: str, beam: tuple[str, str] | None = None, /, **labels: str
     return Spread(metric, labels, beam)
 
 
-def serve(settings: MetricsSettings) -> int | None:
+def worker_urls(settings: MetricsSettings, workers: int) -> list[str]:
+    """The endpoints of a Prism job's worker processes 1 to ``workers - 1`` (the job process is
+    worker 0): each serves on the job's port + its number (``pipeline.runners``, "Workers")."""
+    if settings.port == 0:
+        return []
+    return [f"http://{settings.host}:{settings.port + n}/metrics" for n in range(1, workers)]
+
+
+class _Merged:
+    """This process's registry and the scrapes of ``urls``, as one registry: what the worker
+    processes of one job count, seen in one scrape. Counters, histograms and summaries are added
+    up; gauges take the highest value (each worker reads its own partitions, so a labelled gauge
+    is mostly one process's); ``_created`` the earliest. An endpoint that does not answer (a worker
+    starting or restarting) is left out of that scrape."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._urls = urls
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, tuple[Metric, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+        scraped: list[Iterable[Metric]] = [REGISTRY.collect()]
+        for url in self._urls:
+            try:
+                scraped.append(text_string_to_metric_families(httpx.get(url, timeout=_SCRAPE_TIMEOUT_S).text))
+            except httpx.HTTPError:
+                continue
+        for source in scraped:
+            for family in source:
+                merged, values = families.setdefault(
+                    family.name, (Metric(family.name, family.documentation, family.type, family.unit), {})
+                )
+                adds = family.type in ("counter", "histogram", "summary", "gaugehistogram")
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    old = values.get(key)
+                    if old is None:
+                        values[key] = sample.value
+                    elif sample.name.endswith("_created"):
+                        values[key] = min(old, sample.value)
+                    else:
+                        values[key] = old + sample.value if adds else max(old, sample.value)
+        for merged, values in families.values():
+            for (name, labels), value in values.items():
+                merged.add_sample(name, dict(labels), value)
+            yield merged
+
+
+def serve(settings: MetricsSettings, also: list[str] | None = None) -> int | None:
     """Serve ``/metrics`` on the configured port, once per process; the port, or None when off.
+    ``also``: endpoints of the job's other processes, merged into every scrape (``_Merged``).
 
     A port already taken (two worker processes on one host) is logged and skipped: metrics must
     never stop the job."""
@@ -211,7 +265,8 @@ def serve(settings: MetricsSettings) -> int | None:
         if key in _served:
             return _served[key]
         try:
-            server, _ = start_http_server(settings.port, addr=settings.host)
+            registry = _Merged(also) if also else REGISTRY
+            server, _ = start_http_server(settings.port, addr=settings.host, registry=registry)  # type: ignore[arg-type]
         except OSError as exc:
             _log.warning("metrics not served on %s:%d: %s", settings.host, settings.port, exc)
             return None

@@ -12,7 +12,8 @@ Each lane reads its topic from the lowest position its sinks stored (``plan``) a
 stage (``pipeline.lanes``), so a slow or unavailable sink in one lane never delays another: Kafka
 holds each lane's backlog. On Prism each lane is also dealt by partition into shards
 (``PIPELINE_LANE_SHARDS``, ``pipeline.lanes.shards``): ``Leaderboards-1`` and ``Leaderboards-2``
-read half the partitions each, each its own stage. ``build`` is runner-agnostic;
+read half the partitions each, each its own stage, and with ``PIPELINE_PRISM_WORKERS`` in a
+worker process each (a resource hint, ``pipeline.runners.WORKER_HINT``). ``build`` is runner-agnostic;
 ``pipeline.runners`` holds the options that differ between Prism, Flink and Dataflow.
 
 Run it through the supervisor: ``python -m pipeline`` (``--help`` lists the options).
@@ -28,7 +29,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from infra.settings import Settings
-from pipeline.lanes import LanePlan, RunLane, consumer_config, lane_shards, shards, topic_name
+from pipeline.lanes import LanePlan, RunLane, consumer_config, lane_shards, prism_workers, shards, topic_name
+from pipeline.runners import WORKER_HINT
 from pipeline.sources import kafkaio
 from pipeline.sources.discovery import end_offsets
 from pipeline.sources.kafka_partitions import UNBOUNDED, PartitionSpec, discover_partitions
@@ -97,7 +99,7 @@ def plan(settings: Settings, *, bounded: bool = False) -> list[LanePlan]:
         if bounded and settings.pipeline.stop_offsets is not None:
             specs = stop_at(specs, settings.pipeline.stop_offsets)
         read = tuple({key: position.next_offset for key, position in positions.items()} for positions in stored)
-        plans += shards(LanePlan(lane, specs, parked, read), lane_shards(settings))
+        plans += shards(LanePlan(lane, specs, parked, read), lane_shards(settings), prism_workers(settings))
     return plans
 
 
@@ -129,14 +131,23 @@ def offline_plans(settings: Settings, partitions: Mapping[str, int] | None = Non
 
 def build(p: beam.Pipeline, settings: Settings, lane_plans: list[LanePlan]) -> None:
     """Add one composite step per lane to ``p``; reads like the diagram in the module docstring."""
-    written = []
+    written: dict[int, list[beam.PCollection]] = {}
     for lane_plan in lane_plans:
-        written.append(p | lane_plan.label >> RunLane(lane_plan, settings))
+        step = lane_plan.label >> RunLane(lane_plan, settings)
+        if lane_plan.worker:
+            step = step.with_resource_hints(**{WORKER_HINT: str(lane_plan.worker)})
+        written.setdefault(lane_plan.worker, []).append(p | step)
     # Why a step that receives nothing: on Prism 2.77, when no stage has a consumer of its output,
     # Prism itself used 0.8-0.9 of a core at 3,333 events/s and the board's p50 doubled (88-138 ms
     # against 53 ms); with the sinks' empty outputs flattened into one step, Prism used 0.11 cores
-    # (docs/benchmarks.md, "Lanes"). No element ever reaches it.
-    _ = tuple(written) | "Written" >> beam.Flatten() | "Done" >> beam.Map(_discard)
+    # (docs/benchmarks.md, "Lanes"). No element ever reaches it. One per worker process, in its
+    # environment: nothing crosses from one worker to another.
+    for worker, outputs in sorted(written.items()):
+        suffix = f"-{worker + 1}" if worker else ""
+        done = f"Done{suffix}" >> beam.Map(_discard)
+        if worker:
+            done = done.with_resource_hints(**{WORKER_HINT: str(worker)})
+        _ = tuple(outputs) | f"Written{suffix}" >> beam.Flatten() | done
 
 
 def _discard(element: object) -> None:

@@ -49,6 +49,8 @@ class LanePlan:
     # Which of the lane's ``shards`` this plan is (``shards``).
     shard: int = 0
     shard_count: int = 1
+    # Which of the job's worker processes runs it (``shards``); 0 is the job process itself.
+    worker: int = 0
 
     @property
     def label(self) -> str:
@@ -56,7 +58,7 @@ class LanePlan:
         return label if self.shard_count == 1 else f"{label}-{self.shard + 1}"
 
 
-def shards(plan: LanePlan, count: int) -> list[LanePlan]:
+def shards(plan: LanePlan, count: int, workers: int = 1) -> list[LanePlan]:
     """The plan dealt by partition into at most ``count`` plans, each its own stage: a partition
     belongs to exactly one, so each sink position still has one writer. A lane of one partition
     stays whole, and so does a parked twin: it carries a trickle, and Prism runs at most eight
@@ -66,22 +68,27 @@ def shards(plan: LanePlan, count: int) -> list[LanePlan]:
     Why on Prism: a stage's reader is one element whose bundles run one after another (each ends
     with its sinks' flush, then its residual goes back to Prism before the next begins), so one
     stage per lane leaves the worker idle between bundles; with two, one shard's bundle decodes
-    while the other's waits."""
+    while the other's waits. Shard ``k`` runs in worker process ``k % workers``."""
     count = min(count, len(plan.partitions))
     if count <= 1 or plan.parked:
         return [plan]
     return [
-        dataclasses.replace(plan, partitions=plan.partitions[k::count], shard=k, shard_count=count)
+        dataclasses.replace(plan, partitions=plan.partitions[k::count], shard=k, shard_count=count, worker=k % workers)
         for k in range(count)
     ]
 
 
 def lane_shards(settings: Settings) -> int:
-    """``PIPELINE_LANE_SHARDS`` on Prism with our source; one elsewhere, where the runner spreads
-    the readers over its workers itself (``PIPELINE_READERS``), and with KafkaIO, which reads every
-    partition of its topic whatever the plan holds."""
+    """``PIPELINE_LANE_SHARDS`` (at least one per worker process) on Prism with our source; one
+    elsewhere, where the runner spreads the readers over its workers itself (``PIPELINE_READERS``),
+    and with KafkaIO, which reads every partition of its topic whatever the plan holds."""
     ps = settings.pipeline
-    return ps.lane_shards if ps.runner == "prism" and ps.source == "sdf" else 1
+    return max(ps.lane_shards, ps.prism_workers) if ps.runner == "prism" and ps.source == "sdf" else 1
+
+
+def prism_workers(settings: Settings) -> int:
+    """The job's worker processes: ``PIPELINE_PRISM_WORKERS`` where lanes are sharded, else one."""
+    return settings.pipeline.prism_workers if lane_shards(settings) > 1 else 1
 
 
 def consumer_config(settings: Settings, lane: Lane | None = None) -> dict[str, str]:

@@ -27,6 +27,15 @@ interface.
 With ``LOOPBACK`` (Prism, embedded Flink) the SDK harness runs inside the job process, so
 ``tune_harness`` can adjust it; ``pipeline.sdk_worker`` does the same in a worker pool's workers
 (on Dataflow the harness is the runner's own process and keeps Beam's defaults).
+
+Workers. Prism starts one SDK worker per environment, and a worker is one process with one GIL,
+so a job with one environment uses one core whatever the machine has. With
+``PIPELINE_PRISM_WORKERS`` above one, ``pipeline.job`` marks the lane shards of worker N > 0
+(``pipeline.lanes.shards``) with ``WORKER_HINT``; Beam gives each distinct hint its own
+environment, and ``PortableRunnerOnHost`` serves those with ``pipeline.worker_pool.WorkerPool``,
+which starts each as its own process (``pipeline.sdk_worker``, metrics on
+``--loopback_metrics_port`` + N). Worker 0 is the job process. Prism runs a stage's bundles on its
+environment's worker only, so a partition is read by one process, and its residuals never move.
 """
 
 from __future__ import annotations
@@ -47,9 +56,11 @@ from apache_beam.runners.portability.portable_runner import PortableRunner
 from apache_beam.runners.worker import sdk_worker_main, statesampler
 from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer, kill_process_gracefully
 from apache_beam.transforms import environments
+from apache_beam.transforms.resources import ResourceHint
 from apache_beam.utils import thread_pool_executor
 
 from infra.settings import FlinkSettings
+from pipeline.worker_pool import WorkerPool
 
 RUNNERS = ("prism", "flink", "dataflow", "direct")
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600  # ten years: a streaming job runs until stopped
@@ -105,6 +116,18 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class WorkerHint(ResourceHint):
+    """Which worker process of a job on Prism runs a transform (``pipeline.lanes.shards``): Beam
+    gives transforms with different hints different environments, and Prism starts one worker
+    per environment. Runners that do not know the hint ignore it."""
+
+    urn = "engagement:resources:worker:v1"
+
+
+WORKER_HINT = "engagement_worker"
+ResourceHint.register_resource_hint(WORKER_HINT, WorkerHint)
+
+
 class LoopbackHostOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
@@ -112,6 +135,12 @@ class LoopbackHostOptions(PipelineOptions):
             "--loopback_host",
             default="127.0.0.1",
             help="where the SDK harness pool of a LOOPBACK job listens (PortableRunnerOnHost); empty: every interface",
+        )
+        parser.add_argument(
+            "--loopback_metrics_port",
+            type=int,
+            default=0,
+            help="the job process's metrics port; worker process N (WORKER_HINT) serves its own on this + N (0: off)",
         )
 
 
@@ -132,14 +161,20 @@ class PortableRunnerOnHost(PortableRunner):
         portable_options = copy.deepcopy(options.view_as(PortableOptions))
         experiments = options.view_as(DebugOptions).experiments or []
         cleanup: list[Callable[[], None]] = []
+        metrics_port = options.view_as(LoopbackHostOptions).loopback_metrics_port
         for env in pipeline.components.environments.values():
             if env.urn != python_urns.EMBEDDED_PYTHON_LOOPBACK:
                 continue
-            servicer = BeamFnExternalWorkerPoolServicer(
-                use_process=options.view_as(DebugOptions).lookup_experiment("use_loopback_process_worker", False),
-                state_cache_size=sdk_worker_main._get_state_cache_size_bytes(options=options),
-                data_buffer_time_limit_ms=sdk_worker_main._get_data_buffer_time_limit_ms(experiments),
-            )
+            worker = int(env.resource_hints.get(WorkerHint.urn, b"0"))
+            if worker:
+                # A process of its own (pipeline.sdk_worker), so that it has its own GIL.
+                servicer: BeamFnExternalWorkerPoolServicer = WorkerPool([metrics_port + worker] if metrics_port else [])
+            else:
+                servicer = BeamFnExternalWorkerPoolServicer(
+                    use_process=options.view_as(DebugOptions).lookup_experiment("use_loopback_process_worker", False),
+                    state_cache_size=sdk_worker_main._get_state_cache_size_bytes(options=options),
+                    data_buffer_time_limit_ms=sdk_worker_main._get_data_buffer_time_limit_ms(experiments),
+                )
             server, port = serve_worker_pool(servicer, host)
             portable_options.environment_type = "EXTERNAL"
             portable_options.environment_config = address(host, port)
@@ -204,9 +239,11 @@ def pipeline_options(
     extra: Sequence[str] = (),
     flink: FlinkSettings | None = None,
     bind_host: str = "127.0.0.1",
+    metrics_port: int = 0,
 ) -> PipelineOptions:
     """The options of a job on ``runner``; ``bind_host`` is where a ``LOOPBACK`` job's SDK harness
-    pool listens (``PIPELINE_BIND_HOST``)."""
+    pool listens (``PIPELINE_BIND_HOST``), ``metrics_port`` the job process's metrics port, after
+    which its worker processes serve theirs."""
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
     args: list[str] = []
@@ -218,6 +255,7 @@ def pipeline_options(
             f"--job_endpoint={job_endpoint}",
             "--environment_type=LOOPBACK",
             f"--loopback_host={bind_host}",
+            f"--loopback_metrics_port={metrics_port}",
             # Prism splits long-running SDF calls on its own; our restrictions refuse runner splits
             # anyway, and Beam 2.77's split path can fail on them ("cannot convert float NaN").
             "--experiments=prism_disable_sdf_split",

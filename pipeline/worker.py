@@ -15,6 +15,7 @@ from infra import telemetry
 from infra.settings import Settings
 from pipeline import job
 from pipeline.flink_job_server import cancel_cluster_jobs, cancel_running_jobs, job_name
+from pipeline.lanes import prism_workers
 from pipeline.runners import pipeline_options, tune_harness
 
 
@@ -34,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     loopback = args.runner == "prism" or (args.runner == "flink" and not settings.flink.external)
     if loopback:
-        # The DoFns run in this process, so its registry holds the whole job's metrics.
-        telemetry.serve(settings.metrics)
+        # The DoFns run in this process and, on Prism, in its worker processes (pipeline.runners,
+        # "Workers"): one scrape here sees them all.
+        workers = prism_workers(settings) if args.runner == "prism" else 1
+        telemetry.serve(settings.metrics, also=telemetry.worker_urls(settings.metrics, workers))
         tune_harness()
     if args.runner == "flink" and args.job_endpoint:
         # A job of an earlier attempt (whose harness died with its process, or whose job server
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         extra=beam_args,
         flink=settings.flink,
         bind_host=settings.pipeline.bind_host,
+        metrics_port=settings.metrics.port,
     )
     result = job.run(settings, options, bounded=args.bounded)
     state = result.wait_until_finish()

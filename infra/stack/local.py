@@ -117,6 +117,7 @@ class LocalStack:
             ports.append(self.bigquery.process.port + 10)  # its gRPC port
         ports += [node.controller_port for node in self.kafka.nodes]
         ports += [s.http_receiver.control_port, s.pipeline.prism_port, s.metrics.port, s.dashboard.port]
+        ports += [s.metrics.port + n for n in range(1, s.pipeline.prism_workers)]  # Prism's worker processes
         ports += [f.job_port, f.artifact_port, f.rest_port, f.rpc_port, f.blob_port, f.worker_pool_port]
         for index in range(1, 17):  # the local Flink cluster's TaskManagers, at most 16
             ports += [f.taskmanager_rpc_port(index), *f.worker_metrics_ports(index)]

@@ -72,3 +72,35 @@ def test_a_taken_port_is_skipped_not_raised():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         assert telemetry.serve(MetricsSettings(host="127.0.0.1", port=taken.getsockname()[1])) is None
+
+
+def test_the_job_endpoint_merges_its_worker_processes():
+    """A worker process's endpoint (here a registry of its own on another port) is merged into the
+    job's: counters added up, gauges the highest, series of one process kept as they are."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+    worker = CollectorRegistry()
+    joins = Counter("engagement_join", "", ["outcome"], registry=worker)
+    joins.labels(outcome="unit_merge").inc(5)
+    joins.labels(outcome="unit_worker_only").inc(2)
+    Gauge("engagement_source_lag_records", "", ["topic", "partition"], registry=worker).labels(
+        topic="unit", partition="1"
+    ).set(7)
+    worker_port = free_port()
+    start_http_server(worker_port, addr="127.0.0.1", registry=worker)
+    job = MetricsSettings(host="127.0.0.1", port=free_port())
+    urls = [f"http://127.0.0.1:{worker_port}/metrics", f"http://127.0.0.1:{free_port()}/metrics"]  # one down
+    assert telemetry.serve(job, also=urls) == job.port
+    telemetry.counter("engagement_join", outcome="unit_merge").inc(3)
+    telemetry.gauge("engagement_source_lag_records", topic="unit", partition="1").set(4)
+    body = httpx.get(job.url, timeout=5).text
+    assert 'engagement_join_total{outcome="unit_merge"} 8.0' in body
+    assert 'engagement_join_total{outcome="unit_worker_only"} 2.0' in body
+    assert 'engagement_source_lag_records{partition="1",topic="unit"} 7.0' in body
+    assert body.count("# TYPE engagement_join_total counter") + body.count("# TYPE engagement_join counter") == 1
+
+
+def test_worker_urls_follow_the_job_port():
+    settings = MetricsSettings(host="127.0.0.1", port=59464)
+    assert telemetry.worker_urls(settings, 3) == ["http://127.0.0.1:59465/metrics", "http://127.0.0.1:59466/metrics"]
+    assert telemetry.worker_urls(settings, 1) == [] and telemetry.worker_urls(MetricsSettings(port=0), 3) == []

@@ -4,7 +4,8 @@ import apache_beam as beam
 
 from infra.settings import PipelineSettings, Settings
 from pipeline.job import build
-from pipeline.lanes import LanePlan, lane_shards, shards
+from pipeline.lanes import LanePlan, lane_shards, prism_workers, shards
+from pipeline.runners import WorkerHint
 from pipeline.sources.kafka_partitions import PartitionSpec
 from sinks.registry import lanes
 
@@ -24,6 +25,11 @@ def test_partitions_are_dealt_so_each_belongs_to_exactly_one_shard():
     ]
     assert [s.start for s in parts[1].partitions] == [10, 30]  # where each partition starts is kept
     assert all(part.read == ({"t:0": 0},) and part.lane is REDIS for part in parts)
+
+
+def test_shards_are_spread_over_the_worker_processes():
+    assert [part.worker for part in shards(plan(8), 4, 2)] == [0, 1, 0, 1]
+    assert [part.worker for part in shards(plan(8), 2)] == [0, 0]
 
 
 def test_a_lane_of_one_partition_or_one_shard_stays_whole_and_keeps_its_label():
@@ -46,7 +52,28 @@ def test_only_prism_with_our_source_shards_lanes():
         settings = Settings(pipeline=PipelineSettings(runner=runner, lane_shards=2))
         assert lane_shards(settings) == expected, runner
     assert lane_shards(Settings(pipeline=PipelineSettings(source="kafkaio", lane_shards=2))) == 1
-    assert lane_shards(Settings(pipeline=PipelineSettings())) == 1  # off unless asked for
+    assert lane_shards(Settings(pipeline=PipelineSettings(prism_workers=1))) == 1  # off unless asked for
+    assert lane_shards(Settings(pipeline=PipelineSettings())) == 2  # one per worker process by default
+
+
+def test_workers_take_at_least_one_shard_each_and_only_where_lanes_are_sharded():
+    settings = Settings(pipeline=PipelineSettings(prism_workers=2))
+    assert (lane_shards(settings), prism_workers(settings)) == (2, 2)
+    flink = Settings(pipeline=PipelineSettings(runner="flink", prism_workers=2))
+    assert (lane_shards(flink), prism_workers(flink)) == (1, 1)
+
+
+def test_each_worker_process_gets_its_own_environment_and_its_own_done_step():
+    settings = Settings(pipeline=PipelineSettings(sinks="redis"))
+    p = beam.Pipeline()
+    build(p, settings, shards(plan(4), 2, 2))
+    proto = p.to_runner_api()
+    envs = {t.unique_name: t.environment_id for t in proto.components.transforms.values() if t.environment_id}
+    first, second = envs["Leaderboards-1/Decode"], envs["Leaderboards-2/Decode"]
+    assert first != second
+    assert envs["Done"] == first and envs["Done-2"] == second
+    hints = proto.components.environments[second].resource_hints
+    assert hints[WorkerHint.urn] == b"1" and WorkerHint.urn not in proto.components.environments[first].resource_hints
 
 
 def test_each_shard_is_its_own_step_of_the_graph():
