@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from infra.settings import REPO_ROOT, Settings
 from infra.stack.kafka import admin_client, end_offsets
 from infra.stack.local import LocalStack
 from loadtest.bench_harness import children, say, stack_sampler
+from loadtest.bench_pipeline import start_bounded_drain
 from loadtest.null_bigquery import GRPC_OFFSET
 from loadtest.procstats import children_map
 
@@ -134,7 +134,6 @@ def ceiling_round(
 ) -> Ceiling:
     group = f"bench-bigquery-ceiling-{uuid.uuid4().hex[:8]}"
     env = {
-        **os.environ,
         "PIPELINE_SINKS": "bigquery",
         "PIPELINE_CONSUMER_GROUP": group,
         "PIPELINE_STOP_OFFSETS": stops,
@@ -145,15 +144,7 @@ def ceiling_round(
     before = endpoint_counts(url, kind)
     sampler = stack_sampler(stack)
     sampler.add("null_bigquery", endpoint.pid)
-    log = open(REPO_ROOT / ".stack" / "logs" / "bench-bigquery-ceiling.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--bounded"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_bounded_drain(env, "bench-bigquery-ceiling.log")
     series: list[tuple[float, int, dict[str, float]]] = []  # (time, rows at the endpoint, CPU s per process)
     workers = 1
     try:
@@ -169,7 +160,6 @@ def ceiling_round(
             time.sleep(0.5)
     finally:
         stop_group(proc)
-        log.close()
         drop_groups(settings, group)
     after = endpoint_counts(url, kind)
     if proc.returncode != 0 or not series:
