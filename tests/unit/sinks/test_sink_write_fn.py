@@ -44,15 +44,20 @@ def test_a_flush_runs_beside_the_bundle_thread_and_the_bundle_waits_for_it():
     fn.teardown()
 
 
-def test_the_bundle_thread_buffers_past_the_latency_while_a_flush_is_in_flight():
-    started, release = threading.Event(), threading.Event()
+def blocking(started: threading.Event, release: threading.Event):
+    """A write that says it started, then holds the writer thread until released."""
 
     def blocked(batch):
         started.set()
         assert release.wait(5)
         return Outcome()
 
-    sink = FakeSink([blocked])
+    return blocked
+
+
+def test_the_bundle_thread_buffers_past_the_latency_while_a_flush_is_in_flight():
+    started, release = threading.Event(), threading.Event()
+    sink = FakeSink([blocking(started, release)])
     fn = SinkWriteFn(lambda: sink, Letters, ["t"], max_buffer=10, max_latency_ms=0)
     fn.setup()
     fn.start_bundle()
@@ -69,13 +74,7 @@ def test_the_bundle_thread_buffers_past_the_latency_while_a_flush_is_in_flight()
 
 def test_a_full_buffer_waits_for_the_flush_in_flight():
     started, release = threading.Event(), threading.Event()
-
-    def blocked(batch):
-        started.set()
-        assert release.wait(5)
-        return Outcome()
-
-    sink = FakeSink([blocked])
+    sink = FakeSink([blocking(started, release)])
     fn = SinkWriteFn(lambda: sink, Letters, ["t"], max_buffer=2, max_latency_ms=0)
     fn.setup()
     fn.start_bundle()
