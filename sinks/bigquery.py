@@ -144,8 +144,7 @@ class BigQuerySink(Sink[Any], abc.ABC):
         if appender is None:
             return self._positions.load(topics)
         loaded = self._positions.load_with_extras(topics)
-        with self._available("finalize write streams"):
-            appender.resume({key: extra for key, (_, extra) in loaded.items() if extra})
+        appender.resume({key: extra for key, (_, extra) in loaded.items() if extra})
         return {key: position for key, (position, _) in loaded.items()}
 
     def commit(self, positions: Mapping[str, Position], expected: Mapping[str, Position | None]) -> None:
@@ -236,6 +235,12 @@ class BigQuerySink(Sink[Any], abc.ABC):
                     keep.append(index)
                 else:
                     outcome.rejected[index] = why
+        try:
+            with self._available("finalize write streams"):
+                appender.claim(partition)
+        except SinkUnavailable as exc:
+            _retry_all(outcome, keep, exc)
+            return
         skipped = appender.take_skip(partition, table_id, len(keep_rows))
         pending = keep[skipped:]
         if not pending:

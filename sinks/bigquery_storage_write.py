@@ -13,6 +13,11 @@ The rows past the recorded count were appended by the crashed run: the next that
 partition and table are skipped, not appended again. A new stream is recorded (with the position
 as it was) before its first append, so no stream is ever appended to without being known.
 
+A writer finalizes a partition's recorded streams only when it first writes that partition
+(``StreamAppender.claim``), not when it loads the positions: every writer loads the whole topic's
+positions, and a lane dealt over processes (Prism's worker processes, Flink's subtasks) has other
+writers whose live streams are recorded there too.
+
 Limits: the emulator keeps streams in memory, so after an emulator restart a recorded stream is
 gone and its uncommitted tail may be written again (the view still hides it). A row's quarter table
 depends on the wall clock only for outliers, so a crash at a quarter boundary could route a row
@@ -168,19 +173,31 @@ class StreamAppender:
     def __init__(self, writer: StorageWriter) -> None:
         self._writer = writer
         self._streams: dict[str, dict[str, list[Stream]]] = {}  # partition key -> table id -> streams
+        self._unclaimed: dict[str, str] = {}  # partition key -> its stored form, not finalized yet
 
     def resume(self, extras: Mapping[str, str]) -> None:
-        """From the stored streams: finalize each, to learn what the crashed runs appended past them."""
+        """From the stored streams, each partition's finalized at its ``claim``."""
         self._streams.clear()
-        for key, text in extras.items():
-            tables = self._streams.setdefault(key, {})
-            for table_id, name, covered in decode_streams(text):
-                real = self._writer.finalize(Stream(name, covered))
-                # Gone (an emulator restart): nothing known past what the positions cover.
-                stream = Stream(name, covered, covered, covered if real is None else max(real, covered))
-                tables.setdefault(table_id, []).append(stream)
+        self._unclaimed = dict(extras)
+
+    def claim(self, key: str) -> None:
+        """Finalize the partition's stored streams, to learn what the crashed runs appended past
+        them; once, before this writer's first skip or append there."""
+        text = self._unclaimed.get(key)
+        if text is None:
+            return
+        tables: dict[str, list[Stream]] = {}
+        for table_id, name, covered in decode_streams(text):
+            real = self._writer.finalize(Stream(name, covered))
+            # Gone (an emulator restart): nothing known past what the positions cover.
+            stream = Stream(name, covered, covered, covered if real is None else max(real, covered))
+            tables.setdefault(table_id, []).append(stream)
+        self._streams[key] = tables
+        del self._unclaimed[key]
 
     def stored_form(self, key: str, *, committed_only: bool = False) -> str:
+        if key in self._unclaimed:  # a position moved by dead letters only: what was stored stands
+            return self._unclaimed[key]
         entries = []
         for table_id, streams in sorted(self._streams.get(key, {}).items()):
             for stream in streams:
@@ -200,6 +217,7 @@ class StreamAppender:
     def take_skip(self, key: str, table_id: str, available: int) -> int:
         """How many of the next ``available`` rows of this partition and table a crashed run
         appended already: they count as applied."""
+        self.claim(key)
         taken = 0
         for stream in self._streams.get(key, {}).get(table_id, []):
             if stream.real is None or taken == available:
@@ -217,6 +235,7 @@ class StreamAppender:
         record_stream: Callable[[str], None],
     ) -> None:
         """Append ``batch`` (without refused or skipped rows) of one partition to ``table_id``."""
+        self.claim(key)
         streams = self._streams.setdefault(key, {}).setdefault(table_id, [])
         live = streams[-1] if streams and streams[-1].real is None else None
         if live is None:

@@ -25,6 +25,7 @@ class FakeWriter:
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict]] = {}
+        self.finalized: set[str] = set()
         self.log: list[str] = []
 
     def create(self, table_id: str) -> Stream:
@@ -34,9 +35,14 @@ class FakeWriter:
         return Stream(name, 0)
 
     def finalize(self, stream: Stream) -> int | None:
-        return len(self.rows[stream.name]) if stream.name in self.rows else None
+        self.log.append(f"finalize {stream.name}")
+        if stream.name not in self.rows:
+            return None
+        self.finalized.add(stream.name)
+        return len(self.rows[stream.name])
 
     def append(self, stream: Stream, rows) -> None:
+        assert stream.name not in self.finalized, "Stream is FINALIZED"
         existing = self.rows[stream.name]
         assert stream.rows == len(existing), "append at an offset that is not the stream's end"
         existing.extend(rows)
@@ -187,3 +193,34 @@ def test_the_values_of_a_column_added_to_engagement_events_are_appended_too():
     assert sink.write(Batch([before, after], {}, {})).complete
     [appended] = writer.rows.values()
     assert [(row["id"], row.get("referrer")) for row in appended] == [(1, None), (2, "search")]
+
+
+def test_a_writer_finalizes_only_the_partitions_it_writes():
+    # Two writers of one topic (shards in two worker processes): each loads every partition's
+    # stored streams, and must not finalize the other's live stream.
+    writer = FakeWriter()
+    even, odd = StreamAppender(writer), StreamAppender(writer)
+    even.append("t:0", T, rows(1), lambda key: None)
+    even.committed(["t:0"])
+    stored = {"t:0": even.stored_form("t:0")}
+    odd.resume(stored)
+    odd.append("t:1", T, rows(2), lambda key: None)
+    even.append("t:0", T, rows(3), lambda key: None)  # its stream is still open
+    assert [line for line in writer.log if line.startswith("finalize")] == []
+    assert odd.stored_form("t:0") == stored["t:0"]  # untouched: what was stored stands
+    assert [r["id"] for r in writer.rows[f"{T}/streams/0"]] == [1, 3]
+
+
+def test_a_partition_s_streams_are_finalized_once_at_its_first_write():
+    writer = FakeWriter()
+    first = StreamAppender(writer)
+    first.append("t:0", T, rows(1, 2), lambda key: None)
+    first.committed(["t:0"])
+    stored = first.stored_form("t:0")
+    again = StreamAppender(writer)
+    again.resume({"t:0": stored})
+    assert writer.log[-1] == "append 2"  # resume alone finalizes nothing
+    assert again.take_skip("t:0", T, 2) == 0
+    again.append("t:0", T, rows(3), lambda key: None)
+    assert [line for line in writer.log if line.startswith("finalize")] == [f"finalize {T}/streams/0"]
+    assert [r["id"] for stream in writer.rows.values() for r in stream] == [1, 2, 3]
