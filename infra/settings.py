@@ -511,7 +511,7 @@ class PipelineSettings(BaseSettings):
     # "Workers"). Worker N serves its metrics on METRICS_PORT + N, merged into the job's endpoint.
     # 2 drains about 1.5 times as fast on two cores, but is off by default until make test passes
     # with it (docs/benchmarks.md, "Performance per process").
-    prism_workers: int = Field(default=1, ge=1, le=4)
+    prism_workers: int = Field(default=2, ge=1, le=4)
     # Where the job's own listeners bind: Prism's job server (its FnAPI endpoints share the port),
     # the Flink job server, and the SDK harness pool of a LOOPBACK job process. They accept jobs
     # and code without authentication: loopback unless a firewall or network policy guards them.

@@ -53,7 +53,7 @@ def test_only_prism_with_our_source_shards_lanes():
         assert lane_shards(settings) == expected, runner
     assert lane_shards(Settings(pipeline=PipelineSettings(source="kafkaio", lane_shards=2))) == 1
     assert lane_shards(Settings(pipeline=PipelineSettings(prism_workers=1))) == 1  # off unless asked for
-    assert lane_shards(Settings(pipeline=PipelineSettings())) == 1  # one worker process by default
+    assert lane_shards(Settings(pipeline=PipelineSettings())) == 2  # two worker processes by default
 
 
 def test_workers_take_at_least_one_shard_each_and_only_where_lanes_are_sharded():
