@@ -3,6 +3,7 @@
     make bench-pipeline                                   # everything, about 15-20 minutes
     python -m loadtest.bench_pipeline drain --events 1000000 --rounds 2
     python -m loadtest.bench_pipeline latency --rate 3333 --duration 300
+    python -m loadtest.bench_pipeline latency --rate 3333 --duration 60 --sinks redis,bigquery,http
     python -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500,15000 --step-duration 60
     python -m loadtest.bench_pipeline burst --events 100000
 
@@ -16,7 +17,9 @@
   the CPU seconds Kafka and Redis spent meanwhile.
 - latency: the streaming pipeline runs while the generator writes ``--rate`` events/s; every 100 ms a
   probe row is committed for a probe content item and the time until ``top_engagement:10min`` shows
-  it is measured (commit returned -> ZSCORE sees it).
+  it is measured (commit returned -> ZSCORE sees it). ``--sinks`` is ``PIPELINE_SINKS`` for the run
+  (the Redis lanes by default); other lanes start where their sinks' positions are, so run those on
+  a fresh stack (``make reset up``) or one whose sinks are caught up.
 - max-rate: latency steps at increasing rates; the highest whose p99 stays under 1 s.
 - burst: ``--events`` rows as fast as Postgres takes them; time from the last commit until the
   stored positions in Redis cover every record.
@@ -195,7 +198,7 @@ def record_series(
 
 def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
     name = args.record_as or f"pipeline-latency-{args.rate}"
-    latency_phase(settings, stack, args.rate, args.duration, record_as=name)
+    latency_phase(settings, stack, args.rate, args.duration, extra_env={"PIPELINE_SINKS": args.sinks}, record_as=name)
 
 
 def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
@@ -203,7 +206,12 @@ def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace
     for rate in (int(r) for r in args.rates.split(",")):
         say(f"step {rate:,} events/s for {args.step_duration:g} s")
         latencies = latency_phase(
-            settings, stack, rate, args.step_duration, record_as=f"pipeline-max-rate-{rate}"
+            settings,
+            stack,
+            rate,
+            args.step_duration,
+            extra_env={"PIPELINE_SINKS": args.sinks},
+            record_as=f"pipeline-max-rate-{rate}",
         ).latencies
         if latencies and percentile(latencies, 99) < 1000:
             best = rate
@@ -359,9 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     latency.add_argument("--rate", type=int, default=3333, help="events per second")
     latency.add_argument("--duration", type=float, default=300)
     latency.add_argument("--record-as", help="name of the time series in .bench/ (default pipeline-latency-RATE)")
+    latency.add_argument("--sinks", default="redis", help="PIPELINE_SINKS for the run (default: the Redis lanes)")
     max_rate = sub.add_parser("max-rate")
     max_rate.add_argument("--rates", default="5000,7500,10000,12500,15000")
     max_rate.add_argument("--step-duration", type=float, default=60)
+    max_rate.add_argument("--sinks", default="redis", help="PIPELINE_SINKS for the run (default: the Redis lanes)")
     burst = sub.add_parser("burst")
     burst.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args(argv)
