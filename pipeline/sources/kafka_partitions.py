@@ -53,7 +53,7 @@ import apache_beam as beam
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from infra import telemetry
 from pipeline.model import KafkaRecord, SourcePosition
@@ -99,6 +99,20 @@ class SourceTuning:
     idle_resume_ms: int = 50
     idle_watermark_lag_s: float = 2.0
     max_buffer_kbytes: int = 16_384
+
+
+def _take(consumer: Consumer, limit: int, wait_s: float) -> list[Message]:
+    """Up to ``limit`` messages: those the consumer holds already, at once; only when it holds none,
+    wait up to ``wait_s`` for the first. ``consume(n, timeout)`` waits for n messages or the
+    timeout, which would hold each record back until a batch fills or the wait ends: batches
+    stay as large as what arrives while the last one is handled, and grow with the load."""
+    messages = consumer.consume(limit, timeout=0)
+    if messages:
+        return messages
+    messages = consumer.consume(1, timeout=wait_s)
+    if messages and limit > 1:
+        messages += consumer.consume(limit - 1, timeout=0)
+    return messages
 
 
 @dataclass
@@ -248,13 +262,10 @@ class ReadPartitionsFn(beam.DoFn):
         sampled_bytes = samples = 0
         while budget > 0 and len(finished) < len(stops) and time.monotonic() < deadline:
             if read == 0 and tuning.idle_wait_ms > 0:
-                # consume(n) waits for n messages or the timeout: ask for one, then for the rest.
                 wait_s = min(tuning.idle_wait_ms / 1000.0, max(0.0, deadline - time.monotonic()))
-                messages = reader.consumer.consume(1, timeout=wait_s)
-                if messages:
-                    messages += reader.consumer.consume(min(budget, 1000) - 1, timeout=tuning.quiet_ms / 1000.0)
             else:
-                messages = reader.consumer.consume(min(budget, 1000), timeout=tuning.quiet_ms / 1000.0)
+                wait_s = tuning.quiet_ms / 1000.0
+            messages = _take(reader.consumer, min(budget, 1000), wait_s)
             if not messages:
                 break  # quiet: let the bundle end, so the sinks flush what they hold
             rows: list[tuple[int, int, bytes | None, bytes | None, int]] = []
