@@ -26,10 +26,29 @@ ALREADY_EXISTS ("applied already") and those rows were lost, and a ``FinalizeWri
 count rows not inserted yet. Inserts failed when the emulator's catalog lagged its DuckDB table by
 a column: an append that read the schema just before a ``tables.patch`` added one ("table has N
 columns but N-1 values were supplied"), or a row-count update written from a copy of the table
-read before the patch, which dropped the new column from the catalog for good. And the insert ran
-on the one DuckDB connection every REST request shares: with queries polling meanwhile it clobbered
-their pending results, or deadlocked against an ALTER TABLE, and the emulator stopped answering. The
-insert now runs on a cursor of its own (``atomic_storage_write``).
+read before the patch, which dropped the new column from the catalog for good
+(``atomic_storage_write``).
+
+Last, only the thread that started bqemulator's DuckDB engine (the event loop's, which serves
+every REST request) uses the engine's one DuckDB connection; any other thread (the gRPC server's
+handler threads: Storage Write appends, their catalog row-count updates, Storage Read sessions)
+gets a DuckDB connection of its own to the same database (``one_connection_per_thread``). A
+``DuckDBPyConnection`` is not thread-safe, and bqemulator 1.4.0 used the shared one from both
+sides. Two failures came of it, with queries polling the changelog while the sink appended:
+- The emulator hung for good (docs/benchmarks.md). An append unregistered its Arrow rows on the
+  shared connection: DuckDB's commit of that holds the connection's lock and then waits for the
+  GIL to free the Python object, while the event loop, holding the GIL, waits for that same lock
+  to parse its next query. The loop serves both REST and gRPC, so nothing answered again. py-spy
+  of the hung emulator: the main thread in ``DuckDBEngine.execute``, a gRPC thread in
+  ``unregister``; the same two calls in DuckDB alone: ``~PythonDependencyItem`` waiting for the
+  GIL, ``ClientContext::LockContext`` waiting for the lock. A query calling one of bqemulator's
+  Python UDFs deadlocks the same way against any statement another thread starts on that
+  connection.
+- A query could answer with another thread's result. The connection keeps one pending result, so
+  a row-count update run from a gRPC thread between a REST query's execute and its fetch replaced
+  it: ``SELECT COUNT(*)`` answered ``1``, the upsert's row count.
+Inserting on a cursor of the append's own (the launcher's first fix) ended the hang but not the
+second failure: the row-count update still ran on the shared connection.
 
 Usage: ``python launch.py --extension-dir DIR start [bqemulator start options]``.
 """
@@ -46,9 +65,9 @@ from typing import Any
 import duckdb
 import duckdb_extension_spatial
 
-# Held by every catalog table update (a REST thread) and by a Storage Write append's insert and
+# Held by every catalog table update (a REST request) and by a Storage Write append's insert and
 # read-modify-write of the table's row count (a gRPC thread): that must never write back a schema
-# read before an update changed it, nor run on the shared DuckDB connection during an ALTER TABLE.
+# read before an update changed it, nor insert during an ALTER TABLE of its table.
 CATALOG_LOCK = threading.RLock()
 
 
@@ -120,18 +139,16 @@ def atomic_storage_write() -> None:
     def flush_to_target(self: Any, stream: Any, rows: Any) -> None:
         target = quoted_table_ref(stream.project_id, stream.dataset_id, stream.table_id)
         registered = register_name(f"__bqemu_write_{os.urandom(6).hex()}")
-        # A cursor of its own (a DuckDB connection to the same database): on the connection every
-        # REST request shares, this insert clobbered a query's pending result ("closed pending query
-        # result") or deadlocked against an ALTER TABLE, and the emulator stopped answering.
-        with self._write_lock, CATALOG_LOCK, self._ctx.engine.connection.cursor() as cursor:
-            cursor.register(registered, rows)
+        connection = self._ctx.engine.connection  # this gRPC thread's own (one_connection_per_thread)
+        with self._write_lock, CATALOG_LOCK:
+            connection.register(registered, rows)
             try:
                 # BY NAME: a column the catalog does not list yet (a schema update under way) is NULL.
-                cursor.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {registered}")
+                connection.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {registered}")
             except Exception as exc:
                 raise NotInserted(str(exc)) from exc
             finally:
-                cursor.unregister(registered)
+                connection.unregister(registered)
             # The rows are in: what follows is bookkeeping, and must not undo the append.
             meta = self._ctx.catalog.get_table(stream.project_id, stream.dataset_id, stream.table_id)
             if meta is not None:
@@ -164,6 +181,36 @@ def atomic_storage_write() -> None:
     handler._handle_finalize_write_stream = finalize_after_appends  # type: ignore[method-assign]
 
 
+def one_connection_per_thread() -> None:
+    """The engine's DuckDB connection to the thread that started it; a cursor to any other thread
+    (module docstring)."""
+    from bqemulator.storage.engine import DuckDBEngine
+
+    start = DuckDBEngine.start
+    shared = DuckDBEngine.connection.fget  # type: ignore[attr-defined]
+
+    async def start_owned(self: Any) -> None:
+        self._launch_owner = threading.get_ident()
+        self._launch_threads = threading.local()
+        await start(self)
+
+    def connection(self: Any) -> duckdb.DuckDBPyConnection:
+        main = shared(self)
+        owner = getattr(self, "_launch_owner", None)
+        if owner is None or owner == threading.get_ident():
+            return main
+        local = self._launch_threads
+        if getattr(local, "parent", None) is not main:  # first use here, or the engine was restarted
+            local.connection = main.cursor()
+            # A session setting: the engine sets it on its own connection only.
+            local.connection.execute("SET TimeZone = 'UTC'")
+            local.parent = main
+        return local.connection
+
+    DuckDBEngine.start = start_owned  # type: ignore[method-assign]
+    DuckDBEngine.connection = property(connection)  # type: ignore[method-assign, assignment]
+
+
 def main() -> None:
     args = sys.argv[1:]
     if len(args) < 2 or args[0] != "--extension-dir":
@@ -182,6 +229,7 @@ def main() -> None:
         no_time_travel_snapshots()
     add_columns_on_schema_update()
     atomic_storage_write()
+    one_connection_per_thread()
     from bqemulator.cli import main as bqemulator
 
     sys.argv = ["bqemulator", *args[2:]]
