@@ -39,9 +39,12 @@ class BigQuerySettings(BaseSettings):
     # go to <changes_table>_outliers, so a stray timestamp never creates a table.
     future_periods: int = Field(default=1, ge=0, le=8)
     require_partition_filter: bool = False
-    # insert_all (streaming inserts, the card's method) or storage_write (the Storage Write API:
-    # committed streams at explicit offsets, exactly-once appends; sinks/bigquery_storage_write.py).
-    write_mode: Literal["insert_all", "storage_write"] = "insert_all"
+    # storage_write (the Storage Write API: committed streams at explicit offsets, exactly-once
+    # appends; sinks/bigquery_storage_write.py) or insert_all (streaming inserts, the card's method).
+    write_mode: Literal["insert_all", "storage_write"] = "storage_write"
+    # How long a change waits for its batch (PIPELINE_SINK_FLUSH_MS is the Redis lanes'): an append
+    # or a request costs the same whatever its rows, so BigQuery gets fewer and larger ones.
+    linger_ms: int = Field(default=1_000, ge=0, le=60_000)
     # Google recommends 500 rows per insertAll; the API allows 50,000 rows and 10 MB.
     max_rows_per_request: int = Field(default=500, ge=1, le=50_000)
     max_request_bytes: int = Field(default=9_000_000, ge=100_000, le=10_000_000)

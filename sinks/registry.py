@@ -86,6 +86,21 @@ def _http_specs(settings: Settings) -> tuple[SinkSpec, ...]:
     )
 
 
+def _bigquery_specs(settings: Settings) -> tuple[SinkSpec, ...]:
+    linger = settings.bigquery.linger_ms
+    return (
+        SinkSpec("bigquery", "engagement", "BigQuery", _bigquery_changes, max_latency_ms=linger, positions_in="kafka"),
+        SinkSpec(
+            "bigquery_content",
+            "content",
+            "BigQueryContent",
+            _bigquery_content,
+            max_latency_ms=linger,
+            positions_in="kafka",
+        ),
+    )
+
+
 def _fault_injection(settings: Settings) -> Sink[Any]:
     from sinks.fault_injection import FaultInjectionSink
 
@@ -110,10 +125,7 @@ SINKS: dict[str, tuple[SinkSpec, ...] | Callable[[Settings], tuple[SinkSpec, ...
         SinkSpec("redis_leaderboard", "engagement", "Leaderboards", _leaderboards),
         SinkSpec("redis_content", "content", "ContentMetadata", _content_metadata),
     ),
-    "bigquery": (
-        SinkSpec("bigquery", "engagement", "BigQuery", _bigquery_changes, positions_in="kafka"),
-        SinkSpec("bigquery_content", "content", "BigQueryContent", _bigquery_content, positions_in="kafka"),
-    ),
+    "bigquery": _bigquery_specs,
     # One sink per endpoint, from the settings (none when the HTTP sink is not configured).
     "http": _http_specs,
     "faulty": (SinkSpec("faulty", "engagement", "FaultInjection", _fault_injection),),

@@ -46,8 +46,9 @@ def own_letters(settings: Settings) -> Settings:
 
 
 def HAND_MADE(settings: Settings) -> BigQuerySettings:  # noqa: N802 - reads as a constant
-    """A dataset of its own for rows made by hand, so they never meet the Postgres comparisons."""
-    return settings.bigquery.model_copy(update={"dataset": "analytics_hand_made"})
+    """A dataset of its own for rows made by hand, so they never meet the Postgres comparisons;
+    through insertAll, whose per-row errors these tests check (Storage Write has its own below)."""
+    return settings.bigquery.model_copy(update={"dataset": "analytics_hand_made", "write_mode": "insert_all"})
 
 
 def changelog_count(settings: Settings) -> tuple[int, int]:

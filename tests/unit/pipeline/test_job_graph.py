@@ -11,7 +11,7 @@ from sinks.registry import lanes
 
 def labels(sinks: str) -> set[str]:
     settings = Settings(pipeline=PipelineSettings(sinks=sinks))
-    plans = [LanePlan(lane, [PartitionSpec("t", 0, 0)]) for lane in lanes(sinks)]
+    plans = [LanePlan(lane, [PartitionSpec("t", 0, 0)]) for lane in lanes(sinks, settings)]
     p = beam.Pipeline()
     build(p, settings, plans)
     found: set[str] = set()

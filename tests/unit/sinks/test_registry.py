@@ -52,5 +52,15 @@ def test_the_http_sink_is_one_sink_per_endpoint_and_off_when_not_configured():
 
 
 def test_sinks_configured_by_the_settings_need_them():
-    with pytest.raises(ValueError, match="configured by the settings"):
-        lanes("http")
+    for setting in ("http", "redis,bigquery"):
+        with pytest.raises(ValueError, match="configured by the settings"):
+            lanes(setting)
+
+
+def test_the_bigquery_sinks_wait_for_their_batch_as_long_as_the_settings_say():
+    from infra.settings import BigQuerySettings, Settings
+
+    [changes] = lanes("bigquery", Settings(bigquery=BigQuerySettings(linger_ms=250)))[0].sinks
+    assert (changes.name, changes.max_latency_ms, changes.positions_in) == ("bigquery", 250, "kafka")
+    [content] = lanes("bigquery", Settings())[1].sinks
+    assert (content.name, content.max_latency_ms) == ("bigquery_content", 1_000)
