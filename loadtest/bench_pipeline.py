@@ -18,8 +18,10 @@
 - latency: the streaming pipeline runs while the generator writes ``--rate`` events/s; every 100 ms a
   probe row is committed for a probe content item and the time until ``top_engagement:10min`` shows
   it is measured (commit returned -> ZSCORE sees it). ``--sinks`` is ``PIPELINE_SINKS`` for the run
-  (the Redis lanes by default); other lanes start where their sinks' positions are, so run those on
-  a fresh stack (``make reset up``) or one whose sinks are caught up.
+  (the Redis lanes by default). With other lanes, the load starts once the sinks that store their
+  positions in Kafka (BigQuery, HTTP) have caught up, their lag (records past their stored
+  positions) is sampled every 2 s, and the pipeline runs on after the load until they catch up:
+  their peak lag, in records and in seconds of input, says whether they kept up.
 - max-rate: latency steps at increasing rates; the highest whose p99 stays under 1 s.
 - burst: ``--events`` rows as fast as Postgres takes them; time from the last commit until the
   stored positions in Redis cover every record.
@@ -60,8 +62,11 @@ from loadtest.bench_harness import (
 from loadtest.compare_commits import median_table
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, describe, machine, percentile
+from pipeline.lanes import topic_name
+from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.redis_leaderboard import RedisLeaderboardSink
 from sinks.redis_store import LEGACY_OFFSETS_KEY, positions_key
+from sinks.registry import lanes
 
 
 def burst_then_drain(
@@ -196,9 +201,79 @@ def record_series(
     return path
 
 
+class KafkaSinksLag:
+    """The lag of the sinks of ``sinks`` whose positions are Kafka committed offsets, per sink."""
+
+    def __init__(self, settings: Settings, sinks: str) -> None:
+        group = settings.pipeline.consumer_group
+        self._stores = {
+            spec.name: (
+                KafkaPositions(settings.kafka.client_config(), group_id(group, spec.name)),
+                topic_name(settings, lane),
+            )
+            for lane in lanes(sinks, settings)
+            for spec in lane.sinks
+            if spec.positions_in == "kafka"
+        }
+        self.peak = dict.fromkeys(self._stores, 0)
+        self._next = 0.0
+
+    def now(self) -> dict[str, int]:
+        lags = {name: sum(store.lag(topic).values()) for name, (store, topic) in self._stores.items()}
+        for name, behind in lags.items():
+            self.peak[name] = max(self.peak[name], behind)
+        return lags
+
+    def sample(self, elapsed_s: float) -> None:
+        if elapsed_s >= self._next:
+            self.now()
+            self._next = elapsed_s + 2.0
+
+    def wait_caught_up(self, timeout_s: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any((lags := self.now()).values()) and time.monotonic() < deadline:
+            say("    catching up before the load: " + ", ".join(f"{k} {v:,}" for k, v in lags.items() if v))
+            time.sleep(5)
+        self.peak = dict.fromkeys(self.peak, 0)
+
+    def close(self) -> None:
+        for store, _ in self._stores.values():
+            store.close()
+
+
 def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
     name = args.record_as or f"pipeline-latency-{args.rate}"
-    latency_phase(settings, stack, args.rate, args.duration, extra_env={"PIPELINE_SINKS": args.sinks}, record_as=name)
+    env = {"PIPELINE_SINKS": args.sinks}
+    others = KafkaSinksLag(settings, args.sinks)
+    if not others.peak:
+        latency_phase(settings, stack, args.rate, args.duration, extra_env=env, record_as=name)
+        return
+    ended: list[float] = []
+
+    def caught_up() -> bool:
+        if not ended:
+            ended.append(time.monotonic())
+        return not any(others.now().values())
+
+    try:
+        latency_phase(
+            settings,
+            stack,
+            args.rate,
+            args.duration,
+            extra_env=env,
+            during=others.sample,
+            before_load=others.wait_caught_up,
+            linger=caught_up,
+            record_as=name,
+        )
+        after = time.monotonic() - ended[0] if ended else 0.0
+        say(
+            f"  SINKS WITH KAFKA POSITIONS, caught up {after:.1f} s after the load; peak lag: "
+            + ", ".join(f"{k} {v:,} records ({v / args.rate:.1f} s of input)" for k, v in others.peak.items())
+        )
+    finally:
+        others.close()
 
 
 def cmd_max_rate(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
