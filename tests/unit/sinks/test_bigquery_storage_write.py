@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from google.api_core import exceptions as api
 
 from sinks.bigquery_storage_write import (
     Stream,
@@ -26,10 +27,12 @@ class FakeWriter:
     def __init__(self) -> None:
         self.rows: dict[str, list[dict]] = {}
         self.finalized: set[str] = set()
+        self.created = 0
         self.log: list[str] = []
 
     def create(self, table_id: str) -> Stream:
-        name = f"{table_id}/streams/{len(self.rows)}"
+        name = f"{table_id}/streams/{self.created}"
+        self.created += 1
         self.rows[name] = []
         self.log.append(f"create {name}")
         return Stream(name, 0)
@@ -42,6 +45,8 @@ class FakeWriter:
         return len(self.rows[stream.name])
 
     def append(self, stream: Stream, rows) -> None:
+        if stream.name not in self.rows:
+            raise api.NotFound(f"Stream not found: {stream.name}")
         assert stream.name not in self.finalized, "Stream is FINALIZED"
         existing = self.rows[stream.name]
         assert stream.rows == len(existing), "append at an offset that is not the stream's end"
@@ -224,3 +229,16 @@ def test_a_partition_s_streams_are_finalized_once_at_its_first_write():
     again.append("t:0", T, rows(3), lambda key: None)
     assert [line for line in writer.log if line.startswith("finalize")] == [f"finalize {T}/streams/0"]
     assert [r["id"] for stream in writer.rows.values() for r in stream] == [1, 2, 3]
+
+
+def test_a_stream_gone_with_an_emulator_restart_ends_with_its_rows_and_the_retry_opens_a_new_one():
+    writer = FakeWriter()
+    appender = StreamAppender(writer)
+    appender.append("t:0", T, rows(1, 2), lambda key: None)
+    gone = writer.rows.pop(f"{T}/streams/0")  # the restart forgets the stream, the table keeps its rows
+    with pytest.raises(api.NotFound):
+        appender.append("t:0", T, rows(3), lambda key: None)
+    assert appender.take_skip("t:0", T, 1) == 0  # nothing of the failed append landed
+    appender.append("t:0", T, rows(3), lambda key: None)
+    assert [r["id"] for r in gone] + [r["id"] for r in writer.rows[f"{T}/streams/1"]] == [1, 2, 3]
+    assert appender.stored_form("t:0") == f"{T}={T}/streams/1@1"  # the old one is fully accounted for
