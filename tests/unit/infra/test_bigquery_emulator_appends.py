@@ -7,12 +7,7 @@ and the snapshot hook are fakes.
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
-
-import pytest
-
-from infra.settings import REPO_ROOT, Settings
 
 CHECKS = textwrap.dedent(
     """
@@ -97,24 +92,8 @@ CHECKS = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def emulator_python() -> str:
-    python = Settings().stack.bigquery_emulator_venv / "bin" / "python"
-    if not python.exists():
-        pytest.skip(f"{python} is missing (make bootstrap builds the emulator's venv)")
-    return str(python)
-
-
-def run(python: str, mode: str) -> list[str]:
-    done = subprocess.run(
-        [python, "-c", CHECKS, mode], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
-
-
-def test_an_append_is_applied_whole_or_not_at_all(emulator_python: str):
-    assert run(emulator_python, "patched") == [
+def test_an_append_is_applied_whole_or_not_at_all(in_emulator_venv):
+    assert in_emulator_venv(CHECKS, "patched") == [
         # The rows land (the new column NULL); no error.
         "lagging catalog: OK 2 [1, 2]",
         # Nothing applied, and the offset stays: the retry appends the rows, once.
@@ -123,9 +102,9 @@ def test_an_append_is_applied_whole_or_not_at_all(emulator_python: str):
     ]
 
 
-def test_bqemulator_alone_moves_the_offset_past_rows_it_never_inserted(emulator_python: str):
+def test_bqemulator_alone_moves_the_offset_past_rows_it_never_inserted(in_emulator_venv):
     # What the patch is for: if this starts failing, bqemulator changed (re-check the patch).
-    assert run(emulator_python, "unpatched") == [
+    assert in_emulator_venv(CHECKS, "unpatched") == [
         "lagging catalog: BinderException 2 []",
         "failed insert: IOException 4",
         # The retry is told the rows are there (ALREADY_EXISTS): rows 1 to 4 are lost.

@@ -8,12 +8,7 @@ database, without the extensions and UDFs the real one loads).
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
-
-import pytest
-
-from infra.settings import REPO_ROOT, Settings
 
 CHECKS = textwrap.dedent(
     """
@@ -52,24 +47,8 @@ CHECKS = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def emulator_python() -> str:
-    python = Settings().stack.bigquery_emulator_venv / "bin" / "python"
-    if not python.exists():
-        pytest.skip(f"{python} is missing (make bootstrap builds the emulator's venv)")
-    return str(python)
-
-
-def run(python: str, mode: str) -> list[str]:
-    done = subprocess.run(
-        [python, "-c", CHECKS, mode], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
-
-
-def test_another_thread_has_a_connection_of_its_own_and_leaves_a_query_its_answer(emulator_python: str):
-    assert run(emulator_python, "patched") == [
+def test_another_thread_has_a_connection_of_its_own_and_leaves_a_query_its_answer(in_emulator_venv):
+    assert in_emulator_venv(CHECKS, "patched") == [
         # Its own connection, the same one each time, with the engine's time zone.
         "other thread: True True UTC",
         "the query's answer: [(42,)]",
@@ -79,9 +58,9 @@ def test_another_thread_has_a_connection_of_its_own_and_leaves_a_query_its_answe
     ]
 
 
-def test_bqemulator_alone_gives_a_query_the_answer_of_another_threads_statement(emulator_python: str):
+def test_bqemulator_alone_gives_a_query_the_answer_of_another_threads_statement(in_emulator_venv):
     # What the patch is for: if this starts failing, bqemulator changed (re-check the patch).
-    assert run(emulator_python, "unpatched") == [
+    assert in_emulator_venv(CHECKS, "unpatched") == [
         "other thread: False True UTC",
         # The INSERT's row count, not the SELECT's row.
         "the query's answer: [(1,)]",
