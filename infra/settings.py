@@ -509,8 +509,8 @@ class PipelineSettings(BaseSettings):
     # On Prism, the Python worker processes of the job: with more than one, the lanes' shards (at
     # least this many) are spread over them, each process with its own GIL (pipeline.runners,
     # "Workers"). Worker N serves its metrics on METRICS_PORT + N, merged into the job's endpoint.
-    # 2 drains about 1.5 times as fast on two cores, but is off by default until make test passes
-    # with it (docs/benchmarks.md, "Performance per process").
+    # 2 (one per core here) drains about 1.5 times as fast as 1, for about 200 MiB more
+    # (docs/benchmarks.md, "Performance per process").
     prism_workers: int = Field(default=2, ge=1, le=4)
     # Where the job's own listeners bind: Prism's job server (its FnAPI endpoints share the port),
     # the Flink job server, and the SDK harness pool of a LOOPBACK job process. They accept jobs
