@@ -118,7 +118,11 @@ class BigQuerySink(Sink[Any], abc.ABC):
         self._with_audit = settings.audit
         self._clock = clock
         self.retry_policy = RetryPolicy(initial_s=0.2, max_backoff_s=settings.max_backoff_s)
-        self.limits = BatchLimits(max_records=settings.max_rows_per_request, max_bytes=settings.max_request_bytes)
+        # An insertAll request holds one table's rows of the whole batch, so Google's rows-per-request
+        # advice applies. A Storage Write append holds one partition's share only, and costs about
+        # the same whatever its rows: capping the batch's rows would multiply the appends.
+        max_records = settings.max_rows_per_request if settings.write_mode == "insert_all" else BatchLimits.max_records
+        self.limits = BatchLimits(max_records=max_records, max_bytes=settings.max_request_bytes)
         self._appender: StreamAppender | None = None  # built in open() for BIGQUERY_WRITE_MODE=storage_write
         self._arrow: dict[tuple[str, int], pa.Schema] = {}  # (table id, columns) -> Arrow schema (Storage Write)
 

@@ -242,3 +242,17 @@ def test_a_stream_gone_with_an_emulator_restart_ends_with_its_rows_and_the_retry
     appender.append("t:0", T, rows(3), lambda key: None)
     assert [r["id"] for r in gone] + [r["id"] for r in writer.rows[f"{T}/streams/1"]] == [1, 2, 3]
     assert appender.stored_form("t:0") == f"{T}={T}/streams/1@1"  # the old one is fully accounted for
+
+
+def test_storage_write_batches_are_bounded_by_bytes_not_by_the_insert_all_row_count():
+    # A batch is split over partitions into appends: a 500-row cap made appends of a few dozen rows.
+    from infra.settings import BigQuerySettings, KafkaSettings
+    from sinks.bigquery import BigQueryChangesSink
+    from sinks.contract import BatchLimits
+
+    def limits(mode: str) -> BatchLimits:
+        settings = BigQuerySettings(project_id="p", dataset="analytics", write_mode=mode, max_rows_per_request=500)
+        return BigQueryChangesSink(settings, KafkaSettings(), "g").limits
+
+    assert limits("insert_all") == BatchLimits(max_records=500, max_bytes=9_000_000)
+    assert limits("storage_write") == BatchLimits(max_records=20_000, max_bytes=9_000_000)
