@@ -1,5 +1,5 @@
 # The project's Python image for Docker Compose users: stack provisioning, generator, pipeline.
-# Prism (Beam's local runner) is built from the Go module proxy with our loopback patch, as
+# Prism (Beam's local runner) is built from the Go module proxy with our two patches, as
 # `make bootstrap` does (infra/prism/build.sh).
 FROM golang:1.26 AS prism
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends patch && rm -rf /var/lib/apt/lists/*

@@ -97,13 +97,14 @@ fetch_jars "Debezium PostgreSQL connector" infra/maven/debezium/pom.xml "$LIB/co
 # --- Beam's Prism runner ------------------------------------------------------------------------
 # Beam would download Prism from GitHub at run time, which fails without general internet access:
 # build it once from the Go module proxy, pinned to the Beam version in pyproject.toml, with our
-# patch that makes it listen on loopback (-job_host; infra/prism/listen-host.patch, build.sh).
+# patches: it listens on loopback (-job_host; infra/prism/listen-host.patch) and asks bundles for
+# progress less often (-progress_tick; infra/prism/progress-tick.patch); see build.sh.
 BEAM_VERSION=$(sed -n 's/.*"apache-beam\[gcp\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
 PRISM="$ROOT/.stack/bin/prism"
-PRISM_BUILD="$BEAM_VERSION+$(cat infra/prism/listen-host.patch infra/prism/build.sh | sha1sum | cut -c1-12)"
+PRISM_BUILD="$BEAM_VERSION+$(cat infra/prism/listen-host.patch infra/prism/progress-tick.patch infra/prism/build.sh | sha1sum | cut -c1-12)"
 if [ ! -x "$PRISM" ] || [ "$(cat "$PRISM.version" 2>/dev/null)" != "$PRISM_BUILD" ]; then
   command -v go >/dev/null 2>&1 || die "Go 1.23 or newer is needed to build Beam's Prism runner; install it from go.dev or your distribution"
-  step "building Beam's Prism runner v$BEAM_VERSION with infra/prism/listen-host.patch (about 2-3 minutes the first time)"
+  step "building Beam's Prism runner v$BEAM_VERSION with infra/prism/*.patch (about 2-3 minutes the first time)"
   mkdir -p "$ROOT/.stack/bin"
   log="$ROOT/.stack/go-build-prism.log"
   infra/prism/build.sh "$BEAM_VERSION" "$PRISM" >"$log" 2>&1 \

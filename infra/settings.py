@@ -512,6 +512,9 @@ class PipelineSettings(BaseSettings):
     # 2 (one per core here) drains about 1.5 times as fast as 1, for about 200 MiB more
     # (docs/benchmarks.md, "Performance per process").
     prism_workers: int = Field(default=2, ge=1, le=4)
+    # How often Prism asks a running bundle for progress (Beam: 100 ms). The answers serve splits,
+    # which the source refuses, and each costs the worker a gathering of the bundle's metrics.
+    prism_progress_tick_ms: int = Field(default=1_000, ge=100, le=30_000)
     # Where the job's own listeners bind: Prism's job server (its FnAPI endpoints share the port),
     # the Flink job server, and the SDK harness pool of a LOOPBACK job process. They accept jobs
     # and code without authentication: loopback unless a firewall or network policy guards them.
@@ -531,9 +534,9 @@ class PipelineSettings(BaseSettings):
     readers: int = Field(default=1, ge=1)
     max_records_per_call: int = Field(default=20_000, gt=0)
     max_call_ms: int = Field(default=1_000, gt=0)
-    # An idle source call waits this long for a first record (and returns it at once), then
-    # resumes after idle_resume_ms: together they bound how long a record waits to be read.
-    idle_wait_ms: int = Field(default=250, ge=0)
+    # An idle source call waits this long for a first record and returns it the moment it arrives:
+    # a longer wait makes fewer empty bundles (Prism's CPU and the worker's), not later records.
+    idle_wait_ms: int = Field(default=1_000, ge=0)
     idle_resume_ms: int = Field(default=50, ge=0)
     # A record waits at most this long for its sink's batch while records flow (a bundle's end
     # flushes too); a flush waits for the one in flight (sinks.base), so load grows the batches.

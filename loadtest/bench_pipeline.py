@@ -6,6 +6,7 @@
     python -m loadtest.bench_pipeline latency --rate 3333 --duration 60 --sinks redis,bigquery,http
     python -m loadtest.bench_pipeline max-rate --rates 5000,7500,10000,12500,15000 --step-duration 60
     python -m loadtest.bench_pipeline burst --events 100000
+    python -m loadtest.bench_pipeline idle --sinks redis,bigquery,http --base-env PIPELINE_IDLE_WAIT_MS=250
 
 - drain: the engagement topic holds at least ``--events`` real Debezium envelopes (the generator
   tops it up). Alternating, ``--rounds`` times each: the pipeline reads all of them with
@@ -25,6 +26,9 @@
 - max-rate: latency steps at increasing rates; the highest whose p99 stays under 1 s.
 - burst: ``--events`` rows as fast as Postgres takes them; time from the last commit until the
   stored positions in Redis cover every record.
+- idle: what the streaming job costs with nothing to read. Alternating, ``--rounds`` times each,
+  the job with ``--base-env`` (``NAME=VALUE``, repeatable) and with the defaults: once its lanes
+  have caught up, the CPU of Prism and of the job's processes over ``--seconds``, and the ratio.
 
 CPU (cores) and peak RSS of every process are printed for each phase, and the consumer lag (topic end
 minus stored position, summed over partitions) every 10 s. Run on a quiet machine (no tests, no other
@@ -431,6 +435,37 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
         print(line, flush=True)
 
 
+def cmd_idle(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
+    base_env = dict(item.split("=", 1) for item in args.base_env)
+    labels = ("base", "defaults")
+    say(f"base: {' '.join(args.base_env) or 'the defaults'}")
+    results: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    client = settings.redis.client()
+    for n in range(1, args.rounds + 1):
+        for label, env in zip(labels, (base_env, {}), strict=True):
+            others = KafkaSinksLag(settings, args.sinks)
+            try:
+                with streaming_pipeline({"PIPELINE_SINKS": args.sinks, **env}) as supervisor:
+                    time.sleep(8)  # Prism, job submission, content view
+                    wait_until_caught_up(settings, client, 600)
+                    others.wait_caught_up()
+                    time.sleep(5)
+                    sampler = ProcessSampler(children(supervisor.pid))
+                    time.sleep(args.seconds)
+                    sampler.sample(force=True)
+                    elapsed = time.monotonic() - sampler.started
+                    cores = {name: used / elapsed for name, used in sampler.cpu_seconds().items()}
+            finally:
+                others.close()
+            cores["job + prism"] = sum(cores.values())
+            say(f"  round {n}, {label}: " + ", ".join(f"{k} {v:.3f} cores" for k, v in cores.items()))
+            results[label].append(cores)
+    say(f"IDLE, PIPELINE_SINKS={args.sinks}, {args.seconds:g} s per round (cores)")
+    names = ["prism", "job", "job + prism"]
+    for line in median_table(results, names, labels, fmt=lambda x: f"{x:.3f}", ratio_digits=2):
+        say(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -449,13 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     max_rate.add_argument("--sinks", default="redis", help="PIPELINE_SINKS for the run (default: the Redis lanes)")
     burst = sub.add_parser("burst")
     burst.add_argument("--events", type=int, default=100_000)
+    idle = sub.add_parser("idle")
+    idle.add_argument("--sinks", default="redis,bigquery,http", help="PIPELINE_SINKS for the run")
+    idle.add_argument("--seconds", type=float, default=30, help="how long to measure each round")
+    idle.add_argument("--rounds", type=int, default=2, help="rounds of each, alternating")
+    idle.add_argument("--base-env", action="append", default=[], help="NAME=VALUE for the other runs (repeatable)")
     args = parser.parse_args(argv)
     settings = Settings()
     stack = LocalStack(settings)
     say(machine())
-    {"drain": cmd_drain, "latency": cmd_latency, "max-rate": cmd_max_rate, "burst": cmd_burst}[args.command](
-        settings, stack, args
-    )
+    commands = {
+        "drain": cmd_drain,
+        "latency": cmd_latency,
+        "max-rate": cmd_max_rate,
+        "burst": cmd_burst,
+        "idle": cmd_idle,
+    }
+    commands[args.command](settings, stack, args)
     return 0
 
 

@@ -80,6 +80,9 @@ def prism_process(settings: Settings) -> ServiceProcess:
             # a host (infra/prism/listen-host.patch). The web UI stays off: nothing here uses it.
             f"--job_host={ps.bind_host}",
             "--serve_http=false",
+            # Beam asks each running bundle for progress every 100 ms; a source's bundle is always
+            # running, and every answer gathers the bundle's metrics (infra/prism/progress-tick.patch).
+            f"--progress_tick={ps.prism_progress_tick_ms}ms",
             "--log_level=warn",
             "--log_kind=text",
         ],

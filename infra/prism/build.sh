@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds Beam's Prism runner with infra/prism/listen-host.patch (see its header): Beam's Prism
-# listens on every interface, ours on -job_host (default 127.0.0.1). Called by infra/bootstrap.sh:
+# Builds Beam's Prism runner with infra/prism/listen-host.patch and progress-tick.patch (see their
+# headers): Beam's Prism listens on every interface, ours on -job_host (default 127.0.0.1); Beam's
+# asks a running bundle for progress every 100 ms, ours every -progress_tick. Called by infra/bootstrap.sh:
 #   infra/prism/build.sh <beam version> <binary to write>
 # The Beam module comes from the Go module proxy (go mod download, checked against sum.golang.org
 # like go install would); a copy of it is patched, and cmd/prism is built from that copy with
@@ -19,7 +20,9 @@ mkdir -p "$src"
 # The Go part of the module only (the module also ships Beam's Python and Java sources).
 cp -r "$dir/go.mod" "$dir/go.sum" "$dir/go" "$src/"
 chmod -R u+w "$src"
-patch -d "$src" -p1 --forward --no-backup-if-mismatch <"$here/listen-host.patch"
+for name in listen-host progress-tick; do
+  patch -d "$src" -p1 --forward --no-backup-if-mismatch <"$here/$name.patch"
+done
 (cd "$src" && go build -trimpath -buildvcs=false -o "$out.new" ./go/cmd/prism)
 mv "$out.new" "$out"
 rm -rf "$src"

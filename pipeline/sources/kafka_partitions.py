@@ -95,7 +95,7 @@ class SourceTuning:
     quiet_ms: int = 10
     # A call that has read nothing yet waits this long for a first record; it returns the moment
     # one arrives, so a record is not left waiting for a deferred residual to come back.
-    idle_wait_ms: int = 250
+    idle_wait_ms: int = 1_000
     idle_resume_ms: int = 50
     idle_watermark_lag_s: float = 2.0
     max_buffer_kbytes: int = 16_384

@@ -166,3 +166,15 @@ def test_a_rewind_announced_for_an_older_generation_is_ignored(monkeypatch):
     supervisor = ClusterSupervisor(Settings(), client, ["import time; time.sleep(2.5)", DONE])
     assert supervisor.run() == 0
     assert supervisor.starts == 1
+
+
+def test_prism_is_started_loopback_with_the_configured_progress_tick(tmp_path):
+    from pipeline.supervisor import prism_process
+
+    binary = tmp_path / "prism"
+    binary.write_text("")
+    settings = Settings(pipeline={"prism_binary": binary, "prism_progress_tick_ms": 2500})
+    command = list(prism_process(settings).command)
+    assert command[0] == str(binary)
+    assert "--job_host=127.0.0.1" in command
+    assert "--progress_tick=2500ms" in command
