@@ -101,13 +101,21 @@ def consumer_config(settings: Settings, lane: Lane | None = None) -> dict[str, s
     return settings.kafka.client_config(**{"group.id": group})
 
 
-def tuning(settings: Settings) -> SourceTuning:
+def tuning(settings: Settings, lane: Lane | None = None) -> SourceTuning:
+    """The source's tuning; for a lane, a call ends after a lull as long as the shortest batching
+    wait of its sinks, and lasts at least that long. A bundle's end flushes every sink of the lane,
+    so shorter bundles would flush a sink that batches for a second (BigQuery) several times a
+    second, in small appends, each bundle costing Prism and the worker besides."""
     ps = settings.pipeline
+    quiet = SourceTuning.quiet_ms
+    if lane is not None:
+        quiet = max(quiet, min(spec.max_latency_ms or ps.sink_flush_ms for spec in lane.sinks))
     return SourceTuning(
         readers=ps.readers,
         subtasks=settings.flink.job_parallelism if ps.runner == "flink" else 1,
         max_records=ps.max_records_per_call,
-        max_call_ms=ps.max_call_ms,
+        max_call_ms=max(ps.max_call_ms, quiet),
+        quiet_ms=quiet,
         idle_wait_ms=ps.idle_wait_ms,
         idle_resume_ms=ps.idle_resume_ms,
     )
@@ -127,7 +135,7 @@ def source(plan: LanePlan, settings: Settings) -> beam.PTransform:
         kafkaio.check_plans(plan.partitions)
         service = kafkaio.expansion_service(settings.pipeline.kafkaio_expansion_service)
         return kafkaio.ReadWithKafkaIO(topic_name(settings, plan.lane, parked=plan.parked), config, service)
-    return ReadKafkaPartitions(plan.partitions, config, tuning(settings))
+    return ReadKafkaPartitions(plan.partitions, config, tuning(settings, plan.lane))
 
 
 class WriteLane(beam.PTransform):

@@ -88,3 +88,19 @@ def test_each_shard_is_its_own_step_of_the_graph():
 
     p.visit(Visitor())
     assert {"Leaderboards-1", "Leaderboards-2"} <= found and "Leaderboards" not in found
+
+
+def test_a_lane_s_source_calls_last_as_long_as_its_sinks_batch():
+    # A bundle's end flushes every sink of the lane: BigQuery's batches would otherwise be flushed
+    # after every 10 ms lull, in small appends.
+    from pipeline.lanes import tuning
+
+    settings = Settings(bigquery={"linger_ms": 2_000}, pipeline={"sink_flush_ms": 10, "max_call_ms": 1_000})
+    apart = {lane.label: tuning(settings, lane) for lane in lanes("redis,bigquery", settings)}
+    assert (apart["Leaderboards"].quiet_ms, apart["Leaderboards"].max_call_ms) == (10, 1_000)
+    assert (apart["BigQuery"].quiet_ms, apart["BigQuery"].max_call_ms) == (2_000, 2_000)
+    # One lane with both: the shortest wait rules, so the board is not held back.
+    together = lanes("redis+bigquery", settings)[0]
+    assert together.label == "Leaderboards+BigQuery"
+    assert (tuning(settings, together).quiet_ms, tuning(settings, together).max_call_ms) == (10, 1_000)
+    assert tuning(settings).quiet_ms == 10
