@@ -11,8 +11,9 @@ Rounds alternate (after, before, after, before, ...) so that a machine that gets
 during the run weighs on both alike. The stack must be up (``make up``); run it on a quiet machine.
 Before each round the Redis sinks' stored positions are rewritten as bare offsets, which every
 commit reads (``portable_positions``). Each round's full output goes to ``.bench/compare/``; the
-figures are read from the lines ``PIPELINE DRAIN: ... at N events/s`` and ``on the topic -> on
-the board (the pipeline): p50 ...``.
+figures are read from the lines ``PIPELINE DRAIN: ... at N events/s``, ``on the topic -> on
+the board (the pipeline): p50 ...``, the CPU of the job, Prism and the emulator, and the peak lag
+of the sinks with Kafka positions (``latency --sinks``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ _PIPELINE = re.compile(r"on the board \(the pipeline\): p50 (\d+) ms, p95 (\d+) 
 _END_TO_END = re.compile(
     r"COMMIT -> LEADERBOARD at [\d,]+ events/s for \S+ s: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms"
 )
+_CORES = re.compile(r"^ +(job|prism|bigquery) +cpu +([\d.]+) cores", re.MULTILINE)
+_PEAK_LAG = re.compile(r"peak lag: (.*)$", re.MULTILINE)
+_SINK_LAG = re.compile(r"(\w+) ([\d,]+) records")
 
 
 def worktree(commit: str) -> Path:
@@ -63,6 +67,11 @@ def figures(output: str) -> dict[str, float]:
     for pattern, name in ((_PIPELINE, "topic->board"), (_END_TO_END, "commit->board")):
         if match := pattern.search(output):
             found.update(zip((f"{name} p{q} ms" for q in (50, 95, 99)), map(float, match.groups()), strict=True))
+    for process, cores in _CORES.findall(output):
+        found[f"{process} cores"] = float(cores)  # the last phase's, for benchmarks with several
+    if match := _PEAK_LAG.search(output):
+        for sink, records in _SINK_LAG.findall(match.group(1)):
+            found[f"{sink} peak lag records"] = float(records.replace(",", ""))
     return found
 
 
