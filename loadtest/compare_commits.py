@@ -75,6 +75,10 @@ def figures(output: str) -> dict[str, float]:
     return found
 
 
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.2f}"  # cores are fractions
+
+
 def portable_positions(settings: Settings) -> int:
     """Store every Redis sink's positions as bare next offsets, the one encoding every commit reads
     (newer ones add a sequence mark an older commit cannot parse); returns the fields rewritten. A
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             results[label].append(run_round(trees[label], label, round_no, bench_args, settings))
     names = sorted({name for rounds in results.values() for found in rounds for name in found})
     print(f"\n{' '.join(bench_args)}, {args.rounds} rounds each; before = {args.base}, after = the working tree")
-    for line in median_table(results, names, ("before", "after")):
+    for line in median_table(results, names, ("before", "after"), fmt=_figure):
         print(line)
     return 0
 
