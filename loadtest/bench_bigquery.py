@@ -38,13 +38,12 @@ from infra.settings import Settings
 from infra.stack.local import LocalStack
 from loadtest.bench_bigquery_ceiling import cmd_ceiling
 from loadtest.bench_harness import say, stack_sampler
-from loadtest.bench_pipeline import burst_then_drain, latency_phase
+from loadtest.bench_pipeline import KafkaSinksLag, burst_then_drain, latency_phase
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, describe, machine, percentile
 from sinks.bigquery_dataset import make_client
 from sinks.bigquery_rows import change_row, insert_id
 from sinks.bigquery_tables import CHANGES_SCHEMA, Quarter, changes_table_id
-from sinks.kafka_positions import KafkaPositions, group_id
 from sinks.records import ContentRow, EngagementRow, EnrichedChange, SourcePosition
 
 CONTENT = ContentRow("bench", "bench", "Benchmark", "video", 600, None)
@@ -96,11 +95,12 @@ def cmd_insert(settings: Settings, stack: LocalStack, args: argparse.Namespace) 
 
 
 def lag(settings: Settings) -> int:
-    store = KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, "bigquery"))
+    """Records of the engagement topic past the BigQuery sink's positions."""
+    sinks = KafkaSinksLag(settings, "bigquery")
     try:
-        return sum(store.lag(settings.cdc.engagement_topic).values())
+        return sinks.now()["bigquery"]
     finally:
-        store.close()
+        sinks.close()
 
 
 def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
@@ -190,9 +190,11 @@ def latency_with_bigquery(
 
     def caught_up() -> None:
         # The first phase left the BigQuery lanes behind (they did not run): start level.
-        while (behind := lag(settings)) > 0:
-            say(f"    BigQuery lanes catching up before the load: {behind:,} records")
-            time.sleep(5)
+        sinks = KafkaSinksLag(settings, "bigquery")
+        try:
+            sinks.wait_caught_up()
+        finally:
+            sinks.close()
 
     both = latency_phase(
         settings,
