@@ -1,8 +1,9 @@
-"""Before and after in one run: a benchmark of ``loadtest.bench_pipeline`` on an older commit and on
-the working tree, alternately, on the same stack, then the medians and their ratio.
+"""Before and after in one run: a benchmark of ``loadtest.bench_pipeline`` (or ``--bench``) on an
+older commit and on the working tree, alternately, on the same stack, then the medians and their ratio.
 
     python -m loadtest.compare_commits --base 96599ca --rounds 2 -- drain --events 300000
     python -m loadtest.compare_commits --base 96599ca --rounds 2 -- latency --rate 3333 --duration 60
+    python -m loadtest.compare_commits --base 96599ca --bench loadtest.bench_http -- latency --duration 60
 
 The older commit is checked out in a git worktree (``.bench/worktrees/<commit>``, kept for the next
 run) and runs with this checkout's venv, stack folder, Prism binary and emulator venv, so only the
@@ -12,8 +13,8 @@ during the run weighs on both alike. The stack must be up (``make up``); run it 
 Before each round the Redis sinks' stored positions are rewritten as bare offsets, which every
 commit reads (``portable_positions``). Each round's full output goes to ``.bench/compare/``; the
 figures are read from the lines ``PIPELINE DRAIN: ... at N events/s``, ``on the topic -> on
-the board (the pipeline): p50 ...``, the CPU of the job, Prism and the emulator, and the peak lag
-of the sinks with Kafka positions (``latency --sinks``).
+the board (the pipeline): p50 ...``, the CPU of the job, Prism and the emulator, the peak lag
+of the sinks with Kafka positions (``latency --sinks``) and ``bench_http``'s ``COMMIT -> RECEIVED``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _PIPELINE = re.compile(r"on the board \(the pipeline\): p50 (\d+) ms, p95 (\d+) 
 _END_TO_END = re.compile(
     r"COMMIT -> LEADERBOARD at [\d,]+ events/s for \S+ s: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms"
 )
+_RECEIVED = re.compile(r"COMMIT -> RECEIVED at [\d,]+ events/s: p50 (\d+) ms, p90 (\d+) ms, p99 (\d+) ms")
 _CORES = re.compile(r"^ +(job|prism|bigquery) +cpu +([\d.]+) cores", re.MULTILINE)
 _PEAK_LAG = re.compile(r"peak lag: (.*)$", re.MULTILINE)
 _SINK_LAG = re.compile(r"(\w+) ([\d,]+) records")
@@ -67,6 +69,14 @@ def figures(output: str) -> dict[str, float]:
     for pattern, name in ((_PIPELINE, "topic->board"), (_END_TO_END, "commit->board")):
         if match := pattern.search(output):
             found.update(zip((f"{name} p{q} ms" for q in (50, 95, 99)), map(float, match.groups()), strict=True))
+    if match := _RECEIVED.search(output):
+        found.update(
+            zip(
+                ("commit->received p50 ms", "commit->received p90 ms", "commit->received p99 ms"),
+                map(float, match.groups()),
+                strict=True,
+            )
+        )
     for process, cores in _CORES.findall(output):
         found[f"{process} cores"] = float(cores)  # the last phase's, for benchmarks with several
     if match := _PEAK_LAG.search(output):
@@ -95,7 +105,9 @@ def portable_positions(settings: Settings) -> int:
     return rewritten
 
 
-def run_round(tree: Path, label: str, round_no: int, bench_args: list[str], settings: Settings) -> dict[str, float]:
+def run_round(
+    tree: Path, label: str, round_no: int, bench_args: list[str], settings: Settings, bench: str
+) -> dict[str, float]:
     env_extra = {
         "STACK_DIR": str(settings.stack.dir),
         "PIPELINE_PRISM_BINARY": str(settings.pipeline.prism_binary),
@@ -105,7 +117,7 @@ def run_round(tree: Path, label: str, round_no: int, bench_args: list[str], sett
     print(f"== round {round_no}, {label} ({tree}); {portable_positions(settings)} positions made portable", flush=True)
     began = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench_pipeline", *bench_args],
+        [sys.executable, "-m", bench, *bench_args],
         cwd=tree,
         env={**os.environ, **env_extra},
         capture_output=True,
@@ -124,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base", required=True, help="the older commit (before)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each (default 2)")
+    parser.add_argument("--bench", default="loadtest.bench_pipeline", help="the benchmark module to run")
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="after --: the bench_pipeline arguments")
     args = parser.parse_args(argv)
     bench_args = [a for a in args.bench if a != "--"]
@@ -132,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {"after": [], "before": []}
     for round_no in range(1, args.rounds + 1):
         for label in ("after", "before"):
-            results[label].append(run_round(trees[label], label, round_no, bench_args, settings))
+            results[label].append(run_round(trees[label], label, round_no, bench_args, settings, args.bench))
     names = sorted({name for rounds in results.values() for found in rounds for name in found})
-    print(f"\n{' '.join(bench_args)}, {args.rounds} rounds each; before = {args.base}, after = the working tree")
+    print(
+        f"\n{args.bench} {' '.join(bench_args)}, {args.rounds} rounds each;"
+        f" before = {args.base}, after = the working tree"
+    )
     for line in median_table(results, names, ("before", "after"), fmt=_figure):
         print(line)
     return 0

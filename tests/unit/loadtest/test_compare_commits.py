@@ -29,3 +29,12 @@ def test_a_latency_round_with_other_lanes_gives_the_board_the_cpu_and_the_peak_l
         "bigquery peak lag records": 35_112.0,
         "bigquery_content peak lag records": 1.0,
     }
+
+
+def test_an_http_latency_round_gives_commit_to_received():
+    line = "  COMMIT -> RECEIVED at 3,333 events/s: p50 95 ms, p90 180 ms, p99 259 ms, max 400 ms over 150,000 changes"
+    assert figures(line) == {
+        "commit->received p50 ms": 95.0,
+        "commit->received p90 ms": 180.0,
+        "commit->received p99 ms": 259.0,
+    }
