@@ -1,9 +1,9 @@
-"""Before and after in one run: a benchmark of ``loadtest.bench_pipeline`` (or ``--bench``) on an
+"""Before and after in one run: a benchmark of ``loadtest.bench_pipeline`` (or ``--module``) on an
 older commit and on the working tree, alternately, on the same stack, then the medians and their ratio.
 
     python -m loadtest.compare_commits --base 96599ca --rounds 2 -- drain --events 300000
     python -m loadtest.compare_commits --base 96599ca --rounds 2 -- latency --rate 3333 --duration 60
-    python -m loadtest.compare_commits --base 96599ca --bench loadtest.bench_http -- latency --duration 60
+    python -m loadtest.compare_commits --base 96599ca --module loadtest.bench_http -- latency --duration 60
 
 The older commit is checked out in a git worktree (``.bench/worktrees/<commit>``, kept for the next
 run) and runs with this checkout's venv, stack folder, Prism binary and emulator venv, so only the
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base", required=True, help="the older commit (before)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each (default 2)")
-    parser.add_argument("--bench", default="loadtest.bench_pipeline", help="the benchmark module to run")
+    parser.add_argument("--module", default="loadtest.bench_pipeline", help="the benchmark module to run")
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="after --: the bench_pipeline arguments")
     args = parser.parse_args(argv)
     bench_args = [a for a in args.bench if a != "--"]
@@ -145,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {"after": [], "before": []}
     for round_no in range(1, args.rounds + 1):
         for label in ("after", "before"):
-            results[label].append(run_round(trees[label], label, round_no, bench_args, settings, args.bench))
+            results[label].append(run_round(trees[label], label, round_no, bench_args, settings, args.module))
     names = sorted({name for rounds in results.values() for found in rounds for name in found})
     print(
-        f"\n{args.bench} {' '.join(bench_args)}, {args.rounds} rounds each;"
+        f"\n{args.module} {' '.join(bench_args)}, {args.rounds} rounds each;"
         f" before = {args.base}, after = the working tree"
     )
     for line in median_table(results, names, ("before", "after"), fmt=_figure):
