@@ -32,7 +32,7 @@ from confluent_kafka.admin import OffsetSpec
 
 from infra.process import port_open, stop_group
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import admin_client, end_offsets
+from infra.stack.kafka_admin import admin_client, end_offsets
 from infra.stack.local import LocalStack
 from loadtest.bench_harness import children, say, stack_sampler
 from loadtest.bench_pipeline import start_bounded_drain

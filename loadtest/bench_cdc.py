@@ -26,7 +26,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest.procstats import ProcessSampler, describe, machine
 

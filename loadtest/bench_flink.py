@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from infra.process import stop_group
 from infra.settings import REPO_ROOT, Settings
 from infra.stack.flink_cluster import FlinkCluster
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest.bench_harness import children, generator, say, stored
 from loadtest.bench_pipeline import forget_positions, latency_phase

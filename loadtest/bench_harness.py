@@ -15,7 +15,7 @@ import redis
 
 from infra.process import stop_group
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest.procstats import ProcessSampler, children_map
 from sinks.redis_leaderboard import RedisLeaderboardSink

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest.bench_harness import say, stack_sampler
 from loadtest.bench_pipeline import latency_phase

@@ -50,7 +50,7 @@ import redis
 
 from infra.process import stop_group
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest.bench_harness import (
     SERIES_DIR,

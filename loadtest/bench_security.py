@@ -46,7 +46,7 @@ import time
 from typing import Any
 
 from infra.settings import REPO_ROOT, Settings, StackSettings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack, child_environment
 from loadtest.bench_harness import generator, say
 from loadtest.compare_commits import figures as latency_and_drain_figures

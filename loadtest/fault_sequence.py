@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 
 TOP = str((1 << 64) - 1)
 NOTICE_TIMEOUT_S = 60.0

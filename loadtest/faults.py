@@ -38,7 +38,7 @@ from infra.http_receiver.client import ReceiverClient
 from infra.process import StackError
 from infra.settings import Settings
 from infra.stack.flink_cluster import FlinkCluster
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest import fault_flink, fault_http, fault_redis, fault_sequence, poison
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up

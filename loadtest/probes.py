@@ -18,7 +18,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from sinks.redis_leaderboard import board_key
 
 PROBE_INSERT = (

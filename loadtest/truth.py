@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import psycopg
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from sinks.redis_leaderboard import RedisLeaderboardSink, board_key
 from sinks.redis_store import next_offsets
 

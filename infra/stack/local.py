@@ -27,8 +27,8 @@ from infra.stack.bigquery_emulator import BigQueryEmulator
 from infra.stack.certificates import TlsFiles, ensure_certificates
 from infra.stack.connect import Connect
 from infra.stack.http_receiver import HttpReceiver
-from infra.stack.kafka import (
-    Kafka,
+from infra.stack.kafka import Kafka
+from infra.stack.kafka_admin import (
     acl_bindings,
     admin_client,
     describe_topic_config,

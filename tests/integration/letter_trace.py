@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 
 
 def count_letters(bootstrap: str, topic: str, since: dict[int, int], until: dict[int, int]) -> Counter[str]:

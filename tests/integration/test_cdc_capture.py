@@ -15,7 +15,7 @@ import pytest
 
 from infra import row_bound
 from infra.settings import Settings
-from infra.stack.kafka import admin_client, describe_topic_config, topic_specs
+from infra.stack.kafka_admin import admin_client, describe_topic_config, topic_specs
 from infra.stack.local import LocalStack
 
 from .conftest import SNAPSHOT_CONTENT, SNAPSHOT_EVENTS

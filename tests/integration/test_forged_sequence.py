@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from sinks.positions import decode
 from sinks.redis_store import next_offsets, positions_key

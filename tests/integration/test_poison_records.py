@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest import poison
 from loadtest.poison import Poison

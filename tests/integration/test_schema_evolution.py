@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest.bigquery_truth import assert_view_matches_sql, wait_bigquery_caught_up
 from sinks.bigquery_admin import run_query

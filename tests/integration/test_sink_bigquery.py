@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from infra.settings import BigQuerySettings, Settings
-from infra.stack.kafka import TopicSpec, admin_client, end_offsets, ensure_topics
+from infra.stack.kafka_admin import TopicSpec, admin_client, end_offsets, ensure_topics
 from infra.stack.local import LocalStack
 from loadtest.bigquery_truth import HAND_MADE_IDS, assert_view_matches_sql, view_rows, wait_bigquery_caught_up
 from loadtest.bigquery_truth import positions as stored_offsets

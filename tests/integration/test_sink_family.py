@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from sinks.fault_injection import DELIVERIES_KEY, MODE_KEY, ROWS_KEY, start_at
 from sinks.redis_store import next_offsets

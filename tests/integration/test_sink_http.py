@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from infra.http_receiver.client import ReceiverClient
 from infra.settings import REPO_ROOT, Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from infra.stack.local import LocalStack
 from loadtest import fault_http
 from loadtest.http_truth import assert_http_matches_sql, latest_by_event, wait_http_caught_up

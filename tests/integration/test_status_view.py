@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from infra.settings import Settings
-from infra.stack.kafka import end_offsets
+from infra.stack.kafka_admin import end_offsets
 from sinks.redis_leaderboard import RedisLeaderboardSink
 from sinks.redis_store import next_offsets
 

@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.settings import Settings
 from infra.stack.certificates import ensure_certificates
-from infra.stack.kafka import admin_client
+from infra.stack.kafka_admin import admin_client
 from infra.stack.local import LocalStack
 
 pytestmark = pytest.mark.integration

@@ -10,14 +10,8 @@ from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceTyp
 from infra.process import StackError
 from infra.settings import CdcSettings, ConnectSettings, KafkaSettings, Settings, StackSettings
 from infra.stack.certificates import TlsFiles, ensure_certificates
-from infra.stack.kafka import (
-    CONF_DIR,
-    Kafka,
-    acl_bindings,
-    jaas_quote,
-    scram_argument,
-    server_properties,
-)
+from infra.stack.kafka import CONF_DIR, Kafka, jaas_quote, scram_argument, server_properties
+from infra.stack.kafka_admin import acl_bindings
 
 
 def secure(tmp_path, **kafka) -> Settings:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from infra import row_bound
 from infra.settings import REPO_ROOT, CdcSettings, KafkaSettings, PipelineSettings, Settings
 from infra.stack.connect import connector_config
-from infra.stack.kafka import topic_specs
+from infra.stack.kafka_admin import topic_specs
 from sinks.dead_letter import message
 from sinks.records import DeadLetter, SourcePosition
 

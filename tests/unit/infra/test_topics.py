@@ -2,7 +2,8 @@ import base64
 import uuid
 
 from infra.settings import CdcSettings
-from infra.stack.kafka import new_cluster_id, topic_specs, uuid_to_kafka_id
+from infra.stack.kafka import new_cluster_id, uuid_to_kafka_id
+from infra.stack.kafka_admin import topic_specs
 
 
 def test_topic_specs_encode_the_design():
@@ -91,7 +92,7 @@ def test_storage_formatted_for_one_broker_is_refused_for_three(tmp_path):
 def test_topic_health_counts_partitions_short_of_in_sync_replicas_and_without_leader():
     from types import SimpleNamespace
 
-    from infra.stack.kafka import topic_health
+    from infra.stack.kafka_admin import topic_health
 
     def partition(leader, isrs):
         return SimpleNamespace(leader=leader, replicas=[1, 2, 3], isrs=isrs)
