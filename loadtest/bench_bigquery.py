@@ -94,15 +94,6 @@ def cmd_insert(settings: Settings, stack: LocalStack, args: argparse.Namespace) 
         client.delete_table(table)
 
 
-def lag(settings: Settings) -> int:
-    """Records of the engagement topic past the BigQuery sink's positions."""
-    sinks = KafkaSinksLag(settings, "bigquery")
-    try:
-        return sinks.now()["bigquery"]
-    finally:
-        sinks.close()
-
-
 def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:
     for mode in args.modes.split(","):
         say(f"--- BIGQUERY_WRITE_MODE={mode}")
@@ -110,10 +101,18 @@ def cmd_drain(settings: Settings, stack: LocalStack, args: argparse.Namespace) -
 
 
 def drain_once(settings: Settings, stack: LocalStack, events: int, mode: str) -> None:
-    if lag(settings):
-        say(f"  (the BigQuery sink is {lag(settings):,} records behind before the burst; they count too)")
-    env = {"PIPELINE_SINKS": "bigquery", "BIGQUERY_WRITE_MODE": mode}
-    total, seconds, sampler = burst_then_drain(stack, events, lambda: lag(settings), env, "bench-bigquery.log")
+    sinks = KafkaSinksLag(settings, "bigquery")  # one consumer for every poll of the lag
+
+    def lag() -> int:
+        return sinks.now()["bigquery"]
+
+    try:
+        if behind := lag():
+            say(f"  (the BigQuery sink is {behind:,} records behind before the burst; they count too)")
+        env = {"PIPELINE_SINKS": "bigquery", "BIGQUERY_WRITE_MODE": mode}
+        total, seconds, sampler = burst_then_drain(stack, events, lag, env, "bench-bigquery.log")
+    finally:
+        sinks.close()
     rate = total / seconds
     say(f"BIGQUERY DRAIN ({mode}): {total:,} records at {rate:,.0f} rows/s (bounded run, BigQuery lanes only)")
     for line in sampler.report():
