@@ -131,6 +131,7 @@ class ChangelogWatch:
         self.latencies: list[float] = []
         self.seen: set[int] = set()
         self.errors: list[str] = []
+        self.query_ms: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -141,12 +142,14 @@ class ChangelogWatch:
             query_parameters=[bigquery.ScalarQueryParameter("c", "STRING", self._prober.content_id)]
         )
         while not self._stop.is_set():
+            asked = time.monotonic()
             try:
                 rows = list(self._client.query(sql, job_config=config).result(timeout=60))
             except Exception as exc:  # noqa: BLE001 - a slow query is reported, and the watch goes on
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             now = time.monotonic()
+            self.query_ms.append((now - asked) * 1000)
             for row in rows:
                 committed = self._prober.committed.get(row["id"])
                 if row["id"] not in self.seen and committed is not None:
@@ -215,6 +218,8 @@ def latency_with_bigquery(
         + (f", {missing} not visible {args.linger:g} s after the load" if missing else "")
         + (f"; {len(watch.errors)} watch queries failed ({watch.errors[0]})" if watch.errors else "")
     )
+    # A probe counts from its commit to the end of the query that saw it: this is the resolution.
+    say(f"  the watch's queries: {describe(watch.query_ms, 'queries')}")
     if watch.latencies:
         say(f"  the last probe to appear took {watch.latencies[-1]:,.0f} ms (this grows while BigQuery falls behind)")
     p99_alone, p99_both = percentile(alone.latencies, 99), percentile(both.latencies, 99)

@@ -14,7 +14,8 @@ Before each round the Redis sinks' stored positions are rewritten as bare offset
 commit reads (``portable_positions``). Each round's full output goes to ``.bench/compare/``; the
 figures are read from the lines ``PIPELINE DRAIN: ... at N events/s``, ``on the topic -> on
 the board (the pipeline): p50 ...``, the CPU of the job, Prism and the emulator, the peak lag
-of the sinks with Kafka positions (``latency --sinks``) and ``bench_http``'s ``COMMIT -> RECEIVED``.
+of the sinks with Kafka positions (``latency --sinks``), ``bench_http``'s ``COMMIT -> RECEIVED`` and
+``bench_bigquery``'s ``COMMIT -> VISIBLE IN BIGQUERY``; of a benchmark with several phases, the last's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ _END_TO_END = re.compile(
     r"COMMIT -> LEADERBOARD at [\d,]+ events/s for \S+ s: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms"
 )
 _RECEIVED = re.compile(r"COMMIT -> RECEIVED at [\d,]+ events/s: p50 (\d+) ms, p90 (\d+) ms, p99 (\d+) ms")
+_VISIBLE = re.compile(
+    r"COMMIT -> VISIBLE IN BIGQUERY \(\w+\) at [\d,]+ events/s: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms"
+)
 _CORES = re.compile(r"^ +(job|prism|bigquery) +cpu +([\d.]+) cores", re.MULTILINE)
 _PEAK_LAG = re.compile(r"peak lag: (.*)$", re.MULTILINE)
 _SINK_LAG = re.compile(r"(\w+) ([\d,]+) records")
@@ -66,9 +70,9 @@ def figures(output: str) -> dict[str, float]:
     found: dict[str, float] = {}
     if match := _DRAIN.search(output):
         found["drain events/s"] = float(match.group(1).replace(",", ""))
-    for pattern, name in ((_PIPELINE, "topic->board"), (_END_TO_END, "commit->board")):
-        if match := pattern.search(output):
-            found.update(zip((f"{name} p{q} ms" for q in (50, 95, 99)), map(float, match.groups()), strict=True))
+    for pattern, name in ((_PIPELINE, "topic->board"), (_END_TO_END, "commit->board"), (_VISIBLE, "commit->visible")):
+        if matches := pattern.findall(output):  # the last phase's, for benchmarks with several
+            found.update(zip((f"{name} p{q} ms" for q in (50, 95, 99)), map(float, matches[-1]), strict=True))
     if match := _RECEIVED.search(output):
         found.update(
             zip(

@@ -38,3 +38,20 @@ def test_an_http_latency_round_gives_commit_to_received():
         "commit->received p90 ms": 180.0,
         "commit->received p99 ms": 259.0,
     }
+
+
+def test_a_bigquery_latency_round_gives_commit_to_visible_and_the_last_phase_s_board():
+    output = (
+        "  COMMIT -> LEADERBOARD at 3,333 events/s for 45 s: p50 40 ms, p95 90 ms, p99 121 ms, max 150 ms\n"
+        "  COMMIT -> LEADERBOARD at 3,333 events/s for 45 s: p50 49 ms, p95 153 ms, p99 308 ms, max 333 ms\n"
+        "COMMIT -> VISIBLE IN BIGQUERY (storage_write) at 3,333 events/s: p50 1836 ms, p95 3851 ms, p99 4850 ms,"
+        " max 5350 ms over 258 probes\n"
+    )
+    assert figures(output) == {
+        "commit->board p50 ms": 49.0,
+        "commit->board p95 ms": 153.0,
+        "commit->board p99 ms": 308.0,
+        "commit->visible p50 ms": 1836.0,
+        "commit->visible p95 ms": 3851.0,
+        "commit->visible p99 ms": 4850.0,
+    }
