@@ -29,6 +29,12 @@ columns but N-1 values were supplied"), or a row-count update written from a cop
 read before the patch, which dropped the new column from the catalog for good
 (``atomic_storage_write``).
 
+An append's row count reaches the catalog's DuckDB table behind the appends, one write per table
+a second (``row_counts_written_behind``): bqemulator 1.4.0 rewrote the table's whole catalog row
+(its schema as JSON) in every append, about a quarter of an append's CPU (docs/benchmarks.md).
+Every read goes through the catalog's cache, which has the count at once; an emulator killed
+within that second restarts with the count of a second before in its catalog, never fewer rows.
+
 Last, only the thread that started bqemulator's DuckDB engine (the event loop's, which serves
 every REST request) uses the engine's one DuckDB connection; any other thread (the gRPC server's
 handler threads: Storage Write appends, their catalog row-count updates, Storage Read sessions)
@@ -59,6 +65,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +157,11 @@ def atomic_storage_write() -> None:
             finally:
                 connection.unregister(registered)
             # The rows are in: what follows is bookkeeping, and must not undo the append.
-            meta = self._ctx.catalog.get_table(stream.project_id, stream.dataset_id, stream.table_id)
+            catalog = self._ctx.catalog
+            meta = catalog.get_table(stream.project_id, stream.dataset_id, stream.table_id)
             if meta is not None:
-                self._ctx.catalog.update_table(meta.model_copy(update={"num_rows": meta.num_rows + rows.num_rows}))
+                counted = meta.model_copy(update={"num_rows": meta.num_rows + rows.num_rows})
+                getattr(catalog, "count_rows", catalog.update_table)(counted)
             self._ctx.snapshots.record_change(stream.project_id, stream.dataset_id, stream.table_id)
 
     def perform_append_or_nothing(self: Any, stream: Any, rows: Any, offset: Any, max_buffered_rows: int) -> bytes:
@@ -179,6 +188,40 @@ def atomic_storage_write() -> None:
     handler._flush_to_target = flush_to_target  # type: ignore[method-assign]
     handler._perform_append = perform_append_or_nothing  # type: ignore[method-assign]
     handler._handle_finalize_write_stream = finalize_after_appends  # type: ignore[method-assign]
+
+
+def row_counts_written_behind(interval_s: float = 1.0) -> None:
+    """An append's new row count goes to the catalog's cache at once (every read sees it) and to the
+    catalog's DuckDB table at most ``interval_s`` later, one write per table for all the appends
+    between (module docstring)."""
+    from bqemulator.catalog.duckdb_repository import DuckDBCatalogRepository
+
+    def count_rows(self: Any, table: Any) -> None:
+        with CATALOG_LOCK:
+            self._cache.update_table(table)
+            pending = self.__dict__.setdefault("_launch_uncounted", set())
+            pending.add((table.project_id, table.dataset_id, table.table_id))
+            if self.__dict__.get("_launch_counter") is None:
+                self._launch_counter = threading.Thread(
+                    target=write_counts, args=(self,), name="row-counts", daemon=True
+                )
+                self._launch_counter.start()
+
+    def write_counts(self: Any) -> None:
+        while True:
+            time.sleep(interval_s)
+            with CATALOG_LOCK:
+                pending, self._launch_uncounted = self._launch_uncounted, set()
+                try:
+                    for ref in pending:
+                        table = self._cache.get_table(*ref)
+                        if table is not None:  # not dropped since
+                            self._write_table(table)
+                except Exception as exc:  # noqa: BLE001 - the next round tries again; the thread must live
+                    self._launch_uncounted |= pending
+                    print(f"launch.py: row counts not written yet: {exc}", file=sys.stderr, flush=True)
+
+    DuckDBCatalogRepository.count_rows = count_rows  # type: ignore[attr-defined]
 
 
 def one_connection_per_thread() -> None:
@@ -229,6 +272,7 @@ def main() -> None:
         no_time_travel_snapshots()
     add_columns_on_schema_update()
     atomic_storage_write()
+    row_counts_written_behind()
     one_connection_per_thread()
     from bqemulator.cli import main as bqemulator
 
