@@ -4,10 +4,13 @@ older commit and on the working tree, alternately, on the same stack, then the m
     python -m loadtest.compare_commits --base 96599ca --rounds 2 -- drain --events 300000
     python -m loadtest.compare_commits --base 96599ca --rounds 2 -- latency --rate 3333 --duration 60
     python -m loadtest.compare_commits --base 96599ca --module loadtest.bench_http -- latency --duration 60
+    python -m loadtest.compare_commits --base 96599ca --module loadtest.bench_bigquery --restart-emulator \
+        -- latency --rate 3333 --duration 45 --modes storage_write
 
 The older commit is checked out in a git worktree (``.bench/worktrees/<commit>``, kept for the next
 run) and runs with this checkout's venv, stack folder, Prism binary and emulator venv, so only the
-code differs.
+code differs; with ``--restart-emulator`` the stack's BigQuery emulator is restarted from each
+round's tree before the round, so a change to its launcher is compared too.
 Rounds alternate (after, before, after, before, ...) so that a machine that gets busier or quieter
 during the run weighs on both alike. The stack must be up (``make up``); run it on a quiet machine.
 Before each round the Redis sinks' stored positions are rewritten as bare offsets, which every
@@ -109,13 +112,33 @@ def portable_positions(settings: Settings) -> int:
     return rewritten
 
 
+# Run in a round's tree: the stack's emulator stopped and started from that tree's launcher.
+_RESTART_EMULATOR = """
+from infra.settings import Settings
+from infra.stack.local import LocalStack
+emulator = LocalStack(Settings()).bigquery.process
+emulator.stop(30)
+raise SystemExit(0 if emulator.start(120) else 1)
+"""
+
+
 def run_round(
-    tree: Path, label: str, round_no: int, bench_args: list[str], settings: Settings, bench: str
+    tree: Path,
+    label: str,
+    round_no: int,
+    bench_args: list[str],
+    settings: Settings,
+    bench: str,
+    *,
+    restart_emulator: bool = False,
 ) -> dict[str, float]:
     env_extra = {
         "STACK_DIR": str(settings.stack.dir),
         "PIPELINE_PRISM_BINARY": str(settings.pipeline.prism_binary),
     }
+    if restart_emulator:
+        env = {**os.environ, **env_extra}
+        subprocess.run([sys.executable, "-c", _RESTART_EMULATOR], cwd=tree, env=env, check=True)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     log = OUTPUT / f"{bench_args[0] if bench_args else 'bench'}-{label}-{round_no}.log"
     print(f"== round {round_no}, {label} ({tree}); {portable_positions(settings)} positions made portable", flush=True)
@@ -141,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="the older commit (before)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each (default 2)")
     parser.add_argument("--module", default="loadtest.bench_pipeline", help="the benchmark module to run")
+    parser.add_argument(
+        "--restart-emulator",
+        action="store_true",
+        help="before each round, restart the stack's BigQuery emulator from that round's tree (its launcher)",
+    )
     parser.add_argument("bench", nargs=argparse.REMAINDER, help="after --: the bench_pipeline arguments")
     args = parser.parse_args(argv)
     bench_args = [a for a in args.bench if a != "--"]
@@ -149,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {"after": [], "before": []}
     for round_no in range(1, args.rounds + 1):
         for label in ("after", "before"):
-            results[label].append(run_round(trees[label], label, round_no, bench_args, settings, args.module))
+            found = run_round(
+                trees[label], label, round_no, bench_args, settings, args.module, restart_emulator=args.restart_emulator
+            )
+            results[label].append(found)
     names = sorted({name for rounds in results.values() for found in rounds for name in found})
     print(
         f"\n{args.module} {' '.join(bench_args)}, {args.rounds} rounds each;"
