@@ -43,6 +43,9 @@ from infra.settings_views import StatusSettings as StatusSettings
 if TYPE_CHECKING:
     import redis
 
+# The runners a job can run on (pipeline/runners.py).
+Runner = Literal["prism", "flink", "dataflow", "direct"]
+
 
 def _none_if_empty(value: Any) -> Any:
     # An empty variable (as .env.example lists them) means unset: the secure-mode default applies.
@@ -499,7 +502,7 @@ class PipelineSettings(BaseSettings):
 
     model_config = _config("PIPELINE_")
 
-    runner: str = "prism"  # prism | flink | dataflow | direct (see pipeline/runners.py)
+    runner: Runner = "prism"  # see pipeline/runners.py
     prism_binary: Path = REPO_ROOT / ".stack" / "bin" / "prism"
     prism_port: int = 58073
     # On Prism, each event lane is dealt by partition into this many stages (pipeline.lanes.shards),

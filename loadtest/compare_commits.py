@@ -16,7 +16,7 @@ during the run weighs on both alike. The stack must be up (``make up``); run it 
 Before each round the Redis sinks' stored positions are rewritten as bare offsets, which every
 commit reads (``portable_positions``). Each round's full output goes to ``.bench/compare/``; the
 figures are read from the lines ``PIPELINE DRAIN: ... at N events/s``, ``on the topic -> on
-the board (the pipeline): p50 ...``, the CPU of the job, Prism and the emulator, the peak lag
+the board (the pipeline): p50 ...``, the CPU of the job, Prism and the emulator, the job's peak RSS, the peak lag
 of the sinks with Kafka positions (``latency --sinks``), ``bench_http``'s ``COMMIT -> RECEIVED`` and
 ``bench_bigquery``'s ``COMMIT -> VISIBLE IN BIGQUERY``; of a benchmark with several phases, the last's.
 """
@@ -47,6 +47,7 @@ _VISIBLE = re.compile(
     r"COMMIT -> VISIBLE IN BIGQUERY \(\w+\) at [\d,]+ events/s: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms"
 )
 _CORES = re.compile(r"^ +(job|prism|bigquery) +cpu +([\d.]+) cores", re.MULTILINE)
+_JOB_RSS = re.compile(r"^ +job +cpu +[\d.]+ cores +peak rss +(\d+) MiB", re.MULTILINE)
 _PEAK_LAG = re.compile(r"peak lag: (.*)$", re.MULTILINE)
 _SINK_LAG = re.compile(r"(\w+) ([\d,]+) records")
 
@@ -86,6 +87,8 @@ def figures(output: str) -> dict[str, float]:
         )
     for process, cores in _CORES.findall(output):
         found[f"{process} cores"] = float(cores)  # the last phase's, for benchmarks with several
+    if rss := _JOB_RSS.findall(output):
+        found["job peak rss MiB"] = float(rss[-1])
     if match := _PEAK_LAG.search(output):
         for sink, records in _SINK_LAG.findall(match.group(1)):
             found[f"{sink} peak lag records"] = float(records.replace(",", ""))

@@ -20,13 +20,13 @@ import argparse
 import logging
 import os
 import sys
+from typing import get_args
 
 import redis
 from pydantic import ValidationError
 
 from infra.process import StackError
-from infra.settings import LeaderboardSettings, PipelineSettings, Settings
-from pipeline.runners import RUNNERS
+from infra.settings import LeaderboardSettings, PipelineSettings, Runner, Settings
 from pipeline.supervisor import LockHeld, Supervisor
 from sinks.registry import lanes
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument(
         "--runner",
-        choices=RUNNERS,
+        choices=get_args(Runner),
         default=None,
         help="where the job runs (PIPELINE_RUNNER, default prism: local, built by make bootstrap)",
     )

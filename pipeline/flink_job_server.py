@@ -32,10 +32,10 @@ import grpc
 import httpx
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
+from infra.addresses import connect_host
 from infra.process import ServiceProcess, StackError, port_open, refuse_if_taken
 from infra.settings import Settings
 from infra.stack.flink_cluster import flink_classpath
-from pipeline.runners import connect_host
 
 _log = logging.getLogger(__name__)
 

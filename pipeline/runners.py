@@ -43,10 +43,9 @@ from __future__ import annotations
 import atexit
 import copy
 import gc
-import ipaddress
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final, get_args
 
 import grpc
 from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, PortableOptions
@@ -59,10 +58,11 @@ from apache_beam.transforms import environments
 from apache_beam.transforms.resources import ResourceHint
 from apache_beam.utils import thread_pool_executor
 
-from infra.settings import FlinkSettings
+from infra.addresses import address, bind_address
+from infra.settings import FlinkSettings, Runner
 from pipeline.worker_pool import WorkerPool
 
-RUNNERS = ("prism", "flink", "dataflow", "direct")
+RUNNERS: Final = get_args(Runner)
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600  # ten years: a streaming job runs until stopped
 
 # Beam's state sampler thread sleeps up to 200 ms between samples, and each bundle ends by joining
@@ -92,28 +92,6 @@ def tune_harness() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-
-
-def connect_host(host: str) -> str:
-    """The host a client on this machine connects to for a listener bound to ``host``: the host
-    itself, or ``127.0.0.1`` for a wildcard (every interface, loopback included)."""
-    try:
-        unspecified = ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        unspecified = not host
-    return "127.0.0.1" if unspecified else host
-
-
-def address(host: str, port: int) -> str:
-    """``host:port`` for a gRPC client of a listener bound to ``host`` (IPv6 in brackets)."""
-    host = connect_host(host)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def bind_address(host: str, port: int) -> str:
-    """``host:port`` for a gRPC server to listen on (an empty host: every interface)."""
-    host = host or "::"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class WorkerHint(ResourceHint):

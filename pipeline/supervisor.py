@@ -48,11 +48,10 @@ from types import FrameType
 
 import redis
 
+from infra.addresses import address, connect_host
 from infra.process import ServiceProcess, StackError, parent_death_signal, port_open, refuse_if_taken
 from infra.settings import REPO_ROOT, Settings
-from pipeline.flink_job_server import job_server_process, start_own_job_server
 from pipeline.instance_lock import LOST, MISSING, InstanceLock, LockHeld, Loss
-from pipeline.runners import address, connect_host
 from sinks.contract import REWOUND_MARKER
 from sinks.fencing import quick_client, restarts_key, rewound_key
 
@@ -195,6 +194,9 @@ class Supervisor:
         if runner == "prism":
             return prism_process(self.settings), start_own_prism
         if runner == "flink":
+            # Beam's job API, and so Beam, only here: the supervisor itself imports no Beam.
+            from pipeline.flink_job_server import job_server_process, start_own_job_server
+
             timeout = self.settings.flink.start_timeout_s
             return job_server_process(self.settings), lambda service: start_own_job_server(service, timeout)
         return None, start_own_prism

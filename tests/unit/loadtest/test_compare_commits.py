@@ -26,6 +26,7 @@ def test_a_latency_round_with_other_lanes_gives_the_board_the_cpu_and_the_peak_l
         "bigquery cores": 0.23,
         "prism cores": 0.14,
         "job cores": 0.54,
+        "job peak rss MiB": 611.0,
         "bigquery peak lag records": 35_112.0,
         "bigquery_content peak lag records": 1.0,
     }

@@ -10,10 +10,11 @@ import pytest
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2, endpoints_pb2
 
+from infra.addresses import address, connect_host
 from infra.process import StackError
 from infra.settings import FlinkSettings, PipelineSettings, Settings, StackSettings
 from pipeline.flink_job_server import embedded_config, job_server_process
-from pipeline.runners import PortableRunnerOnHost, address, connect_host, pipeline_options
+from pipeline.runners import PortableRunnerOnHost, pipeline_options
 
 
 def start_pool(host: str | None) -> tuple[beam_runner_api_pb2.Environment, list]:
