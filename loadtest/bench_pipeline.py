@@ -67,7 +67,7 @@ from loadtest.compare_commits import median_table
 from loadtest.probes import Prober
 from loadtest.procstats import ProcessSampler, describe, machine, percentile
 from pipeline.lanes import topic_name
-from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.kafka_positions import SinksLag
 from sinks.redis_leaderboard import RedisLeaderboardSink
 from sinks.redis_store import LEGACY_OFFSETS_KEY, positions_key
 from sinks.registry import lanes
@@ -209,21 +209,18 @@ class KafkaSinksLag:
     """The lag of the sinks of ``sinks`` whose positions are Kafka committed offsets, per sink."""
 
     def __init__(self, settings: Settings, sinks: str) -> None:
-        group = settings.pipeline.consumer_group
-        self._stores = {
-            spec.name: (
-                KafkaPositions(settings.kafka.client_config(), group_id(group, spec.name)),
-                topic_name(settings, lane),
-            )
+        topics = {
+            spec.name: topic_name(settings, lane)
             for lane in lanes(sinks, settings)
             for spec in lane.sinks
             if spec.positions_in == "kafka"
         }
-        self.peak = dict.fromkeys(self._stores, 0)
+        self._lag = SinksLag(settings.kafka.client_config(), settings.pipeline.consumer_group, topics)
+        self.peak = dict.fromkeys(topics, 0)
         self._next = 0.0
 
     def now(self) -> dict[str, int]:
-        lags = {name: sum(store.lag(topic).values()) for name, (store, topic) in self._stores.items()}
+        lags = self._lag.now()
         for name, behind in lags.items():
             self.peak[name] = max(self.peak[name], behind)
         return lags
@@ -241,8 +238,7 @@ class KafkaSinksLag:
         self.peak = dict.fromkeys(self.peak, 0)
 
     def close(self) -> None:
-        for store, _ in self._stores.values():
-            store.close()
+        self._lag.close()
 
 
 def cmd_latency(settings: Settings, stack: LocalStack, args: argparse.Namespace) -> None:

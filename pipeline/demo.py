@@ -22,16 +22,13 @@ from sinks.registry import lanes
 
 def wait_caught_up(settings: Settings, topics: dict[str, str], what: str, timeout_s: float = 120.0) -> None:
     """Until the non-atomic sinks in ``topics`` (sink -> topic) have stored their topics' end."""
-    from sinks.kafka_positions import KafkaPositions, group_id
+    from sinks.kafka_positions import SinksLag
 
-    stores = {
-        sink: KafkaPositions(settings.kafka.client_config(), group_id(settings.pipeline.consumer_group, sink))
-        for sink in topics
-    }
+    lag = SinksLag(settings.kafka.client_config(), settings.pipeline.consumer_group, topics)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
-            behind = sum(sum(stores[sink].lag(topic).values()) for sink, topic in topics.items())
+            behind = sum(lag.now().values())
             if behind == 0:
                 break
             if time.monotonic() > deadline:
@@ -40,8 +37,7 @@ def wait_caught_up(settings: Settings, topics: dict[str, str], what: str, timeou
             print(f"==> {what}: {behind:,} changes to go", flush=True)
             time.sleep(3)
     finally:
-        for store in stores.values():
-            store.close()
+        lag.close()
 
 
 def show_bigquery(settings: Settings) -> None:

@@ -167,6 +167,24 @@ class KafkaPositions:
         self._consumer.close()
 
 
+class SinksLag:
+    """How many records of its topic each sink with Kafka positions has not stored yet, by sink
+    name (``topics``: sink name -> topic); ``make demo`` and the benchmarks wait on it."""
+
+    def __init__(self, client_config: Mapping[str, Any], consumer_group: str, topics: Mapping[str, str]) -> None:
+        self._stores = {
+            sink: (KafkaPositions(client_config, group_id(consumer_group, sink)), topic)
+            for sink, topic in topics.items()
+        }
+
+    def now(self) -> dict[str, int]:
+        return {sink: sum(store.lag(topic).values()) for sink, (store, topic) in self._stores.items()}
+
+    def close(self) -> None:
+        for store, _ in self._stores.values():
+            store.close()
+
+
 @contextmanager
 def _available(what: str) -> Iterator[None]:
     """Every Kafka error is worth waiting out here (the driver retries positions forever): a broker
