@@ -195,13 +195,13 @@ class BigQuerySink(Sink[Any], abc.ABC):
                     ids.append(insert_id(getattr(record, "origin", None) or record.position))
         if per_partition:
             self._append_partitions(by_table, batch, outcome)
-            by_table = {}
-        for (_, table_id), (indexes, rows, ids) in by_table.items():
-            try:
-                with self._available(f"insert into {table_id}"):
-                    self._insert(table_id, rows, ids, indexes, outcome)
-            except SinkUnavailable as exc:
-                _retry_all(outcome, indexes, exc)
+        else:
+            for (_, table_id), (indexes, rows, ids) in by_table.items():
+                try:
+                    with self._available(f"insert into {table_id}"):
+                        self._insert(table_id, rows, ids, indexes, outcome)
+                except SinkUnavailable as exc:
+                    _retry_all(outcome, indexes, exc)
         for index in outcome.rejected:  # a record refused by one table is refused
             outcome.retry.pop(index, None)
         return outcome
