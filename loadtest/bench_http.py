@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from infra.http_receiver.client import ReceiverClient
 from infra.settings import Settings
@@ -32,7 +34,7 @@ from infra.stack.local import LocalStack
 from loadtest.bench_harness import say
 from loadtest.bench_pipeline import burst_then_drain, latency_phase
 from loadtest.procstats import describe, machine, percentile
-from sinks.kafka_positions import KafkaPositions, group_id
+from sinks.kafka_positions import KafkaPositions, SinksLag, group_id
 
 SINK = "http_default"  # HTTP_SINK_URL alone: one endpoint, "default"
 
@@ -57,26 +59,30 @@ def start_at_the_end(settings: Settings) -> dict[int, int]:
         store.close()
 
 
-def lag(settings: Settings) -> int:
-    store = positions(settings)
+@contextmanager
+def sink_lag(settings: Settings) -> Iterator[Callable[[], int]]:
+    """The HTTP sink's lag, polled through one consumer for the whole run."""
+    client = settings.kafka.client_config()
+    sinks = SinksLag(client, settings.pipeline.consumer_group, {SINK: settings.cdc.engagement_topic})
     try:
-        return sum(store.lag(settings.cdc.engagement_topic).values())
+        yield lambda: sinks.now()[SINK]
     finally:
-        store.close()
+        sinks.close()
 
 
 def cmd_throughput(settings: Settings, stack: LocalStack, receiver: ReceiverClient, args: argparse.Namespace) -> None:
     start_at_the_end(settings)
     receiver.reset()
     started: list[int] = []  # requests the receiver had when the sink started moving
-    total, elapsed, sampler = burst_then_drain(
-        stack,
-        args.events,
-        lambda: lag(settings),
-        sink_env(settings, "http"),
-        "bench-http.log",
-        on_start=lambda: started.append(receiver.stats()["requests"]),
-    )
+    with sink_lag(settings) as lag:
+        total, elapsed, sampler = burst_then_drain(
+            stack,
+            args.events,
+            lag,
+            sink_env(settings, "http"),
+            "bench-http.log",
+            on_start=lambda: started.append(receiver.stats()["requests"]),
+        )
     stats = receiver.stats()
     requests = stats["requests"] - started[0]
     say(
@@ -95,15 +101,16 @@ def cmd_latency(settings: Settings, stack: LocalStack, receiver: ReceiverClient,
         window["since_ms"] = int(time.time() * 1000)
 
     start_at_the_end(settings)
-    prober = latency_phase(
-        settings,
-        stack,
-        args.rate,
-        args.duration,
-        extra_env=sink_env(settings, "redis,http"),
-        before_load=before_load,
-        linger=lambda: lag(settings) == 0,
-    )
+    with sink_lag(settings) as lag:
+        prober = latency_phase(
+            settings,
+            stack,
+            args.rate,
+            args.duration,
+            extra_env=sink_env(settings, "redis,http"),
+            before_load=before_load,
+            linger=lambda: lag() == 0,
+        )
     stats = receiver.stats(since_ms=window["since_ms"])
     received = stats["lag_ms"]
     say(

@@ -46,6 +46,12 @@ _RECEIVED = re.compile(r"COMMIT -> RECEIVED at [\d,]+ events/s: p50 (\d+) ms, p9
 _VISIBLE = re.compile(
     r"COMMIT -> VISIBLE IN BIGQUERY \(\w+\) at [\d,]+ events/s: p50 (\d+) ms, p95 (\d+) ms, p99 (\d+) ms"
 )
+_LATENCIES = (
+    (_PIPELINE, "topic->board", (50, 95, 99)),
+    (_END_TO_END, "commit->board", (50, 95, 99)),
+    (_VISIBLE, "commit->visible", (50, 95, 99)),
+    (_RECEIVED, "commit->received", (50, 90, 99)),
+)
 _CORES = re.compile(r"^ +(job|prism|bigquery) +cpu +([\d.]+) cores", re.MULTILINE)
 _JOB_RSS = re.compile(r"^ +job +cpu +[\d.]+ cores +peak rss +(\d+) MiB", re.MULTILINE)
 _PEAK_LAG = re.compile(r"peak lag: (.*)$", re.MULTILINE)
@@ -74,17 +80,9 @@ def figures(output: str) -> dict[str, float]:
     found: dict[str, float] = {}
     if match := _DRAIN.search(output):
         found["drain events/s"] = float(match.group(1).replace(",", ""))
-    for pattern, name in ((_PIPELINE, "topic->board"), (_END_TO_END, "commit->board"), (_VISIBLE, "commit->visible")):
+    for pattern, name, quantiles in _LATENCIES:
         if matches := pattern.findall(output):  # the last phase's, for benchmarks with several
-            found.update(zip((f"{name} p{q} ms" for q in (50, 95, 99)), map(float, matches[-1]), strict=True))
-    if match := _RECEIVED.search(output):
-        found.update(
-            zip(
-                ("commit->received p50 ms", "commit->received p90 ms", "commit->received p99 ms"),
-                map(float, match.groups()),
-                strict=True,
-            )
-        )
+            found.update(zip((f"{name} p{q} ms" for q in quantiles), map(float, matches[-1]), strict=True))
     for process, cores in _CORES.findall(output):
         found[f"{process} cores"] = float(cores)  # the last phase's, for benchmarks with several
     if rss := _JOB_RSS.findall(output):
