@@ -48,10 +48,6 @@ class BigQuerySettings(BaseSettings):
     # Google recommends 500 rows per insertAll; the API allows 50,000 rows and 10 MB.
     max_rows_per_request: int = Field(default=500, ge=1, le=50_000)
     max_request_bytes: int = Field(default=9_000_000, ge=100_000, le=10_000_000)
-    # Storage Write: how many of a flush's partitions append at once, each on its own stream (1: one
-    # after another); a partition's own appends stay in order. For BigQuery itself, which takes
-    # appends in parallel; the emulator runs them one at a time (docs/bigquery.md).
-    append_concurrency: int = Field(default=1, ge=1, le=64)
     # One insertAll call: its HTTP timeout, and how long the client itself retries it.
     request_timeout_s: float = Field(default=10.0, gt=0)
     call_retry_deadline_s: float = Field(default=15.0, gt=0)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -126,7 +125,6 @@ class BigQuerySink(Sink[Any], abc.ABC):
         self.limits = BatchLimits(max_records=max_records, max_bytes=settings.max_request_bytes)
         self._appender: StreamAppender | None = None  # built in open() for BIGQUERY_WRITE_MODE=storage_write
         self._arrow: dict[tuple[str, int], pa.Schema] = {}  # (table id, columns) -> Arrow schema (Storage Write)
-        self._appenders: ThreadPoolExecutor | None = None  # a flush's partitions, appending at once
 
     def open(self) -> None:
         self.client = make_client(self.settings)
@@ -136,14 +134,8 @@ class BigQuerySink(Sink[Any], abc.ABC):
         if self.settings.write_mode == "storage_write":
             writer = StorageWriter(make_write_client(self.settings), self.settings.request_timeout_s)
             self._appender = StreamAppender(writer)
-            concurrency = self.settings.append_concurrency
-            if concurrency > 1:
-                self._appenders = ThreadPoolExecutor(concurrency, thread_name_prefix=f"{self.name}-append")
 
     def close(self) -> None:
-        if self._appenders is not None:
-            self._appenders.shutdown(wait=True)
-            self._appenders = None
         positions = getattr(self, "_positions", None)
         if positions is not None:
             positions.close()
@@ -193,15 +185,15 @@ class BigQuerySink(Sink[Any], abc.ABC):
                     indexes.append(index)
                     rows.append(row)
                     ids.append(insert_id(getattr(record, "origin", None) or record.position))
-        if per_partition:
-            self._append_partitions(by_table, batch, outcome)
-        else:
-            for (_, table_id), (indexes, rows, ids) in by_table.items():
-                try:
-                    with self._available(f"insert into {table_id}"):
-                        self._insert(table_id, rows, ids, indexes, outcome)
-                except SinkUnavailable as exc:
-                    _retry_all(outcome, indexes, exc)
+        for (partition, table_id), (indexes, rows, ids) in by_table.items():
+            if per_partition:
+                self._append(partition, table_id, rows, indexes, batch, outcome)
+                continue
+            try:
+                with self._available(f"insert into {table_id}"):
+                    self._insert(table_id, rows, ids, indexes, outcome)
+            except SinkUnavailable as exc:
+                _retry_all(outcome, indexes, exc)
         for index in outcome.rejected:  # a record refused by one table is refused
             outcome.retry.pop(index, None)
         return outcome
@@ -215,31 +207,6 @@ class BigQuerySink(Sink[Any], abc.ABC):
         # With the columns added to engagement_events so far: an Arrow batch has only the columns
         # of its schema, so without them Storage Write dropped those values.
         return [*CHANGES_SCHEMA, *(added_field(name, kind) for name, kind in self.dataset.added.items())]
-
-    def _append_partitions(
-        self,
-        by_table: Mapping[tuple[str, str], tuple[list[int], list[dict[str, Any]], list[str]]],
-        batch: Any,
-        outcome: Outcome,
-    ) -> None:
-        """Storage Write: each partition's appends in order, the partitions at once (up to
-        ``BIGQUERY_APPEND_CONCURRENCY``), so a flush waits about one append's round trip, not one
-        per partition. A partition's streams and state are touched by one thread only."""
-        by_partition: dict[str, list[tuple[str, list[int], list[dict[str, Any]]]]] = {}
-        for (partition, table_id), (indexes, rows, _) in by_table.items():
-            by_partition.setdefault(partition, []).append((table_id, indexes, rows))
-
-        def append_partition(partition: str) -> Outcome:
-            own = Outcome()
-            for table_id, indexes, rows in by_partition[partition]:
-                self._append(partition, table_id, rows, indexes, batch, own)
-            return own
-
-        pool = self._appenders
-        run = map if pool is None or len(by_partition) < 2 else pool.map
-        for own in run(append_partition, list(by_partition)):
-            outcome.rejected.update(own.rejected)
-            outcome.retry.update(own.retry)
 
     def _append(
         self,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
@@ -261,57 +259,3 @@ def test_storage_write_batches_are_bounded_by_bytes_not_by_the_insert_all_row_co
 
     assert limits("insert_all") == BatchLimits(max_records=500, max_bytes=9_000_000)
     assert limits("storage_write") == BatchLimits(max_records=20_000, max_bytes=9_000_000)
-
-
-class BarrierWriter(RecordingWriter):
-    """Appends that go on only once ``parties`` of them are in flight together; the one whose
-    first row is ``refused`` fails as BigQuery unavailable."""
-
-    def __init__(self, parties: int, refused: int) -> None:
-        super().__init__()
-        self.barrier = threading.Barrier(parties, timeout=5)
-        self.lock = threading.Lock()
-        self.refused = refused
-
-    def create(self, table_id: str) -> Stream:
-        with self.lock:
-            return super().create(table_id)
-
-    def append(self, stream: Stream, rows) -> None:
-        self.barrier.wait()  # BrokenBarrierError when the partitions append one after another
-        if rows.to_pylist()[0]["id"] == self.refused:
-            raise api.ServiceUnavailable("append refused")
-        with self.lock:
-            super().append(stream, rows)
-
-
-def test_a_flush_s_partitions_append_at_once_and_each_keeps_its_own_outcome():
-    import msgspec
-
-    from infra.settings import BigQuerySettings, KafkaSettings
-    from sinks.bigquery import BigQueryChangesSink
-    from sinks.contract import Batch
-
-    from .test_bigquery_sink import NOW, enriched
-
-    settings = BigQuerySettings(project_id="p", dataset="analytics", append_concurrency=4)
-    sink = BigQueryChangesSink(settings, KafkaSettings(), "g", clock=lambda: NOW)
-    sink.dataset, sink._positions = ColumnsDataset(), NoPositions()  # type: ignore[assignment]
-    writer = BarrierWriter(parties=4, refused=20)
-    sink._appender = StreamAppender(writer)  # type: ignore[arg-type]
-    sink._appenders = ThreadPoolExecutor(settings.append_concurrency)
-    records = []
-    for partition in range(4):  # ids 10p and 10p + 1 on partition p
-        for n in range(2):
-            change = enriched(partition * 10 + n)
-            position = msgspec.structs.replace(change.position, partition=partition)
-            records.append(msgspec.structs.replace(change, position=position))
-    try:
-        outcome = sink.write(Batch(records, {}, {}))
-    finally:
-        sink.close()
-    assert outcome.rejected == {}
-    assert sorted(outcome.retry) == [4, 5]  # partition 2's records, and only them
-    assert "append refused" in outcome.retry[4].reason
-    appended = sorted([r["id"] for r in rows] for rows in writer.rows.values() if rows)
-    assert appended == [[0, 1], [10, 11], [30, 31]]
