@@ -163,7 +163,7 @@ def run_once(bq: BigQuerySettings, pid: int, size: int, args: argparse.Namespace
     client = make_client(bq)
     table_id = f"{bq.dataset_ref}.bqemu_concurrency_{size}_{uuid.uuid4().hex[:8]}"
     client.create_table(bigquery.Table(table_id, schema=CHANGES_SCHEMA))
-    writer = StorageWriter(make_write_client(bq), args.call_timeout)
+    writer = StorageWriter(make_write_client(bq), args.call_timeout, args.call_timeout)
     batch = changelog_batch(size)
     # Paced: every writer sends its share of --rate, one batch at a time.
     seconds_per_batch = args.writers * size / args.rate if args.rate else 0.0

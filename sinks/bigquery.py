@@ -132,7 +132,8 @@ class BigQuerySink(Sink[Any], abc.ABC):
         self._positions = KafkaPositions(self._kafka, self._group)
         self._retry = bigquery.DEFAULT_RETRY.with_timeout(self.settings.call_retry_deadline_s)
         if self.settings.write_mode == "storage_write":
-            writer = StorageWriter(make_write_client(self.settings), self.settings.request_timeout_s)
+            s = self.settings
+            writer = StorageWriter(make_write_client(s), s.request_timeout_s, s.call_retry_deadline_s)
             self._appender = StreamAppender(writer)
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import grpc
 import pyarrow as pa
 from google.api_core import exceptions as api
+from google.api_core import retry as retries
 from google.api_core.client_options import ClientOptions
 from google.cloud import bigquery_storage_v1
 from google.cloud.bigquery_storage_v1 import types
@@ -50,6 +51,7 @@ _ARROW_TYPES: Final = {
     "TIMESTAMP": pa.timestamp("us", tz="UTC"),
     "JSON": pa.string(),
 }
+_ALREADY_EXISTS: Final = grpc.StatusCode.ALREADY_EXISTS.value[0]
 
 
 @dataclass
@@ -108,11 +110,29 @@ def make_write_client(settings: BigQuerySettings) -> bigquery_storage_v1.BigQuer
 
 
 class StorageWriter:
-    """Create, append to and finalize committed streams; no knowledge of positions."""
+    """Create, append to and finalize committed streams; no knowledge of positions.
 
-    def __init__(self, client: bigquery_storage_v1.BigQueryWriteClient, timeout_s: float) -> None:
+    The client's own retries are bounded here, or off. Its defaults retry CreateWriteStream for up
+    to 20 minutes and AppendRows for a day, so an outage held a flush inside one call. Worse,
+    AppendRows takes an iterator of requests, and the client's retry calls again with the iterator
+    the first try consumed: the second try sends nothing and the reply stream ends empty. An append
+    is therefore tried once (``retry=None``), and an empty reply is an unavailable service: the
+    sink's ``RetryPolicy`` sends a new request at the same offset, which BigQuery answers
+    ALREADY_EXISTS if the first try landed.
+    """
+
+    def __init__(
+        self, client: bigquery_storage_v1.BigQueryWriteClient, timeout_s: float, retry_deadline_s: float
+    ) -> None:
         self._client = client
         self._timeout = timeout_s
+        self._retry = retries.Retry(
+            initial=0.1,
+            maximum=2.0,
+            multiplier=1.3,
+            predicate=retries.if_exception_type(api.ServiceUnavailable, api.ResourceExhausted, api.DeadlineExceeded),
+            timeout=retry_deadline_s,
+        )
 
     @staticmethod
     def table_path(table_id: str) -> str:
@@ -123,6 +143,7 @@ class StorageWriter:
         stream = self._client.create_write_stream(
             parent=self.table_path(table_id),
             write_stream=types.WriteStream(type_=types.WriteStream.Type.COMMITTED),
+            retry=self._retry,
             timeout=self._timeout,
         )
         return Stream(stream.name, 0)
@@ -130,7 +151,8 @@ class StorageWriter:
     def finalize(self, stream: Stream) -> int | None:
         """The stream's real row count, or None if the stream is gone."""
         try:
-            return int(self._client.finalize_write_stream(name=stream.name, timeout=self._timeout).row_count)
+            reply = self._client.finalize_write_stream(name=stream.name, retry=self._retry, timeout=self._timeout)
+            return int(reply.row_count)
         except api.NotFound:
             return None
 
@@ -145,14 +167,16 @@ class StorageWriter:
             ),
         )
         try:
-            response = next(iter(self._client.append_rows(iter([request]), timeout=self._timeout)))
+            replies = self._client.append_rows(iter([request]), retry=None, timeout=self._timeout)
+            response = next(iter(replies), None)
+            if response is None:
+                raise api.ServiceUnavailable(f"AppendRows to {stream.name} ended without a reply")
+            code, message = response.error.code, response.error.message
         except api.AlreadyExists:
-            response = None
-        if response is not None and response.error.code:
-            code = response.error.code
-            if code != grpc.StatusCode.ALREADY_EXISTS.value[0]:
-                status = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.INTERNAL)
-                raise api.from_grpc_status(status, response.error.message)
+            code, message = _ALREADY_EXISTS, ""
+        if code and code != _ALREADY_EXISTS:
+            status = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.INTERNAL)
+            raise api.from_grpc_status(status, message)
         # ALREADY_EXISTS: an earlier try of this same append landed (its reply was lost). The rows
         # at this offset are these rows (a retry sends the same ones, in order): it is applied.
         stream.rows += batch.num_rows

@@ -75,7 +75,7 @@ def test_insert_all_into_an_unknown_table_is_not_found(endpoint: NullBigQuery, s
 def test_append_rows_at_the_streams_offsets_are_counted(
     endpoint: NullBigQuery, settings: BigQuerySettings, table_id: str
 ) -> None:
-    writer = StorageWriter(make_write_client(settings), timeout_s=10)
+    writer = StorageWriter(make_write_client(settings), timeout_s=10, retry_deadline_s=10)
     schema = arrow_schema(CHANGES_SCHEMA)
     stream = writer.create(table_id)
     for base, n in ((0, 5), (5, 7)):
@@ -91,7 +91,7 @@ def test_append_rows_at_the_streams_offsets_are_counted(
 def test_an_append_past_the_streams_end_is_refused(
     endpoint: NullBigQuery, settings: BigQuerySettings, table_id: str
 ) -> None:
-    writer = StorageWriter(make_write_client(settings), timeout_s=10)
+    writer = StorageWriter(make_write_client(settings), timeout_s=10, retry_deadline_s=10)
     batch = record_batch(sample_rows(2, 0)[0], arrow_schema(CHANGES_SCHEMA))
     stream = writer.create(table_id)
     with pytest.raises(api.OutOfRange):
