@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Literal
 
 import httpx
@@ -48,8 +48,8 @@ METRICS: Final[dict[str, tuple[Kind, str, tuple[str, ...]]]] = {
     ),
     "engagement_source_lag_records": (
         "gauge",
-        "Records between the source's position and the partition's end offset",
-        ("topic", "partition"),
+        "Records between a lane's source position and the partition's end offset",
+        ("lane", "topic", "partition"),
     ),
     "engagement_decode": ("counter", "Records decoded, by topic kind and outcome", ("kind", "outcome")),
     "engagement_join": (
@@ -176,6 +176,10 @@ class Level(_Handle):
         self.child().set(value)
         if self._beam is not None:
             self._beam.set(int(value))
+
+    def track(self, value: Callable[[], float]) -> None:
+        """From now on Prometheus reads ``value()`` at each scrape; ``set`` then feeds the Beam twin."""
+        self.child().set_function(value)
 
 
 class Spread(_Handle):

@@ -91,13 +91,18 @@ def prism_workers(settings: Settings) -> int:
     return settings.pipeline.prism_workers if lane_shards(settings) > 1 else 1
 
 
+def lane_name(lane: Lane) -> str:
+    """The lane in its consumer group's name and in the ``lane`` label of the source's lag."""
+    return lane.label.lower()
+
+
 def consumer_config(settings: Settings, lane: Lane | None = None) -> dict[str, str]:
     """Each lane has its own consumer group (``<PIPELINE_CONSUMER_GROUP>.<lane>``): its own
     consumers in the source's pool, and its own lag in ordinary Kafka tooling (the source commits
     there for monitoring only; positions live in the sinks)."""
     group = settings.pipeline.consumer_group
     if lane is not None:
-        group = f"{group}.{lane.label.lower()}"
+        group = f"{group}.{lane_name(lane)}"
     return settings.kafka.client_config(**{"group.id": group})
 
 
@@ -135,7 +140,7 @@ def source(plan: LanePlan, settings: Settings) -> beam.PTransform:
         kafkaio.check_plans(plan.partitions)
         service = kafkaio.expansion_service(settings.pipeline.kafkaio_expansion_service)
         return kafkaio.ReadWithKafkaIO(topic_name(settings, plan.lane, parked=plan.parked), config, service)
-    return ReadKafkaPartitions(plan.partitions, config, tuning(settings, plan.lane))
+    return ReadKafkaPartitions(plan.partitions, config, tuning(settings, plan.lane), lane_name(plan.lane))
 
 
 class WriteLane(beam.PTransform):

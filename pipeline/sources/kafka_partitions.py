@@ -57,6 +57,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from infra import telemetry
 from pipeline.model import KafkaRecord, SourcePosition
+from pipeline.sources import lag
 from pipeline.sources.discovery import discover_partitions
 from pipeline.sources.end_offsets import END_OFFSETS
 from pipeline.sources.flink_subtasks import spread
@@ -153,9 +154,10 @@ _RESTRICTIONS = ReaderRestrictions(END_OFFSETS)
 class ReadPartitionsFn(beam.DoFn):
     """Reads the partitions of one ``ReaderSpec``; see the module docstring for the contract."""
 
-    def __init__(self, consumer_config: dict[str, Any], tuning: SourceTuning) -> None:
+    def __init__(self, consumer_config: dict[str, Any], tuning: SourceTuning, lane: str) -> None:
         self._config = consumer_config
         self._tuning = tuning
+        self._lane = lane  # lanes read the same partitions: each has its own lag
         self._records = telemetry.counter("engagement_source_records", ("source", "records"))
         self._idle_calls = telemetry.counter("engagement_source_idle_calls", ("source", "idle_calls"))
         self._resets = telemetry.counter("engagement_source_offset_out_of_range", ("source", "offset_out_of_range"))
@@ -356,11 +358,13 @@ class ReadPartitionsFn(beam.DoFn):
             if gauge is None:
                 gauge = self._lag[(topic, partition)] = telemetry.gauge(
                     "engagement_source_lag_records",
-                    ("source", f"lag_{topic}_{partition}"),
+                    ("source", f"lag_{self._lane}_{topic}_{partition}"),
+                    lane=self._lane,
                     topic=topic,
                     partition=str(partition),
                 )
-            gauge.set(behind)
+            gauge.set(behind)  # the Beam twin; Prometheus reads the lag when scraped
+            lag.track(gauge, self._config, (self._lane, topic, partition), position)
             newest = reader.newest_ms.get(partition)
             mark = idle if caught_up else (Timestamp(micros=newest * 1000) if newest is not None else None)
             if mark is None:
@@ -384,17 +388,21 @@ def records(batch: RecordBatch) -> list[KafkaRecord]:
 
 
 class ReadKafkaPartitions(beam.PTransform):
-    """``PBegin -> PCollection[RecordBatch]`` for the given partitions, in ``tuning.readers`` readers."""
+    """``PBegin -> PCollection[RecordBatch]`` for the given partitions, in ``tuning.readers`` readers;
+    ``lane`` names the reading lane in the lag metric."""
 
-    def __init__(self, specs: list[PartitionSpec], consumer_config: dict[str, Any], tuning: SourceTuning) -> None:
+    def __init__(
+        self, specs: list[PartitionSpec], consumer_config: dict[str, Any], tuning: SourceTuning, lane: str
+    ) -> None:
         super().__init__()
         self._readers = spread(readers(specs, tuning.readers), tuning.subtasks)
         self._config = consumer_config
         self._tuning = tuning
+        self._lane = lane
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
             | "Readers" >> beam.Create(self._readers)
-            | "ReadPartitions" >> beam.ParDo(ReadPartitionsFn(self._config, self._tuning))
+            | "ReadPartitions" >> beam.ParDo(ReadPartitionsFn(self._config, self._tuning, self._lane))
         )

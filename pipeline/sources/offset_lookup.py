@@ -15,7 +15,8 @@ TIMEOUT_S = 10.0
 
 
 class OffsetLookup:
-    def __init__(self, consumer_config: dict[str, Any]) -> None:
+    def __init__(self, consumer_config: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
+        self._timeout = timeout_s
         self._consumer = Consumer(
             {
                 **consumer_config,
@@ -25,7 +26,7 @@ class OffsetLookup:
         )
 
     def partitions(self, topic: str) -> list[int]:
-        meta = self._consumer.list_topics(topic, timeout=TIMEOUT_S).topics.get(topic)
+        meta = self._consumer.list_topics(topic, timeout=self._timeout).topics.get(topic)
         if meta is None or meta.error is not None:
             raise RuntimeError(f"topic {topic!r} is not available: {getattr(meta, 'error', 'missing')}")
         return sorted(meta.partitions)
@@ -33,7 +34,7 @@ class OffsetLookup:
     def ends(self, topic: str) -> dict[int, int]:
         """``{partition: end offset}`` (the next offset to be written)."""
         return {
-            p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)[1]
+            p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self._timeout)[1]
             for p in self.partitions(topic)
         }
 
@@ -42,7 +43,7 @@ class OffsetLookup:
         no such record maps to its end offset (nothing to read from there)."""
         ends = self.ends(topic)
         asked = [TopicPartition(topic, p, timestamp_ms) for p in ends]
-        found = self._consumer.offsets_for_times(asked, timeout=TIMEOUT_S)
+        found = self._consumer.offsets_for_times(asked, timeout=self._timeout)
         return {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition]) for tp in found}
 
     def close(self) -> None:

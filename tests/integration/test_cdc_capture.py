@@ -313,7 +313,7 @@ def test_the_pipeline_source_reads_a_change_at_the_bound(at_bound: AtBound, sett
     with beam.Pipeline(runner=FnApiRunner()) as p:
         read = (
             p
-            | ReadKafkaPartitions([spec], consumer_config(settings), SourceTuning())
+            | ReadKafkaPartitions([spec], consumer_config(settings), SourceTuning(), "capture_test")
             | beam.FlatMap(records)
             | beam.Map(lambda record: (record.position.offset, record.value))
         )

@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings import BigQuerySettings, Settings
 from infra.stack.kafka_admin import TopicSpec, admin_client, end_offsets, ensure_topics
@@ -164,12 +166,30 @@ def test_a_30_s_emulator_outage_is_waited_out_and_the_board_is_unaffected(
         # While BigQuery is still gone, the leaderboards have every change and equal SQL.
         wait_caught_up(settings, timeout=25)
         assert_redis_matches_sql(settings)
+        # The job's metrics tell the two lanes apart: the leaderboards read to the end, the
+        # BigQuery lane waits for its sink while the topic grew.
+        during = source_lag(settings, settings.cdc.engagement_topic)
         assert time.monotonic() - down_at < 30  # the checks above ran during the outage
+        assert set(during["leaderboards"].values()) == {0}
+        assert sum(during["bigquery"].values()) > 0, during["bigquery"]
+        assert set(during["leaderboards"]) == set(during["bigquery"]) == set(range(16))
         time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
         emulator.process.start(settings.stack.start_timeout_s)
         wait_bigquery_caught_up(settings, timeout=240)
         assert pipeline.alive()
+        assert set(source_lag(settings, settings.cdc.engagement_topic)["bigquery"].values()) == {0}
     assert_view_matches_sql(settings)
+
+
+def source_lag(settings: Settings, topic: str) -> dict[str, dict[int, float]]:
+    """``{lane: {partition: records behind}}`` for ``topic``, from one scrape of the job's endpoint."""
+    lag: dict[str, dict[int, float]] = {}
+    for family in text_string_to_metric_families(httpx.get(settings.metrics.url, timeout=10).text):
+        if family.name == "engagement_source_lag_records":
+            for sample in family.samples:
+                if sample.labels["topic"] == topic:
+                    lag.setdefault(sample.labels["lane"], {})[int(sample.labels["partition"])] = sample.value
+    return lag
 
 
 def test_the_audit_table_keeps_every_envelope_as_it_arrived(stack: LocalStack, settings: Settings):

@@ -83,8 +83,8 @@ def test_the_job_endpoint_merges_its_worker_processes():
     joins = Counter("engagement_join", "", ["outcome"], registry=worker)
     joins.labels(outcome="unit_merge").inc(5)
     joins.labels(outcome="unit_worker_only").inc(2)
-    Gauge("engagement_source_lag_records", "", ["topic", "partition"], registry=worker).labels(
-        topic="unit", partition="1"
+    Gauge("engagement_source_lag_records", "", ["lane", "topic", "partition"], registry=worker).labels(
+        lane="unit", topic="unit", partition="1"
     ).set(7)
     worker_port = free_port()
     start_http_server(worker_port, addr="127.0.0.1", registry=worker)
@@ -92,11 +92,11 @@ def test_the_job_endpoint_merges_its_worker_processes():
     urls = [f"http://127.0.0.1:{worker_port}/metrics", f"http://127.0.0.1:{free_port()}/metrics"]  # one down
     assert telemetry.serve(job, also=urls) == job.port
     telemetry.counter("engagement_join", outcome="unit_merge").inc(3)
-    telemetry.gauge("engagement_source_lag_records", topic="unit", partition="1").set(4)
+    telemetry.gauge("engagement_source_lag_records", lane="unit", topic="unit", partition="1").set(4)
     body = httpx.get(job.url, timeout=5).text
     assert 'engagement_join_total{outcome="unit_merge"} 8.0' in body
     assert 'engagement_join_total{outcome="unit_worker_only"} 2.0' in body
-    assert 'engagement_source_lag_records{partition="1",topic="unit"} 7.0' in body
+    assert 'engagement_source_lag_records{lane="unit",partition="1",topic="unit"} 7.0' in body
     assert body.count("# TYPE engagement_join_total counter") + body.count("# TYPE engagement_join counter") == 1
 
 

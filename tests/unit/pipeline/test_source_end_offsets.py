@@ -80,7 +80,7 @@ class Watermark:
 
 
 def test_the_reader_records_every_partitions_cached_end_after_a_call():
-    fn = ReadPartitionsFn({}, SourceTuning())
+    fn = ReadPartitionsFn({}, SourceTuning(), "unit")
     fn.setup()
     fn._ends = cache = EndOffsetCache()
     consumer = Marks({0: 120, 1: 55, 2: -1001})

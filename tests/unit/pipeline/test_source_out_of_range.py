@@ -24,7 +24,7 @@ class FakeConsumer:
 
 
 def setup(low: int, high: int, position: int):
-    fn = ReadPartitionsFn({}, SourceTuning())
+    fn = ReadPartitionsFn({}, SourceTuning(), "unit")
     consumer = FakeConsumer(low, high)
     reader = _Reader(consumer, {3: position}, {})  # type: ignore[arg-type]
     tracker = PartitionOffsetsTracker(PartitionOffsets((3,), (position,), (UNBOUNDED,)))
