@@ -66,8 +66,8 @@ def test_status_running_then_stopped_then_behind(stack, settings: Settings, db, 
         assert "sink: outcome=written,sink=redis_leaderboard" in report["stages"]
         assert report["freshness"]["leaderboard"]["commit_ts_ms"] is not None
         assert 'engagement_sink_records_total{outcome="written",sink="redis_leaderboard"}' in metrics
-        lag = f'engagement_source_lag_records{{lane="leaderboards",partition="0",topic="{settings.cdc.engagement_topic}"}}'
-        assert lag in metrics
+        topic = settings.cdc.engagement_topic
+        assert f'engagement_source_lag_records{{lane="leaderboards",partition="0",topic="{topic}"}}' in metrics
 
     code, report = run_status(settings)
     no_pipeline = f"no pipeline is running for consumer group {group} (nobody holds its instance lock)"
