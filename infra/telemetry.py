@@ -18,7 +18,9 @@ only, and find their Prometheus child on first use in the worker.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import platform
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Literal
@@ -39,6 +41,7 @@ Kind = Literal["counter", "gauge", "histogram"]
 
 # name -> (kind, help, label names). Counters get Prometheus's "_total" suffix from the client.
 METRICS: Final[dict[str, tuple[Kind, str, tuple[str, ...]]]] = {
+    "engagement_build_info": ("gauge", "Always 1; the labels say what runs", ("version", "python", "beam")),
     "engagement_source_records": ("counter", "Kafka records read by the source, all topics", ()),
     "engagement_source_idle_calls": ("counter", "Source calls that found nothing to read", ()),
     "engagement_source_offset_out_of_range": (
@@ -92,12 +95,16 @@ METRICS: Final[dict[str, tuple[Kind, str, tuple[str, ...]]]] = {
         ("sink",),
     ),
     "engagement_sink_last_flush_timestamp_seconds": ("gauge", "When a sink last completed a flush", ("sink",)),
-    "engagement_sink_state": ("gauge", "A sink's own gauges (e.g. future_buckets_skipped)", ("sink", "name")),
+    "engagement_leaderboard_future_buckets_skipped": (
+        "counter",
+        "Minute-bucket updates the leaderboard sink skipped: an event_ts beyond LEADERBOARD_MAX_CLOCK_SKEW_MINUTES",
+        ("sink",),
+    ),
     "engagement_dead_letters": ("counter", "Dead letters produced, by stage", ("stage",)),
     "engagement_http_breaker_state": (
         "gauge",
-        "An HTTP endpoint's circuit breaker: 0 closed, 1 half-open, 2 open",
-        ("endpoint",),
+        "An HTTP endpoint's circuit breaker: 1 for its current state (closed, half_open, open), 0 for the others",
+        ("endpoint", "state"),
     ),
     "engagement_http_reply_problems": (
         "counter",
@@ -256,6 +263,16 @@ class _Merged:
             yield merged
 
 
+def build_info() -> None:
+    """``engagement_build_info``: the project's, Python's and Beam's versions, as a series of value 1."""
+    try:
+        version = importlib.metadata.version("engagement-pipeline")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        version = "unknown"
+    beam = importlib.metadata.version("apache-beam")
+    gauge("engagement_build_info", version=version, python=platform.python_version(), beam=beam).set(1)
+
+
 def serve(settings: MetricsSettings, also: list[str] | None = None) -> int | None:
     """Serve ``/metrics`` on the configured port, once per process; the port, or None when off.
     ``also``: endpoints of the job's other processes, merged into every scrape (``_Merged``).
@@ -264,6 +281,7 @@ def serve(settings: MetricsSettings, also: list[str] | None = None) -> int | Non
     never stop the job."""
     if settings.port == 0:
         return None
+    build_info()
     key = (settings.host, settings.port)
     with _families_lock:
         if key in _served:

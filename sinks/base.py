@@ -104,7 +104,7 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         self._flush_s = telemetry.histogram("engagement_sink_flush_seconds", (name, "flush_ms"), sink=name)
         self._commit_lag_s = telemetry.histogram("engagement_sink_commit_lag_seconds", sink=name)
         self._last_flush = telemetry.gauge("engagement_sink_last_flush_timestamp_seconds", sink=name)
-        self._states: dict[str, telemetry.Level] = {}
+        self._states: dict[str, Any] = {}  # the sink's own gauges, as Beam gauges
         self._letter_counts: dict[str, telemetry.Count] = {}
         self._regressions: dict[tuple[str, str], telemetry.Count] = {}
         self._newest_commit_ms: int | None = None
@@ -168,13 +168,11 @@ class SinkWriteFn(beam.DoFn, Generic[T]):
         if self._newest_commit_ms:
             self._commit_lag_s.observe(max(0.0, now - self._newest_commit_ms / 1000))
         name = self._flusher.sink.name
-        for gauge, value in self._flusher.sink.gauges().items():
-            level = self._states.get(gauge)
-            if level is None:
-                level = self._states[gauge] = telemetry.gauge(
-                    "engagement_sink_state", (name, gauge), sink=name, name=gauge
-                )
-            level.set(value)
+        for gauge, value in self._flusher.sink.gauges().items():  # Prometheus has them from the sink itself
+            beam_gauge = self._states.get(gauge)
+            if beam_gauge is None:
+                beam_gauge = self._states[gauge] = beam.metrics.Metrics.gauge(name, gauge)
+            beam_gauge.set(value)
         for regression in report.regressions:
             where = (regression.partition, regression.kind)
             regressions = self._regressions.get(where)

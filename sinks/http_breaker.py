@@ -225,8 +225,15 @@ class Publisher(pybreaker.CircuitBreakerListener):
         self._clock = clock
         self._last = -1e9
         self.last_failure = ""
-        self._state = telemetry.gauge("engagement_http_breaker_state", endpoint=endpoint)
-        self._state.set(0)
+        self._states = {
+            state: telemetry.gauge("engagement_http_breaker_state", endpoint=endpoint, state=state.replace("-", "_"))
+            for state in STATES
+        }
+        self._show(pybreaker.STATE_CLOSED)
+
+    def _show(self, current: str) -> None:
+        for state, series in self._states.items():
+            series.set(1 if state == current else 0)
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
         _log.warning(
@@ -236,7 +243,7 @@ class Publisher(pybreaker.CircuitBreakerListener):
             new.name,
             f" (last failure: {self.last_failure})" if new.name == pybreaker.STATE_OPEN else "",
         )
-        self._state.set(STATES.get(new.name, 2))
+        self._show(new.name if new.name in STATES else pybreaker.STATE_OPEN)
         self.touch(cb, force=True, state=new.name)
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:

@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from infra import telemetry
 from infra.settings import LeaderboardSettings, RedisSettings
 from sinks.contract import APPLIED, Batch, Outcome, SinkUnavailable
 from sinks.leaderboard_deltas import Deltas, aggregate
@@ -101,6 +102,7 @@ class RedisLeaderboardSink(RedisSink):
         self._roll_in_background = roll_in_background
         self._stop = threading.Event()
         self.future_buckets_skipped = 0
+        self._future_skipped = telemetry.counter("engagement_leaderboard_future_buckets_skipped", sink=self.name)
 
     @property
     def key(self) -> str:
@@ -145,6 +147,7 @@ class RedisLeaderboardSink(RedisSink):
         added, future = within_skew(deltas.buckets, now + b.max_clock_skew_minutes)
         taken, future_taken = within_skew(deltas.taken, now + b.max_clock_skew_minutes)
         self.future_buckets_skipped += future + future_taken
+        self._future_skipped.inc(future + future_taken)
         buckets = {**added, **taken}
         args.append(len(buckets))
         for minute, _, content_type in buckets:

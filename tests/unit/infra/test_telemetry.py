@@ -1,4 +1,6 @@
+import importlib.metadata
 import pickle
+import platform
 import socket
 
 import httpx
@@ -45,7 +47,7 @@ def test_undeclared_names_wrong_kinds_and_wrong_labels_are_refused():
     with pytest.raises(KeyError):
         telemetry.counter("engagement_typo")
     with pytest.raises(ValueError, match="is a gauge, not a counter"):
-        telemetry.counter("engagement_sink_state", sink="s", name="n")
+        telemetry.counter("engagement_sink_last_flush_timestamp_seconds", sink="s")
     with pytest.raises(ValueError, match="needs labels"):
         telemetry.counter("engagement_sink_flushes", endpoint="x")
 
@@ -104,3 +106,13 @@ def test_worker_urls_follow_the_job_port():
     settings = MetricsSettings(host="127.0.0.1", port=59464)
     assert telemetry.worker_urls(settings, 3) == ["http://127.0.0.1:59465/metrics", "http://127.0.0.1:59466/metrics"]
     assert telemetry.worker_urls(settings, 1) == [] and telemetry.worker_urls(MetricsSettings(port=0), 3) == []
+
+
+def test_every_served_endpoint_says_which_versions_run():
+    job = MetricsSettings(host="127.0.0.1", port=free_port())
+    assert telemetry.serve(job) == job.port
+    lines = httpx.get(job.url, timeout=5).text.splitlines()
+    [info] = [line for line in lines if line.startswith("engagement_build_info{")]
+    beam = importlib.metadata.version("apache-beam")
+    assert f'beam="{beam}"' in info and f'python="{platform.python_version()}"' in info
+    assert info.endswith(" 1.0")

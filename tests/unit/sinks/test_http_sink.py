@@ -4,6 +4,7 @@ import httpx
 import msgspec
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from infra.settings import HttpSinkSettings
 from sinks.contract import Batch, Retry
@@ -233,11 +234,21 @@ def test_after_the_reset_timeout_one_trial_closes_the_breaker_and_the_rest_goes_
     sink.write(batch(enriched(0)))
     sink.write(batch(enriched(0)))
     assert sink.gauges() == {"breaker_state": 2}
+    assert breaker_series("default") == {"closed": 0, "half_open": 0, "open": 1}
     clock.now += 10.5
     outcome = sink.write(batch(enriched(1), enriched(2), enriched(3)))
     assert outcome.complete
     assert sink.gauges() == {"breaker_state": 0}
+    assert breaker_series("default") == {"closed": 1, "half_open": 0, "open": 0}
     assert len(endpoint.requests) == 2 + 3
+
+
+def breaker_series(endpoint: str) -> dict[str, float | None]:
+    """``engagement_http_breaker_state`` of ``endpoint``, one value per state, as Prometheus has it."""
+    return {
+        state: REGISTRY.get_sample_value("engagement_http_breaker_state", {"endpoint": endpoint, "state": state})
+        for state in ("closed", "half_open", "open")
+    }
 
 
 def test_a_failed_trial_opens_the_breaker_again_and_everything_waits_another_reset_timeout():

@@ -7,6 +7,7 @@ import time
 
 import fakeredis
 import pytest
+from prometheus_client import REGISTRY
 
 from infra.settings import LeaderboardSettings, RedisSettings
 from sinks.flush import Flusher
@@ -98,6 +99,11 @@ def test_an_update_of_a_negative_event_moves_its_seconds():
 
 
 def test_taking_back_an_event_that_was_beyond_the_clock_skew_skips_its_bucket_whatever_its_sign():
+    def skipped() -> float:
+        labels = {"sink": RedisLeaderboardSink.name}
+        return REGISTRY.get_sample_value("engagement_leaderboard_future_buckets_skipped_total", labels) or 0.0
+
+    before = skipped()
     board = Board()
     soon = MINUTE + 30  # beyond the 5-minute skew now
     board.write(add(-2.0, minute=soon), add(2.0, minute=soon))
@@ -106,6 +112,7 @@ def test_taking_back_an_event_that_was_beyond_the_clock_skew_skips_its_bucket_wh
     board.write(take(-2.0, minute=soon))
     assert not board.client.exists(f"engagement:minute:{soon}")
     assert board.sink.gauges() == {"future_buckets_skipped": 1}
+    assert skipped() - before == 1
 
 
 def test_a_content_type_outside_the_boards_counts_on_unknown_and_rolls_out_of_the_window():
