@@ -17,10 +17,11 @@ the flags here override the runner and the mode; anything after ``--`` goes to B
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from typing import get_args
+from typing import Final, get_args
 
 import redis
 from pydantic import ValidationError
@@ -29,6 +30,23 @@ from infra.process import StackError
 from infra.settings import LeaderboardSettings, PipelineSettings, Runner, Settings
 from pipeline.supervisor import LockHeld, Supervisor
 from sinks.registry import lanes
+
+# The views of a running pipeline and the operator's commands: modules of their own, each with a
+# main(argv) and its own flags, imported only when named (the supervisor stays without Beam).
+COMMANDS: Final = {
+    "status": ("pipeline.status.__main__", "what runs, each sink's lag, capture, rates, dead letters, breakers"),
+    "dashboard": ("pipeline.dashboard.__main__", "serve the live leaderboard page"),
+    "backfill": ("pipeline.backfill.__main__", "fill empty sinks from the tables, then hand over to the stream"),
+    "rebuild-redis": ("pipeline.rebuild", "rebuild the Redis boards from Kafka into fresh keys, swap them in"),
+    "replay": ("pipeline.replay", "write one sink's records again from a time or from offsets"),
+}
+
+
+def commands_help() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["commands (python -m pipeline COMMAND --help for its flags):"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def settings_help() -> str:
@@ -47,9 +65,10 @@ def settings_help() -> str:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
-        description=(__doc__ or "").split("\n")[0],
-        epilog=f"Everything after -- is passed to Beam's PipelineOptions.\n\n{settings_help()}\n"
-        "What each setting does: docs/pipeline.md.",
+        usage="python -m pipeline [options] [-- BEAM_OPTIONS ...]\n       python -m pipeline COMMAND [...]",
+        description="Run the engagement pipeline under its supervisor, or one of the commands below.",
+        epilog=f"{commands_help()}\n\nEverything after -- is passed to Beam's PipelineOptions.\n\n"
+        f"{settings_help()}\nWhat each setting does: docs/pipeline.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -85,27 +104,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The views of a running pipeline are commands of their own, with their own flags.
-    if argv[:1] == ["status"]:
-        from pipeline.status.__main__ import main as status
-
-        return status(argv[1:])
-    if argv[:1] == ["dashboard"]:
-        from pipeline.dashboard.__main__ import main as dashboard
-
-        return dashboard(argv[1:])
-    if argv[:1] == ["rebuild-redis"]:
-        from pipeline.rebuild import main as rebuild
-
-        return rebuild(argv[1:])
-    if argv[:1] == ["replay"]:
-        from pipeline.replay import main as replay
-
-        return replay(argv[1:])
-    if argv[:1] == ["backfill"]:
-        from pipeline.backfill.__main__ import main as backfill
-
-        return backfill(argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:
+        command: int = importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+        return command
     args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Flags become environment variables, so the job process the supervisor starts reads the same
