@@ -112,6 +112,21 @@ if [ ! -x "$PRISM" ] || [ "$(cat "$PRISM.version" 2>/dev/null)" != "$PRISM_BUILD
   echo "$PRISM_BUILD" > "$PRISM.version"
 fi
 
+# --- compose-config: docker-compose.yml loaded by Docker Compose's own loader ---------------------
+# No Docker engine runs here; make test loads the Compose file with compose-go, pinned in
+# infra/compose_config/go.mod (tests/unit/infra/test_compose_file.py).
+COMPOSE_CONFIG="$ROOT/.stack/bin/compose-config"
+COMPOSE_BUILD=$(cat infra/compose_config/main.go infra/compose_config/go.mod infra/compose_config/go.sum | sha1sum | cut -c1-12)
+if [ ! -x "$COMPOSE_CONFIG" ] || [ "$(cat "$COMPOSE_CONFIG.version" 2>/dev/null)" != "$COMPOSE_BUILD" ]; then
+  command -v go >/dev/null 2>&1 || die "Go 1.24 or newer is needed to build compose-config; install it from go.dev or your distribution"
+  step "building compose-config (Docker Compose's loader, compose-go) for the Compose file's test (about a minute the first time)"
+  mkdir -p "$ROOT/.stack/bin"
+  log="$ROOT/.stack/go-build-compose-config.log"
+  (cd infra/compose_config && go build -o "$COMPOSE_CONFIG" .) >"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "building compose-config failed (full log: ${log#$ROOT/})"; }
+  echo "$COMPOSE_BUILD" > "$COMPOSE_CONFIG.version"
+fi
+
 # --- Beam's Flink job server (only with --flink: make flink-bootstrap) ---------------------------
 # Maven Central has no beam-runners-flink-*-job-server jar: the runner module and its dependencies
 # stand in for it (infra/maven/flink/pom.xml, pipeline/flink_job_server.py). About 160 MB.

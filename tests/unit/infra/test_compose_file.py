@@ -18,8 +18,11 @@ Each check returns the problems it finds, so the tests also show it finds them i
 """
 
 import json
+import os
 import re
+import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -503,3 +506,61 @@ def test_the_secret_check_finds_a_password_handed_to_a_service_that_does_not_use
 def test_no_secret_is_shared_through_the_common_environment():
     # x-app-env reaches most services: a password there would reach all of them.
     assert not [key for key in _raw()["x-app-env"] if SECRET_NAME.search(key) and key not in NOT_SECRETS]
+
+
+# --- Docker Compose's own loader ---------------------------------------------------------------
+
+COMPOSE_CONFIG = REPO_ROOT / ".stack" / "bin" / "compose-config"  # built by make bootstrap
+PROFILES = {
+    "kafka3": {"kafka-2", "kafka-3"},
+    "pipeline": {"pipeline", "dashboard"},
+    "flink": FLINK_SERVICES,
+    "monitoring": {"prometheus", "grafana"},
+}
+
+
+def loaded(path: Path, *profiles: str) -> tuple[int, str, set[str]]:
+    """``docker compose [--profile P ...] config`` of ``path`` by compose-go, with nothing set in
+    the environment: the exit code, the error, and the services ``up`` would start."""
+    if not COMPOSE_CONFIG.exists():
+        pytest.fail(f"{COMPOSE_CONFIG.relative_to(REPO_ROOT)} is missing: run make bootstrap")
+    result = subprocess.run(
+        [str(COMPOSE_CONFIG), str(path), *profiles],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(path.parent)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stderr.strip(), set(result.stdout.split())
+
+
+def test_a_plain_up_loads_in_docker_composes_loader_with_nothing_set():
+    assert loaded(COMPOSE) == (0, "", BASE_SERVICES)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_each_profile_loads_with_nothing_set_and_adds_its_services(profile):
+    assert loaded(COMPOSE, profile) == (0, "", BASE_SERVICES | PROFILES[profile])
+
+
+def test_the_loader_refuses_a_required_variable_even_in_a_profile_not_started(tmp_path):
+    # Why Grafana's password is checked by its container, not by ${GRAFANA_ADMIN_PASSWORD:?}.
+    doc = compose()
+    doc["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] = "${GRAFANA_ADMIN_PASSWORD:?set it}"
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump(doc))
+    code, error, _ = loaded(broken)
+    assert (code, error) == (
+        1,
+        "error while interpolating services.grafana.environment.GF_SECURITY_ADMIN_PASSWORD: "
+        "required variable GRAFANA_ADMIN_PASSWORD is missing a value: set it",
+    )
+
+
+def test_grafana_refuses_to_start_without_its_password():
+    grafana = compose()["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    guard = interpolate(grafana["entrypoint"])[-1]
+    refuse = '{ echo "set GRAFANA_ADMIN_PASSWORD" >&2; exit 1; }'
+    assert guard == f'[ -n "$GF_SECURITY_ADMIN_PASSWORD" ] || {refuse}; exec /run.sh'  # /run.sh: the image's own
