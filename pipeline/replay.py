@@ -34,9 +34,12 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from confluent_kafka import KafkaException
+
 from infra.process import parent_death_signal
 from infra.settings import REPO_ROOT, Settings
 from pipeline.lanes import topic_name
+from pipeline.progress import follow
 from pipeline.rebuild import free_port
 from pipeline.sources.offset_lookup import OffsetLookup
 from sinks.fencing import fence_key, lock_key
@@ -141,7 +144,8 @@ class Replay:
             sum(stop - start for start, stop in chosen.values()),
         )
 
-    def run(self, report: Report) -> Report:
+    def run(self, report: Report, *, progress: bool | None = None) -> Report:
+        """Send the range; ``progress``: the bar on stderr (None: when it is a terminal)."""
         began = time.monotonic()
         if not report.records:
             return report
@@ -156,16 +160,17 @@ class Replay:
                 "PIPELINE_PRISM_PORT": str(free_port()),
                 "METRICS_PORT": "0",
             }
-            with self.log_path.open("ab") as log:
-                code = subprocess.run(
+            sent = KafkaPositions(self.settings.kafka.client_config(), group_id(self.group, self.spec.name))
+            with self.log_path.open("ab") as log, contextlib.closing(sent):
+                run = subprocess.Popen(
                     [sys.executable, "-m", "pipeline", "--bounded"],
                     cwd=REPO_ROOT,
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    check=False,
                     preexec_fn=parent_death_signal(),  # the run dies with the command
-                ).returncode
+                )
+                code = follow(run, report.records, lambda: self._sent(sent, report), what=report.sink, show=progress)
             if code != 0:
                 raise RuntimeError(f"the replay's bounded run exited with {code}; its log: {self.log_path}")
             self._check_done(report)
@@ -185,6 +190,17 @@ class Replay:
                 store.store({f"{self.topic}:{p}": Position(o) for p, o in offsets.items()})
             finally:
                 store.close()
+
+    def _sent(self, store: KafkaPositions, report: Report) -> int | None:
+        """Records of the range the replay's positions cover so far; None if Kafka does not answer."""
+        try:
+            got = {int(k.rpartition(":")[2]): p.next_offset for k, p in store.load([self.topic]).items()}
+        except KafkaException:
+            return None
+        return sum(
+            min(max(got.get(p, start), start), report.stop_offsets[p]) - start
+            for p, start in report.from_offsets.items()
+        )
 
     def _check_done(self, report: Report) -> None:
         store = KafkaPositions(self.settings.kafka.client_config(), group_id(self.group, self.spec.name))
@@ -223,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return REFUSED_EXIT
     if not args.dry_run:
-        report = replay.run(report)
+        report = replay.run(report, progress=False if args.json else None)
     if args.json:
         print(json.dumps(asdict(report)))
     else:
