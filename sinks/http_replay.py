@@ -32,6 +32,7 @@ import orjson
 import pybreaker
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from infra.settings import Settings
 from sinks.contract import RetryPolicy
@@ -84,7 +85,9 @@ class Replayer:
         self._breaker = make_breaker(f"replay.{route.endpoint}", breaker_config(hs))
         self._last_failure = ""
 
-    def run(self) -> Report:
+    def run(self, *, progress: bool | None = None) -> Report:
+        """Send this endpoint's letters; ``progress``: a bar of the letters read, on stderr (None:
+        when it is a terminal)."""
         report = Report(self._route.endpoint)
         consumer = Consumer(
             self._settings.kafka.client_config(
@@ -92,12 +95,16 @@ class Replayer:
             )
         )
         try:
-            for partition, start, end in self._ranges(consumer):
-                report.partitions[partition] = start
-                if not report.stopped:
-                    self._replay_partition(consumer, partition, start, end, report)
-                else:
-                    report.unread += max(0, end - start)
+            ranges = self._ranges(consumer)
+            total = sum(max(0, end - start) for _, start, end in ranges)
+            disable = None if progress is None else not progress
+            with tqdm(total=total, desc=self._route.endpoint, unit="letter", disable=disable, file=sys.stderr) as bar:
+                for partition, start, end in ranges:
+                    report.partitions[partition] = start
+                    if not report.stopped:
+                        self._replay_partition(consumer, partition, start, end, report, bar)
+                    else:
+                        report.unread += max(0, end - start)
         finally:
             consumer.close()
             self._http.close()
@@ -119,7 +126,9 @@ class Replayer:
             ranges.append((tp.partition, start, high))
         return ranges
 
-    def _replay_partition(self, consumer: Consumer, partition: int, start: int, end: int, report: Report) -> None:
+    def _replay_partition(
+        self, consumer: Consumer, partition: int, start: int, end: int, report: Report, bar: tqdm
+    ) -> None:
         if start >= end:
             return
         consumer.assign([TopicPartition(self._topic, partition, start)])
@@ -135,6 +144,7 @@ class Replayer:
             if message.error() is not None:
                 raise KafkaException(message.error())
             last_read = time.monotonic()
+            bar.update(message.offset() + 1 - offset)
             offset = message.offset() + 1
             letter = self._letter(message, report)
             if letter is not None:
@@ -244,7 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Wait until the endpoint is back and the breaker has closed, then run it again.", file=sys.stderr)
         return EXIT_REFUSED
     try:
-        reports = [Replayer(settings, routes[name], from_beginning=args.from_beginning).run() for name in chosen]
+        progress = False if args.json else None
+        reports = [
+            Replayer(settings, routes[name], from_beginning=args.from_beginning).run(progress=progress)
+            for name in chosen
+        ]
     except KafkaException as exc:
         print(f"error: Kafka: {exc}; nothing more was replayed (what was is tracked)", file=sys.stderr)
         return EXIT_STOPPED
