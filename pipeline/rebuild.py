@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import redis
+from tqdm import tqdm
 
 from infra.process import parent_death_signal, stop_group, tail
 from infra.settings import REPO_ROOT, Settings
@@ -107,6 +108,13 @@ def topic_ends(lookup: OffsetLookup, settings: Settings) -> Offsets:
     }
 
 
+def copied(first_lag: int, first_targets: int, lag: int, targets: int) -> tuple[int, int]:
+    """``(done, total)`` of the copy for its progress bar: the work is the lag it started with plus
+    what the targets moved on since; done is that less the lag now (pure)."""
+    total = first_lag + max(0, targets - first_targets)
+    return max(0, total - lag), total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,6 +143,7 @@ class Rebuild:
         timeout_s: float = 3_600.0,
         run_id: str | None = None,
         say: Callable[[str], None] = print,
+        progress: bool | None = None,
     ) -> None:
         self.settings = settings
         self.max_pause_s = max_pause_s
@@ -146,6 +155,7 @@ class Rebuild:
         self.group = f"{settings.pipeline.consumer_group}.rebuild-{self.run_id}"
         self.client = settings.redis.client()
         self.say = say
+        self.progress = progress  # the catch-up's bar on stderr; None: when it is a terminal
         self.log_path = settings.stack.dir / "logs" / f"rebuild-{self.run_id}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -200,21 +210,28 @@ class Rebuild:
     def _catch_up(self, lookup: OffsetLookup, live_running: bool, deadline: float) -> None:
         last_said = 0.0
         previous, still_since = -1, time.monotonic()
-        while True:
-            self._check_copy(deadline)
-            lag = behind(stored(self.client, self.copy), self._targets(lookup, live_running))
-            now = time.monotonic()
-            if lag != previous:
-                previous, still_since = lag, now
-            # With no live pipeline the target is the topics' ends; a copy that stops short of them
-            # (nothing left it can read) is as far as it gets, and the swap is still exact.
-            if lag <= self.catch_up_lag and (live_running or lag == 0 or now - still_since > 5):
-                self.say(f"copy caught up: {lag} records behind the {'live sinks' if live_running else 'topic ends'}")
-                return
-            if now - last_said > 5:
-                self.say(f"copy: {lag} records behind")
-                last_said = now
-            time.sleep(0.5)
+        first: tuple[int, int] | None = None
+        disable = None if self.progress is None else not self.progress
+        with tqdm(desc="copy", unit="record", disable=disable, file=sys.stderr) as bar:
+            while True:
+                self._check_copy(deadline)
+                targets = self._targets(lookup, live_running)
+                lag = behind(stored(self.client, self.copy), targets)
+                first = first or (lag, sum(targets.values()))
+                bar.n, bar.total = copied(*first, lag, sum(targets.values()))
+                bar.refresh()
+                now = time.monotonic()
+                if lag != previous:
+                    previous, still_since = lag, now
+                # With no live pipeline the target is the topics' ends; a copy that stops short of
+                # them (nothing left it can read) is as far as it gets, and the swap is still exact.
+                if lag <= self.catch_up_lag and (live_running or lag == 0 or now - still_since > 5):
+                    break
+                if bar.disable and now - last_said > 5:
+                    self.say(f"copy: {lag} records behind")
+                    last_said = now
+                time.sleep(0.5)
+        self.say(f"copy caught up: {lag} records behind the {'live sinks' if live_running else 'topic ends'}")
 
     def _pause_and_swap(self, lookup: OffsetLookup, live_running: bool, report: Report) -> bool:
         held = redis_swap.pause(self.client, self.live, int(self.max_pause_s * 1000))
@@ -281,7 +298,13 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or Settings()
-    rebuild = Rebuild(settings, max_pause_s=args.max_pause_s, catch_up_lag=args.catch_up_lag, timeout_s=args.timeout_s)
+    rebuild = Rebuild(
+        settings,
+        max_pause_s=args.max_pause_s,
+        catch_up_lag=args.catch_up_lag,
+        timeout_s=args.timeout_s,
+        progress=False if args.json else None,
+    )
     try:
         report = rebuild.run()
     except (RebuildFailed, redis_swap.PauseHeld, redis_swap.PositionsBehind) as exc:

@@ -57,3 +57,12 @@ def test_stop_offsets_read_only_the_named_partitions_up_to_their_offset():
         PartitionSpec("t", 1, 0, 50),  # never past the end taken at start
         PartitionSpec("p", 0, 7, 7),  # not named: nothing
     ]
+
+
+def test_the_copys_progress_is_its_first_lag_plus_what_the_targets_moved_less_the_lag_now():
+    from pipeline.rebuild import copied
+
+    assert copied(1_000, 50_000, 1_000, 50_000) == (0, 1_000)  # the start
+    assert copied(1_000, 50_000, 400, 50_200) == (800, 1_200)  # the live sinks wrote 200 more
+    assert copied(1_000, 50_000, 0, 50_000) == (1_000, 1_000)  # caught up
+    assert copied(1_000, 50_000, 1_500, 50_000) == (0, 1_000)  # never below nothing
