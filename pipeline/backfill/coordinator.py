@@ -18,12 +18,15 @@ job, store the boundary in the sinks (docs/operations.md, "Backfill from Postgre
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from tqdm import tqdm
 
 from infra.settings import Settings
 from pipeline.backfill.envelopes import CONTENT, EVENTS, SnapshotInfo, Split, backfill_topic, id_splits
@@ -58,8 +61,16 @@ class Report:
         return sum(self.rows.values()) / self.job_s if self.job_s else 0.0
 
 
+PROGRESS_EVERY_S = 5.0
+
+
 def say(message: str) -> None:
     print(message, flush=True)
+
+
+def share_done(splits: Sequence[Split]) -> tuple[int, int]:
+    """``(ids behind the stored positions, ids in all)`` over the splits: the job's progress (pure)."""
+    return sum(s.resume - s.start for s in splits), sum(s.stop - s.start for s in splits)
 
 
 class Backfill:
@@ -216,7 +227,7 @@ class Backfill:
                 p = Pipeline(options=options)
                 build(p, s, current)
                 began = time.monotonic()
-                state = str(p.run().wait_until_finish())
+                state = self._wait(p.run(), current.splits)
                 report.job_s += time.monotonic() - began
                 if state in ("DONE", "PipelineState.DONE"):
                     return
@@ -224,6 +235,33 @@ class Backfill:
             raise Refused(f"the backfill job failed {s.backfill.job_attempts} times; see the log above")
         finally:
             prism.stop(10)
+
+    def _wait(self, result: Any, splits: Sequence[Split]) -> str:
+        """The job's end state; meanwhile, on a terminal, a bar of the id ranges the sinks' stored
+        positions cover, read every ``PROGRESS_EVERY_S`` (the read opens each sink: not more often).
+        The wait runs in a daemon thread, so Ctrl-C still ends the command at once."""
+        outcome: list[Any] = []
+
+        def wait() -> None:
+            try:
+                outcome.append(result.wait_until_finish())
+            except BaseException as exc:  # noqa: BLE001 - raised again below, in the command's thread
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait, name="backfill-wait", daemon=True)
+        waiter.start()
+        done, total = share_done(splits)
+        bar_format = "{desc}: {percentage:3.0f}% of the id ranges|{bar}| {elapsed}<{remaining}"
+        bar = tqdm(total=total, initial=done, desc="backfill", bar_format=bar_format, disable=None, file=sys.stderr)
+        with bar:
+            while waiter.is_alive():
+                waiter.join(None if bar.disable else PROGRESS_EVERY_S)
+                if waiter.is_alive():
+                    now, _ = share_done(self.resume_points(splits))
+                    bar.update(max(0, now - bar.n))
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return str(outcome[0])
 
     def handover(self, boundaries: dict[str, Boundary]) -> None:
         s = self.settings

@@ -175,3 +175,11 @@ def test_id_splits_cover_the_range_without_gaps() -> None:
     assert id_splits(1, 10, 3) == [(1, 4), (4, 7), (7, 11)]
     assert id_splits(5, 5, 4) == [(5, 6)]
     assert id_splits(None, None, 4) == []
+
+
+def test_the_backfills_progress_is_the_share_of_the_id_ranges_behind_the_stored_positions():
+    from pipeline.backfill.coordinator import share_done
+    from pipeline.backfill.envelopes import CONTENT, EVENTS, Split
+
+    splits = [Split(EVENTS, 0, 1, 501, 401), Split(EVENTS, 1, 501, 1001, 501), Split(CONTENT, 0, 0, 20, 20)]
+    assert share_done(splits) == (420, 1020)
