@@ -11,6 +11,20 @@ VENV="$ROOT/.venv"
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# Runs a long step with its output in LOG. On a terminal its latest line stays in view, one line
+# rewritten in place (pip's and Maven's own bars need a terminal of their own, which a log is not).
+logged() {
+  local log=$1; shift
+  if [ -t 1 ]; then
+    local width status
+    width=$(( $(tput cols 2>/dev/null || echo 100) - 6 ))
+    "$@" 2>&1 | tee "$log" | while IFS= read -r line; do printf '\r\033[K    %s' "${line:0:$width}"; done
+    status=("${PIPESTATUS[@]}")
+    printf '\r\033[K'
+    return "${status[0]}"
+  fi
+  "$@" >"$log" 2>&1
+}
 
 # --- Debian packages --------------------------------------------------------------------------
 packages=()
@@ -55,7 +69,7 @@ if [ ! -e "$stamp" ]; then
   step "installing Python dependencies into .venv (Apache Beam takes a few minutes the first time)"
   log="$ROOT/.stack/pip-install.log"
   mkdir -p "$ROOT/.stack"
-  { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install --progress-bar off -e '.[dev]'; } >"$log" 2>&1 \
+  logged "$log" bash -c '"$1/bin/pip" install --upgrade pip && "$1/bin/pip" install --progress-bar off -e ".[dev]"' _ "$VENV" \
     || { tail -n 30 "$log" >&2; die "pip install failed (full log: ${log#$ROOT/})"; }
   rm -f "$VENV"/.installed-*
   touch "$stamp"
@@ -71,7 +85,7 @@ if [ ! -e "$stamp" ]; then
   log="$ROOT/.stack/pip-install-bqemu.log"
   mkdir -p "$ROOT/.stack"
   [ -x "$BQEMU_VENV/bin/python" ] || "$PYTHON" -m venv "$BQEMU_VENV"
-  { "$BQEMU_VENV/bin/pip" install --upgrade pip && "$BQEMU_VENV/bin/pip" install --progress-bar off -r "$BQEMU_REQ"; } >"$log" 2>&1 \
+  logged "$log" bash -c '"$1/bin/pip" install --upgrade pip && "$1/bin/pip" install --progress-bar off -r "$2"' _ "$BQEMU_VENV" "$BQEMU_REQ" \
     || { tail -n 30 "$log" >&2; die "installing the BigQuery emulator failed (full log: ${log#$ROOT/})"; }
   rm -f "$BQEMU_VENV"/.installed-*
   touch "$stamp"
@@ -86,7 +100,7 @@ fetch_jars() {  # name pom target extra-args...
   rm -rf "$target"
   mkdir -p "$target"
   local log="$ROOT/.stack/mvn-$(basename "$(dirname "$pom")").log"
-  mvn -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$target" "$@" >"$log" 2>&1 \
+  logged "$log" mvn -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$target" "$@" \
     || { tail -n 30 "$log" >&2; die "Maven could not resolve $name (full log: ${log#$ROOT/})"; }
   touch "$stamp"
 }
@@ -107,7 +121,7 @@ if [ ! -x "$PRISM" ] || [ "$(cat "$PRISM.version" 2>/dev/null)" != "$PRISM_BUILD
   step "building Beam's Prism runner v$BEAM_VERSION with infra/prism/*.patch (about 2-3 minutes the first time)"
   mkdir -p "$ROOT/.stack/bin"
   log="$ROOT/.stack/go-build-prism.log"
-  infra/prism/build.sh "$BEAM_VERSION" "$PRISM" >"$log" 2>&1 \
+  logged "$log" infra/prism/build.sh "$BEAM_VERSION" "$PRISM" \
     || { tail -n 30 "$log" >&2; die "building Prism failed (full log: ${log#$ROOT/})"; }
   echo "$PRISM_BUILD" > "$PRISM.version"
 fi
