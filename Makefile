@@ -29,10 +29,8 @@ up: bootstrap ## start Postgres, Redis, Kafka, Connect + Debezium and wait until
 down: ## stop the local stack (data is kept)
 	@if [ -x $(PY) ]; then $(STACK) down; fi
 
-status: ## services, then the pipeline: lag per sink and partition, capture, rates, dead letters, breakers, freshness (JSON=1: the pipeline's report as JSON); exits 1 when unhealthy
-	@if [ -n "$${JSON:-}" ]; then $(PY) -m pipeline status --json; else \
-	  $(STACK) status; stack=$$?; echo; $(PY) -m pipeline status; pipeline=$$?; \
-	  [ $$stack -eq 0 ] && [ $$pipeline -eq 0 ]; fi
+status: ## services, then the pipeline: lag per sink and partition, capture, rates, dead letters, breakers, freshness (JSON=1: all of it as JSON); exits 1 when unhealthy
+	@$(STACK) status --with-pipeline $${JSON:+--json}
 
 logs: ## last lines of every service's log (SERVICE=connect for one)
 	@$(STACK) logs $${SERVICE:+--service "$$SERVICE"}

@@ -36,10 +36,36 @@ def _human_bytes(value: object) -> str:
     return f"{value:.1f} TiB"
 
 
-def cmd_status(stack: LocalStack) -> int:
+def cmd_status(stack: LocalStack, *, with_pipeline: bool = False, as_json: bool = False) -> int:
     """Print the stack's health; 1 when a service is unhealthy or capture is stopped, failed or
-    lagging past its limits (the reasons are the last lines), else 0."""
+    lagging past its limits (the reasons are the last lines), else 0. ``with_pipeline`` (``make
+    status``): then the pipeline's report (``python -m pipeline status``), which has the connector,
+    the slot and the breakers in its own words, so the stack's part leaves them out; 1 also when
+    it is unhealthy. ``as_json``: both reports as one JSON object, ``{"stack": ..., "pipeline": ...}``."""
     report = stack.status()
+    pipeline = None
+    if with_pipeline:
+        from pipeline.status.health import report as pipeline_report
+        from pipeline.status.read import sample
+
+        pipeline = pipeline_report(sample(stack.settings), stack.settings)
+    unhealthy = [n for n, i in report["services"].items() if i["state"] != "healthy"]
+    problems = report.get("capture_problems", [])
+    code = 1 if unhealthy or problems or (pipeline is not None and not pipeline["healthy"]) else 0
+    if as_json:
+        body = {"stack": report, **({"pipeline": pipeline} if with_pipeline else {})}
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+        return code
+    _print_stack(report, details=not with_pipeline)
+    if pipeline is not None:
+        from pipeline.status.render import render
+
+        _print("")
+        _print(render(pipeline))
+    return code
+
+
+def _print_stack(report: dict[str, Any], *, details: bool) -> None:
     _print("services:")
     for name, info in report["services"].items():
         pid = info["pid"] or "-"
@@ -55,27 +81,27 @@ def cmd_status(stack: LocalStack) -> int:
                 f"  {name:<45} partitions={info['partitions']:<3} cleanup.policy={info['cleanup.policy']}"
                 f" replicas={info.get('replicas', '-')} min.insync={info.get('min.insync.replicas', '-')}{short}"
             )
-    connector = report.get("connector")
+    connector = report.get("connector") if details else None
     if connector:
         tasks = ", ".join(f"task {t['id']} {t['state']}" for t in connector.get("tasks", []))
         _print(f"connector: {connector['name']} {connector['connector']['state']} ({tasks or 'no tasks'})")
-    elif report["services"]["connect"]["state"] == "healthy":
+    elif details and report["services"]["connect"]["state"] == "healthy":
         _print("connector: not registered")
-    slot = report.get("slot")
+    slot = report.get("slot") if details else None
     if slot:
         lag_s = f" ({slot['lag_s']:.1f} s)" if slot.get("lag_s") is not None else ""
         _print(
             f"replication slot: {slot['slot']} active={slot['active']} wal_status={slot['wal_status']} "
             f"lag={_human_bytes(slot['lag_bytes'])}{lag_s} retained={_human_bytes(slot['retained_bytes'])}"
         )
-    breakers = report.get("http_breakers")
+    breakers = report.get("http_breakers") if details else None
     if breakers:
         _print("http sink circuit breakers (running pipelines, per sink instance):")
         for endpoint, entries in sorted(breakers.items()):
             for entry in sorted(entries, key=lambda e: e["instance"]):
                 detail = f" last failure: {entry['detail']}" if entry["state"] != "closed" and entry["detail"] else ""
                 _print(f"  {endpoint:<20} {entry['state']:<10} {entry['failures']} failure(s) in a row{detail}")
-    elif breakers is not None:
+    elif details and report.get("http_breakers") is not None:
         _print("http sink circuit breakers: none published (no pipeline runs the HTTP sink)")
     problems = report.get("capture_problems", [])
     if problems:
@@ -84,8 +110,6 @@ def cmd_status(stack: LocalStack) -> int:
             _print(f"  - {problem}")
     elif "capture_problems" in report:
         _print("capture: ok (connector and tasks RUNNING, slot active, lag within limits)")
-    unhealthy = [n for n, i in report["services"].items() if i["state"] != "healthy"]
-    return 1 if unhealthy or problems else 0
 
 
 def cmd_logs(stack: LocalStack, lines: int, service: str | None) -> int:
@@ -159,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start every part in order and wait until healthy (idempotent)")
     up.add_argument("--no-connector", action="store_true", help="start Connect but do not register Debezium")
     sub.add_parser("down", help="stop every part (data is kept)")
-    sub.add_parser("status", help="health, topics, connector state and replication slot lag")
+    status = sub.add_parser("status", help="health, topics, connector state and replication slot lag")
+    status.add_argument(
+        "--with-pipeline", action="store_true", help="then the pipeline's report (make status): sinks, rates, freshness"
+    )
+    status.add_argument("--json", action="store_true", help="the report as JSON")
     logs = sub.add_parser("logs", help="last lines of each service's log")
     logs.add_argument("--lines", type=int, default=40)
     logs.add_argument(
@@ -189,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.down()
             return 0
         if args.command == "status":
-            return cmd_status(stack)
+            return cmd_status(stack, with_pipeline=args.with_pipeline, as_json=args.json)
         if args.command == "logs":
             return cmd_logs(stack, args.lines, args.service)
         if args.command == "reset":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 
 from infra.settings import REPO_ROOT, Settings
@@ -26,8 +27,8 @@ OK_LINE = "capture: ok (connector and tasks RUNNING, slot active, lag within lim
 STOPPED_LINE = "capture: STOPPED or FAILED"
 
 
-def run_status(settings: Settings) -> tuple[int, list[str]]:
-    """``python -m infra.stack status`` (what ``make status`` runs) for the test stack."""
+def run_status(settings: Settings, *flags: str) -> tuple[int, list[str]]:
+    """``python -m infra.stack status`` for the test stack (``make status`` adds ``--with-pipeline``)."""
     env = {
         **os.environ,
         **settings_env(settings),
@@ -36,7 +37,7 @@ def run_status(settings: Settings) -> tuple[int, list[str]]:
         "CDC_PUBLICATION_NAME": settings.cdc.publication_name,
     }
     result = subprocess.run(
-        [sys.executable, "-m", "infra.stack", "status"],
+        [sys.executable, "-m", "infra.stack", "status", *flags],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -111,3 +112,28 @@ def test_status_exits_1_with_the_reason_while_capture_is_stopped(stack: LocalSta
     wait_until_capture_is_healthy(stack)
     code, lines = run_status(settings)
     assert (code, capture_section(lines)) == (0, [OK_LINE])
+
+
+def test_make_status_prints_the_stack_then_the_pipeline_once_each_and_all_of_it_as_json(
+    stack: LocalStack, settings: Settings
+):
+    wait_until_capture_is_healthy(stack)
+    group = settings.pipeline.consumer_group
+    no_pipeline = f"no pipeline is running for consumer group {group} (nobody holds its instance lock)"
+    code, lines = run_status(settings, "--with-pipeline")
+    assert code == 1  # no pipeline runs in this test
+    assert lines[0] == "services:" and OK_LINE in lines
+    # The connector and the slot come once, in the pipeline's part, after the stack's.
+    assert [line.split(":")[0] for line in lines if line.startswith(("connector:", "replication slot:"))] == [
+        "connector",
+        "replication slot",
+    ]
+    assert lines.index(OK_LINE) < lines.index(f"pipeline: not running for {group}")
+
+    code, lines = run_status(settings, "--with-pipeline", "--json")
+    body = orjson.loads("\n".join(lines))
+    assert code == 1
+    assert set(body) == {"stack", "pipeline"}
+    assert {info["state"] for info in body["stack"]["services"].values()} == {"healthy"}
+    assert body["stack"]["capture_problems"] == []
+    assert body["pipeline"]["problems"] == [no_pipeline]

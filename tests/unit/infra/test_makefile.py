@@ -96,7 +96,8 @@ def test_replay_passes_sink_and_from_as_single_arguments(tmp_path, frm, flag):
         ("faults", ("ONLY=a b",), ["-m", "loadtest.faults", "--only", "a b"]),
         ("bigquery-roll", ("RETAIN=`id`",), ["-m", "sinks.bigquery_admin", "roll", "--retain", "`id`"]),
         ("logs", ("SERVICE=connect;id",), ["-m", "infra.stack", "logs", "--service", "connect;id"]),
-        ("status", ("JSON=1",), ["-m", "pipeline", "status", "--json"]),
+        ("status", ("JSON=1",), ["-m", "infra.stack", "status", "--with-pipeline", "--json"]),
+        ("status", (), ["-m", "infra.stack", "status", "--with-pipeline"]),
         ("dataflow-graph", ("DEPTH=$(id)",), ["-m", "pipeline.dataflow_graph", "--depth", "$(id)"]),
         ("dataflow-graph", (), ["-m", "pipeline.dataflow_graph", "--depth", "3"]),
         (
