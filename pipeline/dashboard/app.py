@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from infra.settings import Settings
 from pipeline.dashboard.reader import Reader
-from pipeline.dashboard.snapshot import Raw, snapshot
+from pipeline.dashboard.snapshot import History, Raw, snapshot
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -40,11 +40,14 @@ class Board:
         self.reader = reader
         self.latest: dict[str, Any] | None = None
         self._previous: Raw | None = None
+        self._history = History()
         self.changed = asyncio.Event()
 
     def refresh(self) -> None:
         raw = self.reader.read(self.settings.dashboard.top)
-        self.latest = snapshot(raw, self._previous, self.settings.leaderboard.window_minutes)
+        latest = snapshot(raw, self._previous, self.settings.leaderboard.window_minutes)
+        latest["history"] = self._history.add(latest)
+        self.latest = latest
         self._previous = raw
 
     async def run(self) -> None:

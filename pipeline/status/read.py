@@ -33,7 +33,7 @@ from sinks.redis_leaderboard import board_key
 from sinks.redis_store import next_offsets
 from sinks.registry import SinkSpec, lanes
 
-__all__ = ["Sample", "read_once", "sample", "sink_specs"]
+__all__ = ["Sample", "read_once", "sample", "sink_specs", "stored_positions", "topic_of"]
 
 _TIMEOUT_S = 5.0
 Sample = dict[str, Any]
@@ -48,7 +48,7 @@ def _errors_into(errors: dict[str, str], what: str, read: Callable[[], Any]) -> 
         return None
 
 
-def _topic_of(spec: SinkSpec, settings: Settings) -> str:
+def topic_of(spec: SinkSpec, settings: Settings) -> str:
     return settings.cdc.engagement_topic if spec.topic == "engagement" else settings.cdc.content_topic
 
 
@@ -118,7 +118,7 @@ class _Kafka:
         self._consumer.close()
 
 
-def _stored(
+def stored_positions(
     settings: Settings, client: redis.Redis, spec: SinkSpec, topics: Iterable[str]
 ) -> dict[str, dict[int, int]]:
     """``{topic: {partition: next offset}}`` the sink has stored (partitions it never stored are absent)."""
@@ -194,9 +194,9 @@ def _moving(settings: Settings, kafka: _Kafka, client: redis.Redis, errors: dict
     ends = {t: _errors_into(errors, "kafka", lambda t=t: kafka.ends(t)) or {} for t in topics}
     sinks: dict[str, Any] = {}
     for spec in sink_specs(settings):
-        read = [_topic_of(spec, settings)] + ([cdc.parked_topic] if spec.topic == "engagement" else [])
+        read = [topic_of(spec, settings)] + ([cdc.parked_topic] if spec.topic == "engagement" else [])
         sinks[spec.name] = _errors_into(
-            errors, f"positions of {spec.name}", lambda s=spec, r=read: _stored(settings, client, s, r)
+            errors, f"positions of {spec.name}", lambda s=spec, r=read: stored_positions(settings, client, s, r)
         )
     metrics, reads = None, None
     if on_cluster(settings):

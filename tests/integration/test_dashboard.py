@@ -3,12 +3,14 @@
 The test stack, a streaming pipeline with the Redis sinks, and ``python -m pipeline dashboard`` as a
 process of its own; the page is loaded, an event is committed in Postgres, and the page must show
 its content's title on the overall and podcast boards (a duration no other test comes near puts it
-first) with the event's exact seconds, pushed over server-sent events (the page is never reloaded).
-A screenshot is kept in ``.artifacts/dashboard.png``.
+first) with the event's exact seconds, pushed over server-sent events (the page is never reloaded),
+and its charts draw events/s and the leaderboard sink's lag. A screenshot is kept in
+``.artifacts/dashboard.png``.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -85,6 +87,15 @@ def test_the_page_shows_a_committed_event_on_the_board(stack, settings: Settings
                 expect(row.locator("td.num")).to_have_text("2,000,000")
                 podcast_row = page.locator(f'section.podcast tr[data-content-id="{content_id}"] td.title')
                 expect(podcast_row).to_have_text(title)
+                # The charts: events/s over the snapshots so far, and the leaderboard sink's lag, 0
+                # once it has stored the event (the lags are read every 5 s).
+                two_points = re.compile(r"^[\d.]+,[\d.]+( [\d.]+,[\d.]+)+$")
+                expect(page.locator('#chart-rate polyline[data-series="events_per_s"]')).to_have_attribute(
+                    "points", two_points, timeout=15_000
+                )
+                legend = page.locator('#lag-legend span[data-sink="redis_leaderboard"]')
+                expect(legend).to_have_text("redis_leaderboard 0", timeout=15_000)
+                expect(page.locator('#chart-lag polyline[data-series="redis_leaderboard"]')).to_have_count(1)
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             finally:
