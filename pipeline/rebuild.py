@@ -217,8 +217,9 @@ class Rebuild:
                 self._check_copy(deadline)
                 targets = self._targets(lookup, live_running)
                 lag = behind(stored(self.client, self.copy), targets)
-                first = first or (lag, sum(targets.values()))
-                bar.n, bar.total = copied(*first, lag, sum(targets.values()))
+                target_sum = sum(offset for fields in targets.values() for offset in fields.values())
+                first = first or (lag, target_sum)
+                bar.n, bar.total = copied(*first, lag, target_sum)
                 bar.refresh()
                 now = time.monotonic()
                 if lag != previous:

@@ -124,6 +124,12 @@ class SnapshotContentView:
     def get(self, content_id: str) -> ContentRow | None:
         return self._rows.get(content_id)
 
+    @property
+    def alive(self) -> bool:
+        """Always: the snapshot's content is read once, with no reader thread that could die (the
+        join replaces a streaming view whose reader died)."""
+        return True
+
     def __len__(self) -> int:
         return len(self._rows)
 

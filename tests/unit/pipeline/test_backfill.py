@@ -183,3 +183,12 @@ def test_the_backfills_progress_is_the_share_of_the_id_ranges_behind_the_stored_
 
     splits = [Split(EVENTS, 0, 1, 501, 401), Split(EVENTS, 1, 501, 1001, 501), Split(CONTENT, 0, 0, 20, 20)]
     assert share_done(splits) == (420, 1020)
+
+
+def test_the_snapshots_content_view_is_always_alive_for_the_join():
+    # The join replaces a streaming content view whose reader died (pipeline.transforms.enrich);
+    # the backfill's view is read once and has no reader. It lacked the property, and every
+    # backfill job failed in the join's start_bundle.
+    from pipeline.backfill.job import SnapshotContentView
+
+    assert SnapshotContentView({}).alive is True
