@@ -69,7 +69,7 @@ from loadtest.procstats import ProcessSampler, describe, machine, percentile
 from pipeline.lanes import topic_name
 from sinks.kafka_positions import SinksLag
 from sinks.redis_leaderboard import RedisLeaderboardSink
-from sinks.redis_store import LEGACY_OFFSETS_KEY, positions_key
+from sinks.redis_store import positions_key
 from sinks.registry import lanes
 
 
@@ -323,7 +323,7 @@ def forget_positions(client: redis.Redis) -> None:
     for pattern in ("engagement:minute:*", "engagement:content:*", "top_engagement:*"):
         for key in client.scan_iter(pattern, count=1000):
             client.delete(key)
-    client.delete(positions_key(RedisLeaderboardSink.name), LEGACY_OFFSETS_KEY)
+    client.delete(positions_key(RedisLeaderboardSink.name))
 
 
 def start_bounded_drain(

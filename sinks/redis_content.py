@@ -18,7 +18,6 @@ from sinks.redis_store import RedisSink, lua
 
 class RedisContentSink(RedisSink):
     name = "redis_content"
-    adopts_legacy_offsets = True
 
     def open(self) -> None:
         super().open()

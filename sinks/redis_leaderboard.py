@@ -87,7 +87,6 @@ class RedisLeaderboardSink(RedisSink):
     """The leaderboards and content metrics, from enriched engagement changes."""
 
     name = "redis_leaderboard"
-    adopts_legacy_offsets = True
 
     def __init__(
         self,

@@ -28,8 +28,6 @@ from sinks.positions import Position, decode, encode
 from sinks.redis_keys import RedisKeys
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-# Before sinks had positions of their own, both Redis sinks shared this hash of plain next offsets.
-LEGACY_OFFSETS_KEY = "engagement:offsets"
 _TRANSIENT = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -94,8 +92,6 @@ class RedisSink(Sink[Any]):
     """Base of the Redis sinks: ``open`` connects and loads ``scripts``; ``positions``/``commit``."""
 
     atomic = True
-    # Only the sinks that wrote the previous version's shared offsets may take them over.
-    adopts_legacy_offsets = False
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
@@ -134,17 +130,7 @@ class RedisSink(Sink[Any]):
         prefixes = tuple(f"{topic}:" for topic in topics)
         with self.available():
             stored = self.client.hgetall(self.positions_key)
-            if not stored and self.adopts_legacy_offsets and not self.keys.prefix:
-                stored = self._adopt_legacy(prefixes)
         return {k.decode(): decode(v) for k, v in stored.items() if k.decode().startswith(prefixes)}
-
-    def _adopt_legacy(self, prefixes: tuple[str, ...]) -> dict[bytes, bytes]:
-        """A Redis written by the previous version: take over its offsets for our topics, so an
-        upgrade does not re-read the topics into boards that already hold them."""
-        legacy = {k: v for k, v in self.client.hgetall(LEGACY_OFFSETS_KEY).items() if k.decode().startswith(prefixes)}
-        for field, offset in legacy.items():
-            self.client.hsetnx(self.positions_key, field, offset)
-        return self.client.hgetall(self.positions_key) if legacy else {}
 
     def commit(
         self, positions: Mapping[str, Position], expected: Mapping[str, Position | None], parks: Sequence[str] = ()

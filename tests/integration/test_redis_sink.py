@@ -125,15 +125,6 @@ def test_changes_debezium_sends_again_after_a_connect_crash_count_once(sink):
     assert client.hget("engagement:content:a", "events") == b"3"
 
 
-def test_offsets_of_the_previous_version_are_taken_over(sink, settings):
-    _, clock, client = sink
-    client.hset("engagement:offsets", mapping={"sinktest:0": 5, "elsewhere:0": 9})
-    writer = Writer(settings, clock)
-    assert writer.write([change(o, "a", MINUTE, 1.0) for o in range(3, 7)]) == (2, 2)
-    assert decode(client.hget("engagement:positions:redis_leaderboard", "sinktest:0")).next_offset == 7
-    assert client.hget("engagement:positions:redis_leaderboard", "elsewhere:0") is None
-
-
 class KeptLetters:
     def __init__(self) -> None:
         self.sent: list = []
