@@ -28,17 +28,24 @@ def follow(
 ) -> int:
     """Wait for ``run`` and return its exit code, with a bar of ``done()`` out of ``total``, asked
     every ``every_s``. ``done`` returns None when it cannot tell (a store not answering): the bar
-    stays. ``show``: None on a terminal only, True or False to force it."""
-    with tqdm(
-        total=total, desc=what, unit=unit, disable=None if show is None else not show, file=out or sys.stderr
-    ) as bar:
-        while True:
-            try:
-                code: int | None = run.wait(timeout=every_s)
-            except subprocess.TimeoutExpired:
-                code = None
-            now = done()
-            if now is not None and now > bar.n:
-                bar.update(min(now, total) - bar.n)
-            if code is not None:
-                return code
+    stays. ``show``: None on a terminal only, True or False to force it. On any exception here
+    (Ctrl-C included) the run is killed and reaped before it goes on, as ``subprocess.run`` does."""
+    disable = None if show is None else not show
+    try:
+        with tqdm(total=total, desc=what, unit=unit, disable=disable, file=out or sys.stderr) as bar:
+            if bar.disable:
+                return run.wait()
+            while True:
+                try:
+                    code: int | None = run.wait(timeout=every_s)
+                except subprocess.TimeoutExpired:
+                    code = None
+                now = done()
+                if now is not None and now > bar.n:
+                    bar.update(min(now, total) - bar.n)
+                if code is not None:
+                    return code
+    except BaseException:
+        run.kill()
+        run.wait()
+        raise

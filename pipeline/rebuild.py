@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         catch_up_lag=args.catch_up_lag,
         timeout_s=args.timeout_s,
         progress=False if args.json else None,
+        # With --json, stdout is the report alone; what it says on the way goes to stderr.
+        say=(lambda message: print(message, file=sys.stderr, flush=True)) if args.json else print,
     )
     try:
         report = rebuild.run()

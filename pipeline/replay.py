@@ -42,6 +42,7 @@ from pipeline.lanes import topic_name
 from pipeline.progress import follow
 from pipeline.rebuild import free_port
 from pipeline.sources.offset_lookup import OffsetLookup
+from sinks.contract import SinkUnavailable
 from sinks.fencing import fence_key, lock_key
 from sinks.kafka_positions import KafkaPositions, delete_groups, group_id
 from sinks.positions import Position
@@ -195,7 +196,7 @@ class Replay:
         """Records of the range the replay's positions cover so far; None if Kafka does not answer."""
         try:
             got = {int(k.rpartition(":")[2]): p.next_offset for k, p in store.load([self.topic]).items()}
-        except KafkaException:
+        except (SinkUnavailable, KafkaException):  # the bar waits; the run itself goes on
             return None
         return sum(
             min(max(got.get(p, start), start), report.stop_offsets[p]) - start

@@ -119,11 +119,16 @@ class RedisLeaderboardSink(RedisSink):
 
     def write(self, batch: Batch[EnrichedChange]) -> Outcome:
         deltas = aggregate(batch.records)
-        self.run(self._apply, *self._arguments(deltas, batch))
+        keys, args, skipped = self._arguments(deltas, batch)
+        self.run(self._apply, keys, args)
+        # Counted once applied: a retried batch computes its skips again.
+        self.future_buckets_skipped += skipped
+        self._future_skipped.inc(skipped)
         return APPLIED
 
-    def _arguments(self, deltas: Deltas, batch: Batch[EnrichedChange]) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of ``lua/leaderboard_apply.lua``."""
+    def _arguments(self, deltas: Deltas, batch: Batch[EnrichedChange]) -> tuple[list[str], list[Any], int]:
+        """KEYS and ARGV of ``lua/leaderboard_apply.lua``, and the bucket updates skipped as too
+        far in the future."""
         now = self.now_minute()
         b, k = self._board, self.keys
         keys = [*self.position_keys(), *k.board_keys(b.window_minutes), *k.window_keys(now, b.window_minutes)]
@@ -145,8 +150,6 @@ class RedisLeaderboardSink(RedisSink):
             args += [repr(v) if isinstance(v, float) else v for v in delta.values]
         added, future = within_skew(deltas.buckets, now + b.max_clock_skew_minutes)
         taken, future_taken = within_skew(deltas.taken, now + b.max_clock_skew_minutes)
-        self.future_buckets_skipped += future + future_taken
-        self._future_skipped.inc(future + future_taken)
         buckets = {**added, **taken}
         args.append(len(buckets))
         for minute, _, content_type in buckets:
@@ -156,7 +159,7 @@ class RedisLeaderboardSink(RedisSink):
                 k.board_typed(b.window_minutes, content_type),
             ]
         args += bucket_args(added, taken)
-        return keys, args
+        return keys, args, future + future_taken
 
     def gauges(self) -> dict[str, int]:
         return {"future_buckets_skipped": self.future_buckets_skipped}

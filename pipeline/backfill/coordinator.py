@@ -121,20 +121,24 @@ class Backfill:
             raise Refused("\n".join(f"- {p}" for p in problems))
 
     def resume_points(self, splits: Sequence[Split]) -> list[Split]:
-        """Each split from the lowest next offset its sinks stored (a failed job run again)."""
+        """Each split from the lowest next offset its sinks stored (a failed job run again); each
+        sink is opened once."""
+        kinds = {"engagement" if split.table == EVENTS else "content" for split in splits}
+        stored: dict[tuple[str, str], dict[str, Position]] = {}
+        for kind in sorted(kinds):
+            for spec in self.event_sinks if kind == "engagement" else self.content_sinks:
+                sink = self._open(spec)
+                try:
+                    stored[kind, spec.name] = sink.positions([self.backfill_topics[kind]])
+                finally:
+                    sink.close()
         out = []
         for split in splits:
             kind = "engagement" if split.table == EVENTS else "content"
             specs = self.event_sinks if kind == "engagement" else self.content_sinks
             key = f"{self.backfill_topics[kind]}:{split.partition}"
-            stored = []
-            for spec in specs:
-                sink = self._open(spec)
-                try:
-                    stored.append(sink.positions([self.backfill_topics[kind]]).get(key))
-                finally:
-                    sink.close()
-            resume = split.start if any(p is None for p in stored) else min(p.next_offset for p in stored if p)
+            found = [stored[kind, spec.name].get(key) for spec in specs]
+            resume = split.start if any(p is None for p in found) else min(p.next_offset for p in found if p)
             out.append(Split(split.table, split.partition, split.start, split.stop, max(split.start, resume)))
         return out
 
@@ -257,7 +261,11 @@ class Backfill:
             while waiter.is_alive():
                 waiter.join(None if bar.disable else PROGRESS_EVERY_S)
                 if waiter.is_alive():
-                    now, _ = share_done(self.resume_points(splits))
+                    try:
+                        now, _ = share_done(self.resume_points(splits))
+                    except Exception as exc:  # noqa: BLE001 - a store's blip must not end a healthy job
+                        _log.debug("backfill progress not read (%s); the bar waits", exc)
+                        continue
                     bar.update(max(0, now - bar.n))
         if isinstance(outcome[0], BaseException):
             raise outcome[0]

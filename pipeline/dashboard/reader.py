@@ -40,46 +40,44 @@ class Reader:
     ) -> None:
         self._settings = settings
         self._redis = client or settings.redis.client(timeout_s=2.0, reader=True)
+        # One consumer for the boards' read and one for the lag thread, so neither waits on the
+        # other (a given one serves both: the tests' fake).
         self._consumer = consumer
+        self._lag_consumer = consumer
         self._clock = clock
         self._positions = positions or self._stored
         self._letters: dict[str, int] | None = None
         self._letters_at = -1e9
         self._lags: dict[str, int] | None = None
         self._lags_error: str | None = None
-        self._kafka_lock = threading.Lock()  # the consumer, between the read and the lag thread
         self._closed = threading.Event()
         self._lag_thread: threading.Thread | None = None
         self._topics = (settings.cdc.dlq_topic, settings.cdc.http_dlq_topic)
 
-    def _kafka(self) -> Consumer:
-        if self._consumer is None:
-            self._consumer = Consumer(
-                {
-                    **self._settings.kafka.client_config(),
-                    "group.id": "engagement-dashboard",
-                    "enable.auto.commit": False,
-                }
-            )
-        return self._consumer
+    def _new_consumer(self) -> Consumer:
+        return Consumer(
+            {**self._settings.kafka.client_config(), "group.id": "engagement-dashboard", "enable.auto.commit": False}
+        )
 
-    def _marks(self, topic: str) -> dict[int, tuple[int, int]]:
+    @staticmethod
+    def _marks(consumer: Consumer, topic: str) -> dict[int, tuple[int, int]]:
         """``{partition: (low, high)}`` of ``topic``; empty if it does not exist."""
-        with self._kafka_lock:
-            consumer = self._kafka()
-            meta = consumer.list_topics(topic, timeout=_TIMEOUT_S).topics.get(topic)
-            if meta is None or meta.error is not None:
-                return {}
-            marks = consumer.get_watermark_offsets
-            return {p: marks(TopicPartition(topic, p), timeout=_TIMEOUT_S) for p in meta.partitions}
+        meta = consumer.list_topics(topic, timeout=_TIMEOUT_S).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {}
+        marks = consumer.get_watermark_offsets
+        return {p: marks(TopicPartition(topic, p), timeout=_TIMEOUT_S) for p in meta.partitions}
 
     def _dead_letters(self, errors: list[str]) -> dict[str, int] | None:
         if time.monotonic() - self._letters_at < KAFKA_EVERY_S:
             return self._letters
         # The page must keep showing the boards while Kafka is away: the error is shown instead.
         try:
+            if self._consumer is None:
+                self._consumer = self._new_consumer()
             self._letters = {
-                topic: sum(high - low for low, high in self._marks(topic).values()) for topic in self._topics
+                topic: sum(high - low for low, high in self._marks(self._consumer, topic).values())
+                for topic in self._topics
             }
         except Exception as exc:  # noqa: BLE001
             errors.append(f"Kafka: {exc}")
@@ -92,11 +90,16 @@ class Reader:
 
     def sink_lags(self) -> dict[str, int]:
         """Each sink's changes of its topic that it has not stored yet."""
+        if self._lag_consumer is None:
+            self._lag_consumer = self._new_consumer()
         lags = {}
         for spec in sink_specs(self._settings):
+            if self._closed.is_set():
+                break
             topic = topic_of(spec, self._settings)
             stored = self._positions(spec, topic)
-            lags[spec.name] = sum(max(0, high - stored.get(p, 0)) for p, (_, high) in self._marks(topic).items())
+            ends = self._marks(self._lag_consumer, topic)
+            lags[spec.name] = sum(max(0, high - stored.get(p, 0)) for p, (_, high) in ends.items())
         return lags
 
     def _follow_lags(self) -> None:
@@ -142,8 +145,13 @@ class Reader:
 
     def close(self) -> None:
         self._closed.set()
+        lag_done = self._lag_thread is None
         if self._lag_thread is not None:
             self._lag_thread.join(15)
-        self._redis.close()
+            lag_done = not self._lag_thread.is_alive()
         if self._consumer is not None:
             self._consumer.close()
+        if lag_done:  # else a store keeps it waiting; the daemon thread ends with the process
+            self._redis.close()
+            if self._lag_consumer is not None and self._lag_consumer is not self._consumer:
+                self._lag_consumer.close()

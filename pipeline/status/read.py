@@ -181,7 +181,9 @@ def _cluster_metrics(settings: Settings) -> tuple[dict[str, float], dict[str, di
                 if key.startswith("engagement_source_lag_records{"):
                     labels = dict(part.split("=", 1) for part in key[key.index("{") + 1 : -1].split(","))
                     topic, partition = labels["topic"].strip('"'), int(labels["partition"].strip('"'))
-                    reads[taskmanager].setdefault(topic, []).append(partition)
+                    partitions = reads[taskmanager].setdefault(topic, [])
+                    if partition not in partitions:  # one series per lane that reads it
+                        partitions.append(partition)
     for topics in reads.values():
         for partitions in topics.values():
             partitions.sort()

@@ -1,5 +1,5 @@
-"""Every `make` target, setting and repository file that README.md and docs/ name exists, every
-default a settings table gives is the code's, and .env.example names every setting.
+"""Every `make` target, setting and file under the project's folders that README.md and docs/ name
+exists, every default a settings table gives is the code's, and .env.example names every setting.
 
 Claims are read from code (backticks and fenced blocks), where the docs put commands, names and
 paths, and from table rows that start with a setting; prose is not parsed. A planted false claim of
@@ -77,7 +77,9 @@ _ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]+?) \|", re.M)
 
 
 _DURATION = re.compile(r"^([\d.,]+) (ms|s|seconds?|minutes?|hours?|days?)$")
-_SECONDS = {"ms": 0.001, "s": 1, "second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_SECONDS = {"ms": 0.001, "s": 1, "second": 1, "seconds": 1, "minute": 60, "minutes": 60, "hour": 3600}
+_SECONDS |= {"hours": 3600, "day": 86400, "days": 86400}
+_NUMBER = re.compile(r"^-?[\d,._]+$")
 _UNIT_OF = {"_MS": 0.001, "_S": 1, "_MINUTES": 60}  # a setting's unit, from its name
 
 
@@ -89,7 +91,7 @@ def same_default(name: str, written: str, default: object) -> bool:
     duration = _DURATION.match(written)
     if duration:
         unit = next((u for suffix, u in _UNIT_OF.items() if name.endswith(suffix)), None)
-        seconds = float(duration[1].replace(",", "")) * _SECONDS[duration[2].rstrip("s") or "s"]
+        seconds = float(duration[1].replace(",", "")) * _SECONDS[duration[2]]
         return unit is not None and isinstance(default, int | float) and float(default) * unit == seconds
     if isinstance(default, Path):
         default = default.relative_to(REPO_ROOT) if default.is_relative_to(REPO_ROOT) else default
@@ -113,7 +115,12 @@ def code_of(text: str) -> list[str]:
 def false_claims(text: str, root: Path = REPO_ROOT) -> list[str]:
     found = []
     for name, written in _ROW.findall(text):
-        checked = written.startswith("`") or written.split()[0] in ("empty", "unset") or _DURATION.match(written)
+        checked = (
+            written.startswith("`")
+            or written.split()[0] in ("empty", "unset")
+            or _DURATION.match(written)
+            or _NUMBER.match(written)
+        )
         if name in DEFAULTS and checked and not same_default(name, written.strip(), DEFAULTS[name]):
             found.append(f"setting `{name}` defaults to {DEFAULTS[name]!r}, not {written.strip()}")
     for code in code_of(text):
@@ -144,6 +151,7 @@ def test_a_planted_false_claim_of_each_kind_is_found() -> None:
         "```bash\nBIGQUERY_NO_SUCH=1 make test && make bench-nothing\n```\n"
         "| `PIPELINE_RUNNER` | `prism` | right |\n| `PIPELINE_SINKS` | `redis` | wrong |\n"
         "| `PIPELINE_LOCK_TTL_S` | 10 s | right |\n| `LEADERBOARD_METRICS_TTL_S` | 7 days | wrong |\n"
+        "| `PIPELINE_IDLE_RESUME_MS` | 50 ms | right |\n| `HTTP_SINK_REQUEST_DEADLINE_S` | 99 | wrong |\n"
     )
     assert sorted(false_claims(planted)) == sorted(
         [
@@ -154,6 +162,7 @@ def test_a_planted_false_claim_of_each_kind_is_found() -> None:
             "file `sinks/no_such_module.py` does not exist",
             "setting `PIPELINE_SINKS` defaults to 'redis,bigquery,http', not `redis`",
             "setting `LEADERBOARD_METRICS_TTL_S` defaults to 0, not 7 days",
+            "setting `HTTP_SINK_REQUEST_DEADLINE_S` defaults to 15.0, not 99",
         ]
     )
 

@@ -6,6 +6,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.progress import follow
 
 
@@ -24,3 +26,14 @@ def test_no_bar_when_it_is_not_asked_for() -> None:
     run = subprocess.Popen([sys.executable, "-c", "pass"])
     assert follow(run, 10, lambda: 10, what="bigquery", show=False, every_s=0.05, out=out) == 0
     assert out.getvalue() == ""
+
+
+def test_the_run_is_killed_and_reaped_when_following_it_fails() -> None:
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def broken() -> int:
+        raise RuntimeError("the store went away")
+
+    with pytest.raises(RuntimeError, match="the store went away"):
+        follow(run, 10, broken, what="bigquery", show=True, every_s=0.05, out=io.StringIO())
+    assert run.returncode == -9  # SIGKILL, and waited for: no zombie, no run going on alone

@@ -25,6 +25,11 @@ class Kafka:
         return self.ends_by_topic[topic]
 
 
+def now(ask) -> None:
+    """The background ask, run at once: the figures are then those of this scrape."""
+    ask()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -41,7 +46,7 @@ def scraped(lane: str, topic: str, partition: int) -> float:
 
 def test_two_lanes_on_one_partition_have_their_own_lag_and_a_stopped_one_keeps_growing() -> None:
     kafka, clock = Kafka({"unit.lag": {0: 100}}), Clock()
-    lag = SourceLag(EndOffsetCache(clock=clock), lookup=lambda config: kafka, clock=clock)
+    lag = SourceLag(EndOffsetCache(clock=clock), lookup=lambda config: kafka, clock=clock, spawn=now)
     for lane, position in (("unit_boards", 100), ("unit_bigquery", 40)):
         handle = telemetry.gauge("engagement_source_lag_records", lane=lane, topic="unit.lag", partition="0")
         if lag.record({"bootstrap.servers": "unused"}, lane, "unit.lag", 0, position):
@@ -58,7 +63,7 @@ def test_two_lanes_on_one_partition_have_their_own_lag_and_a_stopped_one_keeps_g
 def test_without_kafka_the_ends_the_readers_saw_stand() -> None:
     kafka, clock = Kafka({"unit.lag2": {0: 50}}), Clock()
     seen = EndOffsetCache(clock=clock)
-    lag = SourceLag(seen, lookup=lambda config: kafka, clock=clock)
+    lag = SourceLag(seen, lookup=lambda config: kafka, clock=clock, spawn=now)
     lag.record({"bootstrap.servers": "unused"}, "unit_lane", "unit.lag2", 0, 20)
     assert lag.lag(("unit_lane", "unit.lag2", 0)) == 30.0
     kafka.down, clock.now = True, 1.0
@@ -66,3 +71,14 @@ def test_without_kafka_the_ends_the_readers_saw_stand() -> None:
     assert lag.lag(("unit_lane", "unit.lag2", 0)) == 25.0
     clock.now = 120.0  # the readers' ends are too old to trust: no lag is made up
     assert lag.lag(("unit_lane", "unit.lag2", 0)) == 0.0
+
+
+def test_a_scrape_never_waits_for_kafka() -> None:
+    kafka, clock, asks = Kafka({"unit.lag3": {0: 100}}), Clock(), []
+    lag = SourceLag(EndOffsetCache(clock=clock), lookup=lambda config: kafka, clock=clock, spawn=asks.append)
+    lag.record({"bootstrap.servers": "unused"}, "unit_lane", "unit.lag3", 0, 40)
+    assert lag.lag(("unit_lane", "unit.lag3", 0)) == 0.0  # nothing known yet: no lag made up
+    assert (len(asks), kafka.asked) == (1, 0)  # the ask is started, not waited for
+    assert lag.lag(("unit_lane", "unit.lag3", 0)) == 0.0 and len(asks) == 1  # one ask at a time
+    asks[0]()
+    assert lag.lag(("unit_lane", "unit.lag3", 0)) == 60.0
